@@ -1,0 +1,153 @@
+"""Transports between the coordinator and its workers, and the byte ledger.
+
+The round loop (:class:`gist.train.GISTTrainer`) only ever calls
+:meth:`Transport.run_round` with one flat parameter buffer per worker and gets
+one flat buffer per worker back. How the buffers travel is the transport's
+business: :class:`InProcessTransport` calls the workers one after another in
+this process (a deterministic simulation of ``m`` machines); a
+``torch.distributed`` transport sends the same buffers to real processes.
+Every transport records what it moves in a :class:`ByteLedger`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .train import Worker
+
+TO_WORKER = "to_worker"
+FROM_WORKER = "from_worker"
+DIRECTIONS = (TO_WORKER, FROM_WORKER)
+KINDS = ("params", "data", "stats")
+SETUP_ROUND = -1
+
+
+def tensor_nbytes(tensors: Tensor | Iterable[Tensor]) -> int:
+    """Bytes of a tensor's (or several tensors') elements."""
+    if isinstance(tensors, Tensor):
+        return tensors.numel() * tensors.element_size()
+    return sum(tensor_nbytes(t) for t in tensors)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One message: ``nbytes`` of ``kind`` moved in ``direction`` for ``worker``
+    in ``round`` (``-1``: set-up, before the first round)."""
+
+    round: int
+    worker: int
+    direction: str
+    kind: str
+    nbytes: int
+
+
+class ByteLedger:
+    """Every tensor that goes to or comes from a worker, counted in bytes.
+
+    Kinds: ``params`` (sub-network state), ``data`` (graph tensors handed to a
+    worker at set-up), ``stats`` (the small loss report a worker returns).
+    """
+
+    def __init__(self) -> None:
+        self.transfers: list[Transfer] = []
+
+    def record(self, round: int, worker: int, direction: str, kind: str,
+               payload: Tensor | Iterable[Tensor] | int) -> int:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        nbytes = payload if isinstance(payload, int) else tensor_nbytes(payload)
+        self.transfers.append(Transfer(round, worker, direction, kind, int(nbytes)))
+        return int(nbytes)
+
+    def total(self, *, round: Optional[int] = None, worker: Optional[int] = None,
+              direction: Optional[str] = None, kind: Optional[str] = None) -> int:
+        """Sum of bytes over the transfers matching every given filter."""
+        return sum(
+            t.nbytes for t in self.transfers
+            if (round is None or t.round == round)
+            and (worker is None or t.worker == worker)
+            and (direction is None or t.direction == direction)
+            and (kind is None or t.kind == kind)
+        )
+
+    def by_worker(self, kind: str = "params") -> dict[int, int]:
+        out: dict[int, int] = defaultdict(int)
+        for t in self.transfers:
+            if t.kind == kind:
+                out[t.worker] += t.nbytes
+        return dict(out)
+
+    def records(self) -> list[dict]:
+        return [asdict(t) for t in self.transfers]
+
+
+@dataclass
+class WorkerReport:
+    """What a worker sends back after its local steps."""
+
+    params: Tensor
+    """The trained sub-network, as one flat buffer in the round's layout."""
+    stats: Tensor
+    """``float64 [mean training loss, optimizer steps taken, seconds]``."""
+
+
+class Transport(ABC):
+    """Moves one flat buffer per worker per direction each round."""
+
+    def __init__(self, num_subnets: int, ledger: Optional[ByteLedger] = None) -> None:
+        self.num_subnets = num_subnets
+        self.ledger = ledger if ledger is not None else ByteLedger()
+
+    @abstractmethod
+    def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
+        """Send ``payloads[i]`` to worker ``i``, let it train, return its report."""
+
+    def close(self) -> None:
+        """Release resources (processes, process groups)."""
+
+
+class InProcessTransport(Transport):
+    """All workers live in this process and train one after another.
+
+    Buffers are cloned on the way in and out, so a worker never aliases the
+    coordinator's memory, exactly as if they had crossed a wire.
+    """
+
+    def __init__(self, workers: Sequence["Worker"], ledger: Optional[ByteLedger] = None) -> None:
+        super().__init__(len(workers), ledger)
+        self.workers = list(workers)
+        for worker in self.workers:
+            self.ledger.record(SETUP_ROUND, worker.index, TO_WORKER, "data", worker.data_tensors())
+
+    def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
+        if len(payloads) != self.num_subnets:
+            raise ValueError(f"expected {self.num_subnets} payloads, got {len(payloads)}")
+        reports = []
+        for worker, payload in zip(self.workers, payloads):
+            self.ledger.record(round, worker.index, TO_WORKER, "params", payload)
+            report = worker.train_round(round, payload.clone())
+            report = WorkerReport(report.params.clone(), report.stats.clone())
+            self.ledger.record(round, worker.index, FROM_WORKER, "params", report.params)
+            self.ledger.record(round, worker.index, FROM_WORKER, "stats", report.stats)
+            reports.append(report)
+        return reports
+
+
+def analytic_subnet_numel(spec, full_shapes: dict[str, torch.Size], num_subnets: int) -> int:
+    """Values in one sub-network, from the widths alone (GUIDE §2):
+    each split dimension of size ``d`` contributes ``d/m``."""
+    total = 0
+    for name, axes in spec.tensor_axes.items():
+        n = 1
+        for size, axis in zip(full_shapes[name], axes):
+            n *= size // num_subnets if axis is not None else size
+        total += n
+    return total

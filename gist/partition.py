@@ -1,0 +1,258 @@
+r"""Seeded width partitions, slicing sub-networks out and merging them back.
+
+For round ``r`` every hidden width :math:`d_l` is permuted at random and cut
+into ``m`` equal groups :math:`P_l^1 \dots P_l^m` (each sorted ascending). The
+permutation is a pure function of ``(seed, r)``: every process computes the
+same split locally, so no index ever travels.
+
+Sub-network ``i`` is, for every tensor, the sub-tensor indexed by group ``i``
+of each split dimension (e.g. ``W[P_l^i][:, P_{l-1}^i]``). Merging writes the
+slices back (they are disjoint, so this is exact) and averages the shared
+tensors. Blocks that cross groups are left untouched.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .nn.slicing import Axes, SplitSpec
+
+_ROUND_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class WidthPartition:
+    """The random split of every hidden width for one round.
+
+    ``groups[width][i]`` holds the (sorted) unit indices of sub-network ``i``.
+    """
+
+    groups: dict[str, tuple[Tensor, ...]]
+    num_subnets: int
+    seed: int
+    round: int
+
+    def indices(self, width: Optional[str], subnet: int) -> Optional[Tensor]:
+        return None if width is None else self.groups[width][subnet]
+
+
+def draw_partition(widths: Mapping[str, int], num_subnets: int, seed: int, round: int) -> WidthPartition:
+    """Split each hidden width into ``num_subnets`` equal random groups.
+
+    A pure function of ``(seed, round)``: it uses its own generator and never
+    touches the global RNG. Widths are drawn in sorted-name order.
+    """
+    if num_subnets < 1:
+        raise ValueError(f"num_subnets must be >= 1, got {num_subnets}")
+    gen = torch.Generator().manual_seed(int(seed) * _ROUND_STRIDE + int(round))
+    groups: dict[str, tuple[Tensor, ...]] = {}
+    for name in sorted(widths):
+        size = widths[name]
+        if size % num_subnets != 0 or num_subnets > size:
+            raise ValueError(f"hidden width '{name}' ({size}) does not split into {num_subnets} equal groups")
+        perm = torch.randperm(size, generator=gen)
+        groups[name] = tuple(g.sort().values for g in perm.view(num_subnets, -1))
+    return WidthPartition(groups, num_subnets, seed, round)
+
+
+def _slice(tensor: Tensor, axes: Axes, partition: WidthPartition, subnet: int) -> Tensor:
+    out = tensor
+    for dim, axis in enumerate(axes):
+        if axis is not None:
+            out = out.index_select(dim, partition.indices(axis, subnet))
+    return out
+
+
+def _write(target: Tensor, value: Tensor, axes: Axes, partition: WidthPartition, subnet: int) -> None:
+    """``target[idx_0][:, idx_1]... = value`` for the split dims, in place."""
+    split_dims = [(d, partition.indices(a, subnet)) for d, a in enumerate(axes) if a is not None]
+    if not split_dims:
+        target.copy_(value)
+        return
+    (dim, idx), rest = split_dims[0], split_dims[1:]
+    if not rest:
+        target.index_copy_(dim, idx, value.to(target.dtype))
+        return
+    block = target.index_select(dim, idx)
+    sub_axes = tuple(a if d != dim else None for d, a in enumerate(axes))
+    _write(block, value, sub_axes, partition, subnet)
+    target.index_copy_(dim, idx, block)
+
+
+def slice_state(
+    state: Mapping[str, Tensor], spec: SplitSpec, partition: WidthPartition, subnet: int
+) -> dict[str, Tensor]:
+    """The tensors of sub-network ``subnet`` (new tensors; ``state`` untouched)."""
+    return {
+        name: _slice(state[name].detach(), axes, partition, subnet).clone()
+        for name, axes in spec.tensor_axes.items()
+    }
+
+
+def merge_states(
+    state: Mapping[str, Tensor],
+    spec: SplitSpec,
+    partition: WidthPartition,
+    subnet_states: Sequence[Mapping[str, Tensor]],
+) -> None:
+    """Write every sub-network back into ``state`` in place.
+
+    Sliced tensors are written into their disjoint slices (exact); shared
+    tensors become the mean over sub-networks (integer tensors, such as
+    BatchNorm's ``num_batches_tracked``, the rounded-down mean).
+    """
+    if len(subnet_states) != partition.num_subnets:
+        raise ValueError(f"expected {partition.num_subnets} sub-networks, got {len(subnet_states)}")
+    with torch.no_grad():
+        for name, axes in spec.tensor_axes.items():
+            target = state[name]
+            if all(a is None for a in axes):
+                values = torch.stack([s[name].to(torch.float64) for s in subnet_states])
+                mean = values.mean(0)
+                if not target.is_floating_point():
+                    mean = values.sum(0).div(len(subnet_states), rounding_mode="floor")
+                target.copy_(mean.to(target.dtype))
+            else:
+                for i, sub in enumerate(subnet_states):
+                    _write(target, sub[name], axes, partition, i)
+
+
+# --------------------------------------------------------------------------
+# Flat buffers: one message per worker per direction
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where each tensor of a sub-network lives in its one flat buffer."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    dtypes: tuple[torch.dtype, ...]
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def numel(self) -> int:
+        return sum(int(torch.Size(s).numel()) for s in self.shapes)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+    def flatten(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """Concatenate the tensors (cast to ``dtype``) into one 1-D buffer.
+
+        Integer tensors (``num_batches_tracked``) travel as floats: exact up
+        to :math:`2^{24}` in float32.
+        """
+        parts = []
+        for name, shape in zip(self.names, self.shapes):
+            t = tensors[name]
+            if t.shape != shape:
+                raise ValueError(f"'{name}' has shape {tuple(t.shape)}, layout expects {tuple(shape)}")
+            parts.append(t.detach().reshape(-1).to(self.dtype))
+        return torch.cat(parts) if parts else torch.empty(0, dtype=self.dtype)
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        if flat.dim() != 1 or flat.numel() != self.numel:
+            raise ValueError(f"flat buffer has {flat.numel()} values, layout expects {self.numel}")
+        out: dict[str, Tensor] = {}
+        offset = 0
+        for name, shape, dtype in zip(self.names, self.shapes, self.dtypes):
+            n = int(torch.Size(shape).numel())
+            chunk = flat[offset:offset + n].view(shape)
+            out[name] = chunk.round().to(dtype) if not dtype.is_floating_point else chunk.to(dtype)
+            offset += n
+        return out
+
+
+def subnet_layout(model: nn.Module, spec: SplitSpec, num_subnets: int, dtype: Optional[torch.dtype] = None) -> FlatLayout:
+    """The flat-buffer layout shared by all ``num_subnets`` sub-networks."""
+    spec.check_subnets(num_subnets)
+    state = model.state_dict()
+    shapes, dtypes = [], []
+    for name, axes in spec.tensor_axes.items():
+        t = state[name]
+        shape = [spec.widths[a] // num_subnets if a is not None else s for s, a in zip(t.shape, axes)]
+        shapes.append(torch.Size(shape))
+        dtypes.append(t.dtype)
+    if dtype is None:
+        floats = [d for d in dtypes if d.is_floating_point]
+        dtype = floats[0] if floats else torch.float32
+    return FlatLayout(tuple(spec.tensor_axes), tuple(shapes), tuple(dtypes), dtype)
+
+
+def build_subnet(model: nn.Module, spec: SplitSpec, num_subnets: int) -> nn.Module:
+    """A narrow copy of ``model``: same depth, every hidden width ``d/m``.
+
+    Only the narrow tensors are allocated (``model`` may live on the ``meta``
+    device); their values are zeros until a state is loaded with
+    :func:`load_subnet_state`.
+    """
+    layout = subnet_layout(model, spec, num_subnets)
+    memo: dict[int, object] = {}
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(dict(model.named_buffers(remove_duplicate=False)))
+    for name, shape, dtype in zip(layout.names, layout.shapes, layout.dtypes):
+        src = named[name]
+        device = src.device if src.device.type != "meta" else torch.device("cpu")
+        fresh = torch.zeros(shape, dtype=dtype, device=device)
+        if isinstance(src, nn.Parameter):
+            fresh = nn.Parameter(fresh, requires_grad=src.requires_grad)
+        memo[id(src)] = fresh
+    subnet = copy.deepcopy(model, memo)
+    for entry in spec.layers:
+        module = subnet.get_submodule(entry.path) if entry.path else subnet
+        if entry.rule.resize is None:
+            continue
+        full = model.get_submodule(entry.path) if entry.path else model
+        in_size = _side_size(full, spec, entry.in_group, num_subnets, "in")
+        out_size = _side_size(full, spec, entry.out_group, num_subnets, "out")
+        entry.rule.resize(module, in_size, out_size)
+    _resize_basic_gnns(subnet, spec, num_subnets)
+    return subnet
+
+
+def _side_size(module: nn.Module, spec: SplitSpec, group: Optional[str], m: int, side: str) -> int:
+    if group is not None:
+        return spec.widths[group] // m
+    for attr in (f"{side}_channels", f"{side}_features", "num_features", "in_channels"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    shape = getattr(module, "normalized_shape", None)
+    if shape:
+        return int(shape[-1])
+    return -1
+
+
+def _resize_basic_gnns(subnet: nn.Module, spec: SplitSpec, m: int) -> None:
+    from torch_geometric.nn.models.basic_gnn import BasicGNN
+
+    for path, module in subnet.named_modules():
+        if isinstance(module, BasicGNN):
+            prefix = f"{path}." if path else ""
+            name = f"{prefix}hidden1"
+            if name in spec.widths:
+                module.hidden_channels = spec.widths[name] // m
+                if not getattr(module, "_is_conv_to_out", False):
+                    module.out_channels = module.convs[-1].out_channels
+
+
+def load_subnet_state(subnet: nn.Module, tensors: Mapping[str, Tensor]) -> None:
+    """Copy ``tensors`` into ``subnet`` in place (parameter objects are kept,
+    so an optimizer that holds them stays valid)."""
+    named = dict(subnet.named_parameters(remove_duplicate=False))
+    named.update(dict(subnet.named_buffers(remove_duplicate=False)))
+    with torch.no_grad():
+        for name, value in tensors.items():
+            named[name].copy_(value)
+
+
+def subnet_state(subnet: nn.Module, spec: SplitSpec) -> dict[str, Tensor]:
+    """The sub-network's tensors, keyed as in the spec."""
+    state = subnet.state_dict()
+    return {name: state[name] for name in spec.tensor_axes}

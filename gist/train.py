@@ -1,0 +1,430 @@
+r"""One worker's local steps, and the GIST round loop.
+
+Round ``r`` (GUIDE §2):
+
+1. draw the width split of ``(seed, r)``;
+2. slice sub-network ``i`` out of the full model, one flat buffer each;
+3. the transport hands buffer ``i`` to worker ``i``, which loads it into its
+   narrow model and runs ``ζ`` optimizer steps on its own graph data with a
+   fresh optimizer, then returns its buffer;
+4. merge: write the slices back, average shared tensors;
+5. every ``eval_every`` rounds, evaluate the full-width model.
+
+With ``m = 1`` the only sub-network is the full model (the split of a width
+into one group is the identity), and the worker keeps its optimizer between
+rounds: GIST with ``m = 1`` is ordinary training, step for step.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from .comm import ByteLedger, InProcessTransport, Transport, WorkerReport
+from .nn.slicing import SplitSpec, build_split_spec
+from .partition import (
+    FlatLayout,
+    build_subnet,
+    draw_partition,
+    load_subnet_state,
+    merge_states,
+    slice_state,
+    subnet_layout,
+    subnet_state,
+)
+
+DATA_MODES = ("replicated", "partitioned")
+BATCHING = ("full", "cluster")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class LocalConfig:
+    """How a worker trains its sub-network each round."""
+
+    local_steps: int = 10
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+
+    def validate(self) -> None:
+        if self.local_steps < 1:
+            raise ValueError(f"local_steps (ζ) must be >= 1, got {self.local_steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+
+
+def make_optimizer(params, cfg: LocalConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+# --------------------------------------------------------------------------
+# Where a worker's training batches come from
+
+
+class BatchSource(Protocol):
+    def next_batch(self) -> Data: ...
+
+    def tensors(self) -> list[Tensor]: ...
+
+
+class FullBatch:
+    """Every step sees the worker's whole graph."""
+
+    def __init__(self, data: Data) -> None:
+        self.data = data
+
+    def next_batch(self) -> Data:
+        return self.data
+
+    def tensors(self) -> list[Tensor]:
+        return graph_tensors(self.data)
+
+
+class ClusterBatches:
+    """Cluster-GCN mini-batches of the worker's graph (see :class:`gist.graph.ClusterBatcher`)."""
+
+    def __init__(self, data: Data, num_parts: int, parts_per_batch: int, seed: int) -> None:
+        from .graph import ClusterBatcher
+
+        self.data = data
+        self.batcher = ClusterBatcher(data, num_parts, parts_per_batch, method="metis", seed=seed)
+
+    def next_batch(self) -> Data:
+        return self.batcher.next_batch()
+
+    def tensors(self) -> list[Tensor]:
+        return graph_tensors(self.data)
+
+
+def graph_tensors(data: Data) -> list[Tensor]:
+    """The tensors a worker holds for its graph (counted as ``data`` bytes)."""
+    return [v for _, v in data if isinstance(v, Tensor)]
+
+
+def training_loss(model: nn.Module, batch: Data) -> Optional[Tensor]:
+    """Cross-entropy over the batch's training nodes (``None`` if it has none)."""
+    mask = batch.train_mask
+    if not bool(mask.any()):
+        return None
+    out = model(batch.x, batch.edge_index)
+    return F.cross_entropy(out[mask], batch.y[mask])
+
+
+# --------------------------------------------------------------------------
+# A worker
+
+
+class Worker:
+    """Holds one narrow sub-network and its own graph data.
+
+    Each round it loads the parameters it is sent, runs ``local_steps``
+    optimizer steps, and returns its parameters. Its dropout and sampling
+    randomness come from its own RNG state, so it draws the same numbers
+    whether it runs in the coordinator's process or in a process of its own.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        subnet: nn.Module,
+        spec: SplitSpec,
+        layout: FlatLayout,
+        batches: BatchSource,
+        cfg: LocalConfig,
+        rng_state: Tensor,
+        keep_optimizer: bool = False,
+    ) -> None:
+        cfg.validate()
+        self.index = index
+        self.subnet = subnet
+        self.spec = spec
+        self.layout = layout
+        self.batches = batches
+        self.cfg = cfg
+        self.rng_state = rng_state.clone()
+        self.keep_optimizer = keep_optimizer
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self._warned_empty = False
+
+    def data_tensors(self) -> list[Tensor]:
+        return self.batches.tensors()
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.rng_state)
+        try:
+            yield
+        finally:
+            self.rng_state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+    def train_round(self, round: int, flat_params: Tensor) -> WorkerReport:
+        start = time.perf_counter()
+        load_subnet_state(self.subnet, self.layout.unflatten(flat_params))
+        if self.optimizer is None or not self.keep_optimizer:
+            self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
+        self.subnet.train()
+        losses: list[float] = []
+        with self._own_rng():
+            for _ in range(self.cfg.local_steps):
+                batch = self.batches.next_batch()
+                self.optimizer.zero_grad()
+                loss = training_loss(self.subnet, batch)
+                if loss is None:
+                    if not self._warned_empty:
+                        warnings.warn(f"worker {self.index}: a batch without training nodes; step skipped")
+                        self._warned_empty = True
+                    continue
+                loss.backward()
+                self.optimizer.step()
+                losses.append(float(loss.detach()))
+        flat = self.layout.flatten(subnet_state(self.subnet, self.spec))
+        mean_loss = sum(losses) / len(losses) if losses else float("nan")
+        stats = torch.tensor([mean_loss, float(len(losses)), time.perf_counter() - start], dtype=torch.float64)
+        return WorkerReport(flat, stats)
+
+
+def worker_rng_state(seed: int, index: int) -> Tensor:
+    """Initial RNG state of worker ``index > 0`` (worker 0 continues the
+    coordinator's stream, so that ``m = 1`` is ordinary training)."""
+    return torch.Generator().manual_seed(int(seed) * 7919 + 104729 * int(index)).get_state()
+
+
+# --------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data) -> dict[str, float]:
+    """Accuracy of the full-width model on the train/val/test masks."""
+    was_training = model.training
+    model.eval()
+    pred = model(data.x, data.edge_index).argmax(dim=-1)
+    model.train(was_training)
+    out = {}
+    for split in ("train", "val", "test"):
+        mask = data[f"{split}_mask"]
+        out[split] = float((pred[mask] == data.y[mask]).float().mean()) if bool(mask.any()) else float("nan")
+    return out
+
+
+# --------------------------------------------------------------------------
+# The round loop
+
+
+@dataclass
+class GISTConfig:
+    """Settings of the round loop (model and data are given separately)."""
+
+    num_subnets: int = 2
+    rounds: int = 50
+    local: LocalConfig = field(default_factory=LocalConfig)
+    data_mode: str = "replicated"
+    partitioner: str = "metis"
+    halo_hops: int = 0
+    batching: str = "full"
+    num_clusters: int = 32
+    clusters_per_batch: int = 4
+    eval_every: int = 1
+    seed: int = 0
+
+    def validate(self) -> None:
+        self.local.validate()
+        if self.num_subnets < 1:
+            raise ValueError(f"num_subnets (m) must be >= 1, got {self.num_subnets}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.data_mode not in DATA_MODES:
+            raise ValueError(f"data_mode must be one of {DATA_MODES}, got {self.data_mode!r}")
+        if self.partitioner not in ("metis", "random"):
+            raise ValueError(f"partitioner must be 'metis' or 'random', got {self.partitioner!r}")
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, got {self.batching!r}")
+        if self.halo_hops < 0:
+            raise ValueError(f"halo_hops must be >= 0, got {self.halo_hops}")
+        if self.batching == "cluster" and not 1 <= self.clusters_per_batch <= self.num_clusters:
+            raise ValueError("clusters_per_batch must be between 1 and num_clusters")
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    local_steps: int
+    seconds: float
+    split_seconds: float
+    merge_seconds: float
+    worker_seconds: float
+    bytes_to_workers: int
+    bytes_from_workers: int
+    loss: float
+    train: Optional[float] = None
+    val: Optional[float] = None
+    test: Optional[float] = None
+    eval_seconds: Optional[float] = None
+
+
+def worker_graphs(data: Data, cfg: GISTConfig) -> list[Data]:
+    """The graph each worker trains on: the whole graph (``replicated``) or
+    its own part's induced subgraph (``partitioned``)."""
+    if cfg.data_mode == "replicated" or cfg.num_subnets == 1:
+        return [data] * cfg.num_subnets
+    from .graph import partition_nodes, worker_subgraph
+
+    parts = partition_nodes(data.edge_index, data.num_nodes, cfg.num_subnets, cfg.partitioner, cfg.seed)
+    return [worker_subgraph(data, parts, i, cfg.halo_hops) for i in range(cfg.num_subnets)]
+
+
+def make_workers(model: nn.Module, spec: SplitSpec, data: Data, cfg: GISTConfig,
+                 indices: Optional[Sequence[int]] = None) -> list[Worker]:
+    """Build workers ``indices`` (default: all) for ``model``.
+
+    Worker 0 takes the current global RNG state; call this right after
+    building the model under ``torch.manual_seed(seed)``.
+    """
+    layout = subnet_layout(model, spec, cfg.num_subnets)
+    graphs = worker_graphs(data, cfg)
+    first_state = torch.get_rng_state()
+    workers = []
+    for i in indices if indices is not None else range(cfg.num_subnets):
+        if cfg.batching == "cluster":
+            source: BatchSource = ClusterBatches(graphs[i], cfg.num_clusters, cfg.clusters_per_batch, cfg.seed + i)
+        else:
+            source = FullBatch(graphs[i])
+        rng = first_state if i == 0 else worker_rng_state(cfg.seed, i)
+        workers.append(Worker(i, build_subnet(model, spec, cfg.num_subnets), spec, layout, source,
+                              cfg.local, rng, keep_optimizer=cfg.num_subnets == 1))
+    return workers
+
+
+class GISTTrainer:
+    """Runs GIST rounds on a full-width ``model`` through a transport.
+
+    Args:
+        model: the full-width model (stock PyG GCN/GraphSAGE, or any model the
+            splitter understands). It is trained in place.
+        data: the full graph, with ``train_mask``/``val_mask``/``test_mask``;
+            used for evaluation, and by in-process workers.
+        cfg: round-loop settings.
+        transport: how buffers reach workers; default: an
+            :class:`~gist.comm.InProcessTransport` with ``m`` workers.
+        evaluator: ``f(model, data) -> {"train", "val", "test"}``; default accuracy.
+    """
+
+    def __init__(self, model: nn.Module, data: Data, cfg: GISTConfig,
+                 transport: Optional[Transport] = None,
+                 evaluator: Callable[[nn.Module, Data], dict[str, float]] = evaluate) -> None:
+        cfg.validate()
+        self.model = model
+        self.data = data
+        self.cfg = cfg
+        self.spec = build_split_spec(model)
+        self.spec.check_subnets(cfg.num_subnets)
+        self.layout = subnet_layout(model, self.spec, cfg.num_subnets)
+        self.transport = transport if transport is not None else InProcessTransport(
+            make_workers(model, self.spec, data, cfg))
+        if self.transport.num_subnets != cfg.num_subnets:
+            raise ValueError(f"transport has {self.transport.num_subnets} workers, config asks m={cfg.num_subnets}")
+        self.evaluator = evaluator
+        self.history: list[RoundRecord] = []
+        self.round = 0
+
+    @property
+    def ledger(self) -> ByteLedger:
+        return self.transport.ledger
+
+    def run_round(self) -> RoundRecord:
+        r = self.round
+        start = time.perf_counter()
+        partition = draw_partition(self.spec.widths, self.cfg.num_subnets, self.cfg.seed, r)
+        state = self.model.state_dict()
+        payloads = [self.layout.flatten(slice_state(state, self.spec, partition, i))
+                    for i in range(self.cfg.num_subnets)]
+        split_done = time.perf_counter()
+        reports = self.transport.run_round(r, payloads)
+        merge_start = time.perf_counter()
+        merge_states(state, self.spec, partition, [self.layout.unflatten(rep.params) for rep in reports])
+        end = time.perf_counter()
+        losses = [float(rep.stats[0]) for rep in reports if not math.isnan(float(rep.stats[0]))]
+        record = RoundRecord(
+            round=r,
+            local_steps=self.cfg.local.local_steps,
+            seconds=end - start,
+            split_seconds=split_done - start,
+            merge_seconds=end - merge_start,
+            worker_seconds=max(float(rep.stats[2]) for rep in reports),
+            bytes_to_workers=self.ledger.total(round=r, direction="to_worker"),
+            bytes_from_workers=self.ledger.total(round=r, direction="from_worker"),
+            loss=sum(losses) / len(losses) if losses else float("nan"),
+        )
+        if (r + 1) % self.cfg.eval_every == 0 or r + 1 == self.cfg.rounds:
+            eval_start = time.perf_counter()
+            metrics = self.evaluator(self.model, self.data)
+            record.train, record.val, record.test = metrics["train"], metrics["val"], metrics["test"]
+            record.eval_seconds = time.perf_counter() - eval_start
+        self.history.append(record)
+        self.round += 1
+        return record
+
+    def fit(self, progress: bool = True, callback: Optional[Callable[[RoundRecord], Any]] = None) -> list[RoundRecord]:
+        """Run the remaining rounds, with a progress bar over rounds."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.cfg.rounds, initial=self.round, desc="GIST rounds", unit="round",
+                   disable=not progress, dynamic_ncols=True)
+        best_val = float("-inf")
+        try:
+            while self.round < self.cfg.rounds:
+                record = self.run_round()
+                if record.val is not None:
+                    best_val = max(best_val, record.val)
+                moved = self.ledger.total(kind="params") / 1e6
+                postfix = {"loss": f"{record.loss:.3f}", "MB": f"{moved:.1f}"}
+                if record.val is not None:
+                    postfix["val"] = f"{record.val:.4f}"
+                    postfix["best"] = f"{best_val:.4f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+                if callback is not None:
+                    callback(record)
+        finally:
+            bar.close()
+        return self.history
+
+    def summary(self) -> dict[str, Any]:
+        """``best_val``, ``test_at_best_val`` and byte and time totals."""
+        evaluated = [r for r in self.history if r.val is not None]
+        best = max(evaluated, key=lambda r: r.val) if evaluated else None
+        params_bytes = self.ledger.total(kind="params")
+        m = self.cfg.num_subnets
+        return {
+            "best_val": best.val if best else None,
+            "test_at_best_val": best.test if best else None,
+            "best_round": best.round if best else None,
+            "final_val": evaluated[-1].val if evaluated else None,
+            "final_test": evaluated[-1].test if evaluated else None,
+            "bytes_total": params_bytes,
+            "bytes_per_worker": params_bytes / m,
+            "data_bytes_total": self.ledger.total(kind="data"),
+            "stats_bytes_total": self.ledger.total(kind="stats"),
+            "subnet_params": self.layout.numel,
+            "rounds": len(self.history),
+            "seconds": sum(r.seconds + (r.eval_seconds or 0.0) for r in self.history),
+        }
