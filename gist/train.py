@@ -96,13 +96,19 @@ class FullBatch:
 
 
 class ClusterBatches:
-    """Cluster-GCN mini-batches of the worker's graph (see :class:`gist.graph.ClusterBatcher`)."""
+    """Cluster-GCN mini-batches of the worker's graph (see :class:`gist.graph.ClusterBatcher`).
 
-    def __init__(self, data: Data, num_parts: int, parts_per_batch: int, seed: int) -> None:
+    ``parts`` is a precomputed METIS partition of ``data`` (shared by workers
+    that hold the same graph); ``seed`` orders this worker's batches.
+    """
+
+    def __init__(self, data: Data, num_parts: int, parts_per_batch: int, seed: int,
+                 parts: Optional[Tensor] = None) -> None:
         from .graph import ClusterBatcher
 
         self.data = data
-        self.batcher = ClusterBatcher(data, num_parts, parts_per_batch, method="metis", seed=seed)
+        self.batcher = ClusterBatcher(data, num_parts, parts_per_batch, method="metis", seed=seed,
+                                      parts=parts)
 
     def next_batch(self) -> Data:
         return self.batcher.next_batch()
@@ -266,6 +272,9 @@ class GISTConfig:
 
 @dataclass
 class RoundRecord:
+    """One round: time split, parameter bytes each way (all workers), the
+    workers' mean loss, and metrics where evaluated."""
+
     round: int
     local_steps: int
     seconds: float
@@ -274,6 +283,7 @@ class RoundRecord:
     worker_seconds: float
     bytes_to_workers: int
     bytes_from_workers: int
+    stats_bytes: int
     loss: float
     train: Optional[float] = None
     val: Optional[float] = None
@@ -303,9 +313,21 @@ def make_workers(model: nn.Module, spec: SplitSpec, data: Data, cfg: GISTConfig,
     graphs = worker_graphs(data, cfg)
     first_state = torch.get_rng_state()
     workers = []
+    shared_parts: dict[int, Tensor] = {}
     for i in indices if indices is not None else range(cfg.num_subnets):
         if cfg.batching == "cluster":
-            source: BatchSource = ClusterBatches(graphs[i], cfg.num_clusters, cfg.clusters_per_batch, cfg.seed + i)
+            parts = shared_parts.get(id(graphs[i]))
+            if parts is None:
+                from .graph import partition_nodes
+
+                g = graphs[i]
+                if cfg.num_clusters > g.num_nodes:
+                    raise ValueError(f"num_clusters ({cfg.num_clusters}) exceeds worker {i}'s "
+                                     f"{g.num_nodes} nodes")
+                parts = partition_nodes(g.edge_index, g.num_nodes, cfg.num_clusters, "metis", cfg.seed)
+                shared_parts[id(g)] = parts
+            source: BatchSource = ClusterBatches(graphs[i], cfg.num_clusters, cfg.clusters_per_batch,
+                                                 cfg.seed + i, parts=parts)
         else:
             source = FullBatch(graphs[i])
         rng = first_state if i == 0 else worker_rng_state(cfg.seed, i)
@@ -370,8 +392,9 @@ class GISTTrainer:
             split_seconds=split_done - start,
             merge_seconds=end - merge_start,
             worker_seconds=max(float(rep.stats[2]) for rep in reports),
-            bytes_to_workers=self.ledger.total(round=r, direction="to_worker"),
-            bytes_from_workers=self.ledger.total(round=r, direction="from_worker"),
+            bytes_to_workers=self.ledger.total(round=r, direction="to_worker", kind="params"),
+            bytes_from_workers=self.ledger.total(round=r, direction="from_worker", kind="params"),
+            stats_bytes=self.ledger.total(round=r, kind="stats"),
             loss=sum(losses) / len(losses) if losses else float("nan"),
         )
         if (r + 1) % self.cfg.eval_every == 0 or r + 1 == self.cfg.rounds:

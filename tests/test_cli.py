@@ -1,0 +1,65 @@
+"""The ``gist train`` command: flags, JSON log, progress and errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gist.cli import main
+
+SMALL = ["--dataset", "csbm", "--hidden", "16", "--rounds", "3", "--local-steps", "2", "--subnets", "2"]
+
+
+def test_train_writes_log_with_config_rounds_and_summary(tmp_path, capsys):
+    log = tmp_path / "run.json"
+    assert main(["train", *SMALL, "--eval-every", "2", "--log", str(log), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "best val" in out and "MB per worker" in out
+    record = json.loads(log.read_text())
+    assert set(record) >= {"config", "rounds", "summary"}
+    cfg = record["config"]
+    for key in ("dataset", "root", "model", "layers", "hidden", "subnets", "local_steps", "rounds", "lr",
+                "weight_decay", "dropout", "norm", "data_mode", "partitioner", "eval_every", "seed"):
+        assert key in cfg, key
+    assert cfg["subnets"] == 2 and cfg["hidden"] == 16
+    rounds = record["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for r in rounds:
+        assert {"local_steps", "seconds", "bytes_to_workers", "bytes_from_workers"} <= set(r)
+        assert r["bytes_to_workers"] == r["bytes_from_workers"] > 0
+    assert rounds[0]["val"] is None and rounds[1]["val"] is not None and rounds[2]["val"] is not None
+    s = record["summary"]
+    assert set(s) >= {"best_val", "test_at_best_val", "bytes_total", "bytes_per_worker", "seconds"}
+    assert s["bytes_total"] == sum(r["bytes_to_workers"] + r["bytes_from_workers"] for r in rounds)
+    assert s["bytes_per_worker"] == s["bytes_total"] / 2
+
+
+def test_progress_bar_shows_val_and_megabytes():
+    proc = subprocess.run([sys.executable, "-m", "gist", "train", *SMALL], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "GIST rounds" in proc.stderr and "val=" in proc.stderr and "MB=" in proc.stderr
+    assert "best val" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--hidden", "10", "--subnets", "4"], "not divisible"),
+    (["--hidden", "8", "--subnets", "16"], "larger than the width"),
+    (["--dataset", "no-such-graph"], "no-such-graph"),
+    (["--dataset", "cora", "--root", "{tmp}"], "ind.cora.x"),
+])
+def test_bad_input_exits_with_clear_message(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setenv("GIST_OFFLINE", "1")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code = main(["train", "--dataset", "csbm", "--rounds", "1", "--no-progress", *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_argparse_rejects_bad_choices():
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "gat"])
+    with pytest.raises(SystemExit):
+        main(["train", "--subnets", "0"])
