@@ -77,19 +77,37 @@ def make_optimizer(params, cfg: LocalConfig) -> torch.optim.Optimizer:
 
 
 class BatchSource(Protocol):
-    def next_batch(self) -> Data: ...
+    def next_batch(self) -> tuple[Data, Tensor]:
+        """The next training graph and its adjacency (see :func:`adjacency`)."""
+        ...
 
     def tensors(self) -> list[Tensor]: ...
+
+
+def adjacency(data: Data, sparse: bool = True) -> Tensor:
+    """What the model's message passing reads: ``edge_index``, or (``sparse``)
+    the transposed adjacency as a ``torch.sparse_csr`` tensor, ``adj_t[i, j] = 1``
+    for an edge ``j -> i``. Both give the same result; the CSR form runs
+    sparse-dense matrix products instead of gather/scatter and is several
+    times faster on wide inputs."""
+    if not sparse:
+        return data.edge_index
+    from torch_geometric.utils import to_torch_csr_tensor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sparse CSR support is labelled beta
+        return to_torch_csr_tensor(data.edge_index.flip(0), size=(data.num_nodes, data.num_nodes))
 
 
 class FullBatch:
     """Every step sees the worker's whole graph."""
 
-    def __init__(self, data: Data) -> None:
+    def __init__(self, data: Data, sparse: bool = True) -> None:
         self.data = data
+        self.adj = adjacency(data, sparse)
 
-    def next_batch(self) -> Data:
-        return self.data
+    def next_batch(self) -> tuple[Data, Tensor]:
+        return self.data, self.adj
 
     def tensors(self) -> list[Tensor]:
         return graph_tensors(self.data)
@@ -103,15 +121,17 @@ class ClusterBatches:
     """
 
     def __init__(self, data: Data, num_parts: int, parts_per_batch: int, seed: int,
-                 parts: Optional[Tensor] = None) -> None:
+                 parts: Optional[Tensor] = None, sparse: bool = True) -> None:
         from .graph import ClusterBatcher
 
         self.data = data
+        self.sparse = sparse
         self.batcher = ClusterBatcher(data, num_parts, parts_per_batch, method="metis", seed=seed,
                                       parts=parts)
 
-    def next_batch(self) -> Data:
-        return self.batcher.next_batch()
+    def next_batch(self) -> tuple[Data, Tensor]:
+        batch = self.batcher.next_batch()
+        return batch, adjacency(batch, self.sparse)
 
     def tensors(self) -> list[Tensor]:
         return graph_tensors(self.data)
@@ -122,12 +142,12 @@ def graph_tensors(data: Data) -> list[Tensor]:
     return [v for _, v in data if isinstance(v, Tensor)]
 
 
-def training_loss(model: nn.Module, batch: Data) -> Optional[Tensor]:
+def training_loss(model: nn.Module, batch: Data, adj: Tensor) -> Optional[Tensor]:
     """Cross-entropy over the batch's training nodes (``None`` if it has none)."""
     mask = batch.train_mask
     if not bool(mask.any()):
         return None
-    out = model(batch.x, batch.edge_index)
+    out = model(batch.x, adj)
     return F.cross_entropy(out[mask], batch.y[mask])
 
 
@@ -189,9 +209,9 @@ class Worker:
         losses: list[float] = []
         with self._own_rng():
             for _ in range(self.cfg.local_steps):
-                batch = self.batches.next_batch()
+                batch, adj = self.batches.next_batch()
                 self.optimizer.zero_grad()
-                loss = training_loss(self.subnet, batch)
+                loss = training_loss(self.subnet, batch, adj)
                 if loss is None:
                     if not self._warned_empty:
                         warnings.warn(f"worker {self.index}: a batch without training nodes; step skipped")
@@ -217,11 +237,12 @@ def worker_rng_state(seed: int, index: int) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data) -> dict[str, float]:
-    """Accuracy of the full-width model on the train/val/test masks."""
+def evaluate(model: nn.Module, data: Data, adj: Optional[Tensor] = None) -> dict[str, float]:
+    """Accuracy of the full-width model on the train/val/test masks
+    (``adj``: the graph's :func:`adjacency`, default ``data.edge_index``)."""
     was_training = model.training
     model.eval()
-    pred = model(data.x, data.edge_index).argmax(dim=-1)
+    pred = model(data.x, data.edge_index if adj is None else adj).argmax(dim=-1)
     model.train(was_training)
     out = {}
     for split in ("train", "val", "test"):
@@ -249,6 +270,8 @@ class GISTConfig:
     clusters_per_batch: int = 4
     eval_every: int = 1
     seed: int = 0
+    sparse_adjacency: bool = True
+    """Message passing over a CSR adjacency (same result as ``edge_index``, faster)."""
 
     def validate(self) -> None:
         self.local.validate()
@@ -327,9 +350,9 @@ def make_workers(model: nn.Module, spec: SplitSpec, data: Data, cfg: GISTConfig,
                 parts = partition_nodes(g.edge_index, g.num_nodes, cfg.num_clusters, "metis", cfg.seed)
                 shared_parts[id(g)] = parts
             source: BatchSource = ClusterBatches(graphs[i], cfg.num_clusters, cfg.clusters_per_batch,
-                                                 cfg.seed + i, parts=parts)
+                                                 cfg.seed + i, parts=parts, sparse=cfg.sparse_adjacency)
         else:
-            source = FullBatch(graphs[i])
+            source = FullBatch(graphs[i], cfg.sparse_adjacency)
         rng = first_state if i == 0 else worker_rng_state(cfg.seed, i)
         workers.append(Worker(i, build_subnet(model, spec, cfg.num_subnets), spec, layout, source,
                               cfg.local, rng, keep_optimizer=cfg.num_subnets == 1))
@@ -347,12 +370,13 @@ class GISTTrainer:
         cfg: round-loop settings.
         transport: how buffers reach workers; default: an
             :class:`~gist.comm.InProcessTransport` with ``m`` workers.
-        evaluator: ``f(model, data) -> {"train", "val", "test"}``; default accuracy.
+        evaluator: ``f(model, data) -> {"train", "val", "test"}``; default
+            accuracy (:func:`evaluate`).
     """
 
     def __init__(self, model: nn.Module, data: Data, cfg: GISTConfig,
                  transport: Optional[Transport] = None,
-                 evaluator: Callable[[nn.Module, Data], dict[str, float]] = evaluate) -> None:
+                 evaluator: Optional[Callable[[nn.Module, Data], dict[str, float]]] = None) -> None:
         cfg.validate()
         self.model = model
         self.data = data
@@ -364,6 +388,9 @@ class GISTTrainer:
             make_workers(model, self.spec, data, cfg))
         if self.transport.num_subnets != cfg.num_subnets:
             raise ValueError(f"transport has {self.transport.num_subnets} workers, config asks m={cfg.num_subnets}")
+        if evaluator is None:
+            eval_adj = adjacency(data, cfg.sparse_adjacency)
+            evaluator = lambda model, graph: evaluate(model, graph, eval_adj)  # noqa: E731
         self.evaluator = evaluator
         self.history: list[RoundRecord] = []
         self.round = 0
