@@ -393,6 +393,7 @@ class GISTTrainer:
             evaluator = lambda model, graph: evaluate(model, graph, eval_adj)  # noqa: E731
         self.evaluator = evaluator
         self.history: list[RoundRecord] = []
+        self._sum_worker_seconds: dict[int, float] = {}
         self.round = 0
 
     @property
@@ -412,6 +413,7 @@ class GISTTrainer:
         merge_states(state, self.spec, partition, [self.layout.unflatten(rep.params) for rep in reports])
         end = time.perf_counter()
         losses = [float(rep.stats[0]) for rep in reports if not math.isnan(float(rep.stats[0]))]
+        self._sum_worker_seconds[r] = sum(float(rep.stats[2]) for rep in reports)
         record = RoundRecord(
             round=r,
             local_steps=self.cfg.local.local_steps,
@@ -477,4 +479,8 @@ class GISTTrainer:
             "subnet_params": self.layout.numel,
             "rounds": len(self.history),
             "seconds": sum(r.seconds + (r.eval_seconds or 0.0) for r in self.history),
+            # what the rounds would take with the workers in parallel: the
+            # slowest worker instead of all of them one after another
+            "parallel_seconds": sum(r.seconds - self._sum_worker_seconds.get(r.round, 0.0)
+                                    + r.worker_seconds + (r.eval_seconds or 0.0) for r in self.history),
         }
