@@ -85,6 +85,16 @@ def test_slice_then_merge_is_bit_exact(cls, norm, out, m):
         assert torch.equal(after[k], v), k
 
 
+@pytest.mark.parametrize("act", ["elu", "tanh", "leaky_relu"])
+def test_any_parameter_free_activation_splits(act):
+    torch.manual_seed(0)
+    model = GraphSAGE(12, 8, 3, out_channels=5, act=act, act_first=True, norm="batch_norm")
+    spec = build_split_spec(model)
+    subnet = build_subnet(model, spec, 2)
+    x, ei = random_graph()
+    assert subnet(x, ei).shape == (40, 5)
+
+
 def test_input_and_class_widths_never_split():
     model = GCN(12, 8, 3, out_channels=5)
     spec = build_split_spec(model)
