@@ -36,7 +36,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--norm", choices=["none", "batch_norm", "layer_norm"], default=d.norm)
     g.add_argument("--dropout", type=float, default=d.dropout)
     g = p.add_argument_group("GIST")
-    g.add_argument("--subnets", "-m", type=_positive_int, default=d.subnets, help="sub-networks m")
+    g.add_argument("--subnets", "-m", type=_positive_int, default=None,
+                   help=f"sub-networks m (default: --procs, the torchrun world size, or {d.subnets})")
     g.add_argument("--local-steps", type=_positive_int, default=d.local_steps, help="local steps ζ per round")
     g.add_argument("--rounds", type=_positive_int, default=d.rounds)
     g.add_argument("--lr", type=float, default=d.lr)
@@ -56,6 +57,18 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     g.add_argument("--log", default=None, metavar="PATH", help="write the run's JSON log here")
+    g.add_argument("--save-model", default=None, metavar="PATH",
+                   help="write the final full model's state_dict here (torch.save)")
+    g = p.add_argument_group("distributed")
+    g.add_argument("--backend", choices=["local", "dist"], default=d.backend,
+                   help="local: all m workers in this process; dist: this process is one rank of a "
+                        "torchrun job (one process per worker)")
+    g.add_argument("--procs", type=_positive_int, default=None, metavar="M",
+                   help="spawn M local processes on torch.distributed (loopback only); implies --backend dist")
+    g.add_argument("--dist-backend", choices=["gloo", "nccl"], default=None,
+                   help="torch.distributed backend (default: nccl with CUDA, else gloo)")
+    g.add_argument("--timeout", type=float, default=d.timeout,
+                   help="seconds a rank waits for a peer before failing with an error naming it")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -64,12 +77,33 @@ def _train(args: argparse.Namespace) -> int:
     from .nn.slicing import SplitError
     from .run import run_training
 
+    import os
+
+    from .distributed import WorkerFailure
+
+    if args.subnets is None:
+        world = os.environ.get("WORLD_SIZE") if args.backend == "dist" else None
+        args.subnets = args.procs or (int(world) if world else RunSettings.subnets)
+    if args.procs is not None:
+        args.backend = "dist"
     settings = RunSettings(**{k: getattr(args, k) for k in RunSettings.field_names()})
     try:
-        log = run_training(settings, progress=not args.no_progress, log_path=args.log)
-    except (DatasetNotFoundError, SplitError, ValueError) as exc:
+        if args.procs is not None:
+            from .run import launch_local
+
+            log = launch_local(settings, args.procs, progress=not args.no_progress, log_path=args.log)
+        else:
+            log = run_training(settings, progress=not args.no_progress, log_path=args.log)
+    except (DatasetNotFoundError, SplitError, ValueError, WorkerFailure) as exc:
         print(f"gist train: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a spawned process failed: its traceback is already on stderr
+        if type(exc).__name__ in ("ProcessRaisedException", "ProcessExitedException"):
+            print(f"gist train: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    if not log:  # a worker rank of a torchrun job: rank 0 reports
+        return 0
     s = log["summary"]
     print(
         f"{settings.dataset} {settings.model} L={settings.layers} d={settings.hidden} "
@@ -87,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gist", description="GIST for PyTorch Geometric")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
+    from .parts import add_partition_parser
+
+    add_partition_parser(sub)
     return parser
 
 
@@ -94,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return _train(args)
-    raise AssertionError(args.command)  # pragma: no cover
+    return args.func(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

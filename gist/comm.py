@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 TO_WORKER = "to_worker"
 FROM_WORKER = "from_worker"
 DIRECTIONS = (TO_WORKER, FROM_WORKER)
-KINDS = ("params", "data", "stats")
+KINDS = ("params", "data", "stats", "control")
 SETUP_ROUND = -1
 
 
@@ -50,8 +50,13 @@ class Transfer:
 class ByteLedger:
     """Every tensor that goes to or comes from a worker, counted in bytes.
 
-    Kinds: ``params`` (sub-network state), ``data`` (graph tensors handed to a
-    worker at set-up), ``stats`` (the small loss report a worker returns).
+    Kinds: ``params`` (sub-network state), ``stats`` (the small loss report a
+    worker returns each round), ``control`` (the set-up handshake: the round
+    to start from and the buffer size out, the worker's data size back), and
+    ``data``: the graph bytes a worker holds, recorded once at set-up (round
+    ``-1``). GIST never sends graph data: a worker loads it where it lives (in
+    ``replicated`` mode every worker holds the whole graph), so ``data`` is
+    reported apart from the communication totals.
     """
 
     def __init__(self) -> None:
@@ -96,7 +101,7 @@ class WorkerReport:
     params: Tensor
     """The trained sub-network, as one flat buffer in the round's layout."""
     stats: Tensor
-    """``float64 [mean training loss, optimizer steps taken, seconds]``."""
+    """``[mean training loss, optimizer steps taken, seconds]`` in the buffer dtype."""
 
 
 class Transport(ABC):
@@ -105,6 +110,11 @@ class Transport(ABC):
     def __init__(self, num_subnets: int, ledger: Optional[ByteLedger] = None) -> None:
         self.num_subnets = num_subnets
         self.ledger = ledger if ledger is not None else ByteLedger()
+
+    def start(self, start_round: int, numel: int) -> None:
+        """The set-up handshake, once before the first round this run trains:
+        every worker is told ``[start_round, numel]`` and answers with the
+        bytes of graph data it holds."""
 
     @abstractmethod
     def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
@@ -124,8 +134,11 @@ class InProcessTransport(Transport):
     def __init__(self, workers: Sequence["Worker"], ledger: Optional[ByteLedger] = None) -> None:
         super().__init__(len(workers), ledger)
         self.workers = list(workers)
+
+    def start(self, start_round: int, numel: int) -> None:
         for worker in self.workers:
-            self.ledger.record(SETUP_ROUND, worker.index, TO_WORKER, "data", worker.data_tensors())
+            record_handshake(self.ledger, worker.index, handshake_header(start_round, numel),
+                             handshake_reply(worker))
 
     def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
         if len(payloads) != self.num_subnets:
@@ -151,3 +164,19 @@ def analytic_subnet_numel(spec, full_shapes: dict[str, torch.Size], num_subnets:
             n *= size // num_subnets if axis is not None else size
         total += n
     return total
+
+
+def handshake_header(start_round: int, numel: int) -> Tensor:
+    """What the coordinator tells each worker before the first round."""
+    return torch.tensor([start_round, numel], dtype=torch.int64)
+
+
+def handshake_reply(worker: "Worker") -> Tensor:
+    """What a worker answers: the bytes of graph data it holds."""
+    return torch.tensor([tensor_nbytes(worker.data_tensors())], dtype=torch.int64)
+
+
+def record_handshake(ledger: ByteLedger, worker: int, header: Tensor, reply: Tensor) -> None:
+    ledger.record(SETUP_ROUND, worker, TO_WORKER, "control", header)
+    ledger.record(SETUP_ROUND, worker, FROM_WORKER, "control", reply)
+    ledger.record(SETUP_ROUND, worker, TO_WORKER, "data", int(reply[0]))

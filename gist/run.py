@@ -5,7 +5,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,6 +41,15 @@ class RunSettings:
     eval_every: int = 1
     seed: int = 0
     threads: Optional[int] = None
+    backend: str = "local"
+    """``local``: all workers in this process; ``dist``: one process per worker
+    on ``torch.distributed`` (this process is one rank of a torchrun job)."""
+    dist_backend: Optional[str] = None
+    """``gloo`` or ``nccl``; default NCCL where CUDA is available, else gloo."""
+    timeout: float = 120.0
+    """Seconds a rank waits for a peer before failing (``dist`` only)."""
+    save_model: Optional[str] = None
+    """Write the final full model's ``state_dict`` here (loadable with ``weights_only=True``)."""
 
     def gist_config(self) -> GISTConfig:
         return GISTConfig(
@@ -67,34 +76,155 @@ def run_training(settings: RunSettings, progress: bool = True, log_path: Optiona
 
     The log has ``config`` (every setting), ``rounds`` (one record per round)
     and ``summary``; it is also written as JSON to ``log_path`` if given.
+    With ``backend="dist"`` this process is one rank: rank 0 runs the round
+    loop and returns the log; other ranks serve as workers and return ``{}``.
     """
-    from .data import load_dataset
-
+    if settings.backend not in ("local", "dist"):
+        raise ValueError(f"backend must be 'local' or 'dist', got {settings.backend!r}")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     cfg = settings.gist_config()
     cfg.validate()
+    if settings.backend == "dist":
+        return _run_rank(settings, cfg, progress, log_path)
     started = time.perf_counter()
-    dataset = load_dataset(settings.dataset, root=settings.root, seed=settings.seed)
+    dataset = _load(settings)
     load_seconds = time.perf_counter() - started
-    torch.manual_seed(settings.seed)
-    model = build_model(settings.model, dataset.num_features, settings.hidden, dataset.num_classes,
-                        settings.layers, dropout=settings.dropout,
-                        norm=None if settings.norm == "none" else settings.norm)
+    model = _full_model(settings, dataset)
     trainer = GISTTrainer(model, dataset.data, cfg)
     trainer.fit(progress=progress)
+    return _finish(settings, dataset, trainer, load_seconds, "in-process", log_path)
+
+
+def _load(settings: RunSettings):
+    from .data import load_dataset
+
+    return load_dataset(settings.dataset, root=settings.root, seed=settings.seed)
+
+
+def _full_model(settings: RunSettings, dataset) -> torch.nn.Module:
+    torch.manual_seed(settings.seed)
+    return build_model(settings.model, dataset.num_features, settings.hidden, dataset.num_classes,
+                       settings.layers, dropout=settings.dropout,
+                       norm=None if settings.norm == "none" else settings.norm)
+
+
+def _finish(settings, dataset, trainer, load_seconds, transport, log_path) -> dict[str, Any]:
     summary = trainer.summary()
     summary["load_seconds"] = load_seconds
     log = {
-        "config": {**asdict(settings), "dataset_split": dataset.split, "transport": "in-process"},
+        "config": {**asdict(settings), "dataset_split": dataset.split, "transport": transport},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "threads": torch.get_num_threads()},
         "rounds": [asdict(r) for r in trainer.history],
         "summary": summary,
+        "ledger": trainer.ledger.records(),
     }
     if log_path is not None:
         write_json(log, log_path)
+    if settings.save_model:
+        Path(settings.save_model).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(trainer.model.state_dict(), settings.save_model)
     return log
+
+
+def _run_rank(settings: RunSettings, cfg, progress: bool, log_path) -> dict[str, Any]:
+    from .distributed import DistTransport, init_distributed, serve_worker
+    from .nn.slicing import build_split_spec
+    from .train import make_workers
+
+    ctx = init_distributed(settings.dist_backend, settings.timeout)
+    if ctx.world_size != cfg.num_subnets:
+        raise ValueError(f"the job has {ctx.world_size} processes but m={cfg.num_subnets}: "
+                         f"GIST runs one process per sub-network")
+    if not settings.threads:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    started = time.perf_counter()
+    partitioned = cfg.data_mode == "partitioned" and cfg.num_subnets > 1
+    if ctx.rank == 0 and partitioned:
+        # Write the per-part files once (a no-op when `gist partition` made them).
+        from .parts import ensure_partitions
+
+        ensure_partitions(settings.root, settings.dataset, cfg.num_subnets, cfg.partitioner, cfg.seed,
+                          cfg.halo_hops, progress=progress)
+    if partitioned:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if ctx.rank == 0:
+        dataset = _load(settings)
+        load_seconds = time.perf_counter() - started
+        model = _full_model(settings, dataset)
+        spec = build_split_spec(model)
+        spec.check_subnets(cfg.num_subnets)
+        worker0 = make_workers(model, spec, dataset.data, cfg, indices=[0])[0]
+        transport = DistTransport(worker0, ctx)
+        try:
+            trainer = GISTTrainer(model, dataset.data, cfg, transport=transport)
+            trainer.fit(progress=progress)
+        finally:
+            transport.close()
+        return _finish(settings, dataset, trainer, load_seconds, f"torch.distributed ({ctx.backend})", log_path)
+    graph, num_features, num_classes = _worker_graph(settings, cfg, ctx.rank)
+    with torch.device("meta"):
+        model = build_model(settings.model, num_features, settings.hidden, num_classes, settings.layers,
+                            dropout=settings.dropout, norm=None if settings.norm == "none" else settings.norm)
+    spec = build_split_spec(model)
+    worker = make_workers(model, spec, None, cfg, indices=[ctx.rank], graphs={ctx.rank: graph})[0]
+    serve_worker(worker, ctx, cfg.rounds)
+    return {}
+
+
+def _part_dir(settings: RunSettings, cfg) -> Path:
+    from .parts import partition_dir
+
+    return partition_dir(settings.root, settings.dataset, cfg.num_subnets, cfg.partitioner, cfg.seed,
+                         cfg.halo_hops)
+
+
+def _worker_graph(settings: RunSettings, cfg, rank: int):
+    """The graph rank ``rank`` trains on, loaded where it lives: the whole
+    dataset (``replicated``), or only its own part file (``partitioned``)."""
+    if cfg.data_mode == "replicated":
+        dataset = _load(settings)
+        return dataset.data, dataset.num_features, dataset.num_classes
+    from .parts import load_part, read_meta
+
+    part_dir = _part_dir(settings, cfg)
+    info = read_meta(part_dir)
+    return load_part(part_dir, rank), info.num_features, info.num_classes
+
+
+def launch_local(settings: RunSettings, procs: int, progress: bool = True,
+                 log_path: Optional[str | Path] = None) -> dict[str, Any]:
+    """Run ``settings`` as ``procs`` local processes on ``torch.distributed``
+    (loopback only) and return rank 0's log.
+
+    If any process fails, the others are stopped and the error is raised.
+    """
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    from .distributed import free_port
+
+    if procs < 1:
+        raise ValueError(f"procs must be >= 1, got {procs}")
+    settings = replace(settings, backend="dist")
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(log_path) if log_path is not None else Path(tmp) / "log.json"
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(procs),
+               "LOCAL_WORLD_SIZE": str(procs)}
+        mp.start_processes(_spawned_rank, args=(settings, env, progress, str(target)), nprocs=procs,
+                           start_method="spawn", join=True)
+        return json.loads(target.read_text())
+
+
+def _spawned_rank(rank: int, settings: RunSettings, env: dict[str, str], progress: bool, log_path: str) -> None:
+    os.environ.update(env)
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
+    run_training(settings, progress=progress and rank == 0, log_path=log_path if rank == 0 else None)
 
 
 def write_json(obj: Any, path: str | Path) -> None:

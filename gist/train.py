@@ -222,7 +222,7 @@ class Worker:
                 losses.append(float(loss.detach()))
         flat = self.layout.flatten(subnet_state(self.subnet, self.spec))
         mean_loss = sum(losses) / len(losses) if losses else float("nan")
-        stats = torch.tensor([mean_loss, float(len(losses)), time.perf_counter() - start], dtype=torch.float64)
+        stats = torch.tensor([mean_loss, float(len(losses)), time.perf_counter() - start], dtype=self.layout.dtype)
         return WorkerReport(flat, stats)
 
 
@@ -325,15 +325,22 @@ def worker_graphs(data: Data, cfg: GISTConfig) -> list[Data]:
     return [worker_subgraph(data, parts, i, cfg.halo_hops) for i in range(cfg.num_subnets)]
 
 
-def make_workers(model: nn.Module, spec: SplitSpec, data: Data, cfg: GISTConfig,
-                 indices: Optional[Sequence[int]] = None) -> list[Worker]:
+def make_workers(model: nn.Module, spec: SplitSpec, data: Optional[Data], cfg: GISTConfig,
+                 indices: Optional[Sequence[int]] = None,
+                 graphs: Optional[dict[int, Data]] = None) -> list[Worker]:
     """Build workers ``indices`` (default: all) for ``model``.
 
+    ``graphs`` gives worker graphs directly (a process that loaded only its
+    own part); otherwise they are cut from ``data`` with :func:`worker_graphs`.
     Worker 0 takes the current global RNG state; call this right after
-    building the model under ``torch.manual_seed(seed)``.
+    building the model under ``torch.manual_seed(seed)``. ``model`` may live
+    on the ``meta`` device.
     """
     layout = subnet_layout(model, spec, cfg.num_subnets)
-    graphs = worker_graphs(data, cfg)
+    if graphs is None:
+        if data is None:
+            raise ValueError("make_workers needs the full graph or the workers' graphs")
+        graphs = dict(enumerate(worker_graphs(data, cfg)))
     first_state = torch.get_rng_state()
     workers = []
     shared_parts: dict[int, Tensor] = {}
@@ -394,6 +401,7 @@ class GISTTrainer:
         self.evaluator = evaluator
         self.history: list[RoundRecord] = []
         self._sum_worker_seconds: dict[int, float] = {}
+        self._started = False
         self.round = 0
 
     @property
@@ -402,6 +410,9 @@ class GISTTrainer:
 
     def run_round(self) -> RoundRecord:
         r = self.round
+        if not self._started:
+            self.transport.start(r, self.layout.numel)
+            self._started = True
         start = time.perf_counter()
         partition = draw_partition(self.spec.widths, self.cfg.num_subnets, self.cfg.seed, r)
         state = self.model.state_dict()

@@ -176,6 +176,7 @@ def test_partitioned_workers_hold_only_their_part(graph):
     trainer.fit(progress=False)
     data_bytes = trainer.ledger.total(kind="data")
     replicated = _trainer(graph, "sage", None, m=4, rounds=1)
+    replicated.fit(progress=False)
     assert data_bytes < replicated.ledger.total(kind="data") / 2
 
 

@@ -1,0 +1,219 @@
+"""GIST on ``torch.distributed``: one process per worker.
+
+Rank 0 owns the full model, runs the round loop and is also worker 0 (as in
+the published setup); rank ``i > 0`` holds only its current sub-network and
+its own graph data. Each round rank 0 sends every worker one flat buffer
+(point-to-point, so a failure names its rank) and receives one flat buffer
+back: the trained parameters followed by a 3-value stats report. The width
+split never travels: every rank derives it from ``(seed, round)``.
+
+Start it with ``torchrun --nproc-per-node M -m gist train --backend dist ...``
+or with ``gist train --procs M ...``, which spawns the M processes itself on
+the loopback interface.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .comm import (
+    FROM_WORKER,
+    TO_WORKER,
+    ByteLedger,
+    Transport,
+    WorkerReport,
+    handshake_header,
+    handshake_reply,
+    record_handshake,
+)
+from .train import Worker
+
+STATS_VALUES = 3
+DEFAULT_TIMEOUT_S = 120.0
+
+
+class WorkerFailure(RuntimeError):
+    """A worker (or the coordinator) stopped answering or died."""
+
+    def __init__(self, rank: int, what: str, cause: BaseException) -> None:
+        super().__init__(f"rank {rank} failed during {what}: {type(cause).__name__}: {cause}")
+        self.rank = rank
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+    timeout_s: float
+
+
+def default_backend() -> str:
+    """NCCL where CUDA is available, gloo otherwise."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
+    """Join the process group described by torchrun's environment variables
+    (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
+
+    ``timeout_s`` bounds every message: a rank that waits longer for a peer
+    raises instead of hanging.
+    """
+    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"--backend dist needs the torchrun environment ({', '.join(missing)} not set): start with "
+            f"`torchrun --nproc-per-node M -m gist train --backend dist ...` or use `gist train --procs M`"
+        )
+    backend = backend or default_backend()
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+                       backend, timeout_s)
+
+
+def comm_device(ctx: DistContext) -> torch.device:
+    """Where message buffers live: the local GPU for NCCL, the CPU for gloo."""
+    return torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else torch.device("cpu")
+
+
+def _send(tensor: Tensor, dst: int, ctx: DistContext, what: str) -> None:
+    try:
+        dist.send(tensor.to(comm_device(ctx)), dst=dst)
+    except Exception as exc:  # noqa: BLE001 - gloo raises RuntimeError/DistBackendError
+        raise WorkerFailure(dst, what, exc) from exc
+
+
+def _recv(like: Tensor, src: int, ctx: DistContext, what: str) -> Tensor:
+    buf = torch.empty_like(like, device=comm_device(ctx))
+    try:
+        dist.recv(buf, src=src)
+    except Exception as exc:  # noqa: BLE001
+        raise WorkerFailure(src, what, exc) from exc
+    return buf.cpu()
+
+
+def _post(op, tensor: Tensor, peer: int, what: str):
+    try:
+        return op(tensor, peer)
+    except Exception as exc:  # noqa: BLE001
+        raise WorkerFailure(peer, what, exc) from exc
+
+
+def _wait(work, peer: int, what: str) -> None:
+    try:
+        work.wait()
+    except Exception as exc:  # noqa: BLE001
+        raise WorkerFailure(peer, what, exc) from exc
+
+
+class DistTransport(Transport):
+    """Rank 0's side: sends each worker its buffer, trains worker 0 itself."""
+
+    def __init__(self, worker0: Worker, ctx: DistContext, ledger: Optional[ByteLedger] = None) -> None:
+        if ctx.rank != 0:
+            raise ValueError("DistTransport runs on rank 0; other ranks call serve_worker")
+        super().__init__(ctx.world_size, ledger)
+        self.worker0 = worker0
+        self.ctx = ctx
+
+    def start(self, start_round: int, numel: int) -> None:
+        header = handshake_header(start_round, numel)
+        record_handshake(self.ledger, 0, header, handshake_reply(self.worker0))
+        for rank in range(1, self.num_subnets):
+            _send(header, rank, self.ctx, "set-up")
+        for rank in range(1, self.num_subnets):
+            reply = _recv(torch.zeros(1, dtype=torch.int64), rank, self.ctx, "set-up")
+            record_handshake(self.ledger, rank, header, reply)
+
+    def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
+        if len(payloads) != self.num_subnets:
+            raise ValueError(f"expected {self.num_subnets} payloads, got {len(payloads)}")
+        device = comm_device(self.ctx)
+        numel = payloads[0].numel()
+        # Post every send and receive at once, so that one slow or dead
+        # worker cannot hold up the others' messages and is the one named.
+        sends, recvs, bufs = {}, {}, {}
+        for rank in range(1, self.num_subnets):
+            self.ledger.record(round, rank, TO_WORKER, "params", payloads[rank])
+            sends[rank] = _post(dist.isend, payloads[rank].to(device), rank, f"round {round} (sending parameters)")
+            bufs[rank] = torch.empty(numel + STATS_VALUES, dtype=payloads[0].dtype, device=device)
+            recvs[rank] = _post(dist.irecv, bufs[rank], rank, f"round {round} (waiting for its parameters)")
+        self.ledger.record(round, 0, TO_WORKER, "params", payloads[0])
+        reports = [self.worker0.train_round(round, payloads[0].clone())]
+        for rank in range(1, self.num_subnets):
+            _wait(sends[rank], rank, f"round {round} (sending parameters)")
+            _wait(recvs[rank], rank, f"round {round} (waiting for its parameters)")
+            buf = bufs[rank].cpu()
+            reports.append(WorkerReport(buf[:numel], buf[numel:]))
+        for rank, report in enumerate(reports):
+            self.ledger.record(round, rank, FROM_WORKER, "params", report.params)
+            self.ledger.record(round, rank, FROM_WORKER, "stats", report.stats)
+        return reports
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def serve_worker(worker: Worker, ctx: DistContext, rounds: int) -> None:
+    """Rank ``i > 0``: answer the handshake, then train every round rank 0 sends."""
+    header = _recv(torch.zeros(2, dtype=torch.int64), 0, ctx, "set-up (waiting for rank 0)")
+    start_round, numel = int(header[0]), int(header[1])
+    if numel != worker.layout.numel:
+        raise RuntimeError(
+            f"rank {ctx.rank}: rank 0 sends sub-networks of {numel} values but this rank's model has "
+            f"{worker.layout.numel}: the ranks were started with different settings"
+        )
+    _send(handshake_reply(worker), 0, ctx, "set-up")
+    like = torch.empty(numel, dtype=worker.layout.dtype)
+    fault = _injected_fault(ctx.rank)
+    for round in range(start_round, rounds):
+        params = _recv(like, 0, ctx, f"round {round} (waiting for rank 0)")
+        if fault is not None and fault[0] == round:
+            _fail(fault[1])
+        report = worker.train_round(round, params)
+        _send(torch.cat([report.params, report.stats.to(report.params.dtype)]), 0, ctx,
+              f"round {round} (returning parameters)")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+FAULT_ENV = "GIST_INJECT_FAULT"
+
+
+def _injected_fault(rank: int) -> Optional[tuple[int, str]]:
+    """For fault-tolerance tests: ``GIST_INJECT_FAULT=RANK:ROUND:{exit,hang}``
+    makes that rank die (or stop answering) after receiving that round."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    fault_rank, fault_round, kind = spec.split(":")
+    if kind not in ("exit", "hang"):
+        raise ValueError(f"{FAULT_ENV} kind must be 'exit' or 'hang', got {kind!r}")
+    return (int(fault_round), kind) if int(fault_rank) == rank else None
+
+
+def _fail(kind: str) -> None:
+    if kind == "exit":
+        os._exit(17)
+    import time
+
+    while True:
+        time.sleep(60)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,555 @@
+"""Per-part graph files for GIST's ``partitioned`` data mode.
+
+A dataset is split once (``gist partition`` or :func:`ensure_partitions`) into
+``num_parts`` files under ``<root>/partitions/<name>-<partitioner>-p<P>-s<seed>-h<halo>/``::
+
+    part_0.pt ... part_<P-1>.pt   plain dicts of tensors (torch.load(weights_only=True))
+    meta.json                     written last; its presence means "complete"
+
+Part ``i`` is exactly :func:`gist.graph.worker_subgraph` ``(data, parts, i, halo_hops)``
+for ``parts = partition_nodes(edge_index, N, P, partitioner, seed)``, restricted to
+``x, edge_index, y, train_mask, val_mask, test_mask, n_id, owned``. Worker ``i``
+calls :func:`load_part` ``(dir, i)``, which opens ``part_<i>.pt`` (and
+``meta.json``) only, so the full graph never exists in a worker process.
+
+Every file is written to a temporary name and moved into place with
+:func:`os.replace`; ``meta.json`` (with the sha256 of every part) comes last, so
+an interrupted run never looks complete and a damaged part is detected on load.
+:func:`ensure_partitions` serialises writers with ``fcntl.flock`` on
+``<dir>.lock`` (a local-filesystem lock: on network filesystems run
+``gist partition`` once before starting the workers).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+if TYPE_CHECKING:
+    from .data import NodeDataset
+
+__all__ = [
+    "FORMAT_VERSION",
+    "PART_KEYS",
+    "PartInfo",
+    "PartitionError",
+    "partition_dir",
+    "write_partitions",
+    "ensure_partitions",
+    "read_meta",
+    "load_part",
+    "add_partition_parser",
+    "run_partition_command",
+]
+
+#: Version of the on-disk layout; bumped on incompatible changes.
+FORMAT_VERSION = 1
+#: Tensors stored in every part file, in this order.
+PART_KEYS = ("x", "edge_index", "y", "train_mask", "val_mask", "test_mask", "n_id", "owned")
+PARTITIONERS = ("metis", "random")
+META_NAME = "meta.json"
+_FORMAT_TAG = "gist-partitions"
+_DIR_RE = re.compile(
+    r"^(?P<dataset>.+)-(?P<partitioner>metis|random)-p(?P<parts>\d+)-s(?P<seed>-?\d+)-h(?P<halo>\d+)$"
+)
+
+
+class PartitionError(ValueError):
+    """A partition directory or part file is incomplete, corrupt or inconsistent."""
+
+
+@dataclass
+class PartInfo:
+    """What ``meta.json`` says about a partitioned dataset.
+
+    ``num_nodes`` is the full graph's node count. ``metric`` is the dataset's
+    metric (``"accuracy"`` or ``"ogb:<name>"``); ``parts`` holds one summary
+    dict per part (``num_nodes``, ``num_owned``, ``num_edges``, ``num_train``,
+    ``file``, ``sha256``, ``bytes``).
+    """
+
+    num_nodes: int
+    num_features: int
+    num_classes: int
+    num_parts: int
+    split: str
+    dataset: str
+    partitioner: str
+    seed: int
+    halo_hops: int
+    metric: str = "accuracy"
+    parts: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- paths / checks
+
+
+def _norm_name(name: str) -> str:
+    """Registry-style name (``gist.data`` normalisation): lower case, ``_`` -> ``-``."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    key = name.strip().lower().replace("_", "-")
+    if "/" in key or "\\" in key or key in (".", "..") or "\0" in key:
+        raise ValueError(f"dataset name {name!r} cannot be used as a folder name")
+    return key
+
+
+def _check_params(num_parts: Any, partitioner: Any, seed: Any, halo_hops: Any) -> None:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(num_parts) or num_parts < 1:
+        raise ValueError(f"num_parts must be an int >= 1, got {num_parts!r}")
+    if partitioner not in PARTITIONERS:
+        raise ValueError(f"unknown partitioner {partitioner!r}; expected one of {', '.join(PARTITIONERS)}")
+    if not is_int(seed):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if not is_int(halo_hops) or halo_hops < 0:
+        raise ValueError(f"halo_hops must be an int >= 0, got {halo_hops!r}")
+
+
+def _root_path(root: Path | str | None) -> Path:
+    if root is None:
+        from .data import default_root
+
+        root = default_root()
+    return Path(root).expanduser().absolute()
+
+
+def partition_dir(
+    root: Path | str | None,
+    dataset: str,
+    num_parts: int,
+    partitioner: str = "metis",
+    seed: int = 0,
+    halo_hops: int = 0,
+) -> Path:
+    """``<root>/partitions/<dataset>-<partitioner>-p<num_parts>-s<seed>-h<halo_hops>``.
+
+    ``root=None`` means :func:`gist.data.default_root`; the dataset name is
+    normalised as the registry does (``Cora`` and ``cora`` share a folder).
+    """
+    _check_params(num_parts, partitioner, seed, halo_hops)
+    name = f"{_norm_name(dataset)}-{partitioner}-p{num_parts}-s{seed}-h{halo_hops}"
+    return _root_path(root) / "partitions" / name
+
+
+def _lock_path(part_dir: Path) -> Path:
+    return part_dir.with_name(part_dir.name + ".lock")
+
+
+def _part_name(index: int) -> str:
+    return f"part_{index}.pt"
+
+
+def _create_command(part_dir: Path, force: bool = False) -> str:
+    """The ``gist partition`` command that (re)creates ``part_dir``."""
+    m = _DIR_RE.match(part_dir.name)
+    extra = " --force" if force else ""
+    if m is None or part_dir.parent.name != "partitions":
+        return f"gist partition --dataset NAME --parts N --root ROOT{extra}"
+    return (
+        f"gist partition --dataset {m['dataset']} --root {part_dir.parent.parent} "
+        f"--parts {m['parts']} --partitioner {m['partitioner']} --seed {m['seed']} "
+        f"--halo-hops {m['halo']}{extra}"
+    )
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _replace_atomic(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _compact(t: Tensor) -> Tensor:
+    """A contiguous CPU tensor that owns exactly its storage (torch.save writes whole storages)."""
+    t = t.detach().cpu().contiguous()
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size() or t.storage_offset() != 0:
+        t = t.clone()
+    return t
+
+
+@contextlib.contextmanager
+def _locked(part_dir: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``<part_dir>.lock`` (blocks until free)."""
+    lock = _lock_path(part_dir)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_partitions(
+    dataset: NodeDataset,
+    out_dir: Path | str,
+    num_parts: int,
+    partitioner: str = "metis",
+    seed: int = 0,
+    halo_hops: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Partition ``dataset`` and write one file per part plus ``meta.json`` into ``out_dir``.
+
+    Nodes are split by :func:`gist.graph.partition_nodes` ``(edge_index, N,
+    num_parts, partitioner, seed)``; part ``i`` is
+    :func:`gist.graph.worker_subgraph` ``(data, parts, i, halo_hops)`` saved as
+    ``part_<i>.pt`` holding a plain dict of the tensors in :data:`PART_KEYS`.
+    Any previous content (``meta.json`` first, then part and stray temporary
+    files) is removed before writing; each file is written to a temporary name
+    and moved into place, and ``meta.json`` is written last. Not locked: use
+    :func:`ensure_partitions` when several processes may write.
+    """
+    from tqdm.auto import tqdm
+
+    from .graph import partition_nodes, worker_subgraph
+
+    _check_params(num_parts, partitioner, seed, halo_hops)
+    data = dataset.data
+    num_nodes = int(data.num_nodes)
+    if num_parts > num_nodes:
+        raise ValueError(f"num_parts ({num_parts}) must not exceed the number of nodes ({num_nodes})")
+    out = Path(out_dir).expanduser().absolute()
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Invalidate first: from here until the new meta.json lands, the folder is "incomplete".
+    meta_path = out / META_NAME
+    meta_path.unlink(missing_ok=True)
+    _fsync_dir(out)
+    for stale in list(out.glob("part_*.pt")) + list(out.glob(".*.tmp-*")):
+        stale.unlink(missing_ok=True)
+
+    parts = partition_nodes(data.edge_index, num_nodes, num_parts, partitioner, seed)
+    summaries: list[dict[str, Any]] = []
+    bar = tqdm(range(num_parts), desc=f"partition {dataset.name}", unit="part",
+               disable=not progress, leave=False)
+    for i in bar:
+        sub = worker_subgraph(data, parts, i, halo_hops)
+        payload = {k: _compact(sub[k]) for k in PART_KEYS}
+        del sub
+        path = out / _part_name(i)
+        tmp = _tmp_name(path)
+        try:
+            torch.save(payload, tmp)
+            digest = _sha256_file(tmp)
+            _replace_atomic(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        summaries.append({
+            "index": i,
+            "file": path.name,
+            "num_nodes": int(payload["n_id"].numel()),
+            "num_owned": int(payload["owned"].sum()),
+            "num_edges": int(payload["edge_index"].size(1)),
+            "num_train": int(payload["train_mask"].sum()),
+            "num_val": int(payload["val_mask"].sum()),
+            "num_test": int(payload["test_mask"].sum()),
+            "bytes": path.stat().st_size,
+            "sha256": digest,
+        })
+        del payload
+    bar.close()
+
+    meta = {
+        "format": _FORMAT_TAG,
+        "format_version": FORMAT_VERSION,
+        "dataset": dataset.name,
+        "num_nodes": num_nodes,
+        "num_edges": int(data.edge_index.size(1)),
+        "num_features": int(dataset.num_features),
+        "num_classes": int(dataset.num_classes),
+        "metric": dataset.metric,
+        "split": dataset.split,
+        "num_parts": num_parts,
+        "partitioner": partitioner,
+        "seed": seed,
+        "halo_hops": halo_hops,
+        "keys": list(PART_KEYS),
+        "parts": summaries,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "torch_version": torch.__version__,
+    }
+    tmp = _tmp_name(meta_path)
+    try:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        _replace_atomic(tmp, meta_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(out)
+    return out
+
+
+def _ensure(
+    root: Path | str | None,
+    dataset_name: str,
+    num_parts: int,
+    partitioner: str,
+    seed: int,
+    halo_hops: int,
+    progress: bool,
+    force: bool = False,
+) -> tuple[Path, bool]:
+    """:func:`ensure_partitions` that also says whether it wrote (``force`` rewrites)."""
+    d = partition_dir(root, dataset_name, num_parts, partitioner, seed, halo_hops)
+    if not force and (d / META_NAME).is_file():
+        _check_matches(read_meta(d), d, num_parts, partitioner, seed, halo_hops)
+        return d, False
+    with _locked(d):
+        if not force and (d / META_NAME).is_file():  # another process finished meanwhile
+            _check_matches(read_meta(d), d, num_parts, partitioner, seed, halo_hops)
+            return d, False
+        from .data import load_dataset
+
+        ds = load_dataset(dataset_name, root=_root_path(root), seed=seed)
+        write_partitions(ds, d, num_parts, partitioner, seed, halo_hops, progress)
+        return d, True
+
+
+def _check_matches(info: PartInfo, d: Path, num_parts: int, partitioner: str, seed: int,
+                   halo_hops: int) -> None:
+    got = (info.num_parts, info.partitioner, info.seed, info.halo_hops)
+    want = (num_parts, partitioner, seed, halo_hops)
+    if got != want:
+        raise PartitionError(
+            f"{d / META_NAME} describes (parts, partitioner, seed, halo_hops)={got}, expected "
+            f"{want}; rewrite it with: {_create_command(d, force=True)}"
+        )
+
+
+def ensure_partitions(
+    root: Path | str | None,
+    dataset_name: str,
+    num_parts: int,
+    partitioner: str = "metis",
+    seed: int = 0,
+    halo_hops: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Return :func:`partition_dir`, writing the partitions first if ``meta.json`` is missing.
+
+    Writing loads the full dataset (``gist.data.load_dataset(dataset_name,
+    root=root, seed=seed)``) in *this* process, so in a distributed run let one
+    rank (or ``gist partition``) do it. Concurrent callers are serialised by an
+    exclusive ``flock`` on ``<dir>.lock``: one writes, the others wait and then
+    reuse its files.
+    """
+    return _ensure(root, dataset_name, num_parts, partitioner, seed, halo_hops, progress)[0]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _meta_dict(part_dir: Path) -> dict[str, Any]:
+    path = part_dir / META_NAME
+    if not path.is_file():
+        if not part_dir.is_dir():
+            state = "does not exist"
+        elif any(part_dir.glob("part_*.pt")) or any(part_dir.glob(".*.tmp-*")):
+            state = f"is incomplete (no {META_NAME}: an interrupted write?)"
+        else:
+            state = f"has no {META_NAME}"
+        raise FileNotFoundError(
+            f"partition folder {part_dir} {state}; expected {path}. "
+            f"Create it with: {_create_command(part_dir, force=part_dir.is_dir())}"
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PartitionError(
+            f"cannot read {path} ({exc}); rewrite it with: {_create_command(part_dir, force=True)}"
+        ) from exc
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT_TAG:
+        raise PartitionError(f"{path} is not a gist partition meta file; rewrite it with: "
+                             f"{_create_command(part_dir, force=True)}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has partition format version {version!r}, this gist reads version "
+            f"{FORMAT_VERSION}; rewrite it with: {_create_command(part_dir, force=True)}"
+        )
+    return meta
+
+
+def read_meta(part_dir: Path | str) -> PartInfo:
+    """Read ``<part_dir>/meta.json``.
+
+    Raises ``FileNotFoundError`` (naming the expected path and the ``gist
+    partition`` command that creates it) when the folder is missing or
+    incomplete, ``ValueError`` on a format-version mismatch and
+    :class:`PartitionError` on an unreadable or malformed file.
+    """
+    d = Path(part_dir).expanduser().absolute()
+    meta = _meta_dict(d)
+    try:
+        parts = meta["parts"]
+        info = PartInfo(
+            num_nodes=int(meta["num_nodes"]),
+            num_features=int(meta["num_features"]),
+            num_classes=int(meta["num_classes"]),
+            num_parts=int(meta["num_parts"]),
+            split=str(meta["split"]),
+            dataset=str(meta["dataset"]),
+            partitioner=str(meta["partitioner"]),
+            seed=int(meta["seed"]),
+            halo_hops=int(meta["halo_hops"]),
+            metric=str(meta.get("metric", "accuracy")),
+            parts=[dict(p) for p in parts],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PartitionError(f"{d / META_NAME} is malformed ({exc!r}); rewrite it with: "
+                             f"{_create_command(d, force=True)}") from exc
+    if len(info.parts) != info.num_parts:
+        raise PartitionError(f"{d / META_NAME} lists {len(info.parts)} parts but num_parts="
+                             f"{info.num_parts}; rewrite it with: {_create_command(d, force=True)}")
+    return info
+
+
+def load_part(part_dir: Path | str, index: int, verify: bool = True) -> Data:
+    """Load part ``index`` alone as a :class:`~torch_geometric.data.Data`.
+
+    Opens only ``meta.json`` and ``part_<index>.pt`` (``torch.load(...,
+    weights_only=True)``). With ``verify`` the file's sha256 is checked against
+    ``meta.json`` first. Returns ``Data(x, edge_index, y, train_mask, val_mask,
+    test_mask, n_id, owned)`` with ``num_nodes`` set: owned nodes first
+    (ascending original id), then halo nodes; ``n_id`` maps to original ids.
+
+    Raises ``ValueError`` for an index out of range and :class:`PartitionError`
+    (a ``ValueError``) for a missing, damaged or inconsistent part file; both
+    name the file and the ``gist partition`` command that rewrites it.
+    """
+    d = Path(part_dir).expanduser().absolute()
+    info = read_meta(d)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < info.num_parts:
+        raise ValueError(f"part index {index!r} out of range: {d} holds parts 0..{info.num_parts - 1}")
+    entry = info.parts[index]
+    path = d / _part_name(index)
+    fix = f"re-run `{_create_command(d, force=True)}`"
+    if not path.is_file():
+        raise PartitionError(f"part file {path} is missing; {fix}")
+    if verify:
+        digest = _sha256_file(path)
+        if digest != entry.get("sha256"):
+            raise PartitionError(
+                f"part file {path} is corrupt (sha256 {digest} does not match {META_NAME}'s "
+                f"{entry.get('sha256')}); {fix}"
+            )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated / not a torch file / unsafe content
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PartitionError(
+            f"part file {path} cannot be loaded ({type(exc).__name__}: {first}); {fix}"
+        ) from exc
+    if not isinstance(payload, dict) or set(payload) != set(PART_KEYS) or not all(
+        isinstance(v, Tensor) for v in payload.values()
+    ):
+        raise PartitionError(f"part file {path} does not hold the expected tensors "
+                             f"{', '.join(PART_KEYS)}; {fix}")
+    n = int(payload["n_id"].numel())
+    if n != entry.get("num_nodes", n) or payload["x"].size(0) != n or payload["y"].size(0) != n:
+        raise PartitionError(f"part file {path} is inconsistent with {META_NAME}; {fix}")
+    data = Data(**{k: payload[k] for k in PART_KEYS})
+    data.num_nodes = n
+    return data
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _pos_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_partition_parser(subparsers: "argparse._SubParsersAction") -> None:
+    """Add the ``partition`` sub-command (``func=run_partition_command``)."""
+    p = subparsers.add_parser(
+        "partition",
+        help="split a dataset once into per-part files for --data-mode partitioned",
+        description="Split a dataset into P parts (METIS or random) and write one file per part "
+                    "under <root>/partitions/, so that worker i of a partitioned run reads part i "
+                    "alone. Existing complete partitions are reused unless --force.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", default="csbm", help="dataset name (as for gist train)")
+    p.add_argument("--root", default=None, help="data root (default: $GIST_DATA_ROOT or ./datasets)")
+    p.add_argument("--parts", type=_pos_int, required=True,
+                   help="number of parts (= workers m of the partitioned run)")
+    p.add_argument("--partitioner", choices=list(PARTITIONERS), default="metis")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the partitioner")
+    p.add_argument("--halo-hops", type=_nonneg_int, default=0,
+                   help="k-hop read-only halo nodes stored with each part")
+    p.add_argument("--force", action="store_true", help="rewrite even if complete files exist")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_partition_command)
+
+
+def run_partition_command(args: argparse.Namespace) -> int:
+    """Run ``gist partition``: write (or reuse) the parts and print a per-part summary."""
+    from .data import DatasetNotFoundError
+
+    try:
+        d, wrote = _ensure(args.root, args.dataset, args.parts, args.partitioner, args.seed,
+                           args.halo_hops, progress=not args.no_progress, force=args.force)
+        info = read_meta(d)
+    except (DatasetNotFoundError, ValueError) as exc:
+        print(f"gist partition: error: {exc}", file=sys.stderr)
+        return 2
+    state = "wrote" if wrote else "reused existing"
+    print(f"{state} {info.num_parts} parts of {info.dataset} ({info.num_nodes} nodes, "
+          f"{info.partitioner}, seed {info.seed}, halo {info.halo_hops}) in {d}")
+    for p in info.parts:
+        print(f"  part {p['index']}: {p['num_nodes']} nodes ({p['num_owned']} owned), "
+              f"{p['num_edges']} edges, {p['num_train']} train nodes")
+    return 0
