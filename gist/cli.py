@@ -56,9 +56,17 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help="evaluate every k rounds")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    g.add_argument("--log", default=None, metavar="PATH", help="write the run's JSON log here")
+    g.add_argument("--log", "--log-file", dest="log", default=None, metavar="PATH",
+                   help="write the run's JSON log here (spell it --log-file after torchrun, whose own "
+                        "options would otherwise claim --log)")
     g.add_argument("--save-model", default=None, metavar="PATH",
                    help="write the final full model's state_dict here (torch.save)")
+    g.add_argument("--checkpoint", default=d.checkpoint, metavar="PATH",
+                   help="checkpoint file (written with --checkpoint-every, read with --resume)")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K",
+                   help="save the full model, round, history and RNG state every K rounds (0: never)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --checkpoint (same settings; --rounds may grow)")
     g = p.add_argument_group("distributed")
     g.add_argument("--backend", choices=["local", "dist"], default=d.backend,
                    help="local: all m workers in this process; dist: this process is one rank of a "

@@ -113,8 +113,14 @@ class Transport(ABC):
 
     def start(self, start_round: int, numel: int) -> None:
         """The set-up handshake, once before the first round this run trains:
-        every worker is told ``[start_round, numel]`` and answers with the
-        bytes of graph data it holds."""
+        every worker is told ``[start_round, numel]`` (and skips the batches
+        of earlier rounds when resuming) and answers with the bytes of graph
+        data it holds."""
+
+    @property
+    def local_worker(self) -> Optional["Worker"]:
+        """Worker 0 when it lives in the coordinator's process."""
+        return None
 
     @abstractmethod
     def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
@@ -135,8 +141,13 @@ class InProcessTransport(Transport):
         super().__init__(len(workers), ledger)
         self.workers = list(workers)
 
+    @property
+    def local_worker(self) -> Optional["Worker"]:
+        return self.workers[0]
+
     def start(self, start_round: int, numel: int) -> None:
         for worker in self.workers:
+            worker.fast_forward(start_round)
             record_handshake(self.ledger, worker.index, handshake_header(start_round, numel),
                              handshake_reply(worker))
 

@@ -126,7 +126,12 @@ class DistTransport(Transport):
         self.worker0 = worker0
         self.ctx = ctx
 
+    @property
+    def local_worker(self) -> Optional[Worker]:
+        return self.worker0
+
     def start(self, start_round: int, numel: int) -> None:
+        self.worker0.fast_forward(start_round)
         header = handshake_header(start_round, numel)
         record_handshake(self.ledger, 0, header, handshake_reply(self.worker0))
         for rank in range(1, self.num_subnets):
@@ -174,6 +179,7 @@ def serve_worker(worker: Worker, ctx: DistContext, rounds: int) -> None:
             f"rank {ctx.rank}: rank 0 sends sub-networks of {numel} values but this rank's model has "
             f"{worker.layout.numel}: the ranks were started with different settings"
         )
+    worker.fast_forward(start_round)
     _send(handshake_reply(worker), 0, ctx, "set-up")
     like = torch.empty(numel, dtype=worker.layout.dtype)
     fault = _injected_fault(ctx.rank)

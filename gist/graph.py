@@ -411,6 +411,13 @@ class ClusterBatcher:
         self._pos += 1
         return self.batch_from_parts(sel)
 
+    def skip(self, num_batches: int) -> None:
+        """Advance the stream by ``num_batches`` without building them (resume)."""
+        for _ in range(num_batches):
+            if self._order is None or self._pos >= len(self):
+                self._start_epoch()
+            self._pos += 1
+
     def batch_from_parts(self, sel: Tensor) -> Data:
         """Subgraph induced by the union of the (distinct) parts in ``sel``, in that order."""
         device = self._node_ptr.device

@@ -50,6 +50,12 @@ class RunSettings:
     """Seconds a rank waits for a peer before failing (``dist`` only)."""
     save_model: Optional[str] = None
     """Write the final full model's ``state_dict`` here (loadable with ``weights_only=True``)."""
+    checkpoint: str = "gist-checkpoint.pt"
+    """Where checkpoints are written and resumed from."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every this many rounds (0: never)."""
+    resume: bool = False
+    """Continue the run saved in ``checkpoint``."""
 
     def gist_config(self) -> GISTConfig:
         return GISTConfig(
@@ -92,8 +98,48 @@ def run_training(settings: RunSettings, progress: bool = True, log_path: Optiona
     load_seconds = time.perf_counter() - started
     model = _full_model(settings, dataset)
     trainer = GISTTrainer(model, dataset.data, cfg)
-    trainer.fit(progress=progress)
+    _fit(settings, trainer, progress)
     return _finish(settings, dataset, trainer, load_seconds, "in-process", log_path)
+
+
+# Settings that must match between a checkpoint and the run that resumes it.
+RESUME_MUST_MATCH = ("dataset", "model", "layers", "hidden", "norm", "dropout", "subnets", "local_steps",
+                     "lr", "weight_decay", "optimizer", "data_mode", "partitioner", "halo_hops", "batching",
+                     "num_clusters", "clusters_per_batch", "eval_every", "seed")
+
+
+def _fit(settings: RunSettings, trainer: GISTTrainer, progress: bool) -> None:
+    """Resume if asked, run the remaining rounds, checkpoint every K rounds."""
+    if settings.resume:
+        path = Path(settings.checkpoint)
+        if not path.is_file():
+            raise ValueError(f"--resume: no checkpoint at {path}")
+        state = torch.load(path, weights_only=True)
+        saved = state.get("settings", {})
+        wrong = [f"{k}: checkpoint {saved.get(k)!r}, now {getattr(settings, k)!r}"
+                 for k in RESUME_MUST_MATCH if saved.get(k) != getattr(settings, k)]
+        if wrong:
+            raise ValueError("--resume with different settings than the checkpoint: " + "; ".join(wrong))
+        trainer.load_state_dict(state)
+
+    def save(record) -> None:
+        if settings.checkpoint_every and ((record.round + 1) % settings.checkpoint_every == 0
+                                          or record.round + 1 == trainer.cfg.rounds):
+            save_checkpoint(trainer, settings)
+
+    trainer.fit(progress=progress, callback=save)
+
+
+def save_checkpoint(trainer: GISTTrainer, settings: RunSettings) -> Path:
+    """Write ``trainer.state_dict()`` and the settings atomically to ``settings.checkpoint``."""
+    path = Path(settings.checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = trainer.state_dict()
+    state["settings"] = asdict(settings)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _load(settings: RunSettings):
@@ -162,7 +208,7 @@ def _run_rank(settings: RunSettings, cfg, progress: bool, log_path) -> dict[str,
         transport = DistTransport(worker0, ctx)
         try:
             trainer = GISTTrainer(model, dataset.data, cfg, transport=transport)
-            trainer.fit(progress=progress)
+            _fit(settings, trainer, progress)
         finally:
             transport.close()
         return _finish(settings, dataset, trainer, load_seconds, f"torch.distributed ({ctx.backend})", log_path)

@@ -20,7 +20,7 @@ import contextlib
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
@@ -174,6 +174,7 @@ class Worker:
         cfg: LocalConfig,
         rng_state: Tensor,
         keep_optimizer: bool = False,
+        seed: Optional[int] = None,
     ) -> None:
         cfg.validate()
         self.index = index
@@ -185,10 +186,36 @@ class Worker:
         self.rng_state = rng_state.clone()
         self.keep_optimizer = keep_optimizer
         self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.seed = seed
         self._warned_empty = False
+        self._restored = False
 
     def data_tensors(self) -> list[Tensor]:
         return self.batches.tensors()
+
+    def fast_forward(self, start_round: int) -> None:
+        """Skip the batches of rounds before ``start_round`` (resuming a run)."""
+        if isinstance(self.batches, ClusterBatches) and not self._restored:
+            self.batches.batcher.skip(start_round * self.cfg.local_steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a worker must keep to resume exactly: with ``m = 1`` its RNG
+        stream, optimizer and batch stream carry over between rounds."""
+        state: dict[str, Any] = {"rng_state": self.rng_state.clone()}
+        if self.keep_optimizer and self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        if isinstance(self.batches, ClusterBatches):
+            state["batcher"] = self.batches.batcher.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng_state = state["rng_state"].clone()
+        if "optimizer" in state:
+            self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
+            self.optimizer.load_state_dict(state["optimizer"])
+        if "batcher" in state and isinstance(self.batches, ClusterBatches):
+            self.batches.batcher.load_state_dict(state["batcher"])
+        self._restored = True
 
     @contextlib.contextmanager
     def _own_rng(self) -> Iterator[None]:
@@ -202,6 +229,10 @@ class Worker:
 
     def train_round(self, round: int, flat_params: Tensor) -> WorkerReport:
         start = time.perf_counter()
+        if not self.keep_optimizer and self.seed is not None:
+            # m > 1: a fresh sub-network, optimizer and RNG stream every round,
+            # so a resumed run needs no worker state at all
+            self.rng_state = worker_rng_state(self.seed, self.index, round)
         load_subnet_state(self.subnet, self.layout.unflatten(flat_params))
         if self.optimizer is None or not self.keep_optimizer:
             self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
@@ -226,10 +257,17 @@ class Worker:
         return WorkerReport(flat, stats)
 
 
-def worker_rng_state(seed: int, index: int) -> Tensor:
-    """Initial RNG state of worker ``index > 0`` (worker 0 continues the
-    coordinator's stream, so that ``m = 1`` is ordinary training)."""
-    return torch.Generator().manual_seed(int(seed) * 7919 + 104729 * int(index)).get_state()
+def worker_rng_state(seed: int, index: int, round: Optional[int] = None) -> Tensor:
+    """RNG state of worker ``index`` (for round ``round``, when given).
+
+    With ``m > 1`` every worker draws its dropout from a stream that is a pure
+    function of ``(seed, worker, round)``. With ``m = 1`` worker 0 instead
+    continues the coordinator's stream, so that ``m = 1`` is ordinary training.
+    """
+    key = int(seed) * 7919 + 104729 * int(index)
+    if round is not None:
+        key = key * 1_000_003 + int(round) + 1
+    return torch.Generator().manual_seed(key % (2**63)).get_state()
 
 
 # --------------------------------------------------------------------------
@@ -362,7 +400,7 @@ def make_workers(model: nn.Module, spec: SplitSpec, data: Optional[Data], cfg: G
             source = FullBatch(graphs[i], cfg.sparse_adjacency)
         rng = first_state if i == 0 else worker_rng_state(cfg.seed, i)
         workers.append(Worker(i, build_subnet(model, spec, cfg.num_subnets), spec, layout, source,
-                              cfg.local, rng, keep_optimizer=cfg.num_subnets == 1))
+                              cfg.local, rng, keep_optimizer=cfg.num_subnets == 1, seed=cfg.seed))
     return workers
 
 
@@ -470,6 +508,48 @@ class GISTTrainer:
         finally:
             bar.close()
         return self.history
+
+    CHECKPOINT_FORMAT = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: the full model, the
+        next round, the history, the ledger, the coordinator's RNG state and,
+        with ``m = 1``, worker 0's RNG stream, optimizer and batch stream (with
+        ``m > 1`` workers keep no state between rounds). Plain tensors,
+        numbers and strings only: loadable with ``torch.load(weights_only=True)``."""
+        state: dict[str, Any] = {
+            "format": self.CHECKPOINT_FORMAT,
+            "round": self.round,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "history": [asdict(r) for r in self.history],
+            "ledger": self.ledger.records(),
+            "worker_seconds": {str(k): v for k, v in self._sum_worker_seconds.items()},
+            "rng_state": torch.get_rng_state(),
+        }
+        worker = self.transport.local_worker
+        if self.cfg.num_subnets == 1 and worker is not None:
+            state["worker0"] = worker.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (call before :meth:`fit`)."""
+        if state.get("format") != self.CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not {self.CHECKPOINT_FORMAT}")
+        if self._started:
+            raise RuntimeError("load a checkpoint before the first round")
+        self.model.load_state_dict(state["model"])
+        self.round = int(state["round"])
+        self.history = [RoundRecord(**r) for r in state["history"]]
+        from .comm import Transfer
+
+        self.ledger.transfers = [Transfer(**t) for t in state["ledger"]]
+        self._sum_worker_seconds = {int(k): v for k, v in state["worker_seconds"].items()}
+        torch.set_rng_state(state["rng_state"])
+        if "worker0" in state:
+            worker = self.transport.local_worker
+            if worker is None:
+                raise ValueError("this checkpoint holds worker 0's state but worker 0 is not local")
+            worker.load_state_dict(state["worker0"])
 
     def summary(self) -> dict[str, Any]:
         """``best_val``, ``test_at_best_val`` and byte and time totals."""
