@@ -76,7 +76,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--dist-backend", choices=["gloo", "nccl"], default=None,
                    help="torch.distributed backend (default: nccl with CUDA, else gloo)")
     g.add_argument("--timeout", type=float, default=d.timeout,
-                   help="seconds a rank waits for a peer before failing with an error naming it")
+                   help="seconds rank 0 waits for a worker before failing with an error naming it; "
+                        "workers wait twice as long for rank 0")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

@@ -36,7 +36,7 @@ from .comm import (
 from .train import Worker
 
 STATS_VALUES = 3
-DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_TIMEOUT_S = 60.0
 
 
 class WorkerFailure(RuntimeError):
@@ -65,8 +65,10 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_T
     """Join the process group described by torchrun's environment variables
     (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
 
-    ``timeout_s`` bounds every message: a rank that waits longer for a peer
-    raises instead of hanging.
+    ``timeout_s`` bounds how long rank 0 waits for a worker; workers wait
+    twice as long for rank 0. A hung worker is thus detected and named by
+    rank 0 first (and the launcher stops the rest), while a dead rank 0
+    still stops every worker within ``2 * timeout_s``.
     """
     missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
@@ -75,8 +77,11 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_T
             f"`torchrun --nproc-per-node M -m gist train --backend dist ...` or use `gist train --procs M`"
         )
     backend = backend or default_backend()
+    if timeout_s <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout_s}")
+    wait = timeout_s if int(os.environ["RANK"]) == 0 else 2 * timeout_s
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, timeout=timedelta(seconds=wait))
     return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
                        backend, timeout_s)
 

@@ -46,8 +46,9 @@ class RunSettings:
     on ``torch.distributed`` (this process is one rank of a torchrun job)."""
     dist_backend: Optional[str] = None
     """``gloo`` or ``nccl``; default NCCL where CUDA is available, else gloo."""
-    timeout: float = 120.0
-    """Seconds a rank waits for a peer before failing (``dist`` only)."""
+    timeout: float = 60.0
+    """Seconds rank 0 waits for a worker before failing with an error naming
+    it; workers wait twice as long for rank 0 (``dist`` only)."""
     save_model: Optional[str] = None
     """Write the final full model's ``state_dict`` here (loadable with ``weights_only=True``)."""
     checkpoint: str = "gist-checkpoint.pt"

@@ -1,0 +1,188 @@
+"""GIST on torch.distributed with real processes (gloo, loopback).
+
+Every distributed run here is m spawned processes; each test compares it with
+the in-process simulation of the same settings. Both sides use one torch
+thread, so that their floating-point sums run in the same order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from gist.run import RunSettings, launch_local, run_training
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run_both(settings: RunSettings, tmp_path: Path, procs: int):
+    local_model, dist_model = tmp_path / "local.pt", tmp_path / "dist.pt"
+    local = run_training(replace(settings, save_model=str(local_model)), progress=False)
+    dist = launch_local(replace(settings, save_model=str(dist_model)), procs, progress=False)
+    return (local, torch.load(local_model, weights_only=True)), (dist, torch.load(dist_model, weights_only=True))
+
+
+def _ledger_key(t):
+    return (t["round"], t["worker"], t["direction"], t["kind"])
+
+
+def _assert_equivalent(local, dist, local_state, dist_state):
+    assert local_state.keys() == dist_state.keys()
+    diff = max((local_state[k].double() - dist_state[k].double()).abs().max().item() for k in local_state)
+    assert diff <= 1e-5, f"max |local - dist| = {diff}"
+    assert sorted(local["ledger"], key=_ledger_key) == sorted(dist["ledger"], key=_ledger_key)
+    assert local["summary"]["bytes_total"] == dist["summary"]["bytes_total"]
+    assert [r["val"] for r in local["rounds"]] == pytest.approx([r["val"] for r in dist["rounds"]], abs=1e-6)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("model", ["gcn", "sage"])
+@pytest.mark.parametrize("mode", ["replicated", "partitioned"])
+def test_distributed_equals_in_process_on_synthetic_graph(tmp_path, one_thread, m, model, mode):
+    settings = RunSettings(dataset="csbm", root=str(tmp_path / "data"), model=model, layers=3, hidden=16,
+                           norm="batch_norm" if model == "gcn" else "none", subnets=m, local_steps=2,
+                           rounds=3, data_mode=mode, threads=1, timeout=60)
+    (local, ls), (dist, ds) = _run_both(settings, tmp_path, m)
+    _assert_equivalent(local, dist, ls, ds)
+    assert dist["config"]["transport"] == "torch.distributed (gloo)"
+    # the analytic count: |θ_i| values of float32, each way, per worker and round
+    numel = local["summary"]["subnet_params"]
+    assert dist["summary"]["bytes_total"] == 2 * 4 * numel * m * settings.rounds
+    if mode == "partitioned":
+        part_dir = tmp_path / "data" / "partitions" / f"csbm-metis-p{m}-s0-h0"
+        assert sorted(p.name for p in part_dir.glob("part_*.pt")) == [f"part_{i}.pt" for i in range(m)]
+
+
+@pytest.mark.parametrize("m,model,mode", [(2, "gcn", "partitioned"), (4, "sage", "replicated")])
+def test_distributed_equals_in_process_on_cora(tmp_path, one_thread, real_data_root, m, model, mode):
+    root = real_data_root("planetoid")
+    settings = RunSettings(dataset="cora", root=str(root), model=model, layers=3, hidden=32, subnets=m,
+                           local_steps=3, rounds=3, data_mode=mode, threads=1, timeout=60)
+    (local, ls), (dist, ds) = _run_both(settings, tmp_path, m)
+    _assert_equivalent(local, dist, ls, ds)
+
+
+def test_torchrun_launch_matches_spawned_processes(tmp_path):
+    args = ["--hidden", "16", "--rounds", "2", "--local-steps", "2", "--threads", "1", "--no-progress",
+            "--root", str(tmp_path / "data")]
+    port = str(__import__("gist.distributed", fromlist=["free_port"]).free_port())
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", port,
+                "-m", "gist", "train", "--backend", "dist", *args,
+                "--log-file", str(tmp_path / "a.json"), "--save-model", str(tmp_path / "a.pt")]
+    proc = subprocess.run(torchrun, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best val" in proc.stdout
+    spawned = [sys.executable, "-m", "gist", "train", "--procs", "2", *args,
+               "--log", str(tmp_path / "b.json"), "--save-model", str(tmp_path / "b.pt")]
+    proc = subprocess.run(spawned, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert la["summary"]["bytes_total"] == lb["summary"]["bytes_total"]
+
+
+def _leftovers(token: str) -> list[int]:
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("GIST_TEST_TOKEN") == token:
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("fault", ["exit", "hang"])
+def test_a_dead_or_hung_worker_stops_the_run_naming_its_rank(tmp_path, fault):
+    token = uuid.uuid4().hex
+    env = {**os.environ, "GIST_INJECT_FAULT": f"1:1:{fault}", "GIST_TEST_TOKEN": token}
+    timeout = 10
+    cmd = [sys.executable, "-m", "gist", "train", "--procs", "3", "--hidden", "12", "--rounds", "5",
+           "--local-steps", "1", "--timeout", str(timeout), "--no-progress", "--root", str(tmp_path)]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    # start-up (imports, data, process group) plus at most the timeout
+    assert elapsed < timeout + 45, elapsed  # rank 0 names the worker after `timeout`
+    if fault == "exit":
+        assert "process 1 terminated" in proc.stderr, proc.stderr[-2000:]
+    else:
+        assert "rank 1 failed during round 1" in proc.stderr, proc.stderr[-2000:]
+    time.sleep(1)
+    assert _leftovers(token) == [], "worker processes were left behind"
+
+
+def test_resume_after_a_killed_run_gives_the_uninterrupted_model(tmp_path, one_thread):
+    base = RunSettings(dataset="csbm", root=str(tmp_path / "data"), hidden=16, subnets=2, local_steps=2,
+                       rounds=6, threads=1, timeout=30, batching="cluster", num_clusters=8,
+                       clusters_per_batch=2, checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=2)
+    full = launch_local(replace(base, checkpoint=str(tmp_path / "other.pt"),
+                                save_model=str(tmp_path / "full.pt")), 2, progress=False)
+    # a run whose worker 1 dies in round 4, after the checkpoint of round 3
+    os.environ["GIST_INJECT_FAULT"] = "1:4:exit"
+    try:
+        with pytest.raises(Exception, match="terminated"):
+            launch_local(base, 2, progress=False)
+    finally:
+        del os.environ["GIST_INJECT_FAULT"]
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert saved["round"] == 4
+    resumed = launch_local(replace(base, resume=True, save_model=str(tmp_path / "resumed.pt")), 2,
+                           progress=False)
+    a = torch.load(tmp_path / "full.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["round"] for r in resumed["rounds"]] == list(range(6))
+    assert [r["val"] for r in resumed["rounds"]] == [r["val"] for r in full["rounds"]]
+    # the in-process simulation resumes the same way, also from a checkpoint made by processes
+    local = run_training(replace(base, resume=True, save_model=str(tmp_path / "local.pt")), progress=False)
+    c = torch.load(tmp_path / "local.pt", weights_only=True)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert local["summary"]["rounds"] == 6
+
+
+def test_resume_m1_restores_the_optimizer_and_rng(tmp_path, one_thread):
+    base = RunSettings(dataset="csbm", root=str(tmp_path), hidden=16, subnets=1, local_steps=2, rounds=4,
+                       threads=1, checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=2)
+    run_training(replace(base, save_model=str(tmp_path / "full.pt"), checkpoint=str(tmp_path / "x.pt")),
+                 progress=False)
+    run_training(replace(base, rounds=2), progress=False)
+    run_training(replace(base, resume=True, save_model=str(tmp_path / "res.pt")), progress=False)
+    a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("full.pt", "res.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_different_settings(tmp_path):
+    base = RunSettings(dataset="csbm", root=str(tmp_path), hidden=16, subnets=2, local_steps=1, rounds=2,
+                       checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=1)
+    run_training(base, progress=False)
+    with pytest.raises(ValueError, match="hidden: checkpoint 16, now 32"):
+        run_training(replace(base, hidden=32, resume=True, rounds=3), progress=False)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run_training(replace(base, checkpoint=str(tmp_path / "missing.pt"), resume=True), progress=False)
+
+
+def test_world_size_must_equal_subnets(tmp_path):
+    settings = RunSettings(dataset="csbm", root=str(tmp_path), hidden=16, subnets=4, rounds=1)
+    with pytest.raises(Exception, match="GIST runs one process per sub-network"):
+        launch_local(settings, 2, progress=False)
