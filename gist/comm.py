@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 TO_WORKER = "to_worker"
 FROM_WORKER = "from_worker"
 DIRECTIONS = (TO_WORKER, FROM_WORKER)
-KINDS = ("params", "data", "stats", "control")
+KINDS = ("params", "data", "stats", "control", "eval")
 SETUP_ROUND = -1
 
 
@@ -51,7 +51,9 @@ class ByteLedger:
     """Every tensor that goes to or comes from a worker, counted in bytes.
 
     Kinds: ``params`` (sub-network state), ``stats`` (the small loss report a
-    worker returns each round), ``control`` (the set-up handshake: the round
+    worker returns each round), ``eval`` (``partitioned`` mode: the full model
+    sent to each worker to evaluate on its own nodes, and the counts it
+    returns), ``control`` (the set-up handshake: the round
     to start from and the buffer size out, the worker's data size back), and
     ``data``: the graph bytes a worker holds, recorded once at set-up (round
     ``-1``). GIST never sends graph data: a worker loads it where it lives (in
@@ -126,8 +128,16 @@ class Transport(ABC):
     def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
         """Send ``payloads[i]`` to worker ``i``, let it train, return its report."""
 
+    def evaluate(self, round: int, flat_model: Tensor) -> list[Tensor]:
+        """Send the full model to every worker; each returns
+        :func:`gist.train.correct_counts` on its own nodes."""
+        raise NotImplementedError(f"{type(self).__name__} cannot evaluate on its workers")
+
     def close(self) -> None:
         """Release resources (processes, process groups)."""
+
+
+EVAL_COUNTS = 6
 
 
 class InProcessTransport(Transport):
@@ -163,6 +173,15 @@ class InProcessTransport(Transport):
             self.ledger.record(round, worker.index, FROM_WORKER, "stats", report.stats)
             reports.append(report)
         return reports
+
+    def evaluate(self, round: int, flat_model: Tensor) -> list[Tensor]:
+        counts = []
+        for worker in self.workers:
+            self.ledger.record(round, worker.index, TO_WORKER, "eval", flat_model)
+            c = worker.evaluate(flat_model.clone()).clone()
+            self.ledger.record(round, worker.index, FROM_WORKER, "eval", c)
+            counts.append(c)
+        return counts
 
 
 def analytic_subnet_numel(spec, full_shapes: dict[str, torch.Size], num_subnets: int) -> int:

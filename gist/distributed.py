@@ -33,7 +33,9 @@ from .comm import (
     handshake_reply,
     record_handshake,
 )
-from .train import Worker
+from .comm import EVAL_COUNTS
+from .partition import subnet_layout
+from .train import GISTConfig, Worker
 
 STATS_VALUES = 3
 DEFAULT_TIMEOUT_S = 60.0
@@ -170,13 +172,33 @@ class DistTransport(Transport):
             self.ledger.record(round, rank, FROM_WORKER, "stats", report.stats)
         return reports
 
+    def evaluate(self, round: int, flat_model: Tensor) -> list[Tensor]:
+        device = comm_device(self.ctx)
+        sends, recvs, bufs = {}, {}, {}
+        for rank in range(1, self.num_subnets):
+            self.ledger.record(round, rank, TO_WORKER, "eval", flat_model)
+            sends[rank] = _post(dist.isend, flat_model.to(device), rank, f"round {round} (sending the model to evaluate)")
+            bufs[rank] = torch.zeros(EVAL_COUNTS, dtype=torch.int64, device=device)
+            recvs[rank] = _post(dist.irecv, bufs[rank], rank, f"round {round} (waiting for its evaluation)")
+        self.ledger.record(round, 0, TO_WORKER, "eval", flat_model)
+        counts = [self.worker0.evaluate(flat_model.clone())]
+        for rank in range(1, self.num_subnets):
+            _wait(sends[rank], rank, f"round {round} (sending the model to evaluate)")
+            _wait(recvs[rank], rank, f"round {round} (waiting for its evaluation)")
+            counts.append(bufs[rank].cpu())
+        for rank, c in enumerate(counts):
+            self.ledger.record(round, rank, FROM_WORKER, "eval", c)
+        return counts
+
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def serve_worker(worker: Worker, ctx: DistContext, rounds: int) -> None:
-    """Rank ``i > 0``: answer the handshake, then train every round rank 0 sends."""
+def serve_worker(worker: Worker, ctx: DistContext, cfg: GISTConfig) -> None:
+    """Rank ``i > 0``: answer the handshake, then train every round rank 0
+    sends (and, in ``partitioned`` mode, evaluate the full model on its own
+    nodes after every evaluation round)."""
     header = _recv(torch.zeros(2, dtype=torch.int64), 0, ctx, "set-up (waiting for rank 0)")
     start_round, numel = int(header[0]), int(header[1])
     if numel != worker.layout.numel:
@@ -188,13 +210,19 @@ def serve_worker(worker: Worker, ctx: DistContext, rounds: int) -> None:
     _send(handshake_reply(worker), 0, ctx, "set-up")
     like = torch.empty(numel, dtype=worker.layout.dtype)
     fault = _injected_fault(ctx.rank)
-    for round in range(start_round, rounds):
+    full_like = None
+    if cfg.evaluates_on_workers:
+        full_like = torch.empty(subnet_layout(worker.template, worker.spec, 1).numel, dtype=worker.layout.dtype)
+    for round in range(start_round, cfg.rounds):
         params = _recv(like, 0, ctx, f"round {round} (waiting for rank 0)")
         if fault is not None and fault[0] == round:
             _fail(fault[1])
         report = worker.train_round(round, params)
         _send(torch.cat([report.params, report.stats.to(report.params.dtype)]), 0, ctx,
               f"round {round} (returning parameters)")
+        if full_like is not None and cfg.is_eval_round(round):
+            flat_model = _recv(full_like, 0, ctx, f"round {round} (waiting for the model to evaluate)")
+            _send(worker.evaluate(flat_model), 0, ctx, f"round {round} (returning its evaluation)")
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -97,10 +97,10 @@ def run_training(settings: RunSettings, progress: bool = True, log_path: Optiona
     started = time.perf_counter()
     dataset = _load(settings)
     load_seconds = time.perf_counter() - started
-    model = _full_model(settings, dataset)
+    model = _full_model(settings, dataset.num_features, dataset.num_classes)
     trainer = GISTTrainer(model, dataset.data, cfg)
     _fit(settings, trainer, progress)
-    return _finish(settings, dataset, trainer, load_seconds, "in-process", log_path)
+    return _finish(settings, dataset.split, trainer, load_seconds, "in-process", log_path)
 
 
 # Settings that must match between a checkpoint and the run that resumes it.
@@ -149,18 +149,22 @@ def _load(settings: RunSettings):
     return load_dataset(settings.dataset, root=settings.root, seed=settings.seed)
 
 
-def _full_model(settings: RunSettings, dataset) -> torch.nn.Module:
+def _build(settings: RunSettings, num_features: int, num_classes: int) -> torch.nn.Module:
+    return build_model(settings.model, num_features, settings.hidden, num_classes, settings.layers,
+                       dropout=settings.dropout, norm=None if settings.norm == "none" else settings.norm)
+
+
+def _full_model(settings: RunSettings, num_features: int, num_classes: int) -> torch.nn.Module:
+    """The full-width model, initialised under ``torch.manual_seed(seed)``."""
     torch.manual_seed(settings.seed)
-    return build_model(settings.model, dataset.num_features, settings.hidden, dataset.num_classes,
-                       settings.layers, dropout=settings.dropout,
-                       norm=None if settings.norm == "none" else settings.norm)
+    return _build(settings, num_features, num_classes)
 
 
-def _finish(settings, dataset, trainer, load_seconds, transport, log_path) -> dict[str, Any]:
+def _finish(settings, split: str, trainer, load_seconds, transport, log_path) -> dict[str, Any]:
     summary = trainer.summary()
     summary["load_seconds"] = load_seconds
     log = {
-        "config": {**asdict(settings), "dataset_split": dataset.split, "transport": transport},
+        "config": {**asdict(settings), "dataset_split": split, "transport": transport},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "threads": torch.get_num_threads()},
         "rounds": [asdict(r) for r in trainer.history],
@@ -200,26 +204,32 @@ def _run_rank(settings: RunSettings, cfg, progress: bool, log_path) -> dict[str,
 
         dist.barrier()
     if ctx.rank == 0:
-        dataset = _load(settings)
+        if partitioned:
+            # Rank 0 holds only part 0 too: the workers evaluate on their parts.
+            graph0, num_features, num_classes, split = _worker_graph(settings, cfg, 0)
+            data, graphs = None, {0: graph0}
+        else:
+            dataset = _load(settings)
+            data, graphs = dataset.data, None
+            num_features, num_classes, split = dataset.num_features, dataset.num_classes, dataset.split
         load_seconds = time.perf_counter() - started
-        model = _full_model(settings, dataset)
+        model = _full_model(settings, num_features, num_classes)
         spec = build_split_spec(model)
         spec.check_subnets(cfg.num_subnets)
-        worker0 = make_workers(model, spec, dataset.data, cfg, indices=[0])[0]
+        worker0 = make_workers(model, spec, data, cfg, indices=[0], graphs=graphs)[0]
         transport = DistTransport(worker0, ctx)
         try:
-            trainer = GISTTrainer(model, dataset.data, cfg, transport=transport)
+            trainer = GISTTrainer(model, data, cfg, transport=transport)
             _fit(settings, trainer, progress)
         finally:
             transport.close()
-        return _finish(settings, dataset, trainer, load_seconds, f"torch.distributed ({ctx.backend})", log_path)
-    graph, num_features, num_classes = _worker_graph(settings, cfg, ctx.rank)
+        return _finish(settings, split, trainer, load_seconds, f"torch.distributed ({ctx.backend})", log_path)
+    graph, num_features, num_classes, _ = _worker_graph(settings, cfg, ctx.rank)
     with torch.device("meta"):
-        model = build_model(settings.model, num_features, settings.hidden, num_classes, settings.layers,
-                            dropout=settings.dropout, norm=None if settings.norm == "none" else settings.norm)
+        model = _build(settings, num_features, num_classes)
     spec = build_split_spec(model)
     worker = make_workers(model, spec, None, cfg, indices=[ctx.rank], graphs={ctx.rank: graph})[0]
-    serve_worker(worker, ctx, cfg.rounds)
+    serve_worker(worker, ctx, cfg)
     return {}
 
 
@@ -233,14 +243,14 @@ def _part_dir(settings: RunSettings, cfg) -> Path:
 def _worker_graph(settings: RunSettings, cfg, rank: int):
     """The graph rank ``rank`` trains on, loaded where it lives: the whole
     dataset (``replicated``), or only its own part file (``partitioned``)."""
-    if cfg.data_mode == "replicated":
+    if cfg.data_mode == "replicated" or cfg.num_subnets == 1:
         dataset = _load(settings)
-        return dataset.data, dataset.num_features, dataset.num_classes
+        return dataset.data, dataset.num_features, dataset.num_classes, dataset.split
     from .parts import load_part, read_meta
 
     part_dir = _part_dir(settings, cfg)
     info = read_meta(part_dir)
-    return load_part(part_dir, rank), info.num_features, info.num_classes
+    return load_part(part_dir, rank), info.num_features, info.num_classes, info.split
 
 
 def launch_local(settings: RunSettings, procs: int, progress: bool = True,

@@ -175,6 +175,8 @@ class Worker:
         rng_state: Tensor,
         keep_optimizer: bool = False,
         seed: Optional[int] = None,
+        template: Optional[nn.Module] = None,
+        sparse: bool = True,
     ) -> None:
         cfg.validate()
         self.index = index
@@ -187,11 +189,27 @@ class Worker:
         self.keep_optimizer = keep_optimizer
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.seed = seed
+        self.template = template
+        self.sparse = sparse
+        self._eval_adj: Optional[Tensor] = None
         self._warned_empty = False
         self._restored = False
 
     def data_tensors(self) -> list[Tensor]:
         return self.batches.tensors()
+
+    def evaluate(self, flat_model: Tensor) -> Tensor:
+        """:func:`correct_counts` of the full-width model (sent as one flat
+        buffer in the :func:`subnet_layout` of ``m = 1``) on this worker's own
+        nodes. The full-width model exists on the worker only while it
+        evaluates."""
+        if self.template is None:
+            raise RuntimeError("this worker was built without the model template needed to evaluate")
+        full = build_subnet(self.template, self.spec, 1)
+        load_subnet_state(full, subnet_layout(self.template, self.spec, 1).unflatten(flat_model))
+        if self._eval_adj is None:
+            self._eval_adj = adjacency(self.batches.data, self.sparse)
+        return correct_counts(full, self.batches.data, self._eval_adj)
 
     def fast_forward(self, start_round: int) -> None:
         """Skip the batches of rounds before ``start_round`` (resuming a run)."""
@@ -274,19 +292,37 @@ def worker_rng_state(seed: int, index: int, round: Optional[int] = None) -> Tens
 # Evaluation
 
 
+SPLITS = ("train", "val", "test")
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, adj: Optional[Tensor] = None) -> dict[str, float]:
-    """Accuracy of the full-width model on the train/val/test masks
-    (``adj``: the graph's :func:`adjacency`, default ``data.edge_index``)."""
+def correct_counts(model: nn.Module, data: Data, adj: Optional[Tensor] = None) -> Tensor:
+    """``int64 [correct_train, n_train, correct_val, n_val, correct_test, n_test]``
+    of the model's predictions on the graph's masks (``adj``: the graph's
+    :func:`adjacency`, default ``data.edge_index``)."""
     was_training = model.training
     model.eval()
     pred = model(data.x, data.edge_index if adj is None else adj).argmax(dim=-1)
     model.train(was_training)
-    out = {}
-    for split in ("train", "val", "test"):
+    counts = []
+    for split in SPLITS:
         mask = data[f"{split}_mask"]
-        out[split] = float((pred[mask] == data.y[mask]).float().mean()) if bool(mask.any()) else float("nan")
+        counts += [int((pred[mask] == data.y[mask]).sum()), int(mask.sum())]
+    return torch.tensor(counts, dtype=torch.int64)
+
+
+def accuracy_from_counts(counts: Tensor) -> dict[str, float]:
+    """Accuracies from (summed) :func:`correct_counts`; NaN for an empty split."""
+    out = {}
+    for i, split in enumerate(SPLITS):
+        correct, total = int(counts[2 * i]), int(counts[2 * i + 1])
+        out[split] = correct / total if total else float("nan")
     return out
+
+
+def evaluate(model: nn.Module, data: Data, adj: Optional[Tensor] = None) -> dict[str, float]:
+    """Accuracy of the full-width model on the train/val/test masks."""
+    return accuracy_from_counts(correct_counts(model, data, adj))
 
 
 # --------------------------------------------------------------------------
@@ -310,6 +346,17 @@ class GISTConfig:
     seed: int = 0
     sparse_adjacency: bool = True
     """Message passing over a CSR adjacency (same result as ``edge_index``, faster)."""
+
+    @property
+    def evaluates_on_workers(self) -> bool:
+        """In ``partitioned`` mode the workers evaluate the full model on their
+        own nodes and the counts are summed: no graph data moves. Exact when
+        ``halo_hops`` covers the model's depth; otherwise edges between parts
+        are missing from the evaluation, as they are from training."""
+        return self.data_mode == "partitioned" and self.num_subnets > 1
+
+    def is_eval_round(self, round: int) -> bool:
+        return (round + 1) % self.eval_every == 0 or round + 1 == self.rounds
 
     def validate(self) -> None:
         self.local.validate()
@@ -350,6 +397,7 @@ class RoundRecord:
     val: Optional[float] = None
     test: Optional[float] = None
     eval_seconds: Optional[float] = None
+    eval_bytes: int = 0
 
 
 def worker_graphs(data: Data, cfg: GISTConfig) -> list[Data]:
@@ -400,7 +448,8 @@ def make_workers(model: nn.Module, spec: SplitSpec, data: Optional[Data], cfg: G
             source = FullBatch(graphs[i], cfg.sparse_adjacency)
         rng = first_state if i == 0 else worker_rng_state(cfg.seed, i)
         workers.append(Worker(i, build_subnet(model, spec, cfg.num_subnets), spec, layout, source,
-                              cfg.local, rng, keep_optimizer=cfg.num_subnets == 1, seed=cfg.seed))
+                              cfg.local, rng, keep_optimizer=cfg.num_subnets == 1, seed=cfg.seed,
+                              template=model, sparse=cfg.sparse_adjacency))
     return workers
 
 
@@ -433,7 +482,17 @@ class GISTTrainer:
             make_workers(model, self.spec, data, cfg))
         if self.transport.num_subnets != cfg.num_subnets:
             raise ValueError(f"transport has {self.transport.num_subnets} workers, config asks m={cfg.num_subnets}")
-        if evaluator is None:
+        if evaluator is None and cfg.evaluates_on_workers:
+            full_layout = subnet_layout(model, self.spec, 1)
+
+            def evaluator(model: nn.Module, graph: Optional[Data]) -> dict[str, float]:
+                flat = full_layout.flatten({k: v for k, v in model.state_dict().items()
+                                            if k in self.spec.tensor_axes})
+                counts = self.transport.evaluate(self.round, flat)
+                return accuracy_from_counts(torch.stack(counts).sum(0))
+        elif evaluator is None:
+            if data is None:
+                raise ValueError("GISTTrainer needs the full graph to evaluate (or an evaluator)")
             eval_adj = adjacency(data, cfg.sparse_adjacency)
             evaluator = lambda model, graph: evaluate(model, graph, eval_adj)  # noqa: E731
         self.evaluator = evaluator
@@ -475,11 +534,12 @@ class GISTTrainer:
             stats_bytes=self.ledger.total(round=r, kind="stats"),
             loss=sum(losses) / len(losses) if losses else float("nan"),
         )
-        if (r + 1) % self.cfg.eval_every == 0 or r + 1 == self.cfg.rounds:
+        if self.cfg.is_eval_round(r):
             eval_start = time.perf_counter()
             metrics = self.evaluator(self.model, self.data)
             record.train, record.val, record.test = metrics["train"], metrics["val"], metrics["test"]
             record.eval_seconds = time.perf_counter() - eval_start
+            record.eval_bytes = self.ledger.total(round=r, kind="eval")
         self.history.append(record)
         self.round += 1
         return record
@@ -567,6 +627,7 @@ class GISTTrainer:
             "bytes_per_worker": params_bytes / m,
             "data_bytes_total": self.ledger.total(kind="data"),
             "stats_bytes_total": self.ledger.total(kind="stats"),
+            "eval_bytes_total": self.ledger.total(kind="eval"),
             "subnet_params": self.layout.numel,
             "rounds": len(self.history),
             "seconds": sum(r.seconds + (r.eval_seconds or 0.0) for r in self.history),

@@ -66,6 +66,9 @@ def test_distributed_equals_in_process_on_synthetic_graph(tmp_path, one_thread, 
     numel = local["summary"]["subnet_params"]
     assert dist["summary"]["bytes_total"] == 2 * 4 * numel * m * settings.rounds
     if mode == "partitioned":
+        # evaluation where the data lives: the full model to each worker, 6 counts back, every round
+        full_numel = sum(v.numel() for v in ls.values())
+        assert dist["summary"]["eval_bytes_total"] == settings.rounds * m * (4 * full_numel + 6 * 8)
         part_dir = tmp_path / "data" / "partitions" / f"csbm-metis-p{m}-s0-h0"
         assert sorted(p.name for p in part_dir.glob("part_*.pt")) == [f"part_{i}.pt" for i in range(m)]
 

@@ -231,3 +231,20 @@ def test_sparse_adjacency_matches_edge_index(graph, kind):
         runs.append(trainer.model.state_dict())
     for k, v in runs[0].items():
         torch.testing.assert_close(v, runs[1][k], rtol=1e-4, atol=1e-5)
+
+
+def test_partitioned_mode_evaluates_on_the_workers(graph):
+    from gist import evaluate
+
+    # with a halo as deep as the model, each worker sees every edge its own
+    # nodes' predictions depend on: the combined counts equal a full-graph evaluation
+    trainer = _trainer(graph, "gcn", None, m=4, zeta=2, rounds=2, layers=2, data_mode="partitioned",
+                       halo_hops=2)
+    trainer.fit(progress=False)
+    full = evaluate(trainer.model, graph.data)
+    last = trainer.history[-1]
+    assert (last.train, last.val, last.test) == pytest.approx((full["train"], full["val"], full["test"]), abs=1e-6)
+    full_numel = sum(v.numel() for v in trainer.model.state_dict().values())
+    assert last.eval_bytes == 4 * (4 * full_numel + 6 * 8)
+    assert trainer.summary()["eval_bytes_total"] == 2 * last.eval_bytes
+    assert trainer.summary()["bytes_total"] == trainer.ledger.total(kind="params")
