@@ -29,9 +29,15 @@ cfg.local.local_steps`` optimizer steps per worker, and every round produces a
 Each exists as an in-process simulation (``ctx=None``: ``m`` workers one after
 another in this process, averaging done by hand) and on ``torch.distributed``
 (one rank per worker; rank 0 evaluates and logs). For the same seed and
-thread count both give the same model (up to float summation order inside
-the all-reduce: bit-identical for ``m = 2``) and the same ledger. With
-``m = 1`` both are plain training, step for step.
+thread count both give the same model and the same ledger: bit-identical
+for ``m = 2``; for ``m > 2`` gloo's all-reduce sums in its own order, which
+moves results by float rounding — except that Adam turns rounding noise
+into full-size steps for a parameter whose true gradient is zero (a conv
+bias right before BatchNorm), where the two forms can drift apart by ~1e-4.
+With ``m = 1`` both are plain training, step for step. Rank 0 needs the
+full graph (it evaluates); the other ranks' :attr:`history` holds their own
+loss and no metrics. DDP is built with ``init_sync=False``: the initial
+model goes out in this module's own broadcast (below).
 
 Ledger conventions (all ``kind="params"`` unless said otherwise):
 
@@ -271,6 +277,9 @@ class BaselineTrainer:
         else:
             if ctx.world_size != m:
                 raise ValueError(f"the job has {ctx.world_size} processes but m={m}: one process per worker")
+            if ctx.backend != "gloo":
+                raise NotImplementedError(f"the distributed baselines run on CPU tensors over gloo, "
+                                          f"not {ctx.backend!r}")
             self.rank = ctx.rank
             self.indices = [ctx.rank]
             if graph is None:
@@ -563,6 +572,7 @@ class BaselineTrainer:
             "bytes_per_worker": params_bytes / self.m,
             "data_bytes_total": self.ledger.total(kind="data"),
             "stats_bytes_total": self.ledger.total(kind="stats"),
+            "eval_bytes_total": 0,  # rank 0 evaluates on the full graph it holds
             "subnet_params": self.numel,
             "rounds": len(self.history),
             "seconds": seconds,
@@ -574,9 +584,10 @@ class BaselineTrainer:
         self._ddp = None
 
 
-def _recording_allreduce_hook(trainer: BaselineTrainer, bucket) -> "torch.futures.Future[Tensor]":
-    """DDP communication hook: record the bucket as a ring all-reduce for every
-    worker, then average it (divide by ``m``, all-reduce the sum)."""
+def _recording_allreduce_hook(trainer: BaselineTrainer, bucket):  # DDP rejects a string annotation
+    """DDP communication hook: record the bucket (a ``dist.GradBucket``) as a
+    ring all-reduce for every worker, then average it (divide by ``m``,
+    all-reduce the sum); returns a ``torch.futures.Future[Tensor]``."""
     import torch.distributed as dist
 
     buf = bucket.buffer()
@@ -587,81 +598,3 @@ def _recording_allreduce_hook(trainer: BaselineTrainer, bucket) -> "torch.future
 
 
 # ---------------------------------------------------------------------- runs
-
-
-def run_baseline(settings: "RunSettings", method: str, progress: bool = True, log_path=None) -> dict[str, Any]:
-    """Like :func:`gist.run.run_training`, for a baseline: load the data, build
-    the model under ``seed``, train, return (and write) the log, whose
-    ``config`` has ``method``. With ``settings.backend == "dist"`` this
-    process is one rank (torchrun environment); rank 0 returns the log, the
-    others ``{}``."""
-    from .run import _finish, _full_model, _load, write_json
-
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    cfg = settings.gist_config()
-    cfg.validate()
-    if settings.backend == "dist":
-        return _run_baseline_rank(settings, method, cfg, progress, log_path)
-    started = time.perf_counter()
-    dataset = _load(settings)
-    load_seconds = time.perf_counter() - started
-    model = _full_model(settings, dataset)
-    trainer = BaselineTrainer(method, model, dataset.data, cfg)
-    trainer.fit(progress=progress)
-    log = _finish(settings, dataset, trainer, load_seconds, "in-process", None)
-    log["config"]["method"] = method
-    if log_path is not None:
-        write_json(log, log_path)
-    return log
-
-
-def _run_baseline_rank(settings, method: str, cfg: GISTConfig, progress: bool, log_path) -> dict[str, Any]:
-    import os
-
-    import torch.distributed as dist
-
-    from .distributed import init_distributed
-    from .nn.models import build_model
-    from .run import _finish, _full_model, _load, _worker_graph, write_json
-
-    ctx = init_distributed(settings.dist_backend, settings.timeout)
-    try:
-        if ctx.world_size != cfg.num_subnets:
-            raise ValueError(f"the job has {ctx.world_size} processes but m={cfg.num_subnets}: "
-                             f"one process per worker")
-        if not settings.threads:
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-        started = time.perf_counter()
-        partitioned = cfg.data_mode == "partitioned" and cfg.num_subnets > 1
-        if ctx.rank == 0 and partitioned:
-            from .parts import ensure_partitions
-
-            ensure_partitions(settings.root, settings.dataset, cfg.num_subnets, cfg.partitioner, cfg.seed,
-                              cfg.halo_hops, progress=progress)
-        if partitioned:
-            dist.barrier()
-        if ctx.rank == 0:
-            dataset = _load(settings)
-            load_seconds = time.perf_counter() - started
-            model = _full_model(settings, dataset)
-            trainer = BaselineTrainer(method, model, dataset.data, cfg, ctx=ctx)
-            trainer.fit(progress=progress)
-            log = _finish(settings, dataset, trainer, load_seconds, f"torch.distributed ({ctx.backend})", None)
-            log["config"]["method"] = method
-            if log_path is not None:
-                write_json(log, log_path)
-            return log
-        graph, num_features, num_classes = _worker_graph(settings, cfg, ctx.rank)
-        torch.manual_seed(settings.seed)  # any init: rank 0's model is broadcast at set-up
-        model = build_model(settings.model, num_features, settings.hidden, num_classes, settings.layers,
-                            dropout=settings.dropout, norm=None if settings.norm == "none" else settings.norm)
-        trainer = BaselineTrainer(method, model, None, cfg, ctx=ctx, graph=graph)
-        trainer.fit(progress=False)
-        return {}
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()

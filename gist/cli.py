@@ -36,6 +36,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--norm", choices=["none", "batch_norm", "layer_norm"], default=d.norm)
     g.add_argument("--dropout", type=float, default=d.dropout)
     g = p.add_argument_group("GIST")
+    g.add_argument("--method", choices=["gist", "ddp", "local-sgd"], default=d.method,
+                   help="gist, or a baseline on the same data and byte ledger: ddp (gradients all-reduced "
+                        "every step) or local-sgd (parameters averaged every --local-steps steps)")
     g.add_argument("--subnets", "-m", type=_positive_int, default=None,
                    help=f"sub-networks m (default: --procs, the torchrun world size, or {d.subnets})")
     g.add_argument("--local-steps", type=_positive_int, default=d.local_steps, help="local steps ζ per round")
@@ -108,14 +111,16 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     except Exception as exc:  # a spawned process failed: its traceback is already on stderr
         if type(exc).__name__ in ("ProcessRaisedException", "ProcessExitedException"):
-            print(f"gist train: error: {exc}", file=sys.stderr)
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            head = next((line for line in lines if "terminated" in line), "")
+            print(f"gist train: error: {head.strip('- ')}: {lines[-1] if lines else exc}", file=sys.stderr)
             return 1
         raise
     if not log:  # a worker rank of a torchrun job: rank 0 reports
         return 0
     s = log["summary"]
     print(
-        f"{settings.dataset} {settings.model} L={settings.layers} d={settings.hidden} "
+        f"{settings.method} {settings.dataset} {settings.model} L={settings.layers} d={settings.hidden} "
         f"m={settings.subnets} ζ={settings.local_steps} rounds={s['rounds']} ({settings.data_mode}): "
         f"best val {s['best_val']:.4f} (round {s['best_round']}), test at best val "
         f"{s['test_at_best_val']:.4f}, {s['bytes_per_worker'] / 1e6:.2f} MB per worker "

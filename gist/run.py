@@ -15,10 +15,17 @@ from .nn.models import build_model
 from .train import GISTConfig, GISTTrainer, LocalConfig
 
 
+METHODS = ("gist", "ddp", "local-sgd")
+
+
 @dataclass
 class RunSettings:
     """Every setting of a run; the CLI flags of ``gist train`` map onto these."""
 
+    method: str = "gist"
+    """``gist``, or a baseline on the same data and ledger: ``ddp`` (full model
+    per worker, gradients all-reduced every step) or ``local-sgd`` (full model
+    per worker, parameters averaged every ``local_steps`` steps)."""
     dataset: str = "csbm"
     root: Optional[str] = None
     model: str = "gcn"
@@ -88,6 +95,10 @@ def run_training(settings: RunSettings, progress: bool = True, log_path: Optiona
     """
     if settings.backend not in ("local", "dist"):
         raise ValueError(f"backend must be 'local' or 'dist', got {settings.backend!r}")
+    if settings.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {settings.method!r}")
+    if settings.method != "gist" and (settings.checkpoint_every or settings.resume):
+        raise ValueError("checkpoints and --resume are implemented for --method gist only")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     cfg = settings.gist_config()
@@ -98,7 +109,12 @@ def run_training(settings: RunSettings, progress: bool = True, log_path: Optiona
     dataset = _load(settings)
     load_seconds = time.perf_counter() - started
     model = _full_model(settings, dataset.num_features, dataset.num_classes)
-    trainer = GISTTrainer(model, dataset.data, cfg)
+    if settings.method == "gist":
+        trainer = GISTTrainer(model, dataset.data, cfg)
+    else:
+        from .baselines import BaselineTrainer
+
+        trainer = BaselineTrainer(settings.method, model, dataset.data, cfg)
     _fit(settings, trainer, progress)
     return _finish(settings, dataset.split, trainer, load_seconds, "in-process", log_path)
 
@@ -187,7 +203,7 @@ def _run_rank(settings: RunSettings, cfg, progress: bool, log_path) -> dict[str,
     ctx = init_distributed(settings.dist_backend, settings.timeout)
     if ctx.world_size != cfg.num_subnets:
         raise ValueError(f"the job has {ctx.world_size} processes but m={cfg.num_subnets}: "
-                         f"GIST runs one process per sub-network")
+                         f"GIST and its baselines run one process per worker")
     if not settings.threads:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
@@ -203,6 +219,8 @@ def _run_rank(settings: RunSettings, cfg, progress: bool, log_path) -> dict[str,
         import torch.distributed as dist
 
         dist.barrier()
+    if settings.method != "gist":
+        return _run_baseline_rank(settings, cfg, ctx, progress, log_path, started, partitioned)
     if ctx.rank == 0:
         if partitioned:
             # Rank 0 holds only part 0 too: the workers evaluate on their parts.
@@ -231,6 +249,33 @@ def _run_rank(settings: RunSettings, cfg, progress: bool, log_path) -> dict[str,
     worker = make_workers(model, spec, None, cfg, indices=[ctx.rank], graphs={ctx.rank: graph})[0]
     serve_worker(worker, ctx, cfg)
     return {}
+
+
+def _run_baseline_rank(settings: RunSettings, cfg, ctx, progress: bool, log_path, started: float,
+                       partitioned: bool) -> dict[str, Any]:
+    """One rank of a ``ddp`` / ``local-sgd`` job; rank 0 evaluates on the full graph."""
+    import torch.distributed as dist
+
+    from .baselines import BaselineTrainer
+
+    try:
+        if ctx.rank == 0:
+            dataset = _load(settings)
+            graph = _worker_graph(settings, cfg, 0)[0] if partitioned else dataset.data
+            load_seconds = time.perf_counter() - started
+            model = _full_model(settings, dataset.num_features, dataset.num_classes)
+            trainer = BaselineTrainer(settings.method, model, dataset.data, cfg, ctx=ctx, graph=graph)
+            trainer.fit(progress=progress)
+            return _finish(settings, dataset.split, trainer, load_seconds, f"torch.distributed ({ctx.backend})",
+                           log_path)
+        graph, num_features, num_classes, _ = _worker_graph(settings, cfg, ctx.rank)
+        torch.manual_seed(settings.seed + ctx.rank)  # any initialisation: rank 0's model is broadcast
+        model = _build(settings, num_features, num_classes)
+        BaselineTrainer(settings.method, model, None, cfg, ctx=ctx, graph=graph).fit(progress=False)
+        return {}
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _part_dir(settings: RunSettings, cfg) -> Path:

@@ -33,8 +33,12 @@ HIDDEN = 16
 
 # name -> (method, m, model kind, norm, GISTConfig overrides). GCN with hidden
 # 16, 16 features, 4 classes, BatchNorm: |θ| = 372 parameters (+32 running
-# statistics = 404 for local-SGD); SAGE: 2·16·16 + 16 + 2·16·4 + 4 = 660.
-# All are multiples of 4, so the ring count is exact.
+# statistics = 404 for local-SGD); without norm 340; SAGE: 2·16·16 + 16 +
+# 2·16·4 + 4 = 660. All are multiples of 4, so the ring count is exact.
+# For m = 2 the two forms are bit-identical. For m > 2 gloo's all-reduce sums
+# in its own order, and Adam turns that rounding into visible steps for a
+# parameter whose true gradient is zero (a conv bias right before BatchNorm),
+# so the m = 4 cases use models without BatchNorm.
 CASES = {
     "ddp-replicated-m2": ("ddp", 2, "gcn", "batch_norm", dict(data_mode="replicated")),
     "ddp-partitioned-m2": ("ddp", 2, "gcn", "batch_norm", dict(data_mode="partitioned")),
@@ -42,10 +46,10 @@ CASES = {
     "local-sgd-partitioned-m2": ("local-sgd", 2, "gcn", "batch_norm", dict(data_mode="partitioned")),
     # part 3 has no training nodes: that worker contributes zero gradients
     "ddp-partitioned-empty-m4": ("ddp", 4, "sage", None, dict(data_mode="partitioned", partitioner="random")),
-    "local-sgd-cluster-m4": ("local-sgd", 4, "gcn", "batch_norm",
+    "local-sgd-cluster-m4": ("local-sgd", 4, "gcn", None,
                              dict(data_mode="replicated", batching="cluster", num_clusters=8, clusters_per_batch=2)),
 }
-PARAMS = {("gcn", "batch_norm"): (372, 404), ("sage", None): (660, 660)}
+PARAMS = {("gcn", "batch_norm"): (372, 404), ("gcn", None): (340, 340), ("sage", None): (660, 660)}
 
 
 def _graph(name: str):
@@ -115,8 +119,9 @@ def dist_results(tmp_path_factory):
     return {n: torch.load(out / f"{n}.pt", weights_only=True) for n in CASES}
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
+    """Same thread count as the spawned ranks (and fast on a shared 2-core machine)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -128,7 +133,9 @@ def _ledger_key(t):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_distributed_equals_in_process(dist_results, one_thread, name):
+def test_distributed_equals_in_process(dist_results, name):
+    if "empty" in name:  # the case really has a worker without training nodes
+        assert not bool(worker_graphs(_graph(name), _config(name))[3].train_mask.any())
     local = _run_in_process(name)
     dist = dist_results[name]
     state = local.model.state_dict()
@@ -162,7 +169,8 @@ def test_bytes_match_ring_allreduce_count(name):
             assert (ledger.total(round=r, worker=w, direction="to_worker", kind="params")
                     == ledger.total(round=r, worker=w, direction="from_worker", kind="params"))
         record = trainer.history[r]
-        assert record.bytes_to_workers + record.bytes_from_workers == m * all_reduces_per_round * per_worker_per_all_reduce
+        moved = record.bytes_to_workers + record.bytes_from_workers
+        assert moved == m * all_reduces_per_round * per_worker_per_all_reduce
         assert record.stats_bytes == m * 3 * 4
     # set-up: the initial broadcast of rank 0's model (parameters and float buffers) to every other worker
     assert ledger.total(round=-1, kind="params") == (m - 1) * state_numel * 4
@@ -220,26 +228,31 @@ def test_bad_method_and_mismatched_world():
 
 @pytest.mark.slow
 def test_cora_ddp_and_local_sgd_within_one_point_of_m1(real_data_root):
+    """GCN (2 layers, hidden 64, dropout 0.5, Adam lr 0.01, weight decay 5e-4),
+    20 rounds of ζ = 5 steps, replicated full batch, evaluated every round.
+    Test accuracy at the best validation round, averaged over seeds 0-2
+    (one seed alone moves by up to 1.6 points from dropout noise). Averaging
+    over more workers removes dropout noise, so the baselines tend to sit
+    slightly above m = 1 (measured means: m1 0.806; ddp m2 0.812, m4 0.805;
+    local-SGD m2 0.811, m4 0.812 — within 0.6 points)."""
     from gist.data import load_dataset
 
-    root = real_data_root("planetoid")
-    dataset = load_dataset("cora", root=str(root))
-    results = {}
+    dataset = load_dataset("cora", root=str(real_data_root("planetoid")))
 
-    def run(method, m):
-        torch.manual_seed(0)
-        model = build_model("gcn", dataset.num_features, 128, dataset.num_classes, 2, dropout=0.5)
-        cfg = GISTConfig(num_subnets=m, rounds=20, local=LocalConfig(local_steps=10, lr=0.01, weight_decay=5e-4),
-                         seed=0)
-        trainer = (GISTTrainer(model, dataset.data, cfg) if method == "plain"
+    def run(method: str, m: int, seed: int) -> float:
+        torch.manual_seed(seed)
+        model = build_model("gcn", dataset.num_features, 64, dataset.num_classes, 2, dropout=0.5)
+        cfg = GISTConfig(num_subnets=m, rounds=20, local=LocalConfig(local_steps=5, lr=0.01, weight_decay=5e-4),
+                         seed=seed)
+        trainer = (GISTTrainer(model, dataset.data, cfg) if method == "m1"
                    else BaselineTrainer(method, model, dataset.data, cfg))
         trainer.fit(progress=False)
         return trainer.summary()["test_at_best_val"]
 
-    results["plain"] = run("plain", 1)
-    for method in ("ddp", "local-sgd"):
-        for m in (2, 4):
-            results[f"{method}-m{m}"] = run(method, m)
-    assert results["plain"] >= 0.78, results
-    for key, acc in results.items():
-        assert abs(acc - results["plain"]) <= 0.01, results
+    seeds = (0, 1, 2)
+    runs = [("m1", 1), ("ddp", 2), ("ddp", 4), ("local-sgd", 2), ("local-sgd", 4)]
+    acc = {f"{method}-m{m}": [run(method, m, seed) for seed in seeds] for method, m in runs}
+    mean = {k: sum(v) / len(v) for k, v in acc.items()}
+    assert mean["m1-m1"] >= 0.78, acc
+    for key, value in mean.items():
+        assert abs(value - mean["m1-m1"]) <= 0.01, (key, mean, acc)

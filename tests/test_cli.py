@@ -63,3 +63,19 @@ def test_argparse_rejects_bad_choices():
         main(["train", "--model", "gat"])
     with pytest.raises(SystemExit):
         main(["train", "--subnets", "0"])
+
+
+@pytest.mark.parametrize("method", ["ddp", "local-sgd"])
+def test_baselines_run_from_the_cli(tmp_path, capsys, method):
+    log = tmp_path / "run.json"
+    assert main(["train", *SMALL, "--method", method, "--log", str(log), "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(method)
+    record = json.loads(log.read_text())
+    assert record["config"]["method"] == method and record["summary"]["method"] == method
+
+
+def test_spawned_failure_is_reported_in_one_line(tmp_path, capsys):
+    code = main(["train", *SMALL, "--procs", "3", "--subnets", "2", "--no-progress", "--root", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("gist train: error: Process") and "3 processes but m=2" in err
