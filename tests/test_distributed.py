@@ -187,5 +187,5 @@ def test_resume_refuses_different_settings(tmp_path):
 
 def test_world_size_must_equal_subnets(tmp_path):
     settings = RunSettings(dataset="csbm", root=str(tmp_path), hidden=16, subnets=4, rounds=1)
-    with pytest.raises(Exception, match="GIST runs one process per sub-network"):
+    with pytest.raises(Exception, match="run one process per worker"):
         launch_local(settings, 2, progress=False)
