@@ -82,12 +82,11 @@ default buffer broadcast would leave on rank 0 too, without hidden traffic.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -104,13 +103,12 @@ from .comm import (
     tensor_nbytes,
 )
 from .train import (
-    BatchSource,
-    ClusterBatches,
-    FullBatch,
     GISTConfig,
+    RNGStream,
     RoundRecord,
     adjacency,
     evaluate,
+    make_batch_sources,
     make_optimizer,
     training_loss,
     worker_graphs,
@@ -119,7 +117,6 @@ from .train import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from .distributed import DistContext
-    from .run import RunSettings
 
 METHODS = ("ddp", "local-sgd")
 STATS_VALUES = 3
@@ -157,47 +154,6 @@ def load_flat_state(model: nn.Module, names: list[str], flat: Tensor) -> None:
         offset += t.numel()
     if offset != flat.numel():
         raise ValueError(f"flat state has {flat.numel()} values, the model {offset}")
-
-
-class _WorkerRNG:
-    """A worker's own RNG stream, swapped in around its computation."""
-
-    def __init__(self, state: Tensor) -> None:
-        self.state = state.clone()
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        outer = torch.get_rng_state()
-        torch.set_rng_state(self.state)
-        try:
-            yield
-        finally:
-            self.state = torch.get_rng_state()
-            torch.set_rng_state(outer)
-
-
-def _batch_sources(graphs: dict[int, Data], cfg: GISTConfig) -> dict[int, BatchSource]:
-    """Worker ``i``'s batch stream, built exactly as :func:`gist.train.make_workers` does."""
-    sources: dict[int, BatchSource] = {}
-    parts_of: dict[int, Tensor] = {}
-    full_of: dict[int, FullBatch] = {}
-    for i, g in graphs.items():
-        if cfg.batching == "cluster":
-            parts = parts_of.get(id(g))
-            if parts is None:
-                from .graph import partition_nodes
-
-                if cfg.num_clusters > g.num_nodes:
-                    raise ValueError(f"num_clusters ({cfg.num_clusters}) exceeds worker {i}'s {g.num_nodes} nodes")
-                parts = parts_of[id(g)] = partition_nodes(g.edge_index, g.num_nodes, cfg.num_clusters,
-                                                          "metis", cfg.seed)
-            sources[i] = ClusterBatches(g, cfg.num_clusters, cfg.clusters_per_batch, cfg.seed + i, parts=parts,
-                                        sparse=cfg.sparse_adjacency)
-        else:  # a full batch is stateless: workers holding the same graph share it
-            if id(g) not in full_of:
-                full_of[id(g)] = FullBatch(g, cfg.sparse_adjacency)
-            sources[i] = full_of[id(g)]
-    return sources
 
 
 def _ddp_loss(model: nn.Module, batch: Data, adj: Tensor) -> tuple[Tensor, bool]:
@@ -289,8 +245,8 @@ class BaselineTrainer:
             graphs = {ctx.rank: graph}
         if self.rank == 0 and data is None:
             raise ValueError("rank 0 needs the full graph (data=) to evaluate")
-        self._sources = _batch_sources(graphs, cfg)
-        self._rngs = {i: _WorkerRNG(first_rng if i == 0 else worker_rng_state(cfg.seed, i)) for i in self.indices}
+        self._sources = make_batch_sources(graphs, cfg)
+        self._rngs = {i: RNGStream(first_rng if i == 0 else worker_rng_state(cfg.seed, i)) for i in self.indices}
         self._warned_empty: set[int] = set()
 
         # Replicas and optimizers. In-process ddp keeps one replica (all stay

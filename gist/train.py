@@ -137,6 +137,50 @@ class ClusterBatches:
         return graph_tensors(self.data)
 
 
+def make_batch_sources(graphs: dict[int, Data], cfg: "GISTConfig") -> dict[int, BatchSource]:
+    """Worker ``i``'s batch stream over ``graphs[i]``: full batch, or Cluster-GCN
+    batches whose METIS partition is computed once per distinct graph and
+    whose order is seeded by ``seed + i``."""
+    sources: dict[int, BatchSource] = {}
+    parts_of: dict[int, Tensor] = {}
+    full_of: dict[int, FullBatch] = {}
+    for i, g in graphs.items():
+        if cfg.batching == "cluster":
+            parts = parts_of.get(id(g))
+            if parts is None:
+                from .graph import partition_nodes
+
+                if cfg.num_clusters > g.num_nodes:
+                    raise ValueError(f"num_clusters ({cfg.num_clusters}) exceeds worker {i}'s {g.num_nodes} nodes")
+                parts = parts_of[id(g)] = partition_nodes(g.edge_index, g.num_nodes, cfg.num_clusters,
+                                                          "metis", cfg.seed)
+            sources[i] = ClusterBatches(g, cfg.num_clusters, cfg.clusters_per_batch, cfg.seed + i, parts=parts,
+                                        sparse=cfg.sparse_adjacency)
+        else:  # a full batch is stateless: workers holding the same graph share it
+            if id(g) not in full_of:
+                full_of[id(g)] = FullBatch(g, cfg.sparse_adjacency)
+            sources[i] = full_of[id(g)]
+    return sources
+
+
+class RNGStream:
+    """A worker's own RNG stream, swapped into the global generator around its
+    computation, so it draws the same numbers in a shared process as alone."""
+
+    def __init__(self, state: Tensor) -> None:
+        self.state = state.clone()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.state)
+        try:
+            yield
+        finally:
+            self.state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+
 def graph_tensors(data: Data) -> list[Tensor]:
     """The tensors a worker holds for its graph (counted as ``data`` bytes)."""
     return [v for _, v in data if isinstance(v, Tensor)]
@@ -185,7 +229,7 @@ class Worker:
         self.layout = layout
         self.batches = batches
         self.cfg = cfg
-        self.rng_state = rng_state.clone()
+        self._rng = RNGStream(rng_state)
         self.keep_optimizer = keep_optimizer
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.seed = seed
@@ -235,15 +279,13 @@ class Worker:
             self.batches.batcher.load_state_dict(state["batcher"])
         self._restored = True
 
-    @contextlib.contextmanager
-    def _own_rng(self) -> Iterator[None]:
-        outer = torch.get_rng_state()
-        torch.set_rng_state(self.rng_state)
-        try:
-            yield
-        finally:
-            self.rng_state = torch.get_rng_state()
-            torch.set_rng_state(outer)
+    @property
+    def rng_state(self) -> Tensor:
+        return self._rng.state
+
+    @rng_state.setter
+    def rng_state(self, state: Tensor) -> None:
+        self._rng.state = state.clone()
 
     def train_round(self, round: int, flat_params: Tensor) -> WorkerReport:
         start = time.perf_counter()
@@ -256,7 +298,7 @@ class Worker:
             self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
         self.subnet.train()
         losses: list[float] = []
-        with self._own_rng():
+        with self._rng.active():
             for _ in range(self.cfg.local_steps):
                 batch, adj = self.batches.next_batch()
                 self.optimizer.zero_grad()
@@ -428,24 +470,11 @@ def make_workers(model: nn.Module, spec: SplitSpec, data: Optional[Data], cfg: G
             raise ValueError("make_workers needs the full graph or the workers' graphs")
         graphs = dict(enumerate(worker_graphs(data, cfg)))
     first_state = torch.get_rng_state()
+    chosen = list(indices) if indices is not None else list(range(cfg.num_subnets))
+    sources = make_batch_sources({i: graphs[i] for i in chosen}, cfg)
     workers = []
-    shared_parts: dict[int, Tensor] = {}
-    for i in indices if indices is not None else range(cfg.num_subnets):
-        if cfg.batching == "cluster":
-            parts = shared_parts.get(id(graphs[i]))
-            if parts is None:
-                from .graph import partition_nodes
-
-                g = graphs[i]
-                if cfg.num_clusters > g.num_nodes:
-                    raise ValueError(f"num_clusters ({cfg.num_clusters}) exceeds worker {i}'s "
-                                     f"{g.num_nodes} nodes")
-                parts = partition_nodes(g.edge_index, g.num_nodes, cfg.num_clusters, "metis", cfg.seed)
-                shared_parts[id(g)] = parts
-            source: BatchSource = ClusterBatches(graphs[i], cfg.num_clusters, cfg.clusters_per_batch,
-                                                 cfg.seed + i, parts=parts, sparse=cfg.sparse_adjacency)
-        else:
-            source = FullBatch(graphs[i], cfg.sparse_adjacency)
+    for i in chosen:
+        source = sources[i]
         rng = first_state if i == 0 else worker_rng_state(cfg.seed, i)
         workers.append(Worker(i, build_subnet(model, spec, cfg.num_subnets), spec, layout, source,
                               cfg.local, rng, keep_optimizer=cfg.num_subnets == 1, seed=cfg.seed,

@@ -129,7 +129,6 @@ def test_subnet_forward_equals_restricted_full_model(cls, m):
     model = cls(12, 16, 3, out_channels=5, dropout=0.5).eval()
     spec = build_split_spec(model)
     part = draw_partition(spec.widths, m, seed=0, round=5)
-    layout = subnet_layout(model, spec, m)
     x, ei = random_graph()
     for i in range(m):
         subnet = build_subnet(model, spec, m).eval()

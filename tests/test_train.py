@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from gist import GISTConfig, GISTTrainer, InProcessTransport, LocalConfig, draw_partition
 from gist.data import make_csbm
 from gist.nn import build_model
-from gist.partition import subnet_layout
 from gist.train import make_workers
 
 

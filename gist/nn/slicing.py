@@ -24,8 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 Axes = tuple[Optional[str], ...]
 """One width name (or ``None``: not split) per tensor dimension."""
