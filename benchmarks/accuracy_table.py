@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from _report import emit
 
 from gist.run import RunSettings, run_training
 
@@ -63,10 +64,7 @@ def main(argv=None) -> int:
         *setup_lines, "",
         table.to_markdown(index=False, floatfmt=".4g"), "",
     ])
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    emit(text, args.out)
     return 0
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import psutil
+from _report import emit
 
 
 def run_and_watch(cmd: list[str]) -> dict[int, int]:
@@ -115,10 +116,7 @@ def main(argv=None) -> int:
               f"{100 * statistics.median(overhead):.2f}% of the round, max {100 * max(overhead):.2f}% "
               f"(median round {statistics.median(r['seconds'] for r in dist['rounds']):.2f} s).", ""]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    emit(text, args.out)
     return 0
 
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
 import torch
+from _report import emit
 
-from gist import GISTConfig, GISTTrainer, LocalConfig
+from gist import GISTConfig, GISTTrainer, LocalConfig, draw_partition, slice_state
 from gist.data import load_dataset
 from gist.nn import build_model
 
@@ -50,10 +50,6 @@ def step_seconds(ds, hidden: int, m: int, repeats: int, zeta: int = 5) -> float:
     """Median seconds per local step of worker 0 (full graph, replicated)."""
     trainer = trainer_for(ds, hidden, m, zeta)
     worker = trainer.transport.workers[0]
-    payload = trainer.layout.flatten(trainer.layout.unflatten(torch.zeros(trainer.layout.numel)))
-    from gist.partition import slice_state
-    from gist import draw_partition
-
     part = draw_partition(trainer.spec.widths, m, 0, 0)
     payload = trainer.layout.flatten(slice_state(trainer.model.state_dict(), trainer.spec, part, 0))
     worker.train_round(0, payload.clone())  # warm-up
@@ -100,10 +96,7 @@ def main(argv=None) -> int:
         f"| sub-network (m = 4) | 256 | {sub:.3f} | {sub / full:.2f} |",
     ]
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
+    emit(report, args.out)
     return 0
 
 

@@ -108,6 +108,8 @@ from .train import (
     RoundRecord,
     adjacency,
     evaluate,
+    fit_rounds,
+    history_summary,
     make_batch_sources,
     make_optimizer,
     training_loss,
@@ -210,7 +212,6 @@ class BaselineTrainer:
         self.round = 0
         self._started = False
         self._sum_worker_seconds: dict[int, float] = {}
-        self._params_total = 0
 
         self._state_names = float_state_names(model)
         dtypes = {model.state_dict()[k].dtype for k in self._state_names}
@@ -270,7 +271,6 @@ class BaselineTrainer:
     def _record(self, round: int, worker: int, direction: str, kind: str, payload: Tensor | int) -> int:
         nbytes = self.ledger.record(round, worker, direction, kind, payload)
         if kind == "params":
-            self._params_total += nbytes
             if round >= 0:
                 key = "to" if direction == TO_WORKER else "from"
                 self._round_bytes[key] += nbytes
@@ -483,57 +483,18 @@ class BaselineTrainer:
 
     def fit(self, progress: bool = True, callback: Optional[Callable[[RoundRecord], Any]] = None) -> list[RoundRecord]:
         """Run the remaining rounds, with a progress bar over rounds."""
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.cfg.rounds, initial=self.round, desc=f"{self.method} rounds", unit="round",
-                   disable=not progress, dynamic_ncols=True)
-        best_val = float("-inf")
-        try:
-            while self.round < self.cfg.rounds:
-                record = self.run_round()
-                postfix = {"loss": f"{record.loss:.3f}", "MB": f"{self._params_total / 1e6:.1f}"}
-                if record.val is not None:
-                    best_val = max(best_val, record.val)
-                    postfix["val"] = f"{record.val:.4f}"
-                    postfix["best"] = f"{best_val:.4f}"
-                bar.set_postfix(postfix, refresh=False)
-                bar.update(1)
-                if callback is not None:
-                    callback(record)
-        finally:
-            bar.close()
-        return self.history
+        return fit_rounds(self, f"{self.method} rounds", progress, callback)
 
     def summary(self) -> dict[str, Any]:
         """The keys of :meth:`gist.train.GISTTrainer.summary` (``subnet_params``
         is ``|θ|``, the values of the all-reduced buffer) plus ``method``.
         ``bytes_total`` includes the set-up broadcast of the model."""
-        evaluated = [r for r in self.history if r.val is not None]
-        best = max(evaluated, key=lambda r: r.val) if evaluated else None
-        params_bytes = self.ledger.total(kind="params")
-        seconds = sum(r.seconds + (r.eval_seconds or 0.0) for r in self.history)
-        if self.ctx is None:  # workers ran one after another: count the slowest only
-            parallel = sum(r.seconds - self._sum_worker_seconds.get(r.round, 0.0) + r.worker_seconds
-                           + (r.eval_seconds or 0.0) for r in self.history)
-        else:
-            parallel = seconds
-        return {
-            "method": self.method,
-            "best_val": best.val if best else None,
-            "test_at_best_val": best.test if best else None,
-            "best_round": best.round if best else None,
-            "final_val": evaluated[-1].val if evaluated else None,
-            "final_test": evaluated[-1].test if evaluated else None,
-            "bytes_total": params_bytes,
-            "bytes_per_worker": params_bytes / self.m,
-            "data_bytes_total": self.ledger.total(kind="data"),
-            "stats_bytes_total": self.ledger.total(kind="stats"),
-            "eval_bytes_total": 0,  # rank 0 evaluates on the full graph it holds
-            "subnet_params": self.numel,
-            "rounds": len(self.history),
-            "seconds": seconds,
-            "parallel_seconds": parallel,
-        }
+        # in-process workers ran one after another: count the slowest only
+        worker_seconds = self._sum_worker_seconds if self.ctx is None else None
+        return {"method": self.method,
+                **history_summary(self.history, self.ledger, self.m, worker_seconds),
+                "eval_bytes_total": 0,  # rank 0 evaluates on the full graph it holds
+                "subnet_params": self.numel}
 
     def close(self) -> None:
         """Drop the DDP wrapper (the process group is the caller's)."""

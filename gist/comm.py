@@ -61,8 +61,18 @@ class ByteLedger:
     reported apart from the communication totals.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, records: Iterable[dict] = ()) -> None:
+        self.load_records(records)
+
+    def load_records(self, records: Iterable[dict]) -> None:
+        """Replace the contents with :meth:`records` (e.g. out of a checkpoint)."""
         self.transfers: list[Transfer] = []
+        # running sums, so the per-round and per-kind totals the round loop
+        # asks for every round do not rescan the whole history
+        self._by_round: dict[int, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
+        self._by_kind: dict[str, int] = defaultdict(int)
+        for r in records:
+            self.record(r["round"], r["worker"], r["direction"], r["kind"], int(r["nbytes"]))
 
     def record(self, round: int, worker: int, direction: str, kind: str,
                payload: Tensor | Iterable[Tensor] | int) -> int:
@@ -71,12 +81,20 @@ class ByteLedger:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         nbytes = payload if isinstance(payload, int) else tensor_nbytes(payload)
-        self.transfers.append(Transfer(round, worker, direction, kind, int(nbytes)))
-        return int(nbytes)
+        nbytes = int(nbytes)
+        self.transfers.append(Transfer(round, worker, direction, kind, nbytes))
+        self._by_round[round][(direction, kind)] += nbytes
+        self._by_kind[kind] += nbytes
+        return nbytes
 
     def total(self, *, round: Optional[int] = None, worker: Optional[int] = None,
               direction: Optional[str] = None, kind: Optional[str] = None) -> int:
         """Sum of bytes over the transfers matching every given filter."""
+        if worker is None and round is None and direction is None:
+            return self._by_kind[kind] if kind is not None else sum(self._by_kind.values())
+        if worker is None and round is not None:
+            return sum(n for (d, k), n in self._by_round.get(round, {}).items()
+                       if (direction is None or d == direction) and (kind is None or k == kind))
         return sum(
             t.nbytes for t in self.transfers
             if (round is None or t.round == round)

@@ -575,28 +575,7 @@ class GISTTrainer:
 
     def fit(self, progress: bool = True, callback: Optional[Callable[[RoundRecord], Any]] = None) -> list[RoundRecord]:
         """Run the remaining rounds, with a progress bar over rounds."""
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.cfg.rounds, initial=self.round, desc="GIST rounds", unit="round",
-                   disable=not progress, dynamic_ncols=True)
-        best_val = float("-inf")
-        try:
-            while self.round < self.cfg.rounds:
-                record = self.run_round()
-                if record.val is not None:
-                    best_val = max(best_val, record.val)
-                moved = self.ledger.total(kind="params") / 1e6
-                postfix = {"loss": f"{record.loss:.3f}", "MB": f"{moved:.1f}"}
-                if record.val is not None:
-                    postfix["val"] = f"{record.val:.4f}"
-                    postfix["best"] = f"{best_val:.4f}"
-                bar.set_postfix(postfix, refresh=False)
-                bar.update(1)
-                if callback is not None:
-                    callback(record)
-        finally:
-            bar.close()
-        return self.history
+        return fit_rounds(self, "GIST rounds", progress, callback)
 
     CHECKPOINT_FORMAT = 1
 
@@ -629,9 +608,7 @@ class GISTTrainer:
         self.model.load_state_dict(state["model"])
         self.round = int(state["round"])
         self.history = [RoundRecord(**r) for r in state["history"]]
-        from .comm import Transfer
-
-        self.ledger.transfers = [Transfer(**t) for t in state["ledger"]]
+        self.ledger.load_records(state["ledger"])
         self._sum_worker_seconds = {int(k): v for k, v in state["worker_seconds"].items()}
         torch.set_rng_state(state["rng_state"])
         if "worker0" in state:
@@ -642,26 +619,65 @@ class GISTTrainer:
 
     def summary(self) -> dict[str, Any]:
         """``best_val``, ``test_at_best_val`` and byte and time totals."""
-        evaluated = [r for r in self.history if r.val is not None]
-        best = max(evaluated, key=lambda r: r.val) if evaluated else None
-        params_bytes = self.ledger.total(kind="params")
-        m = self.cfg.num_subnets
-        return {
-            "best_val": best.val if best else None,
-            "test_at_best_val": best.test if best else None,
-            "best_round": best.round if best else None,
-            "final_val": evaluated[-1].val if evaluated else None,
-            "final_test": evaluated[-1].test if evaluated else None,
-            "bytes_total": params_bytes,
-            "bytes_per_worker": params_bytes / m,
-            "data_bytes_total": self.ledger.total(kind="data"),
-            "stats_bytes_total": self.ledger.total(kind="stats"),
-            "eval_bytes_total": self.ledger.total(kind="eval"),
-            "subnet_params": self.layout.numel,
-            "rounds": len(self.history),
-            "seconds": sum(r.seconds + (r.eval_seconds or 0.0) for r in self.history),
-            # what the rounds would take with the workers in parallel: the
-            # slowest worker instead of all of them one after another
-            "parallel_seconds": sum(r.seconds - self._sum_worker_seconds.get(r.round, 0.0)
-                                    + r.worker_seconds + (r.eval_seconds or 0.0) for r in self.history),
-        }
+        return {**history_summary(self.history, self.ledger, self.cfg.num_subnets, self._sum_worker_seconds),
+                "eval_bytes_total": self.ledger.total(kind="eval"),
+                "subnet_params": self.layout.numel}
+
+
+def fit_rounds(trainer: Any, desc: str, progress: bool = True,
+               callback: Optional[Callable[[RoundRecord], Any]] = None) -> list[RoundRecord]:
+    """Run ``trainer.run_round()`` until ``trainer.cfg.rounds``, with a progress
+    bar showing the loss, the latest and best validation accuracy and the
+    parameter megabytes moved so far (``trainer.ledger``)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=trainer.cfg.rounds, initial=trainer.round, desc=desc, unit="round",
+               disable=not progress, dynamic_ncols=True)
+    best_val = float("-inf")
+    try:
+        while trainer.round < trainer.cfg.rounds:
+            record = trainer.run_round()
+            postfix = {"loss": f"{record.loss:.3f}", "MB": f"{trainer.ledger.total(kind='params') / 1e6:.1f}"}
+            if record.val is not None:
+                best_val = max(best_val, record.val)
+                postfix["val"] = f"{record.val:.4f}"
+                postfix["best"] = f"{best_val:.4f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+            if callback is not None:
+                callback(record)
+    finally:
+        bar.close()
+    return trainer.history
+
+
+def history_summary(history: Sequence[RoundRecord], ledger: ByteLedger, num_workers: int,
+                    worker_seconds_sum: Optional[dict[int, float]] = None) -> dict[str, Any]:
+    """The summary keys every method shares: best validation and test there,
+    final metrics, parameter bytes (total and per worker), other byte kinds,
+    seconds, and ``parallel_seconds``: the rounds' time with each round's
+    workers in parallel (its slowest worker instead of the sum of all, given
+    ``worker_seconds_sum[round]``; without it, the wall time)."""
+    evaluated = [r for r in history if r.val is not None]
+    best = max(evaluated, key=lambda r: r.val) if evaluated else None
+    params_bytes = ledger.total(kind="params")
+    seconds = sum(r.seconds + (r.eval_seconds or 0.0) for r in history)
+    if worker_seconds_sum is None:
+        parallel = seconds
+    else:
+        parallel = sum(r.seconds - worker_seconds_sum.get(r.round, 0.0) + r.worker_seconds
+                       + (r.eval_seconds or 0.0) for r in history)
+    return {
+        "best_val": best.val if best else None,
+        "test_at_best_val": best.test if best else None,
+        "best_round": best.round if best else None,
+        "final_val": evaluated[-1].val if evaluated else None,
+        "final_test": evaluated[-1].test if evaluated else None,
+        "bytes_total": params_bytes,
+        "bytes_per_worker": params_bytes / num_workers,
+        "data_bytes_total": ledger.total(kind="data"),
+        "stats_bytes_total": ledger.total(kind="stats"),
+        "rounds": len(history),
+        "seconds": seconds,
+        "parallel_seconds": parallel,
+    }
