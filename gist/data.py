@@ -450,8 +450,8 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
             entry = dict(conf.get(p) or {})
             entry["client_kwargs"] = {**entry.get("client_kwargs", {}), "timeout": timeout}
             conf[p] = entry
-    except ImportError:
-        pass
+    except ImportError:  # no fsspec/aiohttp: downloads go through urllib, bounded by the socket timeout
+        conf = saved_conf = None
     try:
         yield
     finally:
