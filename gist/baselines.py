@@ -112,6 +112,7 @@ from .train import (
     history_summary,
     make_batch_sources,
     make_optimizer,
+    parallel_round_seconds,
     training_loss,
     worker_graphs,
     worker_rng_state,
@@ -211,7 +212,6 @@ class BaselineTrainer:
         self.history: list[RoundRecord] = []
         self.round = 0
         self._started = False
-        self._sum_worker_seconds: dict[int, float] = {}
 
         self._state_names = float_state_names(model)
         dtypes = {model.state_dict()[k].dtype for k in self._state_names}
@@ -353,14 +353,15 @@ class BaselineTrainer:
             self._record(r, w, FROM_WORKER, "stats", STATS_VALUES * torch.empty((), dtype=self.dtype).element_size())
         end = time.perf_counter()
         mean_losses = [float(s[0]) for s in stats.values() if not math.isnan(float(s[0]))]
-        self._sum_worker_seconds[r] = sum(float(s[2]) for s in stats.values())
+        worker_seconds = [float(s[2]) for s in stats.values()]
         record = RoundRecord(
             round=r,
             local_steps=self.cfg.local.local_steps,
             seconds=end - start,
             split_seconds=0.0,
             merge_seconds=merge_seconds,
-            worker_seconds=max(float(s[2]) for s in stats.values()),
+            worker_seconds=max(worker_seconds),
+            parallel_seconds=parallel_round_seconds(end - start, worker_seconds, self.ctx is None),
             bytes_to_workers=self._round_bytes["to"],
             bytes_from_workers=self._round_bytes["from"],
             stats_bytes=self._round_bytes["stats"],
@@ -490,9 +491,8 @@ class BaselineTrainer:
         is ``|θ|``, the values of the all-reduced buffer) plus ``method``.
         ``bytes_total`` includes the set-up broadcast of the model."""
         # in-process workers ran one after another: count the slowest only
-        worker_seconds = self._sum_worker_seconds if self.ctx is None else None
         return {"method": self.method,
-                **history_summary(self.history, self.ledger, self.m, worker_seconds),
+                **history_summary(self.history, self.ledger, self.m),
                 "eval_bytes_total": 0,  # rank 0 evaluates on the full graph it holds
                 "subnet_params": self.numel}
 

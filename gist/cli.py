@@ -131,10 +131,90 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a sweep config (methods x m x ζ x seeds) and tabulate accuracy versus communication",
+        description="Run every run of a TOML sweep config that is not done yet, then write "
+                    "table.md, table.csv and plots into the results directory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("config", help="sweep config (TOML), e.g. experiments/cora.toml")
+    p.add_argument("--results", default="results", metavar="DIR",
+                   help="results go to DIR/<config name>/")
+    p.add_argument("--out", default=None, metavar="DIR", help="exact results directory (overrides --results)")
+    p.add_argument("--root", default=None, help="data root for every run (overrides the config)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads per run")
+    p.add_argument("--processes", action="store_true",
+                   help="run each run as m real processes on torch.distributed (loopback)")
+    p.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser(
+        "table",
+        help="re-tabulate a results directory written by `gist sweep`, without re-running",
+        description="Read RESULTS_DIR/runs/*.json and write table.md, table.csv and plots.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("results_dir", metavar="RESULTS_DIR")
+    p.add_argument("--target-drop", type=float, default=None,
+                   help="target = full model's best validation minus this (default: the config's, else 0.01)")
+    p.add_argument("--target", type=float, default=None, help="absolute validation target instead")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=_table)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .sweep import SweepError, command_line, describe, load_config, results_dir_for, run_sweep
+    from .tables import tabulate
+
+    try:
+        cfg = load_config(args.config)
+        overrides = {k: v for k, v in (("root", args.root), ("threads", args.threads)) if v is not None}
+        if overrides:
+            cfg.settings = replace(cfg.settings, **overrides)
+        if args.seeds is not None:
+            cfg.seeds = args.seeds
+        if args.processes:
+            cfg.processes = True
+        out = args.out or results_dir_for(cfg, args.results)
+        print(describe(cfg))
+        if args.dry_run:
+            return 0
+        counts = run_sweep(cfg, out, progress=not args.no_progress)
+        print(f"sweep {cfg.name}: ran {counts['ran']}, skipped {counts['skipped']} already done; logs in {out}")
+        text, _ = tabulate(out, command_line(sys.argv[1:] if args.argv is None else args.argv), cfg)
+    except (SweepError, FileNotFoundError) as exc:
+        print(f"gist sweep: error: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    print(f"table written to {out}/table.md")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from .sweep import SweepError, command_line
+    from .tables import tabulate
+
+    try:
+        text, _ = tabulate(args.results_dir, command_line(sys.argv[1:] if args.argv is None else args.argv),
+                           target_drop=args.target_drop, target=args.target, plots=not args.no_plots)
+    except (SweepError, FileNotFoundError) as exc:
+        print(f"gist table: error: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gist", description="GIST for PyTorch Geometric")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
+    _add_sweep_parsers(sub)
     from .parts import add_partition_parser
 
     add_partition_parser(sub)
@@ -143,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else None
     if args.command == "train":
         return _train(args)
     return args.func(args)

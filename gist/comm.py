@@ -142,6 +142,12 @@ class Transport(ABC):
         """Worker 0 when it lives in the coordinator's process."""
         return None
 
+    @property
+    def sequential(self) -> bool:
+        """Whether workers train one after another (a simulation) rather
+        than at the same time."""
+        return False
+
     @abstractmethod
     def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
         """Send ``payloads[i]`` to worker ``i``, let it train, return its report."""
@@ -172,6 +178,10 @@ class InProcessTransport(Transport):
     @property
     def local_worker(self) -> Optional["Worker"]:
         return self.workers[0]
+
+    @property
+    def sequential(self) -> bool:
+        return True
 
     def start(self, start_round: int, numel: int) -> None:
         for worker in self.workers:

@@ -109,12 +109,13 @@ def run_training(settings: RunSettings, progress: bool = True, log_path: Optiona
     dataset = _load(settings)
     load_seconds = time.perf_counter() - started
     model = _full_model(settings, dataset.num_features, dataset.num_classes)
+    evaluator = _evaluator(settings, cfg, dataset.data)
     if settings.method == "gist":
-        trainer = GISTTrainer(model, dataset.data, cfg)
+        trainer = GISTTrainer(model, dataset.data, cfg, evaluator=evaluator)
     else:
         from .baselines import BaselineTrainer
 
-        trainer = BaselineTrainer(settings.method, model, dataset.data, cfg)
+        trainer = BaselineTrainer(settings.method, model, dataset.data, cfg, evaluator=evaluator)
     _fit(settings, trainer, progress)
     return _finish(settings, dataset.split, trainer, load_seconds, "in-process", log_path)
 
@@ -123,6 +124,17 @@ def run_training(settings: RunSettings, progress: bool = True, log_path: Optiona
 RESUME_MUST_MATCH = ("dataset", "model", "layers", "hidden", "norm", "dropout", "subnets", "local_steps",
                      "lr", "weight_decay", "optimizer", "data_mode", "partitioner", "halo_hops", "batching",
                      "num_clusters", "clusters_per_batch", "eval_every", "seed")
+
+
+def _evaluator(settings: RunSettings, cfg, data):
+    """OGB's ``Evaluator`` for ``ogbn-*`` datasets where the full graph is at
+    hand (else the trainers' accuracy, or counts summed over the workers)."""
+    from .metrics import node_evaluator, ogb_metric
+
+    ogb_metric(settings.dataset)  # fail early for a dataset not scored by accuracy
+    if settings.method == "gist" and cfg.evaluates_on_workers:
+        return None
+    return node_evaluator(settings.dataset, data, cfg.sparse_adjacency)
 
 
 def _fit(settings: RunSettings, trainer: GISTTrainer, progress: bool) -> None:
@@ -183,6 +195,11 @@ def _finish(settings, split: str, trainer, load_seconds, transport, log_path) ->
         "config": {**asdict(settings), "dataset_split": split, "transport": transport},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "threads": torch.get_num_threads()},
+        "metric": {"name": "acc",
+                    "scored_by": (f"ogb.nodeproppred.Evaluator({settings.dataset!r})"
+                                  if settings.dataset.startswith("ogbn-")
+                                  and not (settings.method == "gist" and trainer.cfg.evaluates_on_workers)
+                                  else "correct / total")},
         "rounds": [asdict(r) for r in trainer.history],
         "summary": summary,
         "ledger": trainer.ledger.records(),
@@ -237,7 +254,8 @@ def _run_rank(settings: RunSettings, cfg, progress: bool, log_path) -> dict[str,
         worker0 = make_workers(model, spec, data, cfg, indices=[0], graphs=graphs)[0]
         transport = DistTransport(worker0, ctx)
         try:
-            trainer = GISTTrainer(model, data, cfg, transport=transport)
+            trainer = GISTTrainer(model, data, cfg, transport=transport,
+                                  evaluator=_evaluator(settings, cfg, data))
             _fit(settings, trainer, progress)
         finally:
             transport.close()
@@ -264,7 +282,8 @@ def _run_baseline_rank(settings: RunSettings, cfg, ctx, progress: bool, log_path
             graph = _worker_graph(settings, cfg, 0)[0] if partitioned else dataset.data
             load_seconds = time.perf_counter() - started
             model = _full_model(settings, dataset.num_features, dataset.num_classes)
-            trainer = BaselineTrainer(settings.method, model, dataset.data, cfg, ctx=ctx, graph=graph)
+            trainer = BaselineTrainer(settings.method, model, dataset.data, cfg, ctx=ctx, graph=graph,
+                                      evaluator=_evaluator(settings, cfg, dataset.data))
             trainer.fit(progress=progress)
             return _finish(settings, dataset.split, trainer, load_seconds, f"torch.distributed ({ctx.backend})",
                            log_path)

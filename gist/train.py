@@ -440,6 +440,19 @@ class RoundRecord:
     test: Optional[float] = None
     eval_seconds: Optional[float] = None
     eval_bytes: int = 0
+    parallel_seconds: Optional[float] = None
+    """The round's time with its workers in parallel (evaluation excluded):
+    the wall time with real processes; in the in-process simulation, which
+    runs workers one after another, the wall time less every worker's time
+    plus the slowest worker's."""
+
+
+def parallel_round_seconds(seconds: float, worker_seconds: Sequence[float], sequential: bool) -> float:
+    """:attr:`RoundRecord.parallel_seconds` of a round that took ``seconds``
+    with workers taking ``worker_seconds`` (one after another if ``sequential``)."""
+    if not sequential:
+        return seconds
+    return seconds - sum(worker_seconds) + max(worker_seconds)
 
 
 def worker_graphs(data: Data, cfg: GISTConfig) -> list[Data]:
@@ -526,7 +539,6 @@ class GISTTrainer:
             evaluator = lambda model, graph: evaluate(model, graph, eval_adj)  # noqa: E731
         self.evaluator = evaluator
         self.history: list[RoundRecord] = []
-        self._sum_worker_seconds: dict[int, float] = {}
         self._started = False
         self.round = 0
 
@@ -550,14 +562,15 @@ class GISTTrainer:
         merge_states(state, self.spec, partition, [self.layout.unflatten(rep.params) for rep in reports])
         end = time.perf_counter()
         losses = [float(rep.stats[0]) for rep in reports if not math.isnan(float(rep.stats[0]))]
-        self._sum_worker_seconds[r] = sum(float(rep.stats[2]) for rep in reports)
+        worker_seconds = [float(rep.stats[2]) for rep in reports]
         record = RoundRecord(
             round=r,
             local_steps=self.cfg.local.local_steps,
             seconds=end - start,
             split_seconds=split_done - start,
             merge_seconds=end - merge_start,
-            worker_seconds=max(float(rep.stats[2]) for rep in reports),
+            worker_seconds=max(worker_seconds),
+            parallel_seconds=parallel_round_seconds(end - start, worker_seconds, self.transport.sequential),
             bytes_to_workers=self.ledger.total(round=r, direction="to_worker", kind="params"),
             bytes_from_workers=self.ledger.total(round=r, direction="from_worker", kind="params"),
             stats_bytes=self.ledger.total(round=r, kind="stats"),
@@ -577,7 +590,7 @@ class GISTTrainer:
         """Run the remaining rounds, with a progress bar over rounds."""
         return fit_rounds(self, "GIST rounds", progress, callback)
 
-    CHECKPOINT_FORMAT = 1
+    CHECKPOINT_FORMAT = 2
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly: the full model, the
@@ -591,7 +604,6 @@ class GISTTrainer:
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "history": [asdict(r) for r in self.history],
             "ledger": self.ledger.records(),
-            "worker_seconds": {str(k): v for k, v in self._sum_worker_seconds.items()},
             "rng_state": torch.get_rng_state(),
         }
         worker = self.transport.local_worker
@@ -609,7 +621,6 @@ class GISTTrainer:
         self.round = int(state["round"])
         self.history = [RoundRecord(**r) for r in state["history"]]
         self.ledger.load_records(state["ledger"])
-        self._sum_worker_seconds = {int(k): v for k, v in state["worker_seconds"].items()}
         torch.set_rng_state(state["rng_state"])
         if "worker0" in state:
             worker = self.transport.local_worker
@@ -619,7 +630,7 @@ class GISTTrainer:
 
     def summary(self) -> dict[str, Any]:
         """``best_val``, ``test_at_best_val`` and byte and time totals."""
-        return {**history_summary(self.history, self.ledger, self.cfg.num_subnets, self._sum_worker_seconds),
+        return {**history_summary(self.history, self.ledger, self.cfg.num_subnets),
                 "eval_bytes_total": self.ledger.total(kind="eval"),
                 "subnet_params": self.layout.numel}
 
@@ -632,7 +643,7 @@ def fit_rounds(trainer: Any, desc: str, progress: bool = True,
     from tqdm.auto import tqdm
 
     bar = tqdm(total=trainer.cfg.rounds, initial=trainer.round, desc=desc, unit="round",
-               disable=not progress, dynamic_ncols=True)
+               disable=not progress, dynamic_ncols=True, leave=None)
     best_val = float("-inf")
     try:
         while trainer.round < trainer.cfg.rounds:
@@ -651,22 +662,17 @@ def fit_rounds(trainer: Any, desc: str, progress: bool = True,
     return trainer.history
 
 
-def history_summary(history: Sequence[RoundRecord], ledger: ByteLedger, num_workers: int,
-                    worker_seconds_sum: Optional[dict[int, float]] = None) -> dict[str, Any]:
+def history_summary(history: Sequence[RoundRecord], ledger: ByteLedger, num_workers: int) -> dict[str, Any]:
     """The summary keys every method shares: best validation and test there,
     final metrics, parameter bytes (total and per worker), other byte kinds,
     seconds, and ``parallel_seconds``: the rounds' time with each round's
-    workers in parallel (its slowest worker instead of the sum of all, given
-    ``worker_seconds_sum[round]``; without it, the wall time)."""
+    workers in parallel (:attr:`RoundRecord.parallel_seconds`), evaluation included."""
     evaluated = [r for r in history if r.val is not None]
     best = max(evaluated, key=lambda r: r.val) if evaluated else None
     params_bytes = ledger.total(kind="params")
     seconds = sum(r.seconds + (r.eval_seconds or 0.0) for r in history)
-    if worker_seconds_sum is None:
-        parallel = seconds
-    else:
-        parallel = sum(r.seconds - worker_seconds_sum.get(r.round, 0.0) + r.worker_seconds
-                       + (r.eval_seconds or 0.0) for r in history)
+    parallel = sum((r.seconds if r.parallel_seconds is None else r.parallel_seconds) + (r.eval_seconds or 0.0)
+                   for r in history)
     return {
         "best_val": best.val if best else None,
         "test_at_best_val": best.test if best else None,

@@ -1,0 +1,341 @@
+"""The experiment harness: configs, resumable sweeps, tables and plots."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gist.cli import main
+from gist.sweep import SweepError, load_config, plan, run_sweep
+from gist.tables import first_reach, run_curve, run_table, summarize, tabulate
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """
+name = "tiny"
+description = "A tiny synthetic sweep for the tests."
+
+[settings]
+dataset = "csbm"
+layers = 2
+hidden = 8
+dropout = 0.0
+rounds = {rounds}
+eval_every = 1
+
+[sweep]
+methods = ["full", "ddp", "local-sgd", "gist"]
+subnets = [2, 4]
+local_steps = [2]
+seeds = [0, 1]
+"""
+
+TABLE_COLUMNS = ["method", "m", "zeta", "target", "seeds", "best_val", "best_val_std", "test_at_best_val",
+                 "test_at_best_val_std", "mb_per_worker", "reached", "mb_to_target", "seconds_to_target",
+                 "seconds", "bytes_vs_ddp"]
+
+
+def write_config(tmp_path: Path, rounds: int = 3, text: str = TINY) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(text.format(rounds=rounds))
+    return path
+
+
+def run_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "runs").glob("*.json"))}
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_tiny_sweep_end_to_end(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    out = tmp_path / "res"
+    argv = ["sweep", str(cfg), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| method" in printed and "ran 14, skipped 0" in printed
+
+    table = pd.read_csv(out / "table.csv")
+    assert list(table.columns) == TABLE_COLUMNS
+    rows = list(zip(table["method"], table["m"], table["zeta"]))
+    assert rows == [("full", 1, 2), ("ddp", 2, 2), ("ddp", 4, 2), ("local-sgd", 2, 2), ("local-sgd", 4, 2),
+                    ("gist", 2, 2), ("gist", 4, 2)]
+    assert (table["seeds"] == 2).all()
+    assert table["best_val"].between(0, 1).all()
+    # ddp is its own reference; GIST moves fewer bytes per worker than ddp
+    assert (table.loc[table["method"] == "ddp", "bytes_vs_ddp"].dropna() == 1.0).all()
+    mb = dict(zip(zip(table["method"], table["m"]), table["mb_per_worker"]))
+    assert mb[("gist", 4)] < mb[("gist", 2)] < mb[("ddp", 2)]
+
+    md = (out / "table.md").read_text()
+    assert md.splitlines()[2] == f"Made by `gist sweep {cfg} --out {out} --no-progress`."
+    assert "| method" in md and "bytes vs ddp" in md
+    for stem in ("accuracy_vs_bytes", "accuracy_vs_time"):
+        png = out / f"{stem}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert (out / "config.toml").read_text() == cfg.read_text()
+
+    # every run log has per-round steps, time, bytes by kind and metrics
+    log = json.loads((out / "runs" / "gist_m2_z2_seed0.json").read_text())
+    assert log["sweep"] == {"name": "tiny", "run_id": "gist_m2_z2_seed0", "method": "gist", "m": 2, "zeta": 2,
+                            "seed": 0, "context": {}}
+    assert log["config"]["subnets"] == 2 and log["config"]["local_steps"] == 2
+    assert log["setup_bytes"]["data"] > 0 and log["setup_bytes"]["control"] > 0
+    for r in log["rounds"]:
+        assert r["local_steps"] == 2 and r["parallel_seconds"] > 0
+        assert set(r["bytes"]) == {"params", "stats"}
+        assert r["bytes"]["params"] == r["bytes_to_workers"] + r["bytes_from_workers"]
+        assert 0 <= r["val"] <= 1 and 0 <= r["test"] <= 1
+
+    # `gist table` re-tabulates the logs without re-running anything
+    before = run_files(out)
+    (out / "table.md").unlink()
+    assert main(["table", str(out), "--no-plots"]) == 0
+    md2 = (out / "table.md").read_text()
+    assert f"Made by `gist table {out} --no-plots`" in md2
+    assert md2.split("\n", 4)[4] == md.split("\n", 4)[4]
+    assert run_files(out) == before
+
+
+def test_sweep_resume_reruns_nothing(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    out = tmp_path / "res"
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    before = run_files(out)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    capsys.readouterr()
+
+    def never(*_):
+        raise AssertionError("a completed run was run again")
+
+    counts = run_sweep(load_config(cfg), out, progress=False, runner=never, say=lambda _: None)
+    assert counts == {"planned": 14, "skipped": 14, "ran": 0}
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    assert "ran 0, skipped 14" in capsys.readouterr().out
+    assert run_files(out) == before
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == mtimes
+
+
+def test_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(tmp_path):
+    cfg = load_config(write_config(tmp_path))
+    out = tmp_path / "res"
+    from gist.sweep import execute
+
+    calls = []
+
+    def dies_on_fourth(run, processes, progress):
+        calls.append(run.run_id)
+        if len(calls) == 4:
+            (out / "runs" / f"{run.run_id}.json.tmp").write_text('{"half": ')  # a log cut off mid-write
+            raise KeyboardInterrupt
+        return execute(run, processes, False)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, out, progress=False, runner=dies_on_fourth, say=lambda _: None)
+    kept = run_files(out)
+    assert sorted(kept) == sorted(f"{r}.json" for r in calls[:3])
+
+    again = []
+    counts = run_sweep(cfg, out, progress=False, say=lambda _: None,
+                       runner=lambda run, p, q: again.append(run.run_id) or execute(run, p, False))
+    assert counts == {"planned": 14, "skipped": 3, "ran": 11}
+    assert again[0] == calls[3]  # the interrupted run is redone first
+    assert not list((out / "runs").glob("*.tmp"))
+    after = run_files(out)
+    assert len(after) == 14 and all(after[k] == v for k, v in kept.items())
+
+
+def test_killed_sweep_process_is_redone_and_others_kept(tmp_path):
+    """A real ``gist sweep`` process killed with SIGKILL mid-sweep."""
+    cfg = write_config(tmp_path, rounds=40)
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "gist", "sweep", str(cfg), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((out / "runs").glob("*.json"))) < 2:
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "the sweep made no progress"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = run_files(out)
+    assert 2 <= len(kept) < 14
+    for text in kept.values():  # what was written is complete
+        assert json.loads(text)["summary"]["rounds"] == 40
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"ran {14 - len(kept)}, skipped {len(kept)}" in result.stdout
+    after = run_files(out)
+    assert len(after) == 14 and all(after[k] == v for k, v in kept.items())
+
+
+def test_changed_settings_are_refused_not_overwritten(tmp_path, capsys):
+    cfg = write_config(tmp_path, text=TINY.replace('"ddp", "local-sgd", ', ""))
+    out = tmp_path / "res"
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    before = run_files(out)
+    cfg.write_text(cfg.read_text().replace("dropout = 0.0", "dropout = 0.2"))
+    capsys.readouterr()
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "dropout" in err
+    assert run_files(out) == before
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[settings]\nhiden = 8\n", "'hiden' is not a run setting"),
+    ("[settings]\nseed = 1\n", "'seed' is set by the sweep"),
+    ("[settings]\nhidden = 'wide'\n", "hidden must be int"),
+    ("[sweep]\nmethods = ['gist', 'fedavg']\n", "methods must be drawn from"),
+    ("[sweep]\nsubnets = []\n", "subnets must be a non-empty list"),
+    ("[sweep]\nroot = ['a', 'b']\n", "'root' cannot be swept"),
+    ("[sweep]\nmodel = 'gcn'\n", "model must be a non-empty list"),
+    ("[settings]\nhidden = 12\n[sweep]\nsubnets = [8]\nmethods = ['gist']\n", "gist m=8 .*not divisible"),
+    ("[table]\ntarget_dorp = 0.1\n", "unknown [table] keys"),
+    ("[runs]\n", "unknown top-level keys"),
+    ("name = 'a b'\n", "must use only letters"),
+    ("[settings\n", "not valid TOML"),
+])
+def test_config_errors_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SweepError, match=message.replace("[", r"\[")):
+        load_config(path)
+
+
+def test_sweep_command_reports_bad_config(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
+    assert "no sweep config" in capsys.readouterr().err
+    assert main(["table", str(tmp_path)]) == 2
+    assert "gist table: error" in capsys.readouterr().err
+
+
+def test_plan_order_ids_and_extra_axes(tmp_path):
+    text = TINY + 'model = ["gcn", "sage"]\n'
+    runs = plan(load_config(write_config(tmp_path, text=text)))
+    assert len(runs) == 2 * 7 * 2
+    assert runs[0].run_id == "model=gcn_full_m1_z2_seed0"
+    assert runs[-1].run_id == "model=sage_gist_m4_z2_seed1"
+    full = [r for r in runs if r.method == "full"]
+    assert all(r.settings.method == "gist" and r.settings.subnets == 1 for r in full)
+    assert {r.settings.model for r in runs} == {"gcn", "sage"}
+
+
+def test_shipped_configs_plan():
+    configs = {p.stem: load_config(p) for p in sorted((REPO / "experiments").glob("*.toml"))}
+    required = {"synthetic", "cora", "citeseer", "coauthor-cs", "amazon-computers", "ogbn-arxiv", "ogbn-products"}
+    assert required <= set(configs)
+    for name, cfg in configs.items():
+        assert cfg.name == name and plan(cfg)
+    arxiv = configs["ogbn-arxiv"]
+    s = arxiv.settings
+    assert (s.dataset, s.layers, s.hidden, s.dropout, s.lr, s.norm) == ("ogbn-arxiv", 3, 256, 0.5, 0.01, "batch_norm")
+    assert arxiv.axes["model"] == ["gcn", "sage"]
+    p = configs["ogbn-products"].settings
+    assert (p.model, p.batching, p.num_clusters, p.clusters_per_batch, p.hidden) == ("sage", "cluster", 15000, 32, 256)
+    for name in ("cora", "citeseer", "coauthor-cs", "amazon-computers", "synthetic"):
+        c = configs[name]
+        assert (c.settings.layers, c.settings.hidden, c.settings.norm) == (3, 256, "batch_norm")
+        assert c.axes["model"] == ["gcn", "sage"] and set(c.methods) == {"full", "ddp", "local-sgd", "gist"}
+        assert c.subnets == [2, 4, 8]
+
+
+# ---------------------------------------------------------------- bytes and time to target
+
+
+def hand_log(method: str, m: int, seed: int, vals, params_per_round: int, seconds_per_round: float,
+             eval_seconds: float = 0.5) -> dict:
+    """A run log written by hand: ``vals[r]`` is round r's validation (None: not evaluated)."""
+    rounds = []
+    for r, val in enumerate(vals):
+        rounds.append({"round": r, "local_steps": 5, "seconds": 99.0, "parallel_seconds": seconds_per_round,
+                       "eval_seconds": eval_seconds if val is not None else None,
+                       "bytes": {"params": params_per_round, "stats": 12 * m, "eval": 0},
+                       "val": val, "test": None if val is None else val - 0.01, "train": None})
+    return {"sweep": {"method": method, "m": m, "zeta": 5, "seed": seed, "context": {}},
+            "config": {"subnets": m}, "setup_bytes": {"control": 24 * m, "data": 10**9},
+            "rounds": rounds}
+
+
+def test_first_reach_from_hand_written_log():
+    log = hand_log("gist", 2, 0, [0.50, None, 0.78, 0.80, 0.79], params_per_round=4000, seconds_per_round=2.0)
+    curve = run_curve(log)
+    # per worker: set-up control 48/2 = 24, then (4000 + 24) / 2 = 2012 per round; data is never counted
+    assert curve["bytes_per_worker"].tolist() == [24 + 2012 * k for k in range(1, 6)]
+    assert curve["steps"].tolist() == [5, 10, 15, 20, 25]
+    assert curve["seconds"].tolist() == pytest.approx([2.5, 4.5, 7.0, 9.5, 12.0])
+    hit = first_reach(curve, 0.78)
+    assert hit == {"round": 2, "steps": 15, "bytes_per_worker": 24 + 3 * 2012, "seconds": pytest.approx(7.0)}
+    assert first_reach(curve, 0.80)["round"] == 3
+    assert first_reach(curve, 0.81) is None  # never reached
+
+
+def test_summary_targets_ratios_and_unreached_runs():
+    logs = [
+        # full: best val 0.80 and 0.82 -> target 0.81 - 0.01 = 0.80
+        hand_log("full", 1, 0, [0.70, 0.80], params_per_round=100, seconds_per_round=1.0),
+        hand_log("full", 1, 1, [0.82, 0.75], params_per_round=100, seconds_per_round=1.0),
+        # ddp reaches 0.80 in round 1 (seed 0) and round 0 (seed 1)
+        hand_log("ddp", 2, 0, [0.79, 0.81], params_per_round=1000, seconds_per_round=1.0),
+        hand_log("ddp", 2, 1, [0.805, 0.81], params_per_round=1000, seconds_per_round=1.0),
+        # gist: seed 0 reaches at round 2, seed 1 never does
+        hand_log("gist", 2, 0, [0.60, 0.70, 0.85], params_per_round=200, seconds_per_round=0.5),
+        hand_log("gist", 2, 1, [0.60, 0.70, 0.79], params_per_round=200, seconds_per_round=0.5),
+    ]
+    runs = run_table(logs)
+    table = summarize(runs, [], target_drop=0.01).set_index("method")
+    assert table.loc["full", "target"] == pytest.approx(0.80)
+    assert table.loc["full", "best_val"] == pytest.approx(0.81)
+    assert table.loc["full", "best_val_std"] == pytest.approx(math.sqrt(2) * 0.01)
+    assert table.loc["full", "test_at_best_val"] == pytest.approx(0.80)
+
+    # per worker: set-up 48 / 2, each round (1000 + 24) / 2; seed 0 reaches in round 1, seed 1 in round 0
+    ddp_bytes = [24 + 2 * 512, 24 + 512]
+    assert table.loc["ddp", "reached"] == 2
+    assert table.loc["ddp", "mb_to_target"] == pytest.approx(sum(ddp_bytes) / 2 / 1e6)
+    assert table.loc["ddp", "seconds_to_target"] == pytest.approx((3.0 + 1.5) / 2)
+    assert table.loc["ddp", "bytes_vs_ddp"] == pytest.approx(1.0)
+
+    gist_bytes = (48 + 3 * (200 + 24)) / 2
+    assert table.loc["gist", "reached"] == 1
+    assert table.loc["gist", "mb_to_target"] == pytest.approx(gist_bytes / 1e6)
+    assert table.loc["gist", "seconds_to_target"] == pytest.approx(3 * 1.0)
+    assert table.loc["gist", "bytes_vs_ddp"] == pytest.approx(gist_bytes / (sum(ddp_bytes) / 2))
+    assert table.loc["gist", "mb_per_worker"] == pytest.approx(gist_bytes / 1e6)
+    assert math.isnan(table.loc["full", "bytes_vs_ddp"])  # no ddp with m = 1
+
+    # an absolute target nobody reaches: everything "to target" is empty
+    none = summarize(runs, [], target=0.99)
+    assert (none["reached"] == 0).all() and none["mb_to_target"].isna().all()
+    assert none["seconds_to_target"].isna().all() and none["bytes_vs_ddp"].isna().all()
+
+
+def test_table_from_hand_written_logs_marks_unreached(tmp_path):
+    out = tmp_path / "res"
+    (out / "runs").mkdir(parents=True)
+    cfg = write_config(tmp_path)
+    (out / "config.toml").write_text(cfg.read_text())
+    for i, log in enumerate([hand_log("full", 1, 0, [0.7, 0.8], 100, 1.0),
+                             hand_log("gist", 2, 0, [0.5, 0.6], 50, 1.0)]):
+        log["sweep"]["run_id"] = f"run{i}"
+        (out / "runs" / f"run{i}.json").write_text(json.dumps(log))
+    text, table = tabulate(out, "gist table res", plots=True)
+    gist_row = [line for line in text.splitlines() if line.startswith("| gist")][0]
+    assert "0/1" in gist_row and "—" in gist_row
+    assert (out / "accuracy_vs_bytes.png").is_file() and (out / "accuracy_vs_time.png").is_file()
