@@ -250,6 +250,7 @@ def compact_log(log: dict[str, Any], run: PlannedRun, cfg: SweepConfig) -> dict[
         "sweep": {"name": cfg.name, "run_id": run.run_id, **run.grid(), "context": run.context},
         "config": log["config"],
         "environment": log["environment"],
+        "metric": log.get("metric"),
         "setup_bytes": per_round.get(-1, {}),
         "rounds": rounds,
         "summary": log["summary"],
