@@ -339,3 +339,21 @@ def test_table_from_hand_written_logs_marks_unreached(tmp_path):
     gist_row = [line for line in text.splitlines() if line.startswith("| gist")][0]
     assert "0/1" in gist_row and "—" in gist_row
     assert (out / "accuracy_vs_bytes.png").is_file() and (out / "accuracy_vs_time.png").is_file()
+
+
+def test_sweep_with_real_processes_matches_in_process(tmp_path):
+    """``processes = true``: every run is m gloo processes; bytes equal the simulation's."""
+    text = TINY.replace('methods = ["full", "ddp", "local-sgd", "gist"]', 'methods = ["ddp", "gist"]')
+    text = text.replace("subnets = [2, 4]", "subnets = [2]").replace("seeds = [0, 1]", "seeds = [0]")
+    text = text.replace("eval_every = 1", "eval_every = 1\nthreads = 1")
+    cfg = load_config(write_config(tmp_path, rounds=2, text=text))
+    run_sweep(cfg, tmp_path / "sim", progress=False, say=lambda _: None)
+    cfg.processes = True
+    run_sweep(cfg, tmp_path / "procs", progress=False, say=lambda _: None)
+    for run_id in ("gist_m2_z2_seed0", "ddp_m2_z2_seed0"):
+        sim, procs = (json.loads((tmp_path / d / "runs" / f"{run_id}.json").read_text()) for d in ("sim", "procs"))
+        assert sim["config"]["transport"] == "in-process"
+        assert procs["config"]["transport"] == "torch.distributed (gloo)"
+        assert [r["bytes"] for r in procs["rounds"]] == [r["bytes"] for r in sim["rounds"]]
+        assert procs["setup_bytes"] == sim["setup_bytes"]
+        assert [r["val"] for r in procs["rounds"]] == pytest.approx([r["val"] for r in sim["rounds"]], abs=1e-9)
