@@ -5,10 +5,14 @@ Inputs are the run logs :func:`gist.sweep.run_sweep` writes
 ``parallel_seconds``, ``eval_seconds``, ``bytes`` by kind, and the ``val`` /
 ``test`` metric where evaluated. Definitions used throughout:
 
-* **bytes per worker** after round ``r``: every byte that crossed the wire up
-  to and including round ``r`` (parameters, evaluation, loss reports and the
-  set-up handshake and broadcast; not ``data``, the graph each worker loads
-  where it lives), divided by the run's number of workers ``m``.
+* **bytes per worker** after round ``r``: every training byte that crossed
+  the wire up to and including round ``r`` (parameters, loss reports, the
+  set-up handshake and the baselines' initial broadcast), divided by the
+  run's number of workers ``m``. Not counted: ``data`` (the graph each worker
+  loads where it lives) and ``eval`` (the full model sent to the workers to
+  score their own nodes in ``partitioned`` GIST runs; the baselines evaluate
+  on rank 0 for free), which is reported on its own as **eval bytes per
+  worker**.
 * **seconds** after round ``r``: the sum of the rounds' ``parallel_seconds``
   (workers side by side; the wall time for real processes) plus evaluation.
 * **target**: the ``full`` method's best validation (mean over seeds, best
@@ -28,27 +32,29 @@ import pandas as pd
 
 from .sweep import RUNS_DIR, SweepConfig, load_results_config
 
-NOT_WIRE_KINDS = ("data",)
+NOT_TRAINING_KINDS = ("data", "eval")
 GROUP = ["method", "m", "zeta"]
 
 
 def run_curve(log: dict[str, Any]) -> pd.DataFrame:
-    """One row per round: cumulative ``steps``, ``seconds``, ``bytes_per_worker``
-    (see the module docstring) and that round's ``train``/``val``/``test``
-    (NaN where the round was not evaluated)."""
+    """One row per round: cumulative ``steps``, ``seconds``, ``bytes_per_worker``,
+    ``eval_bytes_per_worker`` (see the module docstring) and that round's
+    ``train``/``val``/``test`` (NaN where the round was not evaluated)."""
     m = int(log["sweep"]["m"]) if "sweep" in log else int(log["config"]["subnets"])
-    setup = sum(n for k, n in log.get("setup_bytes", {}).items() if k not in NOT_WIRE_KINDS)
+    setup = sum(n for k, n in log.get("setup_bytes", {}).items() if k not in NOT_TRAINING_KINDS)
     rows = []
-    steps, seconds, wire = 0, 0.0, float(setup)
+    steps, seconds, wire, eval_wire = 0, 0.0, float(setup), 0.0
     for r in log["rounds"]:
         steps += int(r["local_steps"])
         par = r.get("parallel_seconds")
         seconds += (r["seconds"] if par is None else par) + (r.get("eval_seconds") or 0.0)
-        wire += sum(n for k, n in r.get("bytes", {}).items() if k not in NOT_WIRE_KINDS)
+        wire += sum(n for k, n in r.get("bytes", {}).items() if k not in NOT_TRAINING_KINDS)
+        eval_wire += r.get("bytes", {}).get("eval", 0)
         rows.append({"round": int(r["round"]), "steps": steps, "seconds": seconds,
-                     "bytes_per_worker": wire / m,
+                     "bytes_per_worker": wire / m, "eval_bytes_per_worker": eval_wire / m,
                      **{k: (math.nan if r.get(k) is None else float(r[k])) for k in ("train", "val", "test")}})
-    return pd.DataFrame(rows, columns=["round", "steps", "seconds", "bytes_per_worker", "train", "val", "test"])
+    return pd.DataFrame(rows, columns=["round", "steps", "seconds", "bytes_per_worker", "eval_bytes_per_worker",
+                                       "train", "val", "test"])
 
 
 def first_reach(curve: pd.DataFrame, target: float) -> Optional[dict[str, float]]:
@@ -95,6 +101,7 @@ def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
                      "best_val": float(best["val"]) if best is not None else math.nan,
                      "test_at_best_val": float(best["test"]) if best is not None else math.nan,
                      "bytes_per_worker": float(curve["bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
+                     "eval_bytes_per_worker": float(curve["eval_bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
                      "seconds": float(curve["seconds"].iloc[-1]) if len(curve) else 0.0,
                      "curve": curve})
     return pd.DataFrame(rows)
@@ -147,6 +154,7 @@ def summarize(runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01
             "best_val": g["best_val"].mean(), "best_val_std": _std(g["best_val"]),
             "test_at_best_val": g["test_at_best_val"].mean(), "test_at_best_val_std": _std(g["test_at_best_val"]),
             "mb_per_worker": g["bytes_per_worker"].mean() / 1e6,
+            "eval_mb_per_worker": g["eval_bytes_per_worker"].mean() / 1e6,
             "reached": int(g["reached"].sum()),
             "mb_to_target": g["bytes_to_target"].mean() / 1e6 if g["reached"].any() else math.nan,
             "seconds_to_target": g["seconds_to_target"].mean() if g["reached"].any() else math.nan,
@@ -187,9 +195,10 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
         "method": table["method"], "m": table["m"], "ζ": table["zeta"], "seeds": table["seeds"],
         "best val": [_pm(a, b) for a, b in zip(table["best_val"], table["best_val_std"])],
         "test at best val": [_pm(a, b) for a, b in zip(table["test_at_best_val"], table["test_at_best_val_std"])],
-        "MB/worker": [_num(v, ".1f") for v in table["mb_per_worker"]],
+        "MB/worker": [_num(v, ".3g") for v in table["mb_per_worker"]],
+        "eval MB/worker": [_num(v, ".3g") for v in table["eval_mb_per_worker"]],
         "reached": [f"{r}/{s}" for r, s in zip(table["reached"], table["seeds"])],
-        "MB/worker to target": [_num(v, ".2f") for v in table["mb_to_target"]],
+        "MB/worker to target": [_num(v, ".3g") for v in table["mb_to_target"]],
         "s to target": [_num(v, ".1f") for v in table["seconds_to_target"]],
         "bytes vs ddp": [_num(v, ".3f") for v in table["bytes_vs_ddp"]],
     })
@@ -235,9 +244,13 @@ def tabulate(results_dir: str | Path, command: str, cfg: Optional[SweepConfig] =
         f"transport: {', '.join(transports)}.",
         f"Target: {how} ({goals}).",
         "Metric: accuracy (for ogbn-* datasets through `ogb.nodeproppred.Evaluator`).",
-        "MB/worker counts every byte sent or received over the wire per worker (parameters, evaluation, "
-        "loss reports, set-up); graph data is loaded where it lives and is not counted. "
-        "Seconds are the workers' time side by side (simulated rounds count their slowest worker).",
+        "MB/worker: training bytes sent or received per worker (parameters, loss reports, set-up), "
+        "divided by m; for `full` that is the model handed to its one worker each round. Graph data is "
+        "loaded where it lives and is not counted; eval MB/worker is the full model sent to each worker "
+        "of a partitioned GIST run to score its own nodes (the baselines score on rank 0). "
+        "Seconds: the workers side by side (a simulated round counts its slowest worker), evaluation included. "
+        "A std is over seeds; 'reached' counts the seeds that reach the target, and the 'to target' "
+        "columns average over those.",
         "",
         markdown_table(table, axes),
         "",

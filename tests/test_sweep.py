@@ -39,7 +39,7 @@ seeds = [0, 1]
 """
 
 TABLE_COLUMNS = ["method", "m", "zeta", "target", "seeds", "best_val", "best_val_std", "test_at_best_val",
-                 "test_at_best_val_std", "mb_per_worker", "reached", "mb_to_target", "seconds_to_target",
+                 "test_at_best_val_std", "mb_per_worker", "eval_mb_per_worker", "reached", "mb_to_target", "seconds_to_target",
                  "seconds", "bytes_vs_ddp"]
 
 
@@ -260,13 +260,13 @@ def test_shipped_configs_plan():
 
 
 def hand_log(method: str, m: int, seed: int, vals, params_per_round: int, seconds_per_round: float,
-             eval_seconds: float = 0.5) -> dict:
+             eval_seconds: float = 0.5, eval_bytes: int = 0) -> dict:
     """A run log written by hand: ``vals[r]`` is round r's validation (None: not evaluated)."""
     rounds = []
     for r, val in enumerate(vals):
         rounds.append({"round": r, "local_steps": 5, "seconds": 99.0, "parallel_seconds": seconds_per_round,
                        "eval_seconds": eval_seconds if val is not None else None,
-                       "bytes": {"params": params_per_round, "stats": 12 * m, "eval": 0},
+                       "bytes": {"params": params_per_round, "stats": 12 * m, "eval": eval_bytes},
                        "val": val, "test": None if val is None else val - 0.01, "train": None})
     return {"sweep": {"method": method, "m": m, "zeta": 5, "seed": seed, "context": {}},
             "config": {"subnets": m}, "setup_bytes": {"control": 24 * m, "data": 10**9},
@@ -274,10 +274,13 @@ def hand_log(method: str, m: int, seed: int, vals, params_per_round: int, second
 
 
 def test_first_reach_from_hand_written_log():
-    log = hand_log("gist", 2, 0, [0.50, None, 0.78, 0.80, 0.79], params_per_round=4000, seconds_per_round=2.0)
+    log = hand_log("gist", 2, 0, [0.50, None, 0.78, 0.80, 0.79], params_per_round=4000, seconds_per_round=2.0,
+                   eval_bytes=600)
     curve = run_curve(log)
-    # per worker: set-up control 48/2 = 24, then (4000 + 24) / 2 = 2012 per round; data is never counted
+    # per worker: set-up control 48/2 = 24, then (4000 + 24) / 2 = 2012 per round; data and eval are not
+    # training bytes: eval is counted on its own
     assert curve["bytes_per_worker"].tolist() == [24 + 2012 * k for k in range(1, 6)]
+    assert curve["eval_bytes_per_worker"].tolist() == [300 * k for k in range(1, 6)]
     assert curve["steps"].tolist() == [5, 10, 15, 20, 25]
     assert curve["seconds"].tolist() == pytest.approx([2.5, 4.5, 7.0, 9.5, 12.0])
     hit = first_reach(curve, 0.78)
