@@ -258,7 +258,7 @@ def tabulate(results_dir: str | Path, command: str, cfg: Optional[SweepConfig] =
     text = "\n".join(lines)
     (results_dir / "table.md").write_text(text)
     if plots:
-        write_plots(runs, axes, results_dir, goal)
+        write_plots(runs, axes, results_dir, goal, title=cfg.name)
     return text, table
 
 
@@ -280,9 +280,14 @@ def mean_curves(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def write_plots(runs: pd.DataFrame, axes: Sequence[str], out_dir: Path, goal: dict[tuple, float]) -> list[Path]:
+METHOD_COLORS = {"full": "black", "ddp": "tab:blue", "local-sgd": "tab:orange", "gist": "tab:green"}
+M_STYLES = ["-", "--", ":", "-."]
+
+
+def write_plots(runs: pd.DataFrame, axes: Sequence[str], out_dir: Path, goal: dict[tuple, float],
+                title: str = "") -> list[Path]:
     """``accuracy_vs_bytes[-<axes>].png`` (log x) and ``accuracy_vs_time[-<axes>].png``:
-    validation accuracy (mean over seeds) per method and ``m``."""
+    validation accuracy (mean over seeds) per method (colour) and ``m`` (line style)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -297,21 +302,26 @@ def write_plots(runs: pd.DataFrame, axes: Sequence[str], out_dir: Path, goal: di
             continue
         suffix = "".join(f"-{a}={v}" for a, v in zip(axes, key))
         several_zeta = curves["zeta"].nunique() > 1
+        m_values = sorted(curves.loc[curves["method"] != "full", "m"].unique())
+        order = {name: i for i, name in enumerate(METHOD_COLORS)}
+        groups = sorted(curves.groupby(GROUP, sort=False), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1:]))
         for x, xlabel, stem, log_x in (("bytes_per_worker", "cumulative MB per worker", "accuracy_vs_bytes", True),
                                        ("seconds", "wall time, s (workers in parallel)", "accuracy_vs_time", False)):
             fig, ax = plt.subplots(figsize=(7, 4.5))
-            for (method, m, zeta), c in curves.groupby(GROUP, sort=False):
+            for (method, m, zeta), c in groups:
                 c = c.dropna(subset=["val"])
                 label = f"{method}" + (f" m={m}" if method != "full" else "") + (f" ζ={zeta}" if several_zeta else "")
                 xs = c[x] / 1e6 if x == "bytes_per_worker" else c[x]
-                ax.plot(xs, c["val"], marker=".", label=label)
+                style = "-" if method == "full" else M_STYLES[m_values.index(m) % len(M_STYLES)]
+                ax.plot(xs, c["val"], style, marker=".", markersize=3, linewidth=1.2,
+                        color=METHOD_COLORS.get(method), label=label)
             if not math.isnan(goal[key]):
                 ax.axhline(goal[key], color="grey", linestyle="--", linewidth=0.8, label="target")
             if log_x:
                 ax.set_xscale("log")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("validation accuracy (mean over seeds)")
-            ax.set_title(_label(axes, key) or "all runs")
+            ax.set_title(" — ".join(t for t in (title, _label(axes, key)) if t) or "all runs")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7, ncol=2)
             fig.tight_layout()
