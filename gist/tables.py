@@ -185,7 +185,11 @@ def _pm(mean: float, std: float) -> str:
 
 
 def _num(value: float, fmt: str) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if fmt == ".3g" and abs(value) >= 100:  # no exponent notation for big numbers
+        return f"{value:.0f}"
+    return format(value, fmt)
 
 
 def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
