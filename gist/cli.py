@@ -92,6 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     import os
 
     from .distributed import WorkerFailure
+    from .run import LaunchFailure
 
     if args.subnets is None:
         world = os.environ.get("WORLD_SIZE") if args.backend == "dist" else None
@@ -106,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
             log = launch_local(settings, args.procs, progress=not args.no_progress, log_path=args.log)
         else:
             log = run_training(settings, progress=not args.no_progress, log_path=args.log)
-    except (DatasetNotFoundError, SplitError, ValueError, WorkerFailure) as exc:
+    except (DatasetNotFoundError, SplitError, ValueError, WorkerFailure, LaunchFailure) as exc:
         print(f"gist train: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a spawned process failed: its traceback is already on stderr

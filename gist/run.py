@@ -257,6 +257,9 @@ def _run_rank(settings: RunSettings, cfg, progress: bool, log_path) -> dict[str,
             trainer = GISTTrainer(model, data, cfg, transport=transport,
                                   evaluator=_evaluator(settings, cfg, data))
             _fit(settings, trainer, progress)
+        except Exception as exc:
+            _note_rank0_error(exc)
+            raise
         finally:
             transport.close()
         return _finish(settings, split, trainer, load_seconds, f"torch.distributed ({ctx.backend})", log_path)
@@ -284,7 +287,11 @@ def _run_baseline_rank(settings: RunSettings, cfg, ctx, progress: bool, log_path
             model = _full_model(settings, dataset.num_features, dataset.num_classes)
             trainer = BaselineTrainer(settings.method, model, dataset.data, cfg, ctx=ctx, graph=graph,
                                       evaluator=_evaluator(settings, cfg, dataset.data))
-            trainer.fit(progress=progress)
+            try:
+                trainer.fit(progress=progress)
+            except Exception as exc:
+                _note_rank0_error(exc)
+                raise
             return _finish(settings, dataset.split, trainer, load_seconds, f"torch.distributed ({ctx.backend})",
                            log_path)
         graph, num_features, num_classes, _ = _worker_graph(settings, cfg, ctx.rank)
@@ -337,9 +344,39 @@ def launch_local(settings: RunSettings, procs: int, progress: bool = True,
         target = Path(log_path) if log_path is not None else Path(tmp) / "log.json"
         env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(procs),
                "LOCAL_WORLD_SIZE": str(procs)}
-        mp.start_processes(_spawned_rank, args=(settings, env, progress, str(target)), nprocs=procs,
-                           start_method="spawn", join=True)
+        rank0_error = Path(tmp) / RANK0_ERROR
+        env[RANK0_ERROR_ENV] = str(rank0_error)
+        try:
+            mp.start_processes(_spawned_rank, args=(settings, env, progress, str(target)),
+                               nprocs=procs, start_method="spawn", join=True)
+        except mp.ProcessRaisedException as exc:
+            # When rank 0 gives up on a worker, the other workers then lose rank 0
+            # and raise too; whichever the launcher sees first, rank 0's error
+            # names the root cause.
+            if exc.error_index != 0 and rank0_error.is_file():
+                raise LaunchFailure(rank0_error.read_text()) from exc
+            raise
         return json.loads(target.read_text())
+
+
+RANK0_ERROR = "rank0-error.txt"
+
+
+class LaunchFailure(RuntimeError):
+    """A process of :func:`launch_local` failed; the message is rank 0's error."""
+
+
+RANK0_ERROR_ENV = "GIST_RANK0_ERROR_FILE"
+
+
+def _note_rank0_error(exc: BaseException) -> None:
+    """Under :func:`launch_local`, leave rank 0's error where the launcher
+    finds it; called before rank 0 closes its process group, so before the
+    other ranks can notice that it is gone."""
+    path = os.environ.get(RANK0_ERROR_ENV)
+    if path:
+        Path(path).write_text(str(exc) if type(exc).__name__ == "WorkerFailure"
+                              else f"rank 0: {type(exc).__name__}: {exc}")
 
 
 def _spawned_rank(rank: int, settings: RunSettings, env: dict[str, str], progress: bool, log_path: str) -> None:
