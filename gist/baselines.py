@@ -490,7 +490,6 @@ class BaselineTrainer:
         """The keys of :meth:`gist.train.GISTTrainer.summary` (``subnet_params``
         is ``|θ|``, the values of the all-reduced buffer) plus ``method``.
         ``bytes_total`` includes the set-up broadcast of the model."""
-        # in-process workers ran one after another: count the slowest only
         return {"method": self.method,
                 **history_summary(self.history, self.ledger, self.m),
                 "eval_bytes_total": 0,  # rank 0 evaluates on the full graph it holds
