@@ -126,13 +126,19 @@ RESUME_MUST_MATCH = ("dataset", "model", "layers", "hidden", "norm", "dropout", 
                      "num_clusters", "clusters_per_batch", "eval_every", "seed")
 
 
+def _scored_by_ogb(settings: RunSettings, cfg) -> bool:
+    """Whether OGB's ``Evaluator`` scores this run: ``ogbn-*`` datasets, except
+    partitioned GIST, whose workers sum correct/total counts (the same accuracy)."""
+    return settings.dataset.startswith("ogbn-") and not (settings.method == "gist" and cfg.evaluates_on_workers)
+
+
 def _evaluator(settings: RunSettings, cfg, data):
-    """OGB's ``Evaluator`` for ``ogbn-*`` datasets where the full graph is at
-    hand (else the trainers' accuracy, or counts summed over the workers)."""
+    """OGB's ``Evaluator`` where :func:`_scored_by_ogb` (else ``None``: the
+    trainers' accuracy, or counts summed over the workers)."""
     from .metrics import node_evaluator, ogb_metric
 
     ogb_metric(settings.dataset)  # fail early for a dataset not scored by accuracy
-    if settings.method == "gist" and cfg.evaluates_on_workers:
+    if not _scored_by_ogb(settings, cfg):
         return None
     return node_evaluator(settings.dataset, data, cfg.sparse_adjacency)
 
@@ -197,9 +203,7 @@ def _finish(settings, split: str, trainer, load_seconds, transport, log_path) ->
                         "threads": torch.get_num_threads()},
         "metric": {"name": "acc",
                     "scored_by": (f"ogb.nodeproppred.Evaluator({settings.dataset!r})"
-                                  if settings.dataset.startswith("ogbn-")
-                                  and not (settings.method == "gist" and trainer.cfg.evaluates_on_workers)
-                                  else "correct / total")},
+                                  if _scored_by_ogb(settings, trainer.cfg) else "correct / total")},
         "rounds": [asdict(r) for r in trainer.history],
         "summary": summary,
         "ledger": trainer.ledger.records(),

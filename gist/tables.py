@@ -227,7 +227,7 @@ def tabulate(results_dir: str | Path, command: str, cfg: Optional[SweepConfig] =
     runs = run_table(logs)
     table = summarize(runs, axes, target_drop, target)
     table.to_csv(results_dir / "table.csv", index=False)
-    goal = targets(runs, axes, target_drop, target)
+    goal = {tuple(row[a] for a in axes): float(row["target"]) for _, row in table.iterrows()}
     how = (f"the absolute target {target}" if target is not None
            else f"the full model's best validation (mean over seeds) minus {target_drop}")
     goals = "; ".join(f"{_label(axes, k) or 'all runs'}: {v:.4f}" for k, v in goal.items())

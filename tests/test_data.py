@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import socket
 import time
@@ -15,6 +14,7 @@ import torch
 from torch_geometric.utils import contains_self_loops, is_undirected
 
 import gist.data as gd
+from conftest import shared_data_dir
 from gist.data import (
     DatasetNotFoundError,
     NodeDataset,
@@ -25,11 +25,6 @@ from gist.data import (
     random_split,
     register_dataset,
 )
-
-
-def _shared_data() -> Path:
-    env = os.environ.get("GIST_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _assert_masks_partition(d) -> None:
@@ -395,7 +390,7 @@ _REAL = [
 
 @pytest.mark.parametrize("name,folder,n,e,f,c", _REAL)
 def test_real_datasets_from_copy(name, folder, n, e, f, c, tmp_path, monkeypatch, no_prompt):
-    src = _shared_data() / folder
+    src = shared_data_dir() / folder
     if not src.is_dir():
         pytest.skip(f"shared data is absent ({src} not found; set GIST_SHARED_DATA)")
     monkeypatch.setenv(gd.OFFLINE_ENV, "1")
