@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 from _report import emit
 
-from gist.run import RunSettings, run_training
+from gist.config import RunConfig
+from gist.run import run_training
 
 SETUPS = {
     "cora": dict(model="gcn", layers=3, hidden=256, local_steps=5, rounds=20, lr=0.01, weight_decay=5e-4,
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     rows = []
     for name in args.datasets:
         for m in args.subnets:
-            settings = RunSettings(dataset=name, root=args.root, subnets=m, seed=args.seed, **SETUPS[name])
+            settings = RunConfig.from_flat(dataset=name, root=args.root, subnets=m, seed=args.seed, **SETUPS[name])
             log_path = Path(args.logs) / f"{name}-m{m}.json" if args.logs else None
             s = run_training(settings, progress=False, log_path=log_path)["summary"]
             rows.append({

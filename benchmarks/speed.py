@@ -20,16 +20,16 @@ import sys
 import torch
 from _report import emit
 
-from gist import GISTConfig, GISTTrainer, LocalConfig, draw_partition, slice_state
+from gist import GIST, RunConfig, draw_partition, slice_state
 from gist.data import load_dataset
 from gist.nn import build_model
 
 
-def trainer_for(ds, hidden: int, m: int, zeta: int, layers: int = 3, seed: int = 0) -> GISTTrainer:
+def trainer_for(ds, hidden: int, m: int, zeta: int, layers: int = 3, seed: int = 0) -> GIST:
     torch.manual_seed(seed)
     model = build_model("gcn", ds.num_features, hidden, ds.num_classes, layers, dropout=0.5)
-    cfg = GISTConfig(num_subnets=m, rounds=10_000, local=LocalConfig(local_steps=zeta), eval_every=10_000, seed=seed)
-    return GISTTrainer(model, ds.data, cfg)
+    cfg = RunConfig.from_flat(subnets=m, rounds=10_000, local_steps=zeta, eval_every=10_000, seed=seed)
+    return GIST(model, ds.data, cfg)
 
 
 def overhead_share(ds, hidden: int, m: int, zeta: int, rounds: int) -> dict:

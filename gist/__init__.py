@@ -3,8 +3,12 @@
 Split the hidden widths of a wide GCN / GraphSAGE into ``m`` groups, train
 each narrow sub-network on a worker for ``ζ`` local steps, merge, repeat.
 """
-from .comm import ByteLedger, InProcessTransport, Transport
-from .partition import (
+
+from .comm import ByteLedger, Collective, InProcessCollective, InProcessTransport, Transport
+from .config import CheckpointConfig, DataConfig, DistConfig, LocalConfig, ModelConfig, RunConfig
+from .engine import RoundDriver, RoundRecord, RoundWork, Worker, evaluate
+from .methods import DDP, GIST, METHODS, FullModel, LocalSGD, get_method, register_method
+from .subnets import (
     FlatLayout,
     WidthPartition,
     build_subnet,
@@ -13,24 +17,38 @@ from .partition import (
     slice_state,
     subnet_layout,
 )
-from .train import GISTConfig, GISTTrainer, LocalConfig, Worker, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DDP",
+    "GIST",
+    "METHODS",
     "ByteLedger",
+    "CheckpointConfig",
+    "Collective",
+    "DataConfig",
+    "DistConfig",
     "FlatLayout",
-    "GISTConfig",
-    "GISTTrainer",
+    "FullModel",
+    "InProcessCollective",
     "InProcessTransport",
     "LocalConfig",
+    "LocalSGD",
+    "ModelConfig",
+    "RoundDriver",
+    "RoundRecord",
+    "RoundWork",
+    "RunConfig",
     "Transport",
     "WidthPartition",
     "Worker",
     "build_subnet",
     "draw_partition",
     "evaluate",
+    "get_method",
     "merge_states",
+    "register_method",
     "slice_state",
     "subnet_layout",
 ]

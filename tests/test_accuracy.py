@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from gist.run import RunSettings, run_training
+from gist.config import RunConfig
+from gist.run import run_training
 
 pytestmark = pytest.mark.slow
 
 
 def test_cora_gcn_m4_reaches_078_test_accuracy(real_data_root):
     root = real_data_root("planetoid")
-    settings = RunSettings(dataset="cora", root=str(root), model="gcn", layers=3, hidden=256, subnets=4,
+    settings = RunConfig.from_flat(dataset="cora", root=str(root), model="gcn", layers=3, hidden=256, subnets=4,
                            local_steps=5, rounds=20, lr=0.01, weight_decay=5e-4, dropout=0.5, seed=0)
     summary = run_training(settings, progress=False)["summary"]
     assert summary["test_at_best_val"] >= 0.78, summary
@@ -20,7 +21,7 @@ def test_coauthor_cs_sage_partitioned_m2_within_two_points_of_m1(real_data_root)
     root = real_data_root("coauthor")
     results = {}
     for m in (1, 2):
-        settings = RunSettings(dataset="coauthor-cs", root=str(root), model="sage", layers=2, hidden=64,
+        settings = RunConfig.from_flat(dataset="coauthor-cs", root=str(root), model="sage", layers=2, hidden=64,
                                subnets=m, data_mode="partitioned", partitioner="metis", local_steps=5,
                                rounds=16, eval_every=2, lr=0.01, dropout=0.5, seed=0)
         results[m] = run_training(settings, progress=False)["summary"]

@@ -19,19 +19,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gist import GISTConfig, GISTTrainer, LocalConfig
-from gist.baselines import BaselineTrainer, ring_allreduce_bytes
+from gist import METHODS, RunConfig, get_method
+from gist.comm import ring_allreduce_bytes
+from gist.comm.dist import DistCollective, DistContext, free_port
 from gist.data import make_csbm
-from gist.distributed import DistContext, free_port
+from gist.engine import worker_graphs
 from gist.nn import build_model
-from gist.train import worker_graphs
 
 pytestmark = pytest.mark.timeout(600)
 
 GRAPH = dict(num_nodes=300, num_classes=4, num_features=16, avg_degree=6, seed=0)
 HIDDEN = 16
 
-# name -> (method, m, model kind, norm, GISTConfig overrides). GCN with hidden
+# name -> (method, m, model kind, norm, RunConfig overrides). GCN with hidden
 # 16, 16 features, 4 classes, BatchNorm: |θ| = 372 parameters (+32 running
 # statistics = 404 for local-SGD); without norm 340; SAGE: 2·16·16 + 16 +
 # 2·16·4 + 4 = 660. All are multiples of 4, so the ring count is exact.
@@ -62,10 +62,9 @@ def _graph(name: str):
     return graph
 
 
-def _config(name: str) -> GISTConfig:
+def _config(name: str) -> RunConfig:
     _, m, _, _, over = CASES[name]
-    return GISTConfig(num_subnets=m, rounds=3, local=LocalConfig(local_steps=3, lr=0.01, weight_decay=5e-4),
-                      seed=0, **over)
+    return RunConfig.from_flat(subnets=m, rounds=3, local_steps=3, lr=0.01, weight_decay=5e-4, seed=0, **over)
 
 
 def _model(name: str, graph, seed: int = 0):
@@ -74,10 +73,10 @@ def _model(name: str, graph, seed: int = 0):
     return build_model(kind, graph.num_features, HIDDEN, int(graph.y.max()) + 1, 2, dropout=0.5, norm=norm)
 
 
-def _run_in_process(name: str) -> BaselineTrainer:
+def _run_in_process(name: str):
     graph = _graph(name)
     model = _model(name, graph)
-    trainer = BaselineTrainer(CASES[name][0], model, graph, _config(name))
+    trainer = METHODS[CASES[name][0]](model, graph, _config(name))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         trainer.fit(progress=False)
@@ -97,8 +96,8 @@ def _dist_rank(rank: int, world: int, port: int, names: list[str], out: str) -> 
             own = worker_graphs(graph, cfg)[rank]
             # ranks > 0 start from a different init: rank 0's model is broadcast
             model = _model(name, graph, seed=0 if rank == 0 else 100 + rank)
-            trainer = BaselineTrainer(CASES[name][0], model, graph if rank == 0 else None, cfg, ctx=ctx,
-                                      graph=own)
+            trainer = METHODS[CASES[name][0]](model, graph if rank == 0 else None, cfg,
+                                              collective=DistCollective(ctx), graph=own)
             trainer.fit(progress=False)
             if rank == 0:
                 torch.save({"state": model.state_dict(), "ledger": trainer.ledger.records(),
@@ -207,9 +206,9 @@ def test_m1_is_plain_training_step_for_step(method, zeta):
     plain = _plain_training(graph, rounds * zeta, zeta)
     torch.manual_seed(0)
     model = build_model("gcn", graph.num_features, HIDDEN, int(graph.y.max()) + 1, 2, dropout=0.5, norm="batch_norm")
-    cfg = GISTConfig(num_subnets=1, rounds=rounds, local=LocalConfig(local_steps=zeta, lr=0.01, weight_decay=5e-4),
-                     sparse_adjacency=False)
-    trainer = BaselineTrainer(method, model, graph, cfg)
+    cfg = RunConfig.from_flat(subnets=1, rounds=rounds, local_steps=zeta, lr=0.01, weight_decay=5e-4,
+                              sparse_adjacency=False)
+    trainer = METHODS[method](model, graph, cfg)
     for r in range(rounds):
         trainer.run_round()
         for k, v in plain[r].items():
@@ -221,9 +220,10 @@ def test_bad_method_and_mismatched_world():
     graph = make_csbm(**GRAPH).data
     model = build_model("gcn", graph.num_features, HIDDEN, 4, 2)
     with pytest.raises(ValueError, match="method"):
-        BaselineTrainer("allreduce", model, graph, GISTConfig(num_subnets=2))
-    with pytest.raises(ValueError, match="processes"):
-        BaselineTrainer("ddp", model, graph, GISTConfig(num_subnets=2), ctx=DistContext(0, 3, 0, "gloo", 10.0))
+        get_method("allreduce")
+    with pytest.raises(ValueError, match="3 workers given but the config asks m=2"):
+        METHODS["ddp"](model, graph, RunConfig.from_flat(subnets=2),
+                       collective=DistCollective(DistContext(0, 3, 0, "gloo", 10.0)))
 
 
 @pytest.mark.slow
@@ -242,10 +242,8 @@ def test_cora_ddp_and_local_sgd_within_one_point_of_m1(real_data_root):
     def run(method: str, m: int, seed: int) -> float:
         torch.manual_seed(seed)
         model = build_model("gcn", dataset.num_features, 64, dataset.num_classes, 2, dropout=0.5)
-        cfg = GISTConfig(num_subnets=m, rounds=20, local=LocalConfig(local_steps=5, lr=0.01, weight_decay=5e-4),
-                         seed=seed)
-        trainer = (GISTTrainer(model, dataset.data, cfg) if method == "m1"
-                   else BaselineTrainer(method, model, dataset.data, cfg))
+        cfg = RunConfig.from_flat(subnets=m, rounds=20, local_steps=5, lr=0.01, weight_decay=5e-4, seed=seed)
+        trainer = METHODS["full" if method == "m1" else method](model, dataset.data, cfg)
         trainer.fit(progress=False)
         return trainer.summary()["test_at_best_val"]
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from gist.cli import main
+from gist.config import RunConfig
 
 SMALL = ["--dataset", "csbm", "--hidden", "16", "--rounds", "3", "--local-steps", "2", "--subnets", "2"]
 
@@ -19,7 +20,7 @@ def test_train_writes_log_with_config_rounds_and_summary(tmp_path, capsys):
     assert "best val" in out and "MB per worker" in out
     record = json.loads(log.read_text())
     assert set(record) >= {"config", "rounds", "summary"}
-    cfg = record["config"]
+    cfg = RunConfig.from_dict(record["config"], strict=False).flat()
     for key in ("dataset", "root", "model", "layers", "hidden", "subnets", "local_steps", "rounds", "lr",
                 "weight_decay", "dropout", "norm", "data_mode", "partitioner", "eval_every", "seed"):
         assert key in cfg, key

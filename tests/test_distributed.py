@@ -12,14 +12,14 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
 
-from gist.run import RunSettings, launch_local, run_training
+from gist.config import RunConfig
+from gist.run import launch_local, run_training
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -32,10 +32,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _run_both(settings: RunSettings, tmp_path: Path, procs: int):
+def _run_both(settings: RunConfig, tmp_path: Path, procs: int):
     local_model, dist_model = tmp_path / "local.pt", tmp_path / "dist.pt"
-    local = run_training(replace(settings, save_model=str(local_model)), progress=False)
-    dist = launch_local(replace(settings, save_model=str(dist_model)), procs, progress=False)
+    local = run_training(settings.replace(save_model=str(local_model)), progress=False)
+    dist = launch_local(settings.replace(save_model=str(dist_model)), procs, progress=False)
     return (local, torch.load(local_model, weights_only=True)), (dist, torch.load(dist_model, weights_only=True))
 
 
@@ -56,7 +56,7 @@ def _assert_equivalent(local, dist, local_state, dist_state):
 @pytest.mark.parametrize("model", ["gcn", "sage"])
 @pytest.mark.parametrize("mode", ["replicated", "partitioned"])
 def test_distributed_equals_in_process_on_synthetic_graph(tmp_path, one_thread, m, model, mode):
-    settings = RunSettings(dataset="csbm", root=str(tmp_path / "data"), model=model, layers=3, hidden=16,
+    settings = RunConfig.from_flat(dataset="csbm", root=str(tmp_path / "data"), model=model, layers=3, hidden=16,
                            norm="batch_norm" if model == "gcn" else "none", subnets=m, local_steps=2,
                            rounds=3, data_mode=mode, threads=1, timeout=60)
     (local, ls), (dist, ds) = _run_both(settings, tmp_path, m)
@@ -76,7 +76,7 @@ def test_distributed_equals_in_process_on_synthetic_graph(tmp_path, one_thread, 
 @pytest.mark.parametrize("m,model,mode", [(2, "gcn", "partitioned"), (4, "sage", "replicated")])
 def test_distributed_equals_in_process_on_cora(tmp_path, one_thread, real_data_root, m, model, mode):
     root = real_data_root("planetoid")
-    settings = RunSettings(dataset="cora", root=str(root), model=model, layers=3, hidden=32, subnets=m,
+    settings = RunConfig.from_flat(dataset="cora", root=str(root), model=model, layers=3, hidden=32, subnets=m,
                            local_steps=3, rounds=3, data_mode=mode, threads=1, timeout=60)
     (local, ls), (dist, ds) = _run_both(settings, tmp_path, m)
     _assert_equivalent(local, dist, ls, ds)
@@ -85,7 +85,7 @@ def test_distributed_equals_in_process_on_cora(tmp_path, one_thread, real_data_r
 def test_torchrun_launch_matches_spawned_processes(tmp_path):
     args = ["--hidden", "16", "--rounds", "2", "--local-steps", "2", "--threads", "1", "--no-progress",
             "--root", str(tmp_path / "data")]
-    port = str(__import__("gist.distributed", fromlist=["free_port"]).free_port())
+    port = str(__import__("gist.comm.dist", fromlist=["free_port"]).free_port())
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--master-addr", "127.0.0.1", "--master-port", port,
                 "-m", "gist", "train", "--backend", "dist", *args,
@@ -136,10 +136,10 @@ def test_a_dead_or_hung_worker_stops_the_run_naming_its_rank(tmp_path, fault):
 
 
 def test_resume_after_a_killed_run_gives_the_uninterrupted_model(tmp_path, one_thread):
-    base = RunSettings(dataset="csbm", root=str(tmp_path / "data"), hidden=16, subnets=2, local_steps=2,
+    base = RunConfig.from_flat(dataset="csbm", root=str(tmp_path / "data"), hidden=16, subnets=2, local_steps=2,
                        rounds=6, threads=1, timeout=30, batching="cluster", num_clusters=8,
                        clusters_per_batch=2, checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=2)
-    full = launch_local(replace(base, checkpoint=str(tmp_path / "other.pt"),
+    full = launch_local(base.replace(checkpoint=str(tmp_path / "other.pt"),
                                 save_model=str(tmp_path / "full.pt")), 2, progress=False)
     # a run whose worker 1 dies in round 4, after the checkpoint of round 3
     os.environ["GIST_INJECT_FAULT"] = "1:4:exit"
@@ -150,7 +150,7 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_model(tmp_path, one_t
         del os.environ["GIST_INJECT_FAULT"]
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert saved["round"] == 4
-    resumed = launch_local(replace(base, resume=True, save_model=str(tmp_path / "resumed.pt")), 2,
+    resumed = launch_local(base.replace(resume=True, save_model=str(tmp_path / "resumed.pt")), 2,
                            progress=False)
     a = torch.load(tmp_path / "full.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed.pt", weights_only=True)
@@ -158,34 +158,34 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_model(tmp_path, one_t
     assert [r["round"] for r in resumed["rounds"]] == list(range(6))
     assert [r["val"] for r in resumed["rounds"]] == [r["val"] for r in full["rounds"]]
     # the in-process simulation resumes the same way, also from a checkpoint made by processes
-    local = run_training(replace(base, resume=True, save_model=str(tmp_path / "local.pt")), progress=False)
+    local = run_training(base.replace(resume=True, save_model=str(tmp_path / "local.pt")), progress=False)
     c = torch.load(tmp_path / "local.pt", weights_only=True)
     assert all(torch.equal(a[k], c[k]) for k in a)
     assert local["summary"]["rounds"] == 6
 
 
 def test_resume_m1_restores_the_optimizer_and_rng(tmp_path, one_thread):
-    base = RunSettings(dataset="csbm", root=str(tmp_path), hidden=16, subnets=1, local_steps=2, rounds=4,
+    base = RunConfig.from_flat(dataset="csbm", root=str(tmp_path), hidden=16, subnets=1, local_steps=2, rounds=4,
                        threads=1, checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=2)
-    run_training(replace(base, save_model=str(tmp_path / "full.pt"), checkpoint=str(tmp_path / "x.pt")),
+    run_training(base.replace(save_model=str(tmp_path / "full.pt"), checkpoint=str(tmp_path / "x.pt")),
                  progress=False)
-    run_training(replace(base, rounds=2), progress=False)
-    run_training(replace(base, resume=True, save_model=str(tmp_path / "res.pt")), progress=False)
+    run_training(base.replace(rounds=2), progress=False)
+    run_training(base.replace(resume=True, save_model=str(tmp_path / "res.pt")), progress=False)
     a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("full.pt", "res.pt"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_refuses_different_settings(tmp_path):
-    base = RunSettings(dataset="csbm", root=str(tmp_path), hidden=16, subnets=2, local_steps=1, rounds=2,
+    base = RunConfig.from_flat(dataset="csbm", root=str(tmp_path), hidden=16, subnets=2, local_steps=1, rounds=2,
                        checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=1)
     run_training(base, progress=False)
     with pytest.raises(ValueError, match="hidden: checkpoint 16, now 32"):
-        run_training(replace(base, hidden=32, resume=True, rounds=3), progress=False)
+        run_training(base.replace(hidden=32, resume=True, rounds=3), progress=False)
     with pytest.raises(ValueError, match="no checkpoint"):
-        run_training(replace(base, checkpoint=str(tmp_path / "missing.pt"), resume=True), progress=False)
+        run_training(base.replace(checkpoint=str(tmp_path / "missing.pt"), resume=True), progress=False)
 
 
 def test_world_size_must_equal_subnets(tmp_path):
-    settings = RunSettings(dataset="csbm", root=str(tmp_path), hidden=16, subnets=4, rounds=1)
+    settings = RunConfig.from_flat(dataset="csbm", root=str(tmp_path), hidden=16, subnets=4, rounds=1)
     with pytest.raises(Exception, match="run one process per worker"):
         launch_local(settings, 2, progress=False)

@@ -9,7 +9,7 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.utils import to_undirected
 
-from gist.graph import ClusterBatcher, _fix_empty_parts, partition_nodes, to_csr, worker_subgraph
+from gist.graph.partition import ClusterBatcher, _fix_empty_parts, partition_nodes, to_csr, worker_subgraph
 
 
 # --------------------------------------------------------------------------- #

@@ -7,10 +7,11 @@ from ogb.nodeproppred import Evaluator
 
 import gist.data as gd
 from gist.data import load_dataset
-from gist.metrics import node_evaluator, ogb_metric
+from gist.engine.evaluation import node_evaluator, ogb_metric
 from gist.nn.models import build_model
-from gist.run import RunSettings, run_training
-from gist.train import evaluate
+from gist.config import RunConfig
+from gist.run import run_training
+from gist.engine.evaluation import evaluate
 from test_data import write_tiny_ogb
 
 
@@ -41,7 +42,7 @@ def test_ogb_run_log_names_the_evaluator(tmp_path, monkeypatch):
     write_tiny_ogb(tmp_path, "ogbn-arxiv", n=60)
     base = dict(dataset="ogbn-arxiv", root=str(tmp_path), hidden=8, layers=2, rounds=2, local_steps=2)
     for method in ("gist", "ddp"):
-        log = run_training(RunSettings(method=method, **base), progress=False)
+        log = run_training(RunConfig.from_flat(method=method, **base), progress=False)
         assert log["metric"] == {"name": "acc", "scored_by": "ogb.nodeproppred.Evaluator('ogbn-arxiv')"}
-    log = run_training(RunSettings(data_mode="partitioned", partitioner="random", **base), progress=False)
+    log = run_training(RunConfig.from_flat(data_mode="partitioned", partitioner="random", **base), progress=False)
     assert log["metric"]["scored_by"] == "correct / total"  # summed on the workers: the same accuracy

@@ -1,4 +1,4 @@
-"""Per-part graph files (gist.parts): exact content, atomicity, locking, CLI."""
+"""Per-part graph files (gist.graph.parts): exact content, atomicity, locking, CLI."""
 from __future__ import annotations
 
 import argparse
@@ -11,19 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import gist.parts as gp
+import gist.graph.parts as gp
+from gist.cli import build_parser
 from gist.data import load_dataset, make_csbm
 from gist.graph import partition_nodes, worker_subgraph
-from gist.parts import (
+from gist.graph.parts import (
     PART_KEYS,
     FORMAT_VERSION,
     PartitionError,
-    add_partition_parser,
     ensure_partitions,
     load_part,
     partition_dir,
     read_meta,
-    run_partition_command,
     write_partitions,
 )
 
@@ -34,9 +33,7 @@ def small():
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gist")
-    add_partition_parser(p.add_subparsers(dest="command", required=True))
-    return p
+    return build_parser()
 
 
 @pytest.mark.parametrize("partitioner", ["metis", "random"])
@@ -200,25 +197,25 @@ def test_load_part_reads_one_file(small, tmp_path, monkeypatch):
 def test_cli(tmp_path, capsys):
     args = _parser().parse_args(["partition", "--dataset", "csbm", "--root", str(tmp_path),
                                  "--parts", "3", "--partitioner", "random", "--no-progress"])
-    assert args.func is run_partition_command
+    assert args.command == "partition"
     assert args.func(args) == 0
     out = capsys.readouterr().out
     d = partition_dir(tmp_path, "csbm", 3, "random", 0, 0)
     assert str(d) in out and "wrote" in out
     assert out.count("part ") == 3 and "train nodes" in out
     mtime = (d / "meta.json").stat().st_mtime_ns
-    assert run_partition_command(args) == 0
+    assert args.func(args) == 0
     assert "reused" in capsys.readouterr().out
     assert (d / "meta.json").stat().st_mtime_ns == mtime
     time.sleep(0.01)
     forced = _parser().parse_args(["partition", "--root", str(tmp_path), "--parts", "3",
                                    "--partitioner", "random", "--force", "--no-progress"])
-    assert run_partition_command(forced) == 0
+    assert forced.func(forced) == 0
     assert (d / "meta.json").stat().st_mtime_ns != mtime
 
     bad = _parser().parse_args(["partition", "--dataset", "no-such-graph", "--root", str(tmp_path),
                                 "--parts", "2", "--no-progress"])
-    assert run_partition_command(bad) == 2
+    assert bad.func(bad) == 2
     err = capsys.readouterr().err
     assert "gist partition: error" in err and "unknown dataset 'no-such-graph'" in err
     with pytest.raises(SystemExit):
@@ -227,7 +224,7 @@ def test_cli(tmp_path, capsys):
 
 def _ensure_in_child(root: str, log: str, barrier) -> str:
     """Spawned worker: count write_partitions calls in ``log``, then ensure_partitions."""
-    import gist.parts as parts
+    import gist.graph.parts as parts
 
     real = parts.write_partitions
 

@@ -20,7 +20,7 @@ from gist.nn import (
     register_slicing_rule,
     set_groups,
 )
-from gist.partition import build_subnet, load_subnet_state
+from gist.subnets import build_subnet, load_subnet_state
 
 NORMS = [None, "batch_norm", "layer_norm"]
 

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from gist.cli import main
-from gist.sweep import SweepError, load_config, plan, run_sweep
-from gist.tables import first_reach, run_curve, run_table, summarize, tabulate
+from gist.harness.sweep import SweepError, load_config, plan, run_sweep
+from gist.harness.curves import first_reach, run_curve, run_table
+from gist.harness.tables import summarize, tabulate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     log = json.loads((out / "runs" / "gist_m2_z2_seed0.json").read_text())
     assert log["sweep"] == {"name": "tiny", "run_id": "gist_m2_z2_seed0", "method": "gist", "m": 2, "zeta": 2,
                             "seed": 0, "context": {}}
-    assert log["config"]["subnets"] == 2 and log["config"]["local_steps"] == 2
+    assert log["config"]["subnets"] == 2 and log["config"]["local"]["local_steps"] == 2
     assert log["setup_bytes"]["data"] > 0 and log["setup_bytes"]["control"] > 0
     for r in log["rounds"]:
         assert r["local_steps"] == 2 and r["parallel_seconds"] > 0
@@ -128,7 +129,7 @@ def test_sweep_resume_reruns_nothing(tmp_path, capsys):
 def test_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(tmp_path):
     cfg = load_config(write_config(tmp_path))
     out = tmp_path / "res"
-    from gist.sweep import execute
+    from gist.harness.sweep import execute
 
     calls = []
 
@@ -233,8 +234,8 @@ def test_plan_order_ids_and_extra_axes(tmp_path):
     assert runs[0].run_id == "model=gcn_full_m1_z2_seed0"
     assert runs[-1].run_id == "model=sage_gist_m4_z2_seed1"
     full = [r for r in runs if r.method == "full"]
-    assert all(r.settings.method == "gist" and r.settings.subnets == 1 for r in full)
-    assert {r.settings.model for r in runs} == {"gcn", "sage"}
+    assert all(r.settings.method == "full" and r.settings.subnets == 1 for r in full)
+    assert {r.settings.model.kind for r in runs} == {"gcn", "sage"}
 
 
 def test_shipped_configs_plan():
@@ -244,14 +245,15 @@ def test_shipped_configs_plan():
     for name, cfg in configs.items():
         assert cfg.name == name and plan(cfg)
     arxiv = configs["ogbn-arxiv"]
-    s = arxiv.settings
-    assert (s.dataset, s.layers, s.hidden, s.dropout, s.lr, s.norm) == ("ogbn-arxiv", 3, 256, 0.5, 0.01, "batch_norm")
+    s = arxiv.settings.flat()
+    assert (s["dataset"], s["layers"], s["hidden"], s["dropout"], s["lr"], s["norm"]) == \
+        ("ogbn-arxiv", 3, 256, 0.5, 0.01, "batch_norm")
     assert arxiv.axes["model"] == ["gcn", "sage"]
-    p = configs["ogbn-products"].settings
-    assert (p.model, p.batching, p.num_clusters, p.clusters_per_batch, p.hidden) == ("sage", "cluster", 15000, 32, 256)
+    p = configs["ogbn-products"].settings.flat()
+    assert (p["model"], p["batching"], p["num_clusters"], p["clusters_per_batch"], p["hidden"]) == ("sage", "cluster", 15000, 32, 256)
     for name in ("cora", "citeseer", "coauthor-cs", "amazon-computers", "synthetic"):
         c = configs[name]
-        assert (c.settings.layers, c.settings.hidden, c.settings.norm) == (3, 256, "batch_norm")
+        assert (c.settings.model.layers, c.settings.model.hidden, c.settings.model.norm) == (3, 256, "batch_norm")
         assert c.axes["model"] == ["gcn", "sage"] and set(c.methods) == {"full", "ddp", "local-sgd", "gist"}
         assert c.subnets == [2, 4, 8]
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gist import GISTConfig, GISTTrainer, InProcessTransport, LocalConfig, draw_partition
+from gist import GIST, InProcessTransport, RunConfig, draw_partition
 from gist.data import make_csbm
-from gist.nn import build_model
-from gist.train import make_workers
+from gist.engine import make_workers
+from gist.nn import build_model, build_split_spec
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +31,11 @@ def _trainer(graph, kind="gcn", norm=None, m=4, zeta=3, rounds=1, layers=3, hidd
              transport_cls=None, **cfg):
     torch.manual_seed(seed)
     model = build_model(kind, graph.num_features, hidden, graph.num_classes, layers, dropout=0.5, norm=norm)
-    config = GISTConfig(num_subnets=m, rounds=rounds, local=LocalConfig(local_steps=zeta), seed=seed, **cfg)
+    config = RunConfig.from_flat(subnets=m, rounds=rounds, local_steps=zeta, seed=seed, **cfg)
     transport = None
     if transport_cls is not None:
-        from gist.nn import build_split_spec
-
         transport = transport_cls(make_workers(model, build_split_spec(model), graph.data, config))
-    return GISTTrainer(model, graph.data, config, transport=transport)
+    return GIST(model, graph.data, config, transport=transport)
 
 
 def _group_of(partition, width):
@@ -208,7 +206,7 @@ def test_eval_every(graph):
 
 
 def test_bad_config_values(graph):
-    for kwargs, match in [({"m": 0}, "num_subnets"), ({"zeta": 0}, "local_steps"),
+    for kwargs, match in [({"m": 0}, "subnets"), ({"zeta": 0}, "local_steps"),
                           ({"data_mode": "sharded"}, "data_mode"), ({"partitioner": "kahip"}, "partitioner"),
                           ({"eval_every": 0}, "eval_every")]:
         with pytest.raises(ValueError, match=match):

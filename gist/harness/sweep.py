@@ -5,7 +5,7 @@ A config names the settings every run shares and the grid to sweep::
     name = "cora"                      # results go to results/<name>/
     description = "Cora, 3-layer GCN/GraphSAGE as OGB's arxiv example trains it"
 
-    [settings]                         # any field of gist.run.RunSettings
+    [settings]                         # any run setting, by flat name (gist.config)
     dataset = "cora"
     layers = 3
     hidden = 256
@@ -13,11 +13,11 @@ A config names the settings every run shares and the grid to sweep::
     rounds = 20
 
     [sweep]
-    methods = ["full", "ddp", "local-sgd", "gist"]
-    subnets = [2, 4, 8]                # m; `full` always runs with m = 1
+    methods = ["full", "ddp", "local-sgd", "gist"]   # any registered method (gist.methods)
+    subnets = [2, 4, 8]                # m; a method with a fixed m (`full`: 1) runs with that
     local_steps = [5]                  # ζ
     seeds = [0, 1, 2]
-    model = ["gcn", "sage"]            # any other RunSettings field: an extra axis
+    model = ["gcn", "sage"]            # any other run setting: an extra axis
     processes = false                  # true: each run as m real processes
 
     [table]
@@ -28,35 +28,35 @@ Every run writes one JSON log, ``runs/<run id>.json``, when it completes
 (atomically, so a killed run leaves nothing half-written behind and is simply
 run again). A sweep started again skips every run whose log exists and was
 made with the same settings; a log made with different settings is an error,
-never silently overwritten.
+never silently overwritten. Logs written before the config was nested (flat
+``config``) and before ``full`` was a method of its own (``method = "gist"``
+with ``m = 1``) are read as they are (:func:`migrate_log`).
 """
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .run import RunSettings, write_json
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, flat_names
+from ..methods import get_method, method_names
+from ..run import launch_local, run_training, write_json
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-SWEEP_METHODS = ("full", "ddp", "local-sgd", "gist")
-"""``full``: the full-width model on one worker (GIST with ``m = 1``, which is
-step for step a plain PyG training loop); the others as in ``gist train``."""
-
-# Fields the sweep itself sets for every run, and fields that only say where
-# or how to run and do not change what a run computes.
 SWEPT = ("method", "subnets", "local_steps", "seed")
-HARNESS_OWNED = ("backend", "save_model", "checkpoint", "checkpoint_every", "resume")
-NOT_COMPARED = ("root", "threads", "timeout", "dist_backend", "backend")
+"""Settings the sweep's grid sets for every run (listed in ``[sweep]``)."""
 
 CONFIG_COPY = "config.toml"
 RUNS_DIR = "runs"
@@ -72,13 +72,13 @@ class SweepConfig:
     """A parsed sweep config (see the module docstring for the TOML layout)."""
 
     name: str
-    settings: RunSettings
+    settings: RunConfig
     methods: list[str]
     subnets: list[int]
     local_steps: list[int]
     seeds: list[int]
     axes: dict[str, list[Any]] = field(default_factory=dict)
-    """Extra axes: other RunSettings fields swept, e.g. ``{"model": ["gcn", "sage"]}``."""
+    """Extra axes: other run settings swept, e.g. ``{"model": ["gcn", "sage"]}``."""
     processes: bool = False
     description: str = ""
     target_drop: float = 0.01
@@ -96,7 +96,7 @@ class PlannedRun:
     local_steps: int
     seed: int
     context: dict[str, Any]
-    settings: RunSettings
+    settings: RunConfig
 
     def grid(self) -> dict[str, Any]:
         return {**self.context, "method": self.method, "m": self.subnets, "zeta": self.local_steps,
@@ -134,33 +134,33 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
     if unknown:
         raise SweepError(f"{where}: unknown top-level keys {sorted(unknown)}; expected name, description, "
                          f"[settings], [sweep], [table]")
-    valid = set(RunSettings.field_names())
+    defaults = RunConfig().flat()
+    harness_owned = flat_names(per_run=True)
     settings_table = dict(raw.get("settings", {}))
     for key in settings_table:
-        if key not in valid:
-            raise SweepError(f"{where}: [settings] {key!r} is not a run setting; choose from {sorted(valid)}")
+        if key not in defaults:
+            raise SweepError(f"{where}: [settings] {key!r} is not a run setting; choose from {sorted(defaults)}")
         if key in SWEPT:
             raise SweepError(f"{where}: [settings] {key!r} is set by the sweep; list it in [sweep] instead")
-        if key in HARNESS_OWNED:
+        if key in harness_owned:
             raise SweepError(f"{where}: [settings] {key!r} is managed by the harness")
-    defaults = RunSettings()
     for key, value in settings_table.items():
-        expected = type(getattr(defaults, key)) if getattr(defaults, key) is not None else None
+        expected = type(defaults[key]) if defaults[key] is not None else None
         if expected is float and isinstance(value, int):
             settings_table[key] = float(value)
         elif expected is not None and not isinstance(value, expected):
             raise SweepError(f"{where}: [settings] {key} must be {expected.__name__}, got {value!r}")
-    settings = replace(defaults, **settings_table)
+    settings = RunConfig.from_flat(**settings_table)
 
     sweep = dict(raw.get("sweep", {}))
-    methods = sweep.pop("methods", list(SWEEP_METHODS))
+    methods = sweep.pop("methods", method_names())
     if isinstance(methods, str):
         methods = [methods]
-    bad = [m for m in methods if m not in SWEEP_METHODS]
+    bad = [m for m in methods if m not in method_names()]
     if bad or not methods:
-        raise SweepError(f"{where}: [sweep] methods must be drawn from {list(SWEEP_METHODS)}, got {methods!r}")
+        raise SweepError(f"{where}: [sweep] methods must be drawn from {method_names()}, got {methods!r}")
     subnets = _int_list(sweep, "subnets", [2, 4, 8])
-    local_steps = _int_list(sweep, "local_steps", [settings.local_steps])
+    local_steps = _int_list(sweep, "local_steps", [settings.local.local_steps])
     seeds = _int_list(sweep, "seeds", [0])
     for key in ("subnets", "local_steps", "seeds"):
         sweep.pop(key, None)
@@ -170,8 +170,9 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
     if not isinstance(processes, bool):
         raise SweepError(f"{where}: [sweep] processes must be true or false, got {processes!r}")
     axes: dict[str, list[Any]] = {}
+    sweepable = set(flat_names(changes_results=True)) - set(SWEPT)
     for key, values in sweep.items():
-        if key not in valid or key in SWEPT or key in HARNESS_OWNED or key in NOT_COMPARED:
+        if key not in sweepable:
             raise SweepError(f"{where}: [sweep] {key!r} cannot be swept; sweep methods, subnets, local_steps, "
                              f"seeds, or run settings such as model, hidden, data_mode")
         if not isinstance(values, list) or not values:
@@ -201,22 +202,22 @@ def _id_part(value: Any) -> str:
 def plan(cfg: SweepConfig) -> list[PlannedRun]:
     """Every run of the grid, in order: extra axes, then method, ``m``, ``ζ``, seed.
 
-    ``full`` runs once per ``ζ`` and seed with ``m = 1``; the other methods
-    run for every ``m > 1`` listed (with ``m = 1`` they would repeat ``full``).
+    A method with a fixed ``m`` (``full``: 1) runs once per ``ζ`` and seed
+    with it; the other methods run for every ``m > 1`` listed (with ``m = 1``
+    they would repeat ``full``).
     """
     runs: list[PlannedRun] = []
     names = list(cfg.axes)
     for combo in product(*(cfg.axes[k] for k in names)):
         context = dict(zip(names, combo))
         for method in cfg.methods:
-            ms = [1] if method == "full" else [m for m in cfg.subnets if m > 1]
+            fixed = get_method(method).fixed_subnets
+            ms = [fixed] if fixed is not None else [m for m in cfg.subnets if m > 1]
             for m, zeta, seed in product(ms, cfg.local_steps, cfg.seeds):
-                settings = replace(cfg.settings, **context, method="gist" if method == "full" else method,
-                                   subnets=m, local_steps=zeta, seed=seed)
                 try:
-                    settings.gist_config().validate()
-                    if method == "gist" and settings.hidden % m:
-                        raise ValueError(f"hidden width {settings.hidden} is not divisible by m={m}")
+                    settings = cfg.settings.replace(**context, method=method, subnets=m, local_steps=zeta,
+                                                    seed=seed)
+                    get_method(method).check_config(settings.check())
                 except ValueError as exc:
                     raise SweepError(f"sweep {cfg.name}: {context} {method} m={m} ζ={zeta}: {exc}") from exc
                 parts = [f"{k}={_id_part(v)}" for k, v in context.items()]
@@ -257,13 +258,19 @@ def compact_log(log: dict[str, Any], run: PlannedRun, cfg: SweepConfig) -> dict[
     }
 
 
-def _compared(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k in RunSettings.field_names() and k not in NOT_COMPARED
-            and k not in HARNESS_OWNED}
+def migrate_log(log: dict[str, Any]) -> dict[str, Any]:
+    """A run log as the current harness reads it. Older logs hold the flat
+    config (read by :meth:`RunConfig.from_dict` as they are) and record the
+    ``full`` runs as ``method = "gist"`` with ``m = 1``, which is what
+    ``full`` trains; their config's method becomes ``full``."""
+    config = log.get("config", {})
+    if log.get("sweep", {}).get("method") == "full" and config.get("method") == "gist":
+        log = {**log, "config": {**config, "method": "full"}}
+    return log
 
 
-def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    have, want = _compared(stored), _compared(wanted)
+def _differences(stored: RunConfig, wanted: RunConfig) -> list[str]:
+    have, want = stored.results(), wanted.results()
     return [f"{k}: stored {have.get(k)!r}, config {want[k]!r}" for k in want if have.get(k) != want[k]]
 
 
@@ -277,7 +284,8 @@ def stored_log(path: Path, run: PlannedRun) -> Optional[dict[str, Any]]:
         log = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SweepError(f"{path} is not a readable run log ({exc}); move it away to re-run {run.run_id}") from exc
-    diff = _differences(log.get("config", {}), asdict(run.settings))
+    log = migrate_log(log)
+    diff = _differences(RunConfig.from_dict(log.get("config", {}), strict=False), run.settings)
     if diff:
         raise SweepError(f"{path} was made with other settings than the config ({'; '.join(diff)}); "
                          f"use another results directory, or move the old logs away")
@@ -290,8 +298,6 @@ def results_dir_for(cfg: SweepConfig, results_root: str | Path = "results") -> P
 
 def execute(run: PlannedRun, processes: bool, progress: bool) -> dict[str, Any]:
     """Run one grid point, in this process or as ``m`` real processes."""
-    from .run import launch_local, run_training
-
     if processes:
         return launch_local(run.settings, run.subnets, progress=progress)
     return run_training(run.settings, progress=progress)
@@ -303,11 +309,9 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, progress: bool = True,
     """Run every planned run of ``cfg`` whose log is not in ``out_dir/runs``.
 
     Returns ``{"planned", "skipped", "ran"}``. The config is copied to
-    ``out_dir/config.toml`` so :func:`gist.tables.tabulate` can be re-run
+    ``out_dir/config.toml`` so :func:`gist.harness.tables.tabulate` can be re-run
     from the directory alone.
     """
-    from tqdm.auto import tqdm
-
     out = Path(out_dir)
     runs_dir = out / RUNS_DIR
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +348,7 @@ def _save_config(cfg: SweepConfig, out: Path) -> None:
     text = cfg.path.read_text()
     if target.is_file() and target.read_text() != text:
         old = parse_config(tomllib.loads(target.read_text()), name=cfg.name)
-        diff = _differences(asdict(old.settings), asdict(cfg.settings))
+        diff = _differences(old.settings, cfg.settings)
         if diff:
             raise SweepError(f"{out} holds results of a config with other settings ({'; '.join(diff)}; "
                              f"see {target}); use another results directory, or move the old one away")
@@ -366,14 +370,12 @@ def describe(cfg: SweepConfig) -> str:
     lines = [f"sweep {cfg.name}: {len(planned)} runs" + (" (real processes)" if cfg.processes else ""),
              f"  methods {cfg.methods}, m {cfg.subnets}, ζ {cfg.local_steps}, seeds {cfg.seeds}"]
     lines += [f"  {k} {v}" for k, v in cfg.axes.items()]
-    shared = {f.name: getattr(cfg.settings, f.name) for f in fields(RunSettings)
-              if f.name not in SWEPT and f.name not in HARNESS_OWNED and f.name not in cfg.axes}
+    per_run = flat_names(per_run=True)
+    shared = {k: v for k, v in cfg.settings.flat().items() if k not in SWEPT and k not in per_run and k not in cfg.axes}
     lines.append("  settings " + ", ".join(f"{k}={v}" for k, v in shared.items()))
     return "\n".join(lines)
 
 
 def command_line(argv: Sequence[str]) -> str:
     """The command as a user would retype it."""
-    import shlex
-
     return " ".join(["gist", *(shlex.quote(a) for a in argv)])

@@ -25,6 +25,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 __all__ = [
+    "PARTITIONERS",
     "to_csr",
     "partition_nodes",
     "worker_subgraph",
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 _MASK_KEYS = ("train_mask", "val_mask", "test_mask")
+PARTITIONERS = ("metis", "random")
+"""Node partitioners :func:`partition_nodes` knows."""
 
 
 # --------------------------------------------------------------------------- #
@@ -138,8 +141,8 @@ def partition_nodes(
     if isinstance(num_parts, bool) or not isinstance(num_parts, (int, np.integer)):
         raise ValueError(f"num_parts must be an int, got {num_parts!r}")
     num_parts, num_nodes = int(num_parts), int(num_nodes)
-    if method not in ("metis", "random"):
-        raise ValueError(f"unknown partition method {method!r}; expected 'metis' or 'random'")
+    if method not in PARTITIONERS:
+        raise ValueError(f"unknown partition method {method!r}; expected one of {', '.join(PARTITIONERS)}")
     if num_parts < 1:
         raise ValueError(f"num_parts must be >= 1, got {num_parts}")
     if num_parts > num_nodes:

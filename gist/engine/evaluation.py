@@ -1,10 +1,10 @@
-"""Node-classification metrics through ``ogb.nodeproppred.Evaluator``.
+"""Evaluation: accuracy of the full-width model, and ``ogb.nodeproppred.Evaluator`` for OGB data.
 
 OGB node-property datasets are scored by OGB's own ``Evaluator(name)``;
 every dataset we train here (ogbn-arxiv, ogbn-products, the PyG ones and the
 synthetic one) is scored by accuracy, the mean of ``y_pred == y_true``. For
 ``ogbn-*`` datasets :func:`node_evaluator` calls the ``Evaluator`` itself;
-for the others accuracy is :func:`gist.train.evaluate`, which computes the
+for the others accuracy is :func:`evaluate`, which computes the
 same number. The workers of ``partitioned`` runs score their own nodes as
 correct/total counts that are summed: the same accuracy, without moving
 predictions.
@@ -14,12 +14,52 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-from torch import nn
+from ogb.nodeproppred import Evaluator as OGBEvaluator
+from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from .train import SPLITS, adjacency
+from ..graph import adjacency
 
 Evaluator = Callable[[nn.Module, Data], dict[str, float]]
+"""``f(model, data) -> {"train", "val", "test"}``."""
+
+SPLITS = ("train", "val", "test")
+
+
+@torch.no_grad()
+def correct_counts(model: nn.Module, data: Data, adj: Optional[Tensor] = None) -> Tensor:
+    """``int64 [correct_train, n_train, correct_val, n_val, correct_test, n_test]``
+    of the model's predictions on the graph's masks (``adj``: the graph's
+    :func:`~gist.graph.adjacency`, default ``data.edge_index``)."""
+    was_training = model.training
+    model.eval()
+    pred = model(data.x, data.edge_index if adj is None else adj).argmax(dim=-1)
+    model.train(was_training)
+    counts = []
+    for split in SPLITS:
+        mask = data[f"{split}_mask"]
+        counts += [int((pred[mask] == data.y[mask]).sum()), int(mask.sum())]
+    return torch.tensor(counts, dtype=torch.int64)
+
+
+def accuracy_from_counts(counts: Tensor) -> dict[str, float]:
+    """Accuracies from (summed) :func:`correct_counts`; NaN for an empty split."""
+    out = {}
+    for i, split in enumerate(SPLITS):
+        correct, total = int(counts[2 * i]), int(counts[2 * i + 1])
+        out[split] = correct / total if total else float("nan")
+    return out
+
+
+def evaluate(model: nn.Module, data: Data, adj: Optional[Tensor] = None) -> dict[str, float]:
+    """Accuracy of the full-width model on the train/val/test masks."""
+    return accuracy_from_counts(correct_counts(model, data, adj))
+
+
+def accuracy_evaluator(data: Data, sparse_adjacency: bool = True) -> Evaluator:
+    """:func:`evaluate` with ``data``'s adjacency built once."""
+    adj = adjacency(data, sparse_adjacency)
+    return lambda model, graph: evaluate(model, graph, adj)
 
 
 def ogb_metric(dataset: str) -> Optional[str]:
@@ -29,8 +69,6 @@ def ogb_metric(dataset: str) -> Optional[str]:
     models here predict one class per node."""
     if not dataset.startswith("ogbn-"):
         return None
-    from ogb.nodeproppred import Evaluator as OGBEvaluator
-
     metric = OGBEvaluator(dataset).eval_metric
     if metric != "acc":
         raise ValueError(f"{dataset} is scored by {metric!r}; GIST's models here predict one class per node "
@@ -45,8 +83,6 @@ def node_evaluator(dataset: str, data: Optional[Data], sparse_adjacency: bool = 
     accuracy applies."""
     if ogb_metric(dataset) is None or data is None:
         return None
-    from ogb.nodeproppred import Evaluator as OGBEvaluator
-
     ogb_eval = OGBEvaluator(dataset)
     adj = adjacency(data, sparse_adjacency)
 

@@ -1,6 +1,6 @@
-"""Tables and plots of accuracy versus communication from sweep logs.
+"""Tables of accuracy versus communication from sweep logs (``gist table``).
 
-Inputs are the run logs :func:`gist.sweep.run_sweep` writes
+Inputs are the run logs :func:`gist.harness.sweep.run_sweep` writes
 (``runs/<run id>.json``): per round ``local_steps``, ``seconds``,
 ``parallel_seconds``, ``eval_seconds``, ``bytes`` by kind, and the ``val`` /
 ``test`` metric where evaluated. Definitions used throughout:
@@ -21,90 +21,19 @@ Inputs are the run logs :func:`gist.sweep.run_sweep` writes
 * **to target**: bytes per worker and seconds at the first evaluated round
   whose validation reaches the target; a run that never reaches it has none.
 """
+
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import pandas as pd
 
+from ..methods import method_names
+from .curves import GROUP, axes_label, context_axes, first_reach, load_logs, match_axes, run_table
+from .plots import write_plots
 from .sweep import RUNS_DIR, SweepConfig, load_results_config
-
-NOT_TRAINING_KINDS = ("data", "eval")
-GROUP = ["method", "m", "zeta"]
-
-
-def run_curve(log: dict[str, Any]) -> pd.DataFrame:
-    """One row per round: cumulative ``steps``, ``seconds``, ``bytes_per_worker``,
-    ``eval_bytes_per_worker`` (see the module docstring) and that round's
-    ``train``/``val``/``test`` (NaN where the round was not evaluated)."""
-    m = int(log["sweep"]["m"]) if "sweep" in log else int(log["config"]["subnets"])
-    setup = sum(n for k, n in log.get("setup_bytes", {}).items() if k not in NOT_TRAINING_KINDS)
-    rows = []
-    steps, seconds, wire, eval_wire = 0, 0.0, float(setup), 0.0
-    for r in log["rounds"]:
-        steps += int(r["local_steps"])
-        par = r.get("parallel_seconds")
-        seconds += (r["seconds"] if par is None else par) + (r.get("eval_seconds") or 0.0)
-        wire += sum(n for k, n in r.get("bytes", {}).items() if k not in NOT_TRAINING_KINDS)
-        eval_wire += r.get("bytes", {}).get("eval", 0)
-        rows.append({"round": int(r["round"]), "steps": steps, "seconds": seconds,
-                     "bytes_per_worker": wire / m, "eval_bytes_per_worker": eval_wire / m,
-                     **{k: (math.nan if r.get(k) is None else float(r[k])) for k in ("train", "val", "test")}})
-    return pd.DataFrame(rows, columns=["round", "steps", "seconds", "bytes_per_worker", "eval_bytes_per_worker",
-                                       "train", "val", "test"])
-
-
-def first_reach(curve: pd.DataFrame, target: float) -> Optional[dict[str, float]]:
-    """``{"round", "steps", "bytes_per_worker", "seconds"}`` at the first
-    evaluated round with ``val >= target``; ``None`` if no round reaches it."""
-    hit = curve[curve["val"] >= target]
-    if hit.empty:
-        return None
-    row = hit.iloc[0]
-    return {"round": int(row["round"]), "steps": int(row["steps"]),
-            "bytes_per_worker": float(row["bytes_per_worker"]), "seconds": float(row["seconds"])}
-
-
-def load_logs(results_dir: str | Path) -> list[dict[str, Any]]:
-    """Every completed run log under ``results_dir/runs``, in name order."""
-    runs = Path(results_dir) / RUNS_DIR
-    if not runs.is_dir():
-        raise FileNotFoundError(f"{results_dir} has no {RUNS_DIR}/ folder of run logs")
-    return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
-
-
-def context_axes(logs: Sequence[dict[str, Any]]) -> list[str]:
-    """The extra axes (e.g. ``model``) the logs were swept over."""
-    names: list[str] = []
-    for log in logs:
-        for k in log["sweep"].get("context", {}):
-            if k not in names:
-                names.append(k)
-    return names
-
-
-def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per run: grid position, best validation, test there, total
-    bytes per worker, and the curve (column ``curve``)."""
-    axes = context_axes(logs)
-    rows = []
-    for log in logs:
-        curve = run_curve(log)
-        evaluated = curve.dropna(subset=["val"])
-        best = evaluated.loc[evaluated["val"].idxmax()] if not evaluated.empty else None
-        s = log["sweep"]
-        rows.append({**{k: s.get("context", {}).get(k) for k in axes},
-                     "method": s["method"], "m": int(s["m"]), "zeta": int(s["zeta"]), "seed": int(s["seed"]),
-                     "best_val": float(best["val"]) if best is not None else math.nan,
-                     "test_at_best_val": float(best["test"]) if best is not None else math.nan,
-                     "bytes_per_worker": float(curve["bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
-                     "eval_bytes_per_worker": float(curve["eval_bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
-                     "seconds": float(curve["seconds"].iloc[-1]) if len(curve) else 0.0,
-                     "curve": curve})
-    return pd.DataFrame(rows)
 
 
 def targets(runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01,
@@ -116,19 +45,12 @@ def targets(runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01,
         if target is not None:
             out[tuple(key)] = target
             continue
-        sel = runs[_match(runs, axes, key) & (runs["method"] == "full")]
+        sel = runs[match_axes(runs, axes, key) & (runs["method"] == "full")]
         if sel.empty:
             out[tuple(key)] = math.nan
             continue
         out[tuple(key)] = float(sel.groupby("zeta")["best_val"].mean().max()) - target_drop
     return out
-
-
-def _match(df: pd.DataFrame, axes: Sequence[str], key: Iterable) -> pd.Series:
-    mask = pd.Series(True, index=df.index)
-    for name, value in zip(axes, key):
-        mask &= df[name] == value
-    return mask
 
 
 def summarize(runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01,
@@ -143,7 +65,7 @@ def summarize(runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01
     runs["bytes_to_target"] = [r["bytes_per_worker"] if r else math.nan for r in reach]
     runs["seconds_to_target"] = [r["seconds"] if r else math.nan for r in reach]
     runs["reached"] = [r is not None for r in reach]
-    order = {m: i for i, m in enumerate(["full", "ddp", "local-sgd", "gist"])}
+    order = {m: i for i, m in enumerate(method_names())}
     rows = []
     for key, g in runs.groupby([*axes, *GROUP], sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -166,12 +88,12 @@ def summarize(runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01
         return table
     ratios = []
     for _, row in table.iterrows():
-        ddp = table[_match(table, axes, [row[a] for a in axes]) & (table["method"] == "ddp")
+        ddp = table[match_axes(table, axes, [row[a] for a in axes]) & (table["method"] == "ddp")
                     & (table["m"] == row["m"]) & (table["zeta"] == row["zeta"])]
         base = ddp["mb_to_target"].iloc[0] if len(ddp) else math.nan
         ratios.append(row["mb_to_target"] / base if base and not math.isnan(base) else math.nan)
     table["bytes_vs_ddp"] = ratios
-    table["_order"] = table["method"].map(order)
+    table["_order"] = table["method"].map(lambda name: order.get(name, len(order)))
     table = table.sort_values([*axes, "_order", "m", "zeta"], kind="stable").drop(columns="_order")
     return table.reset_index(drop=True)
 
@@ -230,8 +152,9 @@ def tabulate(results_dir: str | Path, command: str, cfg: Optional[SweepConfig] =
     goal = {tuple(row[a] for a in axes): float(row["target"]) for _, row in table.iterrows()}
     how = (f"the absolute target {target}" if target is not None
            else f"the full model's best validation (mean over seeds) minus {target_drop}")
-    goals = "; ".join(f"{_label(axes, k) or 'all runs'}: {v:.4f}" for k, v in goal.items())
+    goals = "; ".join(f"{axes_label(axes, k) or 'all runs'}: {v:.4f}" for k, v in goal.items())
     s = cfg.settings
+    d, model = s.data, s.model
     transports = sorted({str(log.get("config", {}).get("transport", "in-process")) for log in logs})
     lines = [
         f"# {cfg.name}: accuracy versus communication",
@@ -243,8 +166,9 @@ def tabulate(results_dir: str | Path, command: str, cfg: Optional[SweepConfig] =
     if cfg.description:
         lines += [cfg.description, ""]
     lines += [
-        f"Dataset `{s.dataset}`, {s.layers} layers, hidden {s.hidden}, norm {s.norm}, dropout {s.dropout}, "
-        f"{s.optimizer} lr {s.lr}, {s.rounds} rounds, data mode `{s.data_mode}`, batching `{s.batching}`, "
+        f"Dataset `{d.dataset}`, {model.layers} layers, hidden {model.hidden}, norm {model.norm}, "
+        f"dropout {model.dropout}, {s.local.optimizer} lr {s.local.lr}, {s.rounds} rounds, data mode `{d.mode}`, "
+        f"batching `{d.batching}`, "
         f"transport: {', '.join(transports)}.",
         f"Target: {how} ({goals}).",
         "Metric: accuracy (for ogbn-* datasets through `ogb.nodeproppred.Evaluator`).",
@@ -264,73 +188,3 @@ def tabulate(results_dir: str | Path, command: str, cfg: Optional[SweepConfig] =
     if plots:
         write_plots(runs, axes, results_dir, goal, title=cfg.name)
     return text, table
-
-
-def _label(axes: Sequence[str], key: Iterable) -> str:
-    return ", ".join(f"{a}={v}" for a, v in zip(axes, key))
-
-
-def mean_curves(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per method, ``m`` and ``ζ``: the seeds' curves averaged round by round
-    (validation where every seed was evaluated)."""
-    frames = []
-    for key, g in runs.groupby(GROUP, sort=False):
-        stacked = pd.concat(list(g["curve"]), keys=range(len(g)), names=["seed_i", "row"])
-        mean = stacked.groupby("round")[["steps", "seconds", "bytes_per_worker", "val", "test"]].mean()
-        mean = mean.reset_index()
-        for name, value in zip(GROUP, key):
-            mean[name] = value
-        frames.append(mean)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-METHOD_COLORS = {"full": "black", "ddp": "tab:blue", "local-sgd": "tab:orange", "gist": "tab:green"}
-M_STYLES = ["-", "--", ":", "-."]
-
-
-def write_plots(runs: pd.DataFrame, axes: Sequence[str], out_dir: Path, goal: dict[tuple, float],
-                title: str = "") -> list[Path]:
-    """``accuracy_vs_bytes[-<axes>].png`` (log x) and ``accuracy_vs_time[-<axes>].png``:
-    validation accuracy (mean over seeds) per method (colour) and ``m`` (line style)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    keys = list(goal)
-    for key in keys:
-        sel = runs[_match(runs, axes, key)] if axes else runs
-        curves = mean_curves(sel)
-        if curves.empty:
-            continue
-        suffix = "".join(f"-{a}={v}" for a, v in zip(axes, key))
-        several_zeta = curves["zeta"].nunique() > 1
-        m_values = sorted(curves.loc[curves["method"] != "full", "m"].unique())
-        order = {name: i for i, name in enumerate(METHOD_COLORS)}
-        groups = sorted(curves.groupby(GROUP, sort=False), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1:]))
-        for x, xlabel, stem, log_x in (("bytes_per_worker", "cumulative MB per worker", "accuracy_vs_bytes", True),
-                                       ("seconds", "wall time, s (workers in parallel)", "accuracy_vs_time", False)):
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            for (method, m, zeta), c in groups:
-                c = c.dropna(subset=["val"])
-                label = f"{method}" + (f" m={m}" if method != "full" else "") + (f" ζ={zeta}" if several_zeta else "")
-                xs = c[x] / 1e6 if x == "bytes_per_worker" else c[x]
-                style = "-" if method == "full" else M_STYLES[m_values.index(m) % len(M_STYLES)]
-                ax.plot(xs, c["val"], style, marker=".", markersize=3, linewidth=1.2,
-                        color=METHOD_COLORS.get(method), label=label)
-            if not math.isnan(goal[key]):
-                ax.axhline(goal[key], color="grey", linestyle="--", linewidth=0.8, label="target")
-            if log_x:
-                ax.set_xscale("log")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("validation accuracy (mean over seeds)")
-            ax.set_title(" — ".join(t for t in (title, _label(axes, key)) if t) or "all runs")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7, ncol=2)
-            fig.tight_layout()
-            path = out_dir / f"{stem}{suffix}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
-    return written

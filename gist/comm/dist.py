@@ -1,6 +1,6 @@
-"""GIST on ``torch.distributed``: one process per worker.
+"""``torch.distributed``: GIST's transport, the data-parallel collectives, process groups.
 
-Rank 0 owns the full model, runs the round loop and is also worker 0 (as in
+GIST (:class:`DistTransport`, :func:`serve_worker`): rank 0 owns the full model, runs the round loop and is also worker 0 (as in
 the published setup); rank ``i > 0`` holds only its current sub-network and
 its own graph data. Each round rank 0 sends every worker one flat buffer
 (point-to-point, so a failure names its rank) and receives one flat buffer
@@ -10,34 +10,37 @@ split never travels: every rank derives it from ``(seed, round)``.
 Start it with ``torchrun --nproc-per-node M -m gist train --backend dist ...``
 or with ``gist train --procs M ...``, which spawns the M processes itself on
 the loopback interface.
+
+Data-parallel methods (:class:`DistCollective`): every rank is one worker and
+runs the same round driver; all-reduces, broadcasts and gathers are
+``torch.distributed`` collectives, recorded in the ledger exactly as the
+in-process simulation records them.
 """
 from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .comm import (
+from .collective import Collective
+from .ledger import (
     FROM_WORKER,
     TO_WORKER,
     ByteLedger,
-    Transport,
-    WorkerReport,
     handshake_header,
     handshake_reply,
     record_handshake,
+    tensor_nbytes,
 )
-from .comm import EVAL_COUNTS
-from .partition import subnet_layout
-from .train import GISTConfig, Worker
+from .transport import EVAL_COUNTS, SubnetWorker, Transport, WorkerReport, WorkerStats
 
-STATS_VALUES = 3
 DEFAULT_TIMEOUT_S = 60.0
 
 
@@ -126,7 +129,7 @@ def _wait(work, peer: int, what: str) -> None:
 class DistTransport(Transport):
     """Rank 0's side: sends each worker its buffer, trains worker 0 itself."""
 
-    def __init__(self, worker0: Worker, ctx: DistContext, ledger: Optional[ByteLedger] = None) -> None:
+    def __init__(self, worker0: SubnetWorker, ctx: DistContext, ledger: Optional[ByteLedger] = None) -> None:
         if ctx.rank != 0:
             raise ValueError("DistTransport runs on rank 0; other ranks call serve_worker")
         super().__init__(ctx.world_size, ledger)
@@ -134,13 +137,13 @@ class DistTransport(Transport):
         self.ctx = ctx
 
     @property
-    def local_worker(self) -> Optional[Worker]:
+    def local_worker(self) -> Optional[SubnetWorker]:
         return self.worker0
 
     def start(self, start_round: int, numel: int) -> None:
         self.worker0.fast_forward(start_round)
         header = handshake_header(start_round, numel)
-        record_handshake(self.ledger, 0, header, handshake_reply(self.worker0))
+        record_handshake(self.ledger, 0, header, handshake_reply(tensor_nbytes(self.worker0.data_tensors())))
         for rank in range(1, self.num_subnets):
             _send(header, rank, self.ctx, "set-up")
         for rank in range(1, self.num_subnets):
@@ -158,18 +161,20 @@ class DistTransport(Transport):
         for rank in range(1, self.num_subnets):
             self.ledger.record(round, rank, TO_WORKER, "params", payloads[rank])
             sends[rank] = _post(dist.isend, payloads[rank].to(device), rank, f"round {round} (sending parameters)")
-            bufs[rank] = torch.empty(numel + STATS_VALUES, dtype=payloads[0].dtype, device=device)
+            bufs[rank] = torch.empty(numel + WorkerStats.NUM_VALUES, dtype=payloads[0].dtype, device=device)
             recvs[rank] = _post(dist.irecv, bufs[rank], rank, f"round {round} (waiting for its parameters)")
         self.ledger.record(round, 0, TO_WORKER, "params", payloads[0])
-        reports = [self.worker0.train_round(round, payloads[0].clone())]
+        own = self.worker0.train_round(round, payloads[0].clone())
+        reports = [WorkerReport(own.params, WorkerStats.from_tensor(own.stats.to_tensor(own.params.dtype)))]
         for rank in range(1, self.num_subnets):
             _wait(sends[rank], rank, f"round {round} (sending parameters)")
             _wait(recvs[rank], rank, f"round {round} (waiting for its parameters)")
             buf = bufs[rank].cpu()
-            reports.append(WorkerReport(buf[:numel], buf[numel:]))
+            reports.append(WorkerReport(buf[:numel], WorkerStats.from_tensor(buf[numel:])))
+        stats_bytes = WorkerStats.nbytes(payloads[0].dtype)
         for rank, report in enumerate(reports):
             self.ledger.record(round, rank, FROM_WORKER, "params", report.params)
-            self.ledger.record(round, rank, FROM_WORKER, "stats", report.stats)
+            self.ledger.record(round, rank, FROM_WORKER, "stats", stats_bytes)
         return reports
 
     def evaluate(self, round: int, flat_model: Tensor) -> list[Tensor]:
@@ -190,41 +195,105 @@ class DistTransport(Transport):
             self.ledger.record(round, rank, FROM_WORKER, "eval", c)
         return counts
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
-def serve_worker(worker: Worker, ctx: DistContext, cfg: GISTConfig) -> None:
-    """Rank ``i > 0``: answer the handshake, then train every round rank 0
-    sends (and, in ``partitioned`` mode, evaluate the full model on its own
-    nodes after every evaluation round)."""
+def serve_worker(
+    worker: SubnetWorker,
+    ctx: DistContext,
+    rounds: int,
+    evaluates_after: Optional[Callable[[int], bool]] = None,
+) -> None:
+    """Rank ``i > 0`` of a GIST job: answer the handshake, then train every
+    round rank 0 sends until round ``rounds``, and after each round for which
+    ``evaluates_after(round)`` holds, score the full model rank 0 sends on
+    this worker's own nodes (``partitioned`` mode)."""
     header = _recv(torch.zeros(2, dtype=torch.int64), 0, ctx, "set-up (waiting for rank 0)")
     start_round, numel = int(header[0]), int(header[1])
-    if numel != worker.layout.numel:
+    if numel != worker.param_numel:
         raise RuntimeError(
             f"rank {ctx.rank}: rank 0 sends sub-networks of {numel} values but this rank's model has "
-            f"{worker.layout.numel}: the ranks were started with different settings"
+            f"{worker.param_numel}: the ranks were started with different settings"
         )
     worker.fast_forward(start_round)
-    _send(handshake_reply(worker), 0, ctx, "set-up")
-    like = torch.empty(numel, dtype=worker.layout.dtype)
+    _send(handshake_reply(tensor_nbytes(worker.data_tensors())), 0, ctx, "set-up")
     fault = _injected_fault(ctx.rank)
-    full_like = None
-    if cfg.evaluates_on_workers:
-        full_like = torch.empty(subnet_layout(worker.template, worker.spec, 1).numel, dtype=worker.layout.dtype)
-    for round in range(start_round, cfg.rounds):
+    like = torch.empty(numel, dtype=worker.param_dtype)
+    for round in range(start_round, rounds):
         params = _recv(like, 0, ctx, f"round {round} (waiting for rank 0)")
         if fault is not None and fault[0] == round:
             _fail(fault[1])
         report = worker.train_round(round, params)
-        _send(torch.cat([report.params, report.stats.to(report.params.dtype)]), 0, ctx,
-              f"round {round} (returning parameters)")
-        if full_like is not None and cfg.is_eval_round(round):
-            flat_model = _recv(full_like, 0, ctx, f"round {round} (waiting for the model to evaluate)")
+        reply = torch.cat([report.params, report.stats.to_tensor(report.params.dtype)])
+        _send(reply, 0, ctx, f"round {round} (returning parameters)")
+        if evaluates_after is not None and evaluates_after(round):
+            full = torch.empty(worker.full_numel, dtype=worker.param_dtype)
+            flat_model = _recv(full, 0, ctx, f"round {round} (waiting for the model to evaluate)")
             _send(worker.evaluate(flat_model), 0, ctx, f"round {round} (returning its evaluation)")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+
+
+class DistCollective(Collective):
+    """This process is worker ``ctx.rank`` of ``ctx.world_size``; every
+    operation is a ``torch.distributed`` collective (CPU tensors over gloo).
+
+    A collective that fails (a rank died or hung past the timeout) raises
+    :class:`WorkerFailure`; which rank is at fault is not known to a
+    collective, so the error names this rank's view."""
+
+    def __init__(self, ctx: DistContext, ledger: Optional[ByteLedger] = None) -> None:
+        if ctx.backend != "gloo":
+            raise ValueError(
+                f"the data-parallel methods run on CPU tensors over gloo, not {ctx.backend!r}; "
+                f"use --dist-backend gloo"
+            )
+        super().__init__(ctx.world_size, [ctx.rank], ledger)
+        self.ctx = ctx
+
+    @property
+    def sequential(self) -> bool:
+        return False
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - gloo raises RuntimeError/DistBackendError
+            raise WorkerFailure(self.ctx.rank, what, exc) from exc
+
+    def _exchange_handshake(self, header: Tensor, data_bytes: Mapping[int, int]) -> tuple[Tensor, dict[int, Tensor]]:
+        self._call("set-up", lambda: dist.broadcast(header, src=0))
+        gathered = [torch.zeros(1, dtype=torch.int64) for _ in range(self.num_workers)]
+        mine = handshake_reply(data_bytes[self.ctx.rank])
+        self._call("set-up", lambda: dist.all_gather(gathered, mine))
+        return header, dict(enumerate(gathered))
+
+    def _all_reduce_mean(self, flats: Mapping[int, Tensor]) -> Tensor:
+        flat = flats[self.ctx.rank].div_(self.num_workers).contiguous()
+        self._call("an all-reduce", lambda: dist.all_reduce(flat))
+        return flat
+
+    def _broadcast(self, flat: Tensor) -> Tensor:
+        flat = flat.contiguous()
+        self._call("a broadcast", lambda: dist.broadcast(flat, src=0))
+        return flat
+
+    def _gather_stats(self, stats: Mapping[int, WorkerStats], dtype: Any) -> dict[int, WorkerStats]:
+        mine = stats[self.ctx.rank].to_tensor(dtype)
+        if self.ctx.rank != 0:
+            self._call("gathering the stats", lambda: dist.gather(mine, None, dst=0))
+            return {self.ctx.rank: WorkerStats.from_tensor(mine)}
+        out = [torch.zeros(WorkerStats.NUM_VALUES, dtype=dtype) for _ in range(self.num_workers)]
+        self._call("gathering the stats", lambda: dist.gather(mine, out, dst=0))
+        return {w: WorkerStats.from_tensor(t) for w, t in enumerate(out)}
+
+    def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:
+        out: Optional[list[Any]] = [None] * self.num_workers if self.ctx.rank == 0 else None
+        self._call("gathering a checkpoint", lambda: dist.gather_object(objects[self.ctx.rank], out, dst=0))
+        return dict(enumerate(out)) if out is not None else {}
+
+    def scatter_objects(self, objects: Optional[Mapping[int, Any]]) -> dict[int, Any]:
+        inputs = [objects[w] for w in range(self.num_workers)] if self.ctx.rank == 0 and objects else None
+        received: list[Any] = [None]
+        self._call("restoring a checkpoint", lambda: dist.scatter_object_list(received, inputs, src=0))
+        return {self.ctx.rank: received[0]}
 
 
 FAULT_ENV = "GIST_INJECT_FAULT"
@@ -245,8 +314,6 @@ def _injected_fault(rank: int) -> Optional[tuple[int, str]]:
 def _fail(kind: str) -> None:
     if kind == "exit":
         os._exit(17)
-    import time
-
     while True:
         time.sleep(60)
 

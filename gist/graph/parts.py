@@ -21,25 +21,23 @@ an interrupted run never looks complete and a damaged part is detected on load.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-if TYPE_CHECKING:
-    from .data import NodeDataset
+from ..data import NodeDataset, default_root, load_dataset
+from .partition import PARTITIONERS, partition_nodes, worker_subgraph
 
 __all__ = [
     "FORMAT_VERSION",
@@ -49,17 +47,15 @@ __all__ = [
     "partition_dir",
     "write_partitions",
     "ensure_partitions",
+    "prepare_partitions",
     "read_meta",
     "load_part",
-    "add_partition_parser",
-    "run_partition_command",
 ]
 
 #: Version of the on-disk layout; bumped on incompatible changes.
 FORMAT_VERSION = 1
 #: Tensors stored in every part file, in this order.
 PART_KEYS = ("x", "edge_index", "y", "train_mask", "val_mask", "test_mask", "n_id", "owned")
-PARTITIONERS = ("metis", "random")
 META_NAME = "meta.json"
 _FORMAT_TAG = "gist-partitions"
 _DIR_RE = re.compile(
@@ -123,7 +119,6 @@ def _check_params(num_parts: Any, partitioner: Any, seed: Any, halo_hops: Any) -
 
 def _root_path(root: Path | str | None) -> Path:
     if root is None:
-        from .data import default_root
 
         root = default_root()
     return Path(root).expanduser().absolute()
@@ -244,7 +239,6 @@ def write_partitions(
     """
     from tqdm.auto import tqdm
 
-    from .graph import partition_nodes, worker_subgraph
 
     _check_params(num_parts, partitioner, seed, halo_hops)
     data = dataset.data
@@ -321,7 +315,7 @@ def write_partitions(
     return out
 
 
-def _ensure(
+def prepare_partitions(
     root: Path | str | None,
     dataset_name: str,
     num_parts: int,
@@ -331,7 +325,8 @@ def _ensure(
     progress: bool,
     force: bool = False,
 ) -> tuple[Path, bool]:
-    """:func:`ensure_partitions` that also says whether it wrote (``force`` rewrites)."""
+    """Write the partitions unless complete ones exist (``force``: rewrite anyway);
+    return their directory and whether this call wrote them."""
     d = partition_dir(root, dataset_name, num_parts, partitioner, seed, halo_hops)
     if not force and (d / META_NAME).is_file():
         _check_matches(read_meta(d), d, num_parts, partitioner, seed, halo_hops)
@@ -340,8 +335,6 @@ def _ensure(
         if not force and (d / META_NAME).is_file():  # another process finished meanwhile
             _check_matches(read_meta(d), d, num_parts, partitioner, seed, halo_hops)
             return d, False
-        from .data import load_dataset
-
         ds = load_dataset(dataset_name, root=_root_path(root), seed=seed)
         write_partitions(ds, d, num_parts, partitioner, seed, halo_hops, progress)
         return d, True
@@ -375,7 +368,7 @@ def ensure_partitions(
     exclusive ``flock`` on ``<dir>.lock``: one writes, the others wait and then
     reuse its files.
     """
-    return _ensure(root, dataset_name, num_parts, partitioner, seed, halo_hops, progress)[0]
+    return prepare_partitions(root, dataset_name, num_parts, partitioner, seed, halo_hops, progress)[0]
 
 
 # --------------------------------------------------------------------------- reading
@@ -493,63 +486,3 @@ def load_part(part_dir: Path | str, index: int, verify: bool = True) -> Data:
     data = Data(**{k: payload[k] for k in PART_KEYS})
     data.num_nodes = n
     return data
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _nonneg_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def _pos_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def add_partition_parser(subparsers: "argparse._SubParsersAction") -> None:
-    """Add the ``partition`` sub-command (``func=run_partition_command``)."""
-    p = subparsers.add_parser(
-        "partition",
-        help="split a dataset once into per-part files for --data-mode partitioned",
-        description="Split a dataset into P parts (METIS or random) and write one file per part "
-                    "under <root>/partitions/, so that worker i of a partitioned run reads part i "
-                    "alone. Existing complete partitions are reused unless --force.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--dataset", default="csbm", help="dataset name (as for gist train)")
-    p.add_argument("--root", default=None, help="data root (default: $GIST_DATA_ROOT or ./datasets)")
-    p.add_argument("--parts", type=_pos_int, required=True,
-                   help="number of parts (= workers m of the partitioned run)")
-    p.add_argument("--partitioner", choices=list(PARTITIONERS), default="metis")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the partitioner")
-    p.add_argument("--halo-hops", type=_nonneg_int, default=0,
-                   help="k-hop read-only halo nodes stored with each part")
-    p.add_argument("--force", action="store_true", help="rewrite even if complete files exist")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run_partition_command)
-
-
-def run_partition_command(args: argparse.Namespace) -> int:
-    """Run ``gist partition``: write (or reuse) the parts and print a per-part summary."""
-    from .data import DatasetNotFoundError
-
-    try:
-        d, wrote = _ensure(args.root, args.dataset, args.parts, args.partitioner, args.seed,
-                           args.halo_hops, progress=not args.no_progress, force=args.force)
-        info = read_meta(d)
-    except (DatasetNotFoundError, ValueError) as exc:
-        print(f"gist partition: error: {exc}", file=sys.stderr)
-        return 2
-    state = "wrote" if wrote else "reused existing"
-    print(f"{state} {info.num_parts} parts of {info.dataset} ({info.num_nodes} nodes, "
-          f"{info.partitioner}, seed {info.seed}, halo {info.halo_hops}) in {d}")
-    for p in info.parts:
-        print(f"  part {p['index']}: {p['num_nodes']} nodes ({p['num_owned']} owned), "
-              f"{p['num_edges']} edges, {p['num_train']} train nodes")
-    return 0

@@ -1,0 +1,186 @@
+r"""The data-parallel methods' communication seam: collectives among ``m`` workers.
+
+A :class:`Collective` knows which workers live in this process
+(:attr:`~Collective.local_workers`): all ``m`` for :class:`InProcessCollective`
+(a deterministic simulation that runs them one after another), one for
+:class:`gist.comm.dist.DistCollective` (a rank of a ``torch.distributed``
+job). A method hands it one tensor per local worker and gets the collective's
+result, so the method's code is the same on both.
+
+Ledger conventions (``kind="params"`` unless said otherwise):
+
+- An all-reduce of a buffer of ``N`` values of ``s`` bytes among ``m``
+  workers is counted as a ring all-reduce: every worker sends and receives
+  ``(m-1)/m·N`` values (reduce-scatter plus all-gather), recorded per worker
+  as ``from_worker = to_worker = ((m-1)·N // m)·s`` bytes
+  (:func:`ring_allreduce_bytes`). By symmetry every worker's entries are
+  equal, so every process records them for all workers, and each process's
+  ledger is complete.
+- A broadcast from worker 0 of ``N`` values is recorded ``to_worker`` for
+  every worker ``i ≥ 1``.
+- Stats reports (:class:`~gist.comm.WorkerStats`) gathered to worker 0:
+  ``from_worker``, ``stats``, for every worker.
+- The set-up handshake (:meth:`Collective.handshake`): ``control`` and
+  ``data`` as in :func:`gist.comm.ledger.record_handshake`.
+- Objects gathered or scattered for checkpoints are not training traffic
+  and are not recorded.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Mapping, Optional, Sequence
+
+from torch import Tensor
+
+from .ledger import FROM_WORKER, TO_WORKER, ByteLedger, handshake_header, handshake_reply, record_handshake
+from .transport import WorkerStats
+
+
+def ring_allreduce_bytes(numel: int, element_size: int, num_workers: int) -> int:
+    """Bytes one worker sends (and, equally, receives) in a ring all-reduce of
+    ``numel`` values of ``element_size`` bytes among ``num_workers`` workers:
+    ``((m-1)·numel // m)·element_size``. Both directions together give
+    ``2·(m-1)/m·numel·element_size`` when ``m`` divides ``(m-1)·numel``."""
+    m = int(num_workers)
+    return ((m - 1) * int(numel) // m) * int(element_size)
+
+
+class Collective(ABC):
+    """All-reduce, broadcast and gathers among ``num_workers`` workers, of
+    which :attr:`local_workers` live in this process; all recorded in
+    :attr:`ledger`."""
+
+    def __init__(self, num_workers: int, local_workers: Sequence[int], ledger: Optional[ByteLedger] = None) -> None:
+        if num_workers < 1:
+            raise ValueError(f"a collective needs at least one worker, got {num_workers}")
+        self.num_workers = num_workers
+        self.local_workers = tuple(local_workers)
+        self.ledger = ledger if ledger is not None else ByteLedger()
+
+    @property
+    def is_coordinator(self) -> bool:
+        """Whether worker 0 (which evaluates and keeps the log) is local."""
+        return 0 in self.local_workers
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the local workers run one after another (a simulation)."""
+        return len(self.local_workers) > 1
+
+    # ---------------------------------------------------------- recording
+
+    def _record_allreduce(self, round: int, numel: int, element_size: int) -> None:
+        nbytes = ring_allreduce_bytes(numel, element_size, self.num_workers)
+        for w in range(self.num_workers):
+            self.ledger.record(round, w, TO_WORKER, "params", nbytes)
+            self.ledger.record(round, w, FROM_WORKER, "params", nbytes)
+
+    def _record_broadcast(self, round: int, nbytes: int, kind: str) -> None:
+        for w in range(1, self.num_workers):
+            self.ledger.record(round, w, TO_WORKER, kind, nbytes)
+
+    def _record_stats(self, round: int, nbytes: int) -> None:
+        for w in range(self.num_workers):
+            self.ledger.record(round, w, FROM_WORKER, "stats", nbytes)
+
+    # ---------------------------------------------------------- operations
+
+    def handshake(self, start_round: int, numel: int, data_bytes: Mapping[int, int]) -> int:
+        """Set-up: worker 0 tells every worker ``[start_round, numel]``; every
+        worker answers with the bytes of graph data it holds
+        (``data_bytes[i]`` for each local worker). Returns worker 0's start
+        round; raises if a worker's buffer size differs from worker 0's."""
+        header = handshake_header(start_round, numel)
+        header, replies = self._exchange_handshake(header, data_bytes)
+        if int(header[1]) != numel:
+            raise RuntimeError(
+                f"worker {self.local_workers[0]}: worker 0's buffer has {int(header[1])} values, this one's "
+                f"{numel}: the workers were started with different settings"
+            )
+        for w in range(self.num_workers):
+            record_handshake(self.ledger, w, header, replies[w])
+        return int(header[0])
+
+    @abstractmethod
+    def _exchange_handshake(self, header: Tensor, data_bytes: Mapping[int, int]) -> tuple[Tensor, dict[int, Tensor]]:
+        """Worker 0's header, and every worker's ``int64 [data bytes]`` reply."""
+
+    def all_reduce_mean(self, round: int, flats: Mapping[int, Tensor]) -> Tensor:
+        r"""``Σ_i flats_i / m`` over all ``m`` workers (each local worker gives
+        its own flat buffer; ``flats`` may be modified). Recorded as a ring
+        all-reduce for every worker."""
+        if set(flats) != set(self.local_workers):
+            raise ValueError(f"all_reduce_mean needs a buffer from each local worker {self.local_workers}")
+        first = flats[self.local_workers[0]]
+        self._record_allreduce(round, first.numel(), first.element_size())
+        return self._all_reduce_mean(flats)
+
+    @abstractmethod
+    def _all_reduce_mean(self, flats: Mapping[int, Tensor]) -> Tensor: ...
+
+    def broadcast(self, round: int, flat: Tensor, kind: str = "params") -> Tensor:
+        """Worker 0's ``flat`` on every process (``flat`` is this process's
+        buffer of the right size; overwritten where worker 0 is not local)."""
+        self._record_broadcast(round, flat.numel() * flat.element_size(), kind)
+        return self._broadcast(flat)
+
+    @abstractmethod
+    def _broadcast(self, flat: Tensor) -> Tensor: ...
+
+    def gather_stats(self, round: int, stats: Mapping[int, WorkerStats], dtype: Any) -> dict[int, WorkerStats]:
+        """Every worker's report on the coordinator (only the local ones
+        elsewhere); each travels as ``WorkerStats.NUM_VALUES`` values of ``dtype``."""
+        self._record_stats(round, WorkerStats.nbytes(dtype))
+        return self._gather_stats(stats, dtype)
+
+    @abstractmethod
+    def _gather_stats(self, stats: Mapping[int, WorkerStats], dtype: Any) -> dict[int, WorkerStats]: ...
+
+    @abstractmethod
+    def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:
+        """Every worker's object on the coordinator (``{}`` elsewhere); for checkpoints."""
+
+    @abstractmethod
+    def scatter_objects(self, objects: Optional[Mapping[int, Any]]) -> dict[int, Any]:
+        """The coordinator's ``objects[i]`` delivered to each local worker ``i``."""
+
+    def close(self) -> None:
+        """Release resources (the process group is the caller's)."""
+
+
+class InProcessCollective(Collective):
+    """All ``m`` workers in this process: every collective is computed here, in
+    worker order, and recorded as if it had crossed a wire."""
+
+    def __init__(self, num_workers: int, ledger: Optional[ByteLedger] = None) -> None:
+        super().__init__(num_workers, range(num_workers), ledger)
+
+    @property
+    def sequential(self) -> bool:
+        return True
+
+    def _exchange_handshake(self, header: Tensor, data_bytes: Mapping[int, int]) -> tuple[Tensor, dict[int, Tensor]]:
+        return header, {w: handshake_reply(n) for w, n in data_bytes.items()}
+
+    def _all_reduce_mean(self, flats: Mapping[int, Tensor]) -> Tensor:
+        total: Optional[Tensor] = None
+        for w in self.local_workers:
+            part = flats[w].div_(self.num_workers)
+            total = part if total is None else total.add_(part)
+        assert total is not None
+        return total
+
+    def _broadcast(self, flat: Tensor) -> Tensor:
+        return flat
+
+    def _gather_stats(self, stats: Mapping[int, WorkerStats], dtype: Any) -> dict[int, WorkerStats]:
+        # as they would travel: WorkerStats.NUM_VALUES values of the buffer dtype
+        return {w: WorkerStats.from_tensor(stats[w].to_tensor(dtype)) for w in self.local_workers}
+
+    def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:
+        return dict(objects)
+
+    def scatter_objects(self, objects: Optional[Mapping[int, Any]]) -> dict[int, Any]:
+        return dict(objects or {})
+

@@ -1,0 +1,189 @@
+"""GIST's communication seam: one flat buffer per worker per direction per round.
+
+The GIST method only ever calls :meth:`Transport.run_round` with one flat
+parameter buffer per worker and gets one :class:`WorkerReport` per worker
+back. How the buffers travel is the transport's business:
+:class:`InProcessTransport` calls the workers one after another in this
+process (a deterministic simulation of ``m`` machines);
+:class:`gist.comm.dist.DistTransport` sends the same buffers to real
+processes. Every transport records what it moves in a :class:`ByteLedger`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from .ledger import (
+    FROM_WORKER,
+    TO_WORKER,
+    ByteLedger,
+    handshake_header,
+    handshake_reply,
+    record_handshake,
+    tensor_nbytes,
+)
+
+EVAL_COUNTS = 6
+"""Values a worker returns from an evaluation: correct and total per split."""
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """A worker's report on its local steps of one round."""
+
+    loss: float
+    """Mean training loss over the steps taken (NaN if none)."""
+    steps: int
+    """Optimizer steps taken (steps on batches without training nodes are skipped)."""
+    seconds: float
+    """Wall time of the worker's round."""
+
+    NUM_VALUES = 3
+    """Values on the wire: ``[loss, steps, seconds]`` in the buffer dtype."""
+
+    def to_tensor(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.tensor([self.loss, float(self.steps), self.seconds], dtype=dtype)
+
+    @classmethod
+    def from_tensor(cls, values: Tensor) -> "WorkerStats":
+        if values.numel() != cls.NUM_VALUES:
+            raise ValueError(f"a stats report has {cls.NUM_VALUES} values, got {values.numel()}")
+        loss, steps, seconds = (float(v) for v in values)
+        return cls(loss, int(round(steps)), seconds)
+
+    @staticmethod
+    def nbytes(dtype: torch.dtype = torch.float32) -> int:
+        return WorkerStats.NUM_VALUES * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class WorkerReport:
+    """What a GIST worker sends back after its local steps."""
+
+    params: Tensor
+    """The trained sub-network, as one flat buffer in the round's layout."""
+    stats: WorkerStats
+
+
+class SubnetWorker(Protocol):
+    """What a transport needs of a GIST worker (see :class:`gist.engine.Worker`)."""
+
+    index: int
+
+    @property
+    def param_numel(self) -> int:
+        """Values in its sub-network's flat buffer."""
+        ...
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """The dtype of its flat buffers."""
+        ...
+
+    @property
+    def full_numel(self) -> int:
+        """Values in the full model's flat buffer (to evaluate it)."""
+        ...
+
+    def data_tensors(self) -> list[Tensor]: ...
+
+    def fast_forward(self, start_round: int) -> None: ...
+
+    def train_round(self, round: int, flat_params: Tensor) -> WorkerReport: ...
+
+    def evaluate(self, flat_model: Tensor) -> Tensor: ...
+
+
+class Transport(ABC):
+    """Moves one flat buffer per worker per direction each round."""
+
+    def __init__(self, num_subnets: int, ledger: Optional[ByteLedger] = None) -> None:
+        self.num_subnets = num_subnets
+        self.ledger = ledger if ledger is not None else ByteLedger()
+
+    def start(self, start_round: int, numel: int) -> None:
+        """The set-up handshake, once before the first round this run trains:
+        every worker is told ``[start_round, numel]`` (and skips the batches
+        of earlier rounds when resuming) and answers with the bytes of graph
+        data it holds."""
+
+    @property
+    def local_worker(self) -> Optional[SubnetWorker]:
+        """Worker 0 when it lives in the coordinator's process."""
+        return None
+
+    @property
+    def sequential(self) -> bool:
+        """Whether workers train one after another (a simulation) rather
+        than at the same time."""
+        return False
+
+    @abstractmethod
+    def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
+        """Send ``payloads[i]`` to worker ``i``, let it train, return its report."""
+
+    @abstractmethod
+    def evaluate(self, round: int, flat_model: Tensor) -> list[Tensor]:
+        """Send the full model to every worker; each returns
+        :func:`gist.engine.correct_counts` on its own nodes."""
+
+    def close(self) -> None:
+        """Release resources (processes, process groups)."""
+
+
+class InProcessTransport(Transport):
+    """All workers live in this process and train one after another.
+
+    Buffers are cloned on the way in and out, so a worker never aliases the
+    coordinator's memory, exactly as if they had crossed a wire.
+    """
+
+    def __init__(self, workers: Sequence[SubnetWorker], ledger: Optional[ByteLedger] = None) -> None:
+        super().__init__(len(workers), ledger)
+        self.workers = list(workers)
+
+    @property
+    def local_worker(self) -> Optional[SubnetWorker]:
+        return self.workers[0]
+
+    @property
+    def sequential(self) -> bool:
+        return True
+
+    def start(self, start_round: int, numel: int) -> None:
+        for worker in self.workers:
+            worker.fast_forward(start_round)
+            record_handshake(
+                self.ledger,
+                worker.index,
+                handshake_header(start_round, numel),
+                handshake_reply(tensor_nbytes(worker.data_tensors())),
+            )
+
+    def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
+        if len(payloads) != self.num_subnets:
+            raise ValueError(f"expected {self.num_subnets} payloads, got {len(payloads)}")
+        reports = []
+        for worker, payload in zip(self.workers, payloads):
+            self.ledger.record(round, worker.index, TO_WORKER, "params", payload)
+            report = worker.train_round(round, payload.clone())
+            stats = report.stats.to_tensor(payload.dtype)  # as it would travel
+            report = WorkerReport(report.params.clone(), WorkerStats.from_tensor(stats))
+            self.ledger.record(round, worker.index, FROM_WORKER, "params", report.params)
+            self.ledger.record(round, worker.index, FROM_WORKER, "stats", stats)
+            reports.append(report)
+        return reports
+
+    def evaluate(self, round: int, flat_model: Tensor) -> list[Tensor]:
+        counts = []
+        for worker in self.workers:
+            self.ledger.record(round, worker.index, TO_WORKER, "eval", flat_model)
+            c = worker.evaluate(flat_model.clone()).clone()
+            self.ledger.record(round, worker.index, FROM_WORKER, "eval", c)
+            counts.append(c)
+        return counts

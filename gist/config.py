@@ -1,0 +1,359 @@
+"""Run configuration: nested dataclasses, each owning its defaults, allowed values and checks.
+
+A :class:`RunConfig` holds the method, the number of workers ``m``, the round
+schedule and the seed, plus one group per concern::
+
+    RunConfig(method, subnets, rounds, eval_every, seed,
+              data=DataConfig(...),        what graph, and how workers get it
+              model=ModelConfig(...),      the stock PyG model to build
+              local=LocalConfig(...),      a worker's optimizer steps per round
+              dist=DistConfig(...),        where the workers run
+              checkpoint=CheckpointConfig(...))
+
+Every leaf field also has a **flat name**, unique across groups, used by the
+``gist train`` flags (``--data-mode`` for ``data.mode``), the ``[settings]``
+of sweep configs and the flat run logs written before the config was nested
+(:meth:`RunConfig.from_dict` reads both). Whether a field **changes results**
+is said once, on the field: fields that only say where or how to run
+(``root``, ``threads``, checkpoint paths, …) are marked
+``changes_results=False``, and :meth:`RunConfig.results` is what must match
+on ``--resume`` and between a sweep config and a stored run log.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterator, Optional, Union
+
+from .data import available_datasets
+from .graph import PARTITIONERS
+from .nn.models import MODELS, NORMS
+
+DATA_MODES = ("replicated", "partitioned")
+BATCHING = ("full", "cluster")
+OPTIMIZERS = ("adam", "sgd")
+BACKENDS = ("local", "dist")
+DIST_BACKENDS = ("gloo", "nccl")
+
+Choices = Union[tuple[str, ...], Callable[[], list[str]]]
+
+
+def setting(
+    default: Any,
+    *,
+    flat: Optional[str] = None,
+    choices: Optional[Choices] = None,
+    changes_results: bool = True,
+    per_run: bool = False,
+    minimum: Optional[float] = None,
+    cli: bool = True,
+    help: str = "",
+) -> Any:
+    """A config field with its metadata.
+
+    Args:
+        default: the default value.
+        flat: the field's flat name (CLI flag, sweep key) when it is not the
+            field's own name.
+        choices: allowed values (or a function returning them, for registries).
+        changes_results: ``False`` for fields that only say where or how to run.
+        per_run: set for each run by the entry point (CLI flag or the sweep
+            harness), never shared by the runs of a sweep.
+        minimum: the smallest allowed value (numbers).
+        cli: whether ``gist train`` has a flag for it.
+        help: one line for ``gist train --help``.
+    """
+    meta = {"flat": flat, "choices": choices, "changes_results": changes_results, "per_run": per_run,
+            "minimum": minimum, "cli": cli, "help": help}
+    return field(default=default, metadata=meta)
+
+
+def choices_of(f: dataclasses.Field) -> Optional[list[str]]:
+    """The allowed values of field ``f`` (``None``: any value of its type)."""
+    choices = f.metadata.get("choices")
+    if choices is None:
+        return None
+    return list(choices() if callable(choices) else choices)
+
+
+def flat_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flat") or f.name
+
+
+def _check_fields(group: Any) -> None:
+    """Every field's choices and minimum (from its metadata)."""
+    for f in fields(group):
+        if f.name in GROUPS:
+            continue
+        value = getattr(group, f.name)
+        allowed = choices_of(f)
+        if allowed is not None and value is not None and value not in allowed:
+            raise ValueError(f"{flat_name(f)} must be one of {allowed}, got {value!r}")
+        low = f.metadata.get("minimum")
+        if low is not None and value is not None and value < low:
+            raise ValueError(f"{flat_name(f)} must be >= {low}, got {value}")
+
+
+@dataclass
+class DataConfig:
+    """The dataset, and how each worker gets its graph."""
+
+    dataset: str = setting("csbm", choices=available_datasets, help="dataset name")
+    root: Optional[str] = setting(
+        None, changes_results=False, help="data root (default: $GIST_DATA_ROOT or ./datasets)"
+    )
+    mode: str = setting(
+        "replicated",
+        flat="data_mode",
+        choices=DATA_MODES,
+        help="replicated: every worker reads the whole graph; partitioned: worker i holds only node part i",
+    )
+    partitioner: str = setting("metis", choices=PARTITIONERS, help="node partitioner for --data-mode partitioned")
+    halo_hops: int = setting(
+        0, minimum=0, help="partitioned mode: k-hop halo nodes each worker also holds (read-only)"
+    )
+    batching: str = setting(
+        "full", choices=BATCHING, help="full-batch steps, or Cluster-GCN mini-batches of METIS parts"
+    )
+    num_clusters: int = setting(32, minimum=1, help="Cluster-GCN: METIS parts of each worker's graph")
+    clusters_per_batch: int = setting(4, minimum=1, help="Cluster-GCN: parts per mini-batch")
+    sparse_adjacency: bool = setting(
+        True, changes_results=False, cli=False, help="message passing over a CSR adjacency (same result, faster)"
+    )
+
+    def check(self) -> None:
+        _check_fields(self)
+        if self.batching == "cluster" and not 1 <= self.clusters_per_batch <= self.num_clusters:
+            raise ValueError("clusters_per_batch must be between 1 and num_clusters")
+
+
+@dataclass
+class ModelConfig:
+    """A stock ``torch_geometric.nn.models`` GCN / GraphSAGE (see :func:`gist.nn.build_model`)."""
+
+    kind: str = setting("gcn", flat="model", choices=lambda: list(MODELS), help="model family")
+    layers: int = setting(3, minimum=1, help="message-passing layers L")
+    hidden: int = setting(256, minimum=1, help="hidden width d")
+    norm: str = setting("none", choices=lambda: list(NORMS), help="normalisation after each hidden layer")
+    dropout: float = setting(0.5, help="dropout probability")
+
+    def check(self) -> None:
+        _check_fields(self)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class LocalConfig:
+    """How a worker trains each round: ``ζ`` optimizer steps."""
+
+    local_steps: int = setting(10, minimum=1, help="local steps ζ per round")
+    lr: float = setting(0.01, help="learning rate")
+    weight_decay: float = setting(0.0, minimum=0.0, help="weight decay")
+    optimizer: str = setting("adam", choices=OPTIMIZERS, help="optimizer (fresh each round for m > 1)")
+
+    def check(self) -> None:
+        _check_fields(self)
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class DistConfig:
+    """Where the workers run (none of it changes results)."""
+
+    backend: str = setting(
+        "local",
+        choices=BACKENDS,
+        changes_results=False,
+        per_run=True,
+        help="local: all m workers in this process; dist: this process is one rank of a torchrun job",
+    )
+    dist_backend: Optional[str] = setting(
+        None,
+        choices=DIST_BACKENDS,
+        changes_results=False,
+        help="torch.distributed backend (default: nccl with CUDA, else gloo)",
+    )
+    timeout: float = setting(
+        60.0,
+        changes_results=False,
+        help="seconds rank 0 waits for a worker before failing with an error naming it; "
+        "workers wait twice as long for rank 0",
+    )
+    threads: Optional[int] = setting(None, changes_results=False, minimum=1, help="torch CPU threads")
+
+    def check(self) -> None:
+        _check_fields(self)
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints and the saved model (set per run, never results)."""
+
+    path: str = setting(
+        "gist-checkpoint.pt",
+        flat="checkpoint",
+        changes_results=False,
+        per_run=True,
+        help="checkpoint file (written with --checkpoint-every, read with --resume)",
+    )
+    every: int = setting(
+        0,
+        flat="checkpoint_every",
+        minimum=0,
+        changes_results=False,
+        per_run=True,
+        help="save the full model, round, history and RNG state every K rounds (0: never)",
+    )
+    resume: bool = setting(
+        False,
+        changes_results=False,
+        per_run=True,
+        help="continue the run saved in --checkpoint (same settings; --rounds may grow)",
+    )
+    save_model: Optional[str] = setting(
+        None, changes_results=False, per_run=True, help="write the final full model's state_dict here (torch.save)"
+    )
+
+    def check(self) -> None:
+        _check_fields(self)
+
+
+GROUPS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "local": LocalConfig,
+    "dist": DistConfig,
+    "checkpoint": CheckpointConfig,
+}
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a run. Methods read ``subnets``, ``rounds``,
+    ``eval_every``, ``seed``, ``local`` and ``data``; :mod:`gist.run` reads
+    the rest to build the model, the workers and the outputs."""
+
+    method: str = setting("gist", help="training method (see gist.methods)")
+    subnets: int = setting(2, minimum=1, help="sub-networks / workers m")
+    rounds: int = setting(30, minimum=1, help="rounds to train")
+    eval_every: int = setting(1, minimum=1, help="evaluate every k rounds")
+    seed: int = setting(0, help="seeds the model, the width splits, partitions and dropout")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self) -> "RunConfig":
+        """Raise ``ValueError`` naming the first bad value; return ``self``.
+        (The method name is checked by :func:`gist.methods.get_method`.)"""
+        _check_fields(self)
+        for name in GROUPS:
+            getattr(self, name).check()
+        return self
+
+    def is_eval_round(self, round: int) -> bool:
+        """The evaluation schedule: every ``eval_every`` rounds, and the last."""
+        return (round + 1) % self.eval_every == 0 or round + 1 == self.rounds
+
+    @property
+    def evaluates_on_workers(self) -> bool:
+        """``partitioned`` data with ``m > 1``: no process holds the whole
+        graph, so GIST's workers score the full model on their own nodes."""
+        return self.data.mode == "partitioned" and self.subnets > 1
+
+    # ---------------------------------------------------------- flat names
+
+    def flat(self) -> dict[str, Any]:
+        """``{flat name: value}`` of every leaf field."""
+        return {name: getattr(owner(self), f.name) for name, (owner, f) in _FLAT.items()}
+
+    def results(self) -> dict[str, Any]:
+        """The flat fields that change what a run computes."""
+        return {name: value for name, value in self.flat().items() if _FLAT[name][1].metadata["changes_results"]}
+
+    def replace(self, **flat: Any) -> "RunConfig":
+        """A copy with fields set by flat name: ``cfg.replace(data_mode="partitioned", hidden=64)``."""
+        out = copy.deepcopy(self)
+        for name, value in flat.items():
+            if name not in _FLAT:
+                raise ValueError(f"{name!r} is not a run setting; choose from {sorted(_FLAT)}")
+            owner, f = _FLAT[name]
+            setattr(owner(out), f.name, value)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain values (what run logs and checkpoints store)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], strict: bool = True) -> "RunConfig":
+        """Read :meth:`to_dict`'s nested form or the flat form of older logs.
+
+        Keys that are not settings (a log's ``transport``, ``dataset_split``)
+        are ignored unless ``strict``."""
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            if key in GROUPS and isinstance(value, dict):
+                group = GROUPS[key]
+                for f in fields(group):
+                    if f.name in value:
+                        flat[flat_name(f)] = value[f.name]
+            elif key in _FLAT:
+                flat[key] = value
+            elif strict:
+                raise ValueError(f"{key!r} is not a run setting; choose from {sorted(_FLAT)}")
+        return cls().replace(**flat)
+
+    @classmethod
+    def from_flat(cls, **flat: Any) -> "RunConfig":
+        """``RunConfig.from_flat(dataset="cora", hidden=64, data_mode="partitioned")``."""
+        return cls().replace(**flat)
+
+
+def setting_fields() -> Iterator[tuple[str, Optional[str], dataclasses.Field]]:
+    """``(flat name, group or None, field)`` of every leaf setting, in order."""
+    for f in fields(RunConfig):
+        if f.name in GROUPS:
+            for g in fields(GROUPS[f.name]):
+                yield flat_name(g), f.name, g
+        else:
+            yield flat_name(f), None, f
+
+
+def _owner(group: Optional[str]) -> Callable[[RunConfig], Any]:
+    return (lambda cfg: getattr(cfg, group)) if group else (lambda cfg: cfg)
+
+
+_FLAT: dict[str, tuple[Callable[[RunConfig], Any], dataclasses.Field]] = {}
+for _name, _group, _field in setting_fields():
+    if _name in _FLAT:  # pragma: no cover - a programming error caught at import
+        raise RuntimeError(f"two settings share the flat name {_name!r}")
+    _FLAT[_name] = (_owner(_group), _field)
+
+
+def flat_names(*, changes_results: Optional[bool] = None, per_run: Optional[bool] = None) -> list[str]:
+    """Flat names of the settings, optionally only those with the given marks."""
+    out = []
+    for name, (_, f) in _FLAT.items():
+        if changes_results is not None and f.metadata["changes_results"] != changes_results:
+            continue
+        if per_run is not None and f.metadata["per_run"] != per_run:
+            continue
+        out.append(name)
+    return out
+
+
+def setting_field(name: str) -> dataclasses.Field:
+    """The field behind flat name ``name``."""
+    if name not in _FLAT:
+        raise ValueError(f"{name!r} is not a run setting; choose from {sorted(_FLAT)}")
+    return _FLAT[name][1]

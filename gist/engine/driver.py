@@ -1,0 +1,279 @@
+"""The round driver every method shares.
+
+A method subclasses :class:`RoundDriver` and implements one hook,
+:meth:`RoundDriver.train_round`: train round ``r`` on every worker this
+process holds and report each worker's :class:`~gist.comm.WorkerStats`. The
+driver owns the rest: the round counter, the history of
+:class:`RoundRecord`\\ s (bytes read from the ledger), the evaluation
+schedule, the progress bar, the summary, checkpoints
+(:meth:`~RoundDriver.state_dict` / :meth:`~RoundDriver.load_state_dict`) and
+the set-up before the first round (:meth:`~RoundDriver.start`).
+
+Methods register themselves in :mod:`gist.methods`; the CLI, sweeps and
+tables read that registry.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Optional
+
+import torch
+from torch import nn
+from torch_geometric.data import Data
+from tqdm.auto import tqdm
+
+from ..comm import FROM_WORKER, TO_WORKER, ByteLedger, WorkerStats
+from ..config import RunConfig
+from .checkpoint import Checkpointer
+from .evaluation import Evaluator
+from .records import RoundRecord, history_summary, parallel_round_seconds
+from .setup import RankSetup
+from .worker import mean_or_nan
+
+CHECKPOINT_FORMAT = 3
+
+
+@dataclass
+class RoundWork:
+    """What :meth:`RoundDriver.train_round` reports."""
+
+    stats: Mapping[int, WorkerStats]
+    """Every worker's report (on the coordinator; a worker process: its own)."""
+    split_seconds: float = 0.0
+    """Time spent preparing what the workers are sent."""
+    merge_seconds: float = 0.0
+    """Time spent combining what they return."""
+
+
+@dataclass
+class DriverSetup:
+    """What the driver needs besides the model, data and config."""
+
+    ledger: ByteLedger = field(default_factory=ByteLedger)
+    num_workers: int = 1
+    is_coordinator: bool = True
+    """Whether this process holds worker 0: it evaluates and keeps the log."""
+    sequential: bool = True
+    """Whether this process runs its workers one after another (a simulation)."""
+
+
+class RoundDriver(ABC):
+    """Rounds of a training method over ``m`` workers (see the module docstring).
+
+    Attributes: :attr:`model` (the full model, trained in place),
+    :attr:`data` (the graph evaluated on, ``None`` where this process does not
+    hold it), :attr:`cfg`, :attr:`ledger`, :attr:`history`, :attr:`round`
+    (the next round to train).
+    """
+
+    name: ClassVar[str] = ""
+    """The method's registry name (``gist``, ``ddp``, ...)."""
+    fixed_subnets: ClassVar[Optional[int]] = None
+    """The number of workers the method always uses (``full``: 1), if fixed."""
+    color: ClassVar[Optional[str]] = None
+    """Its colour in plots (``None``: one is picked)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Optional[Data],
+        cfg: RunConfig,
+        setup: DriverSetup,
+        evaluator: Optional[Evaluator] = None,
+        scored_by: str = "correct / total",
+    ) -> None:
+        cfg.check()
+        if self.fixed_subnets is not None and cfg.subnets != self.fixed_subnets:
+            raise ValueError(f"{self.name} trains {self.fixed_subnets} worker(s): m must be {self.fixed_subnets}, "
+                             f"got {cfg.subnets}")
+        if setup.num_workers != cfg.subnets:
+            raise ValueError(f"{setup.num_workers} workers given but the config asks m={cfg.subnets}")
+        self.model = model
+        self.data = data
+        self.cfg = cfg
+        self.ledger = setup.ledger
+        self.is_coordinator = setup.is_coordinator
+        self.sequential = setup.sequential
+        self.evaluator = evaluator
+        self.scored_by = scored_by
+        """How metrics are computed (written to the run log)."""
+        self.history: list[RoundRecord] = []
+        self.round = 0
+        self._started = False
+
+    # ------------------------------------------------------------------ hooks
+
+    @classmethod
+    def distributed(cls, setup: RankSetup) -> Optional["RoundDriver"]:
+        """This process's part of a ``torch.distributed`` job: the driver to
+        :meth:`fit` here, or ``None`` once the process has served as a worker
+        of a driver elsewhere."""
+        raise ValueError(f"method {cls.name!r} has no torch.distributed form; run it with --backend local")
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Reject, with ``ValueError``, a config this method cannot run, before
+        anything is built (sweeps check every grid point with it)."""
+
+    @classmethod
+    def evaluates_on_workers(cls, cfg: RunConfig) -> bool:
+        """Whether the workers score the model on their own data (no process
+        holds the whole graph); otherwise the coordinator evaluates."""
+        return False
+
+    def start(self) -> None:
+        """Set-up before the first round this process trains (handshakes,
+        initial broadcasts). A worker process may learn :attr:`round` here."""
+
+    @abstractmethod
+    def train_round(self, round: int) -> RoundWork:
+        """Train round ``round`` on every worker of this process, leave the
+        coordinator's :attr:`model` at the round's result, and report."""
+
+    def evaluate(self, round: int) -> dict[str, float]:
+        """``{"train", "val", "test"}`` of the full model (coordinator only)."""
+        if self.evaluator is None:
+            raise RuntimeError(f"{self.name}: no evaluator on this process")
+        return self.evaluator(self.model, self.data)
+
+    @property
+    @abstractmethod
+    def num_params(self) -> int:
+        """``|θ|``: values in the buffer a worker exchanges (the summary's ``subnet_params``)."""
+
+    def method_state(self) -> dict[str, Any]:
+        """What the method must keep for an exact resume beyond the full model
+        (optimizers, RNG streams, batch streams). Called on every process at
+        the same round; only the coordinator's result is saved."""
+        return {}
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`method_state` on the coordinator (before :meth:`fit`)."""
+
+    def close(self) -> None:
+        """Release what the method holds (the process group is the caller's)."""
+
+    # ------------------------------------------------------------------ driver
+
+    @property
+    def label(self) -> str:
+        """The progress bar's name for the method."""
+        return self.name
+
+    def run_round(self) -> RoundRecord:
+        """Train one round, evaluate it if scheduled, record it."""
+        if not self._started:
+            self.start()
+            self._started = True
+        r = self.round
+        start = time.perf_counter()
+        work = self.train_round(r)
+        seconds = time.perf_counter() - start
+        worker_seconds = [s.seconds for s in work.stats.values()]
+        record = RoundRecord(
+            round=r,
+            local_steps=self.cfg.local.local_steps,
+            seconds=seconds,
+            split_seconds=work.split_seconds,
+            merge_seconds=work.merge_seconds,
+            worker_seconds=max(worker_seconds),
+            parallel_seconds=parallel_round_seconds(seconds, worker_seconds, self.sequential),
+            bytes_to_workers=self.ledger.total(round=r, direction=TO_WORKER, kind="params"),
+            bytes_from_workers=self.ledger.total(round=r, direction=FROM_WORKER, kind="params"),
+            stats_bytes=self.ledger.total(round=r, kind="stats"),
+            loss=mean_or_nan([s.loss for s in work.stats.values() if s.loss == s.loss]),
+        )
+        if self.is_coordinator and self.cfg.is_eval_round(r):
+            eval_start = time.perf_counter()
+            metrics = self.evaluate(r)
+            record.train, record.val, record.test = metrics["train"], metrics["val"], metrics["test"]
+            record.eval_seconds = time.perf_counter() - eval_start
+            record.eval_bytes = self.ledger.total(round=r, kind="eval")
+        self.history.append(record)
+        self.round += 1
+        return record
+
+    def fit(
+        self,
+        progress: bool = True,
+        callback: Optional[Callable[[RoundRecord], Any]] = None,
+        checkpointer: Optional[Checkpointer] = None,
+    ) -> list[RoundRecord]:
+        """Run the remaining rounds with a progress bar showing the loss, the
+        latest and best validation accuracy and the parameter megabytes moved;
+        save a checkpoint where ``checkpointer`` says one is due."""
+        bar = tqdm(total=self.cfg.rounds, initial=self.round, desc=f"{self.label} rounds", unit="round",
+                   disable=not progress, dynamic_ncols=True, leave=None)
+        best_val = float("-inf")
+        try:
+            while self.round < self.cfg.rounds:
+                record = self.run_round()
+                postfix = {"loss": f"{record.loss:.3f}", "MB": f"{self.ledger.total(kind='params') / 1e6:.1f}"}
+                if record.val is not None:
+                    best_val = max(best_val, record.val)
+                    postfix["val"] = f"{record.val:.4f}"
+                    postfix["best"] = f"{best_val:.4f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(record.round + 1 - bar.n)
+                if checkpointer is not None and checkpointer.due(record.round, self.cfg.rounds):
+                    state = self.state_dict()
+                    if self.is_coordinator:
+                        checkpointer.save(state)
+                if callback is not None:
+                    callback(record)
+        finally:
+            bar.close()
+        return self.history
+
+    def summary(self) -> dict[str, Any]:
+        """``method``, ``best_val``, ``test_at_best_val``, byte and time totals, ``subnet_params``."""
+        return {"method": self.name, **history_summary(self.history, self.ledger, self.cfg.subnets),
+                "subnet_params": self.num_params}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: the full model, the
+        next round, the history, the ledger, the coordinator's RNG state and
+        :meth:`method_state`. Plain tensors, numbers and strings only:
+        loadable with ``torch.load(weights_only=True)``. Called on every
+        process of a job at the same round."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "method": self.name,
+            "round": self.round,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "history": [asdict(r) for r in self.history],
+            "ledger": self.ledger.records(),
+            "rng_state": torch.get_rng_state(),
+            "method_state": self.method_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (on the coordinator, before :meth:`fit`)."""
+        state = upgrade_checkpoint(state)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        if state.get("method") not in (None, self.name):
+            raise ValueError(f"the checkpoint was made by method {state['method']!r}, not {self.name!r}")
+        if self._started:
+            raise RuntimeError("load a checkpoint before the first round")
+        self.model.load_state_dict(state["model"])
+        self.round = int(state["round"])
+        self.history = [RoundRecord(**r) for r in state["history"]]
+        self.ledger.load_records(state["ledger"])
+        torch.set_rng_state(state["rng_state"])
+        self.load_method_state(state["method_state"])
+
+
+def upgrade_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """Read a format-2 checkpoint (GIST only, worker 0's state at the top level)."""
+    if state.get("format") != 2:
+        return state
+    old = dict(state)
+    worker0 = old.pop("worker0", None)
+    return {**old, "format": CHECKPOINT_FORMAT, "method": None,
+            "method_state": {"worker0": worker0} if worker0 is not None else {}}

@@ -1,0 +1,123 @@
+"""What a run builds from its config: the dataset, the model, the evaluator,
+and, in a ``torch.distributed`` job, the graph this process holds."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch_geometric.data import Data
+
+from ..comm.dist import DistContext
+from ..config import ModelConfig, RunConfig
+from ..data import NodeDataset, load_dataset
+from ..graph.parts import ensure_partitions, load_part, partition_dir, read_meta
+from ..nn.models import build_model
+from .evaluation import Evaluator, accuracy_evaluator, node_evaluator
+
+
+def load_run_dataset(cfg: RunConfig) -> NodeDataset:
+    """The whole dataset of ``cfg`` (its split seeded by ``cfg.seed``)."""
+    return load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.seed)
+
+
+def build_stock_model(cfg: ModelConfig, num_features: int, num_classes: int) -> nn.Module:
+    """The stock PyG model ``cfg`` describes (parameters drawn from the global RNG)."""
+    norm = None if cfg.norm == "none" else cfg.norm
+    return build_model(cfg.kind, num_features, cfg.hidden, num_classes, cfg.layers, dropout=cfg.dropout, norm=norm)
+
+
+def full_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn.Module:
+    """The full-width model, initialised under ``torch.manual_seed(cfg.seed)``."""
+    torch.manual_seed(cfg.seed)
+    return build_stock_model(cfg.model, num_features, num_classes)
+
+
+def coordinator_evaluator(cfg: RunConfig, data: Data) -> tuple[Evaluator, str]:
+    """The evaluator of the full model on ``data`` and what it is called in
+    the run log: ``ogb.nodeproppred.Evaluator`` for ``ogbn-*`` datasets, else
+    accuracy (the same number)."""
+    ogb = node_evaluator(cfg.data.dataset, data, cfg.data.sparse_adjacency)
+    if ogb is not None:
+        return ogb, f"ogb.nodeproppred.Evaluator({cfg.data.dataset!r})"
+    return accuracy_evaluator(data, cfg.data.sparse_adjacency), "correct / total"
+
+
+@dataclass
+class OwnGraph:
+    """The graph one process trains on, and what it knows of the dataset."""
+
+    data: Data
+    num_features: int
+    num_classes: int
+    split: str
+
+
+@dataclass
+class RankSetup:
+    """One process of a ``torch.distributed`` job: its context and what it may load.
+
+    Methods build their part of the job from it
+    (:meth:`gist.methods.Method.distributed`)."""
+
+    cfg: RunConfig
+    ctx: DistContext
+    progress: bool = True
+    split: Optional[str] = None
+    """The dataset's split, once this process has loaded its graph."""
+
+    @property
+    def partitioned(self) -> bool:
+        return self.cfg.evaluates_on_workers
+
+    def prepare(self) -> None:
+        """Check the world size; in ``partitioned`` mode rank 0 writes the
+        per-part files once (a no-op when ``gist partition`` made them) while
+        the other ranks wait."""
+        if self.ctx.world_size != self.cfg.subnets:
+            raise ValueError(f"the job has {self.ctx.world_size} processes but m={self.cfg.subnets}: "
+                             f"GIST and its baselines run one process per worker")
+        if self.cfg.dist.threads is None:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        if not self.partitioned:
+            return
+        if self.ctx.rank == 0:
+            d = self.cfg.data
+            ensure_partitions(d.root, d.dataset, self.cfg.subnets, d.partitioner, self.cfg.seed, d.halo_hops,
+                              progress=self.progress)
+        dist.barrier()
+
+    def load_dataset(self) -> NodeDataset:
+        dataset = load_run_dataset(self.cfg)
+        self.split = dataset.split
+        return dataset
+
+    def own_graph(self) -> OwnGraph:
+        """The graph this rank trains on, loaded where it lives: the whole
+        dataset (``replicated``), or only its own part file (``partitioned``)."""
+        if not self.partitioned:
+            ds = self.load_dataset()
+            return OwnGraph(ds.data, ds.num_features, ds.num_classes, ds.split)
+        d = self.cfg.data
+        part_dir = partition_dir(d.root, d.dataset, self.cfg.subnets, d.partitioner, self.cfg.seed, d.halo_hops)
+        info = read_meta(part_dir)
+        self.split = info.split
+        return OwnGraph(load_part(part_dir, self.ctx.rank), info.num_features, info.num_classes, info.split)
+
+    def full_model(self, num_features: int, num_classes: int) -> nn.Module:
+        return full_model(self.cfg, num_features, num_classes)
+
+    def model_shape(self, num_features: int, num_classes: int) -> nn.Module:
+        """The full model's structure on the ``meta`` device (no memory)."""
+        with torch.device("meta"):
+            return build_stock_model(self.cfg.model, num_features, num_classes)
+
+    def evaluator(self, data: Optional[Data]) -> tuple[Optional[Evaluator], str]:
+        if data is None:
+            return None, "correct / total"
+        return coordinator_evaluator(self.cfg, data)

@@ -1,0 +1,306 @@
+r"""A worker: its data, its RNG stream, its optimizer steps.
+
+:class:`Worker` holds one narrow GIST sub-network and its own graph data;
+each round it loads the flat buffer it is sent, runs ``ζ`` optimizer steps
+and returns its buffer and a :class:`~gist.comm.WorkerStats` report. The
+pieces it is made of (batch sources, RNG streams, the training loss, the
+optimizer) serve the data-parallel methods' replicas too.
+
+With ``m = 1`` the only sub-network is the full model and the worker keeps
+its optimizer and RNG stream between rounds: GIST with ``m = 1`` is ordinary
+training, step for step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from ..comm import WorkerReport, WorkerStats
+from ..config import LocalConfig, RunConfig
+from ..graph import BatchSource, ClusterBatches, FullBatch, adjacency, graph_tensors, partition_nodes, worker_subgraph
+from ..nn.slicing import SplitSpec
+from ..subnets import FlatLayout, build_subnet, load_subnet_state, subnet_layout, subnet_state
+from .evaluation import correct_counts
+
+
+def make_optimizer(params, cfg: LocalConfig) -> torch.optim.Optimizer:
+    """A fresh optimizer of ``cfg.optimizer`` over ``params``."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class RNGStream:
+    """A worker's own RNG stream, swapped into the global generator around its
+    computation, so it draws the same numbers in a shared process as alone."""
+
+    def __init__(self, state: Tensor) -> None:
+        self.state = state.clone()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.state)
+        try:
+            yield
+        finally:
+            self.state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+
+def training_loss(model: nn.Module, batch: Data, adj: Tensor) -> Optional[Tensor]:
+    """Cross-entropy over the batch's training nodes (``None`` if it has none)."""
+    mask = batch.train_mask
+    if not bool(mask.any()):
+        return None
+    out = model(batch.x, adj)
+    return F.cross_entropy(out[mask], batch.y[mask])
+
+
+class WarnOnce:
+    """Calling it warns ``message`` the first time only."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.warned = False
+
+    def __call__(self) -> None:
+        if not self.warned:
+            warnings.warn(self.message)
+            self.warned = True
+
+
+def local_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: BatchSource,
+    steps: int,
+    rng: RNGStream,
+    on_empty_batch: WarnOnce,
+) -> list[float]:
+    """``steps`` optimizer steps of ``model`` on ``batches``, drawing dropout
+    from ``rng``; a batch without training nodes is skipped (and
+    ``on_empty_batch`` called). Returns the losses of the steps taken."""
+    model.train()
+    losses: list[float] = []
+    with rng.active():
+        for _ in range(steps):
+            batch, adj = batches.next_batch()
+            optimizer.zero_grad()
+            loss = training_loss(model, batch, adj)
+            if loss is None:
+                on_empty_batch()
+                continue
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    return losses
+
+
+def mean_or_nan(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def worker_graphs(data: Data, cfg: RunConfig) -> list[Data]:
+    """The graph each worker trains on: the whole graph (``replicated``) or
+    its own part's induced subgraph (``partitioned``)."""
+    if not cfg.evaluates_on_workers:  # replicated data, or a single worker
+        return [data] * cfg.subnets
+    d = cfg.data
+    parts = partition_nodes(data.edge_index, data.num_nodes, cfg.subnets, d.partitioner, cfg.seed)
+    return [worker_subgraph(data, parts, i, d.halo_hops) for i in range(cfg.subnets)]
+
+
+def make_batch_sources(graphs: dict[int, Data], cfg: RunConfig) -> dict[int, BatchSource]:
+    """Worker ``i``'s batch stream over ``graphs[i]``: full batch, or Cluster-GCN
+    batches whose METIS partition is computed once per distinct graph and
+    whose order is seeded by ``seed + i``."""
+    sources: dict[int, BatchSource] = {}
+    parts_of: dict[int, Tensor] = {}
+    full_of: dict[int, FullBatch] = {}
+    d = cfg.data
+    for i, g in graphs.items():
+        if d.batching == "cluster":
+            parts = parts_of.get(id(g))
+            if parts is None:
+                if d.num_clusters > g.num_nodes:
+                    raise ValueError(f"num_clusters ({d.num_clusters}) exceeds worker {i}'s {g.num_nodes} nodes")
+                parts = parts_of[id(g)] = partition_nodes(g.edge_index, g.num_nodes, d.num_clusters, "metis", cfg.seed)
+            sources[i] = ClusterBatches(
+                g, d.num_clusters, d.clusters_per_batch, cfg.seed + i, parts=parts, sparse=d.sparse_adjacency
+            )
+        else:  # a full batch is stateless: workers holding the same graph share it
+            if id(g) not in full_of:
+                full_of[id(g)] = FullBatch(g, d.sparse_adjacency)
+            sources[i] = full_of[id(g)]
+    return sources
+
+
+class Worker:
+    """Holds one narrow sub-network and its own graph data.
+
+    Each round it loads the parameters it is sent, runs ``local_steps``
+    optimizer steps, and returns its parameters. Its dropout and sampling
+    randomness come from its own RNG state, so it draws the same numbers
+    whether it runs in the coordinator's process or in a process of its own.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        subnet: nn.Module,
+        spec: SplitSpec,
+        layout: FlatLayout,
+        batches: BatchSource,
+        cfg: LocalConfig,
+        rng_state: Tensor,
+        keep_optimizer: bool = False,
+        seed: Optional[int] = None,
+        template: Optional[nn.Module] = None,
+        sparse: bool = True,
+    ) -> None:
+        cfg.check()
+        self.index = index
+        self.subnet = subnet
+        self.spec = spec
+        self.layout = layout
+        self.batches = batches
+        self.cfg = cfg
+        self._rng = RNGStream(rng_state)
+        self.keep_optimizer = keep_optimizer
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.seed = seed
+        self.template = template
+        self.sparse = sparse
+        self._eval_adj: Optional[Tensor] = None
+        self._warn_empty = WarnOnce(f"worker {index}: a batch without training nodes; step skipped")
+        self._restored = False
+
+    def data_tensors(self) -> list[Tensor]:
+        return graph_tensors(self.batches.data)
+
+    @property
+    def param_numel(self) -> int:
+        return self.layout.numel
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        return self.layout.dtype
+
+    @property
+    def full_numel(self) -> int:
+        if self.template is None:
+            raise RuntimeError("this worker was built without the model template needed to evaluate")
+        return subnet_layout(self.template, self.spec, 1).numel
+
+    def evaluate(self, flat_model: Tensor) -> Tensor:
+        """:func:`correct_counts` of the full-width model (sent as one flat
+        buffer in the :func:`subnet_layout` of ``m = 1``) on this worker's own
+        nodes. The full-width model exists on the worker only while it
+        evaluates."""
+        if self.template is None:
+            raise RuntimeError("this worker was built without the model template needed to evaluate")
+        full = build_subnet(self.template, self.spec, 1)
+        load_subnet_state(full, subnet_layout(self.template, self.spec, 1).unflatten(flat_model))
+        if self._eval_adj is None:
+            self._eval_adj = adjacency(self.batches.data, self.sparse)
+        return correct_counts(full, self.batches.data, self._eval_adj)
+
+    def fast_forward(self, start_round: int) -> None:
+        """Skip the batches of rounds before ``start_round`` (resuming a run)."""
+        if not self._restored:
+            self.batches.skip(start_round * self.cfg.local_steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a worker must keep to resume exactly: with ``m = 1`` its RNG
+        stream, optimizer and batch stream carry over between rounds."""
+        state: dict[str, Any] = {"rng_state": self.rng_state.clone()}
+        if self.keep_optimizer and self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        batcher = self.batches.state_dict()
+        if batcher:
+            state["batcher"] = batcher
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng_state = state["rng_state"].clone()
+        if "optimizer" in state:
+            self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
+            self.optimizer.load_state_dict(state["optimizer"])
+        if "batcher" in state:
+            self.batches.load_state_dict(state["batcher"])
+        self._restored = True
+
+    @property
+    def rng_state(self) -> Tensor:
+        return self._rng.state
+
+    @rng_state.setter
+    def rng_state(self, state: Tensor) -> None:
+        self._rng.state = state.clone()
+
+    def train_round(self, round: int, flat_params: Tensor) -> WorkerReport:
+        start = time.perf_counter()
+        if not self.keep_optimizer and self.seed is not None:
+            # m > 1: a fresh sub-network, optimizer and RNG stream every round,
+            # so a resumed run needs no worker state at all
+            self.rng_state = worker_rng_state(self.seed, self.index, round)
+        load_subnet_state(self.subnet, self.layout.unflatten(flat_params))
+        if self.optimizer is None or not self.keep_optimizer:
+            self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
+        losses = local_steps(self.subnet, self.optimizer, self.batches, self.cfg.local_steps, self._rng,
+                             self._warn_empty)
+        flat = self.layout.flatten(subnet_state(self.subnet, self.spec))
+        return WorkerReport(flat, WorkerStats(mean_or_nan(losses), len(losses), time.perf_counter() - start))
+
+
+def worker_rng_state(seed: int, index: int, round: Optional[int] = None) -> Tensor:
+    """RNG state of worker ``index`` (for round ``round``, when given).
+
+    With ``m > 1`` every worker draws its dropout from a stream that is a pure
+    function of ``(seed, worker, round)``. With ``m = 1`` worker 0 instead
+    continues the coordinator's stream, so that ``m = 1`` is ordinary training.
+    """
+    key = int(seed) * 7919 + 104729 * int(index)
+    if round is not None:
+        key = key * 1_000_003 + int(round) + 1
+    return torch.Generator().manual_seed(key % (2**63)).get_state()
+
+
+def make_workers(model: nn.Module, spec: SplitSpec, data: Optional[Data], cfg: RunConfig,
+                 indices: Optional[Sequence[int]] = None,
+                 graphs: Optional[dict[int, Data]] = None) -> list[Worker]:
+    """Build workers ``indices`` (default: all) for ``model``.
+
+    ``graphs`` gives worker graphs directly (a process that loaded only its
+    own part); otherwise they are cut from ``data`` with :func:`worker_graphs`.
+    Worker 0 takes the current global RNG state; call this right after
+    building the model under ``torch.manual_seed(seed)``. ``model`` may live
+    on the ``meta`` device.
+    """
+    layout = subnet_layout(model, spec, cfg.subnets)
+    if graphs is None:
+        if data is None:
+            raise ValueError("make_workers needs the full graph or the workers' graphs")
+        graphs = dict(enumerate(worker_graphs(data, cfg)))
+    first_state = torch.get_rng_state()
+    chosen = list(indices) if indices is not None else list(range(cfg.subnets))
+    sources = make_batch_sources({i: graphs[i] for i in chosen}, cfg)
+    workers = []
+    for i in chosen:
+        source = sources[i]
+        rng = first_state if i == 0 else worker_rng_state(cfg.seed, i)
+        subnet = build_subnet(model, spec, cfg.subnets)
+        workers.append(Worker(i, subnet, spec, layout, source, cfg.local, rng, keep_optimizer=cfg.subnets == 1,
+                              seed=cfg.seed, template=model, sparse=cfg.data.sparse_adjacency))
+    return workers
+
+

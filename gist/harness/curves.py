@@ -1,0 +1,116 @@
+"""Run logs as frames: one curve per run (bytes, seconds, metrics by round), one row per run.
+
+Inputs are the run logs :func:`gist.harness.sweep.run_sweep` writes
+(``runs/<run id>.json``); see :mod:`gist.harness.tables` for what bytes per
+worker and seconds mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import pandas as pd
+
+from .sweep import RUNS_DIR, migrate_log
+
+NOT_TRAINING_KINDS = ("data", "eval")
+GROUP = ["method", "m", "zeta"]
+
+
+def run_curve(log: dict[str, Any]) -> pd.DataFrame:
+    """One row per round: cumulative ``steps``, ``seconds``, ``bytes_per_worker``,
+    ``eval_bytes_per_worker`` (see the module docstring) and that round's
+    ``train``/``val``/``test`` (NaN where the round was not evaluated)."""
+    m = int(log["sweep"]["m"]) if "sweep" in log else int(log["config"]["subnets"])
+    setup = sum(n for k, n in log.get("setup_bytes", {}).items() if k not in NOT_TRAINING_KINDS)
+    rows = []
+    steps, seconds, wire, eval_wire = 0, 0.0, float(setup), 0.0
+    for r in log["rounds"]:
+        steps += int(r["local_steps"])
+        par = r.get("parallel_seconds")
+        seconds += (r["seconds"] if par is None else par) + (r.get("eval_seconds") or 0.0)
+        wire += sum(n for k, n in r.get("bytes", {}).items() if k not in NOT_TRAINING_KINDS)
+        eval_wire += r.get("bytes", {}).get("eval", 0)
+        rows.append({"round": int(r["round"]), "steps": steps, "seconds": seconds,
+                     "bytes_per_worker": wire / m, "eval_bytes_per_worker": eval_wire / m,
+                     **{k: (math.nan if r.get(k) is None else float(r[k])) for k in ("train", "val", "test")}})
+    return pd.DataFrame(rows, columns=["round", "steps", "seconds", "bytes_per_worker", "eval_bytes_per_worker",
+                                       "train", "val", "test"])
+
+
+def first_reach(curve: pd.DataFrame, target: float) -> Optional[dict[str, float]]:
+    """``{"round", "steps", "bytes_per_worker", "seconds"}`` at the first
+    evaluated round with ``val >= target``; ``None`` if no round reaches it."""
+    hit = curve[curve["val"] >= target]
+    if hit.empty:
+        return None
+    row = hit.iloc[0]
+    return {"round": int(row["round"]), "steps": int(row["steps"]),
+            "bytes_per_worker": float(row["bytes_per_worker"]), "seconds": float(row["seconds"])}
+
+
+def load_logs(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Every completed run log under ``results_dir/runs``, in name order."""
+    runs = Path(results_dir) / RUNS_DIR
+    if not runs.is_dir():
+        raise FileNotFoundError(f"{results_dir} has no {RUNS_DIR}/ folder of run logs")
+    return [migrate_log(json.loads(p.read_text())) for p in sorted(runs.glob("*.json"))]
+
+
+def context_axes(logs: Sequence[dict[str, Any]]) -> list[str]:
+    """The extra axes (e.g. ``model``) the logs were swept over."""
+    names: list[str] = []
+    for log in logs:
+        for k in log["sweep"].get("context", {}):
+            if k not in names:
+                names.append(k)
+    return names
+
+
+def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run: grid position, best validation, test there, total
+    bytes per worker, and the curve (column ``curve``)."""
+    axes = context_axes(logs)
+    rows = []
+    for log in logs:
+        curve = run_curve(log)
+        evaluated = curve.dropna(subset=["val"])
+        best = evaluated.loc[evaluated["val"].idxmax()] if not evaluated.empty else None
+        s = log["sweep"]
+        rows.append({**{k: s.get("context", {}).get(k) for k in axes},
+                     "method": s["method"], "m": int(s["m"]), "zeta": int(s["zeta"]), "seed": int(s["seed"]),
+                     "best_val": float(best["val"]) if best is not None else math.nan,
+                     "test_at_best_val": float(best["test"]) if best is not None else math.nan,
+                     "bytes_per_worker": float(curve["bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
+                     "eval_bytes_per_worker": float(curve["eval_bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
+                     "seconds": float(curve["seconds"].iloc[-1]) if len(curve) else 0.0,
+                     "curve": curve})
+    return pd.DataFrame(rows)
+
+
+def match_axes(df: pd.DataFrame, axes: Sequence[str], key: Iterable) -> pd.Series:
+    mask = pd.Series(True, index=df.index)
+    for name, value in zip(axes, key):
+        mask &= df[name] == value
+    return mask
+
+
+def axes_label(axes: Sequence[str], key: Iterable) -> str:
+    return ", ".join(f"{a}={v}" for a, v in zip(axes, key))
+
+
+def mean_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per method, ``m`` and ``ζ``: the seeds' curves averaged round by round
+    (validation where every seed was evaluated)."""
+    frames = []
+    for key, g in runs.groupby(GROUP, sort=False):
+        stacked = pd.concat(list(g["curve"]), keys=range(len(g)), names=["seed_i", "row"])
+        mean = stacked.groupby("round")[["steps", "seconds", "bytes_per_worker", "val", "test"]].mean()
+        mean = mean.reset_index()
+        for name, value in zip(GROUP, key):
+            mean[name] = value
+        frames.append(mean)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,114 @@
+r"""``ddp``: synchronous data parallelism, the gradient averaged before every step.
+
+Every step each worker computes the gradient on its own batch; the gradients
+are averaged, ``g = Σ_i (g_i / m)``, with one all-reduce of one flat buffer of
+``|θ|`` values (the parameters that require gradients), and every replica
+takes the same optimizer step, so all replicas stay identical. One
+persistent optimizer per worker (never reset). This is what
+``torch.nn.parallel.DistributedDataParallel`` does with a single gradient
+bucket; per worker per round it moves ``ζ·2·(m-1)/m·|θ|`` values.
+
+A batch without training nodes: the worker still runs the forward pass and
+contributes a zero gradient (``0·Σ out``) to the average, so every worker
+takes part in every all-reduce; the average is still taken over all ``m``
+workers.
+
+BatchNorm: buffers are not synchronised during training. In training mode
+BatchNorm normalises with batch statistics, so running statistics never
+affect the gradients, and worker 0's model keeps the running statistics of
+its own batches (in the in-process simulation the workers share one replica,
+and the buffers are restored after every other worker's pass).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from .data_parallel import DataParallelMethod
+
+
+def ddp_loss(model: nn.Module, batch: Data, adj: Tensor) -> tuple[Tensor, bool]:
+    """Training loss, or ``0·Σ out`` (a zero gradient for every parameter
+    used) when the batch has no training nodes; the flag says which."""
+    out = model(batch.x, adj)
+    mask = batch.train_mask
+    if bool(mask.any()):
+        return F.cross_entropy(out[mask], batch.y[mask]), True
+    return out.sum() * 0.0, False
+
+
+def flat_grad(params: list[nn.Parameter]) -> Tensor:
+    """The parameters' gradients as one flat buffer (zeros where a parameter has none)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+
+
+class DDP(DataParallelMethod):
+    """Synchronous data parallelism (see the module docstring)."""
+
+    name = "ddp"
+    color = "tab:blue"
+    shares_replicas = True
+    empty_batch = "contributes a zero gradient"
+
+    @property
+    def num_params(self) -> int:
+        return self.grad_numel
+
+    def train_workers(self, round: int) -> tuple[dict[int, list[float]], dict[int, float], float]:
+        local = self.local_workers
+        losses: dict[int, list[float]] = {i: [] for i in local}
+        seconds = {i: 0.0 for i in local}
+        merge_seconds = 0.0
+        for rep in self.distinct_replicas():
+            rep.train()
+        for _ in range(self.cfg.local.local_steps):
+            grads = {}
+            for i in local:
+                t = time.perf_counter()
+                rep, opt = self._replicas[i], self._optimizers[i]
+                # a replica shared by several workers keeps the first one's BatchNorm statistics
+                keep = [b.clone() for b in rep.buffers()] if i != local[0] and rep is self._replicas[local[0]] else None
+                with self._rngs[i].active():
+                    batch, adj = self._sources[i].next_batch()
+                    opt.zero_grad()
+                    loss, real = ddp_loss(rep, batch, adj)
+                    loss.backward()
+                if keep is not None:
+                    with torch.no_grad():
+                        for b, saved in zip(rep.buffers(), keep):
+                            b.copy_(saved)
+                if real:
+                    losses[i].append(float(loss.detach()))
+                else:
+                    self._warn_empty[i]()
+                grads[i] = flat_grad([p for p in rep.parameters() if p.requires_grad])
+                seconds[i] += time.perf_counter() - t
+            t = time.perf_counter()
+            mean = self.collective.all_reduce_mean(round, grads)
+            for rep in self.distinct_replicas():
+                offset = 0
+                for p in (p for p in rep.parameters() if p.requires_grad):
+                    p.grad = mean[offset : offset + p.numel()].view_as(p).clone()
+                    offset += p.numel()
+            merge_seconds += time.perf_counter() - t
+            t = time.perf_counter()
+            for opt in {id(o): o for o in self._optimizers.values()}.values():
+                opt.step()  # every replica takes the same step
+            step_seconds = time.perf_counter() - t
+            for i in local:
+                seconds[i] += step_seconds
+        return losses, seconds, merge_seconds
+
+    def shared_state(self) -> dict[str, Any]:
+        """The optimizer state (the same on every worker)."""
+        return {"optimizer": self._optimizers[self.local_workers[0]].state_dict()}
+
+    def load_worker_state(self, i: int, own: dict[str, Any], shared: dict[str, Any]) -> None:
+        super().load_worker_state(i, own, shared)
+        self._optimizers[i].load_state_dict(shared["optimizer"])

@@ -1,0 +1,23 @@
+"""``full``: the full-width model trained on one worker, the reference every table compares with.
+
+It is GIST with ``m = 1``: the only sub-network is the full model, the worker
+keeps its optimizer and RNG stream between rounds, and the run is step for
+step a plain PyG training loop. ``ζ`` only sets how often it is evaluated
+and how its log counts steps.
+"""
+
+from __future__ import annotations
+
+from .gist import GIST
+
+
+class FullModel(GIST):
+    """GIST at ``m = 1`` (see the module docstring)."""
+
+    name = "full"
+    fixed_subnets = 1
+    color = "black"
+
+    @property
+    def label(self) -> str:
+        return "full model"
