@@ -1,4 +1,5 @@
 """What every benchmark script does with its Markdown report."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -11,6 +11,7 @@ another); ``parallel s`` replaces each round's worker time by its slowest
 worker's, i.e. what m real workers would take. ``MB/worker`` counts the
 parameters each worker received and returned (the byte ledger).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,39 @@ from gist.config import RunConfig
 from gist.run import run_training
 
 SETUPS = {
-    "cora": dict(model="gcn", layers=3, hidden=256, local_steps=5, rounds=20, lr=0.01, weight_decay=5e-4,
-                 dropout=0.5, eval_every=1),
-    "citeseer": dict(model="gcn", layers=3, hidden=256, local_steps=5, rounds=20, lr=0.01, weight_decay=5e-4,
-                     dropout=0.5, eval_every=1),
-    "coauthor-cs": dict(model="gcn", layers=3, hidden=256, local_steps=5, rounds=20, lr=0.01, weight_decay=0.0,
-                        dropout=0.5, eval_every=2),
+    "cora": dict(
+        model="gcn",
+        layers=3,
+        hidden=256,
+        local_steps=5,
+        rounds=20,
+        lr=0.01,
+        weight_decay=5e-4,
+        dropout=0.5,
+        eval_every=1,
+    ),
+    "citeseer": dict(
+        model="gcn",
+        layers=3,
+        hidden=256,
+        local_steps=5,
+        rounds=20,
+        lr=0.01,
+        weight_decay=5e-4,
+        dropout=0.5,
+        eval_every=1,
+    ),
+    "coauthor-cs": dict(
+        model="gcn",
+        layers=3,
+        hidden=256,
+        local_steps=5,
+        rounds=20,
+        lr=0.01,
+        weight_decay=0.0,
+        dropout=0.5,
+        eval_every=2,
+    ),
 }
 
 
@@ -51,20 +79,34 @@ def main(argv=None) -> int:
             settings = RunConfig.from_flat(dataset=name, root=args.root, subnets=m, seed=args.seed, **SETUPS[name])
             log_path = Path(args.logs) / f"{name}-m{m}.json" if args.logs else None
             s = run_training(settings, progress=False, log_path=log_path)["summary"]
-            rows.append({
-                "dataset": name, "m": m, "best val": s["best_val"], "test at best val": s["test_at_best_val"],
-                "best round": s["best_round"], "MB/worker": s["bytes_per_worker"] / 1e6,
-                "seconds": s["seconds"], "parallel s": s["parallel_seconds"],
-            })
+            rows.append(
+                {
+                    "dataset": name,
+                    "m": m,
+                    "best val": s["best_val"],
+                    "test at best val": s["test_at_best_val"],
+                    "best round": s["best_round"],
+                    "MB/worker": s["bytes_per_worker"] / 1e6,
+                    "seconds": s["seconds"],
+                    "parallel s": s["parallel_seconds"],
+                }
+            )
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     setup_lines = [f"- `{n}`: " + ", ".join(f"{k}={v}" for k, v in SETUPS[n].items()) for n in args.datasets]
-    text = "\n".join([
-        "# Full model vs GIST sub-networks", "", f"Made by: `{command}`", "",
-        "Settings (seed " + str(args.seed) + ", replicated data, full batch, in-process simulation):",
-        *setup_lines, "",
-        table.to_markdown(index=False, floatfmt=".4g"), "",
-    ])
+    text = "\n".join(
+        [
+            "# Full model vs GIST sub-networks",
+            "",
+            f"Made by: `{command}`",
+            "",
+            "Settings (seed " + str(args.seed) + ", replicated data, full batch, in-process simulation):",
+            *setup_lines,
+            "",
+            table.to_markdown(index=False, floatfmt=".4g"),
+            "",
+        ]
+    )
     emit(text, args.out)
     return 0
 

@@ -11,6 +11,7 @@ Usage::
 ``DATA_ROOT`` holds ``coauthor/CS/raw/ms_academic_cs.npz`` (a copy of
 ``../shared/data`` works). Timings are medians over repeated rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,7 +83,9 @@ def main(argv=None) -> int:
     ]
     for m in (2, 4, 8):
         r = overhead_share(ds, 256, m, 10, args.rounds)
-        lines.append(f"| {m} | {r['round_s']:.3f} | {r['split_slice_s']:.4f} | {r['merge_s']:.4f} | {100 * r['share']:.2f}% |")
+        lines.append(
+            f"| {m} | {r['round_s']:.3f} | {r['split_slice_s']:.4f} | {r['merge_s']:.4f} | {100 * r['share']:.2f}% |"
+        )
         print(lines[-1], flush=True)
     full = step_seconds(ds, 1024, 1, args.repeats)
     sub = step_seconds(ds, 1024, 4, args.repeats)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch.multiprocessing as mp
 
@@ -88,13 +89,23 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         if field.metadata["cli"]:
             _add_setting(groups[group], name, field, defaults[name])
     out = groups["checkpoint"]
-    out.add_argument("--log", "--log-file", dest="log", default=None, metavar="PATH",
-                     help="write the run's JSON log here (spell it --log-file after torchrun, whose own "
-                     "options would otherwise claim --log)")
+    out.add_argument(
+        "--log",
+        "--log-file",
+        dest="log",
+        default=None,
+        metavar="PATH",
+        help="write the run's JSON log here (spell it --log-file after torchrun, whose own "
+        "options would otherwise claim --log)",
+    )
     out.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    groups["dist"].add_argument("--procs", type=_int_at_least(1), default=None, metavar="M",
-                                help="spawn M local processes on torch.distributed (loopback only); "
-                                "implies --backend dist")
+    groups["dist"].add_argument(
+        "--procs",
+        type=_int_at_least(1),
+        default=None,
+        metavar="M",
+        help="spawn M local processes on torch.distributed (loopback only); implies --backend dist",
+    )
     p.set_defaults(func=_train)
 
 
@@ -149,8 +160,9 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="data root for every run (overrides the config)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads per run")
-    p.add_argument("--processes", action="store_true",
-                   help="run each run as m real processes on torch.distributed (loopback)")
+    p.add_argument(
+        "--processes", action="store_true", help="run each run as m real processes on torch.distributed (loopback)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_sweep)
@@ -162,8 +174,12 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("results_dir", metavar="RESULTS_DIR")
-    p.add_argument("--target-drop", type=float, default=None,
-                   help="target = full model's best validation minus this (default: the config's, else 0.01)")
+    p.add_argument(
+        "--target-drop",
+        type=float,
+        default=None,
+        help="target = full model's best validation minus this (default: the config's, else 0.01)",
+    )
     p.add_argument("--target", type=float, default=None, help="absolute validation target instead")
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=_table)
@@ -200,8 +216,13 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _table(args: argparse.Namespace) -> int:
     try:
-        text, _ = tabulate(args.results_dir, command_line(_argv(args)), target_drop=args.target_drop,
-                           target=args.target, plots=not args.no_plots)
+        text, _ = tabulate(
+            args.results_dir,
+            command_line(_argv(args)),
+            target_drop=args.target_drop,
+            target=args.target,
+            plots=not args.no_plots,
+        )
     except (SweepError, FileNotFoundError) as exc:
         print(f"gist table: error: {exc}", file=sys.stderr)
         return 2
@@ -220,12 +241,14 @@ def _add_partition_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", default="csbm", help="dataset name (as for gist train)")
     p.add_argument("--root", default=None, help="data root (default: $GIST_DATA_ROOT or ./datasets)")
-    p.add_argument("--parts", type=_int_at_least(1), required=True,
-                   help="number of parts (= workers m of the partitioned run)")
+    p.add_argument(
+        "--parts", type=_int_at_least(1), required=True, help="number of parts (= workers m of the partitioned run)"
+    )
     p.add_argument("--partitioner", choices=list(PARTITIONERS), default="metis")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the partitioner")
-    p.add_argument("--halo-hops", type=_int_at_least(0), default=0,
-                   help="k-hop read-only halo nodes stored with each part")
+    p.add_argument(
+        "--halo-hops", type=_int_at_least(0), default=0, help="k-hop read-only halo nodes stored with each part"
+    )
     p.add_argument("--force", action="store_true", help="rewrite even if complete files exist")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_partition)
@@ -234,18 +257,30 @@ def _add_partition_parser(sub: argparse._SubParsersAction) -> None:
 def _partition(args: argparse.Namespace) -> int:
     """Write (or reuse) the parts and print a per-part summary."""
     try:
-        d, wrote = prepare_partitions(args.root, args.dataset, args.parts, args.partitioner, args.seed,
-                                      args.halo_hops, progress=not args.no_progress, force=args.force)
+        d, wrote = prepare_partitions(
+            args.root,
+            args.dataset,
+            args.parts,
+            args.partitioner,
+            args.seed,
+            args.halo_hops,
+            progress=not args.no_progress,
+            force=args.force,
+        )
         info = read_meta(d)
     except (DatasetNotFoundError, ValueError) as exc:
         print(f"gist partition: error: {exc}", file=sys.stderr)
         return 2
     state = "wrote" if wrote else "reused existing"
-    print(f"{state} {info.num_parts} parts of {info.dataset} ({info.num_nodes} nodes, "
-          f"{info.partitioner}, seed {info.seed}, halo {info.halo_hops}) in {d}")
+    print(
+        f"{state} {info.num_parts} parts of {info.dataset} ({info.num_nodes} nodes, "
+        f"{info.partitioner}, seed {info.seed}, halo {info.halo_hops}) in {d}"
+    )
     for part in info.parts:
-        print(f"  part {part['index']}: {part['num_nodes']} nodes ({part['num_owned']} owned), "
-              f"{part['num_edges']} edges, {part['num_train']} train nodes")
+        print(
+            f"  part {part['index']}: {part['num_nodes']} nodes ({part['num_owned']} owned), "
+            f"{part['num_edges']} edges, {part['num_train']} train nodes"
+        )
     return 0
 
 
@@ -262,6 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else None
     return args.func(args)
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 from .data import available_datasets
 from .graph import PARTITIONERS
@@ -65,8 +66,15 @@ def setting(
         cli: whether ``gist train`` has a flag for it.
         help: one line for ``gist train --help``.
     """
-    meta = {"flat": flat, "choices": choices, "changes_results": changes_results, "per_run": per_run,
-            "minimum": minimum, "cli": cli, "help": help}
+    meta = {
+        "flat": flat,
+        "choices": choices,
+        "changes_results": changes_results,
+        "per_run": per_run,
+        "minimum": minimum,
+        "cli": cli,
+        "help": help,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -111,9 +119,7 @@ class DataConfig:
         help="replicated: every worker reads the whole graph; partitioned: worker i holds only node part i",
     )
     partitioner: str = setting("metis", choices=PARTITIONERS, help="node partitioner for --data-mode partitioned")
-    halo_hops: int = setting(
-        0, minimum=0, help="partitioned mode: k-hop halo nodes each worker also holds (read-only)"
-    )
+    halo_hops: int = setting(0, minimum=0, help="partitioned mode: k-hop halo nodes each worker also holds (read-only)")
     batching: str = setting(
         "full", choices=BATCHING, help="full-batch steps, or Cluster-GCN mini-batches of METIS parts"
     )
@@ -252,7 +258,7 @@ class RunConfig:
 
     # ------------------------------------------------------------------ checks
 
-    def check(self) -> "RunConfig":
+    def check(self) -> RunConfig:
         """Raise ``ValueError`` naming the first bad value; return ``self``.
         (The method name is checked by :func:`gist.methods.get_method`.)"""
         _check_fields(self)
@@ -280,7 +286,7 @@ class RunConfig:
         """The flat fields that change what a run computes."""
         return {name: value for name, value in self.flat().items() if _FLAT[name][1].metadata["changes_results"]}
 
-    def replace(self, **flat: Any) -> "RunConfig":
+    def replace(self, **flat: Any) -> RunConfig:
         """A copy with fields set by flat name: ``cfg.replace(data_mode="partitioned", hidden=64)``."""
         out = copy.deepcopy(self)
         for name, value in flat.items():
@@ -295,7 +301,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], strict: bool = True) -> "RunConfig":
+    def from_dict(cls, values: dict[str, Any], strict: bool = True) -> RunConfig:
         """Read :meth:`to_dict`'s nested form or the flat form of older logs.
 
         Keys that are not settings (a log's ``transport``, ``dataset_split``)
@@ -314,7 +320,7 @@ class RunConfig:
         return cls().replace(**flat)
 
     @classmethod
-    def from_flat(cls, **flat: Any) -> "RunConfig":
+    def from_flat(cls, **flat: Any) -> RunConfig:
         """``RunConfig.from_flat(dataset="cora", hidden=64, data_mode="partitioned")``."""
         return cls().replace(**flat)
 

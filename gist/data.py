@@ -46,9 +46,10 @@ import socket
 import threading
 import urllib.parse
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -154,9 +155,7 @@ def register_dataset(name: str, loader: Callable[..., NodeDataset]) -> None:
     _REGISTRY[_norm(name)] = loader
 
 
-def load_dataset(
-    name: str, root: str | Path | None = None, seed: int = 0, **kwargs: Any
-) -> NodeDataset:
+def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, **kwargs: Any) -> NodeDataset:
     """Load a registered dataset.
 
     ``root`` defaults to :func:`default_root` and is made absolute; ``seed`` drives random splits
@@ -166,9 +165,7 @@ def load_dataset(
     """
     key = _norm(name) if isinstance(name, str) else name
     if key not in _REGISTRY:
-        raise ValueError(
-            f"unknown dataset {name!r}; available datasets: {', '.join(available_datasets())}"
-        )
+        raise ValueError(f"unknown dataset {name!r}; available datasets: {', '.join(available_datasets())}")
     root_path = (Path(root).expanduser() if root is not None else default_root()).absolute()
     ds = _REGISTRY[key](root_path, seed, **kwargs)
     if not isinstance(ds, NodeDataset):
@@ -195,25 +192,31 @@ def _check(ds: NodeDataset) -> None:
         raise ValueError(f"dataset {ds.name!r} is malformed: " + "; ".join(problems))
 
 
-def _make_dataset(name: str, x: Tensor, edge_index: Tensor, y: Tensor, masks, split: str,
-                  metric: str = "accuracy", num_classes: int | None = None) -> NodeDataset:
+def _make_dataset(
+    name: str,
+    x: Tensor,
+    edge_index: Tensor,
+    y: Tensor,
+    masks,
+    split: str,
+    metric: str = "accuracy",
+    num_classes: int | None = None,
+) -> NodeDataset:
     y = y.reshape(-1).long()
     train, val, test = (m.reshape(-1).bool() for m in masks)
-    data = Data(x=x.float(), edge_index=edge_index.long(), y=y,
-                train_mask=train, val_mask=val, test_mask=test)
+    data = Data(x=x.float(), edge_index=edge_index.long(), y=y, train_mask=train, val_mask=val, test_mask=test)
     data.num_nodes = y.numel()
     if num_classes is None:
         num_classes = int(y.max()) + 1 if y.numel() else 0
-    return NodeDataset(name=name, data=data, num_features=int(x.size(1)),
-                       num_classes=int(num_classes), split=split, metric=metric)
+    return NodeDataset(
+        name=name, data=data, num_features=int(x.size(1)), num_classes=int(num_classes), split=split, metric=metric
+    )
 
 
 # --------------------------------------------------------------------------- splits
 
 
-def random_split(
-    num_nodes: int, seed: int, train: float = 0.6, val: float = 0.2
-) -> tuple[Tensor, Tensor, Tensor]:
+def random_split(num_nodes: int, seed: int, train: float = 0.6, val: float = 0.2) -> tuple[Tensor, Tensor, Tensor]:
     """Seeded random per-node split into disjoint, covering bool masks.
 
     ``round(train*N)`` training nodes, ``round(val*N)`` validation nodes, the
@@ -229,7 +232,7 @@ def random_split(
     n_train = int(round(train * num_nodes))
     n_val = min(int(round(val * num_nodes)), num_nodes - n_train)
     masks = []
-    for idx in (perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]):
+    for idx in (perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]):
         m = torch.zeros(num_nodes, dtype=torch.bool)
         m[idx] = True
         masks.append(m)
@@ -267,6 +270,7 @@ def make_csbm(
     model without edges reaches about 0.33 test accuracy) and message passing
     is needed (a 3-layer GCN reaches about 0.89).
     """
+
     def _is_int(v: Any) -> bool:
         return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -288,8 +292,7 @@ def make_csbm(
     if not _is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
 
-    num_nodes, num_classes, num_features, seed = (
-        int(num_nodes), int(num_classes), int(num_features), int(seed))
+    num_nodes, num_classes, num_features, seed = (int(num_nodes), int(num_classes), int(num_features), int(seed))
     gen = torch.Generator().manual_seed(seed)
     n, c = num_nodes, num_classes
     y = torch.randint(0, c, (n,), generator=gen)
@@ -323,8 +326,7 @@ def make_csbm(
     means = torch.randn(c, num_features, generator=gen) * float(signal)
     x = means[y] + torch.randn(n, num_features, generator=gen)
 
-    ds = _make_dataset("csbm", x, edge_index, y, random_split(n, seed), _split_name(seed),
-                       num_classes=c)
+    ds = _make_dataset("csbm", x, edge_index, y, random_split(n, seed), _split_name(seed), num_classes=c)
     return ds
 
 
@@ -337,13 +339,13 @@ def _load_csbm(root: Path, seed: int, **kwargs: Any) -> NodeDataset:
 
 @dataclass
 class _Files:
-    name: str            # registry name
-    folder: Path         # dataset folder (contains raw/ ...)
-    raw: list[Path]      # every file the loader needs to process from scratch
-    probe: list[Path]    # files the loader itself checks before deciding to download
-    processed: Path      # processed file written by the loader
-    always: list[Path]   # needed even when processed exists (OGB splits)
-    url: str             # download source (for the DNS probe)
+    name: str  # registry name
+    folder: Path  # dataset folder (contains raw/ ...)
+    raw: list[Path]  # every file the loader needs to process from scratch
+    probe: list[Path]  # files the loader itself checks before deciding to download
+    processed: Path  # processed file written by the loader
+    always: list[Path]  # needed even when processed exists (OGB splits)
+    url: str  # download source (for the DNS probe)
 
     @property
     def expected(self) -> list[Path]:
@@ -422,6 +424,7 @@ def _cleanup(paths: list[Path], before: set[Path], ancestors: list[Path]) -> Non
 @contextlib.contextmanager
 def _no_stdin() -> Iterator[None]:
     """Make ``input()`` raise instead of blocking on (or reading) stdin."""
+
     def refuse(prompt: object = "") -> str:
         raise RuntimeError(f"gist.data refuses to read from stdin (prompt was: {prompt!r})")
 
@@ -472,13 +475,15 @@ def _pyg_safe_globals() -> list[Any]:
     from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
     from torch_geometric.data.storage import EdgeStorage, GlobalStorage, NodeStorage
 
-    return [Data, HeteroData, DataEdgeAttr, DataTensorAttr,
-            GlobalStorage, NodeStorage, EdgeStorage]
+    return [Data, HeteroData, DataEdgeAttr, DataTensorAttr, GlobalStorage, NodeStorage, EdgeStorage]
 
 
-def _fetch(files: _Files, construct: Callable[[], Any],
-           download_ctx: Callable[[], contextlib.AbstractContextManager] | None = None,
-           extra_paths: list[Path] = ()) -> Any:
+def _fetch(
+    files: _Files,
+    construct: Callable[[], Any],
+    download_ctx: Callable[[], contextlib.AbstractContextManager] | None = None,
+    extra_paths: list[Path] = (),
+) -> Any:
     """Run ``construct()`` if files are present, else try one guarded download."""
     if files.ready():
         with _no_stdin(), torch.serialization.safe_globals(_pyg_safe_globals()):
@@ -521,10 +526,11 @@ def _fetch(files: _Files, construct: Callable[[], Any],
 # --------------------------------------------------------------------------- PyG loaders
 
 _PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
-_COAUTHOR = {"coauthor-cs": ("CS", "ms_academic_cs.npz"),
-             "coauthor-physics": ("Physics", "ms_academic_phy.npz")}
-_AMAZON = {"amazon-computers": ("Computers", "amazon_electronics_computers.npz"),
-           "amazon-photo": ("Photo", "amazon_electronics_photo.npz")}
+_COAUTHOR = {"coauthor-cs": ("CS", "ms_academic_cs.npz"), "coauthor-physics": ("Physics", "ms_academic_phy.npz")}
+_AMAZON = {
+    "amazon-computers": ("Computers", "amazon_electronics_computers.npz"),
+    "amazon-photo": ("Photo", "amazon_electronics_photo.npz"),
+}
 _PLANETOID_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 
@@ -538,8 +544,7 @@ def _load_planetoid(root: Path, seed: int, *, key: str) -> NodeDataset:
     files = _Files(key, folder, raw, raw, folder / "processed" / "data.pt", [], Planetoid.url)
     ds = _fetch(files, lambda: Planetoid(str(base), pyg_name))
     d = ds[0]
-    return _make_dataset(key, d.x, d.edge_index, d.y, (d.train_mask, d.val_mask, d.test_mask),
-                         "public Planetoid split")
+    return _make_dataset(key, d.x, d.edge_index, d.y, (d.train_mask, d.val_mask, d.test_mask), "public Planetoid split")
 
 
 def _load_npz_dataset(root: Path, seed: int, *, key: str) -> NodeDataset:
@@ -555,22 +560,28 @@ def _load_npz_dataset(root: Path, seed: int, *, key: str) -> NodeDataset:
     files = _Files(key, folder, raw, raw, folder / "processed" / "data.pt", [], cls.url)
     ds = _fetch(files, lambda: cls(str(base), pyg_name))
     d = ds[0]
-    return _make_dataset(key, d.x, d.edge_index, d.y, random_split(int(d.num_nodes), seed),
-                         _split_name(seed))
+    return _make_dataset(key, d.x, d.edge_index, d.y, random_split(int(d.num_nodes), seed), _split_name(seed))
 
 
 # --------------------------------------------------------------------------- OGB loaders
 
 _OGB = {
-    "ogbn-arxiv": {"split": "time", "extra_raw": ["node_year.csv.gz"], "undirected": True,
-                   "download_name": "arxiv",
-                   "url": "http://snap.stanford.edu/ogb/data/nodeproppred/arxiv.zip"},
-    "ogbn-products": {"split": "sales_ranking", "extra_raw": [], "undirected": False,
-                      "download_name": "products",
-                      "url": "http://snap.stanford.edu/ogb/data/nodeproppred/products.zip"},
+    "ogbn-arxiv": {
+        "split": "time",
+        "extra_raw": ["node_year.csv.gz"],
+        "undirected": True,
+        "download_name": "arxiv",
+        "url": "http://snap.stanford.edu/ogb/data/nodeproppred/arxiv.zip",
+    },
+    "ogbn-products": {
+        "split": "sales_ranking",
+        "extra_raw": [],
+        "undirected": False,
+        "download_name": "products",
+        "url": "http://snap.stanford.edu/ogb/data/nodeproppred/products.zip",
+    },
 }
-_OGB_RAW = ["edge.csv.gz", "node-feat.csv.gz", "node-label.csv.gz",
-            "num-node-list.csv.gz", "num-edge-list.csv.gz"]
+_OGB_RAW = ["edge.csv.gz", "node-feat.csv.gz", "node-label.csv.gz", "num-node-list.csv.gz", "num-edge-list.csv.gz"]
 
 
 @contextlib.contextmanager
@@ -598,10 +609,15 @@ def _load_ogb(root: Path, seed: int, *, key: str) -> NodeDataset:
     split_dir = folder / "split" / spec["split"]
     splits = [split_dir / f"{s}.csv.gz" for s in ("train", "valid", "test")]
     release = folder / "RELEASE_v1.txt"
-    files = _Files(key, folder, raw + splits, [folder / "raw" / "edge.csv.gz",
-                                                folder / "raw" / "node-feat.csv.gz"],
-                   folder / "processed" / "geometric_data_processed.pt",
-                   splits + [release], spec["url"])
+    files = _Files(
+        key,
+        folder,
+        raw + splits,
+        [folder / "raw" / "edge.csv.gz", folder / "raw" / "node-feat.csv.gz"],
+        folder / "processed" / "geometric_data_processed.pt",
+        splits + [release],
+        spec["url"],
+    )
 
     if folder.is_dir() and not release.exists():
         has_files = any(p.is_file() for p in folder.rglob("*"))
@@ -610,9 +626,11 @@ def _load_ogb(root: Path, seed: int, *, key: str) -> NodeDataset:
                 f"{folder} exists but has no RELEASE_v1.txt, so ogb would stop and ask on the "
                 f"console whether to delete it. If the files there are a complete OGB copy, "
                 f"create {release} (an empty file is fine); otherwise delete {folder} so the "
-                f"dataset can be downloaded again. Expected files:\n"
-                + "\n".join(f"  {p}" for p in files.expected),
-                key, folder, files.expected)
+                f"dataset can be downloaded again. Expected files:\n" + "\n".join(f"  {p}" for p in files.expected),
+                key,
+                folder,
+                files.expected,
+            )
         # Only empty folders (left by an interrupted attempt): clear them so ogb won't ask.
         for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
             p.rmdir()
@@ -625,8 +643,7 @@ def _load_ogb(root: Path, seed: int, *, key: str) -> NodeDataset:
             return ds, ds.get_idx_split()
 
     dl = spec["download_name"]
-    ds, idx = _fetch(files, construct, _ogb_allow_large_download,
-                     extra_paths=[root / f"{dl}.zip", root / dl])
+    ds, idx = _fetch(files, construct, _ogb_allow_large_download, extra_paths=[root / f"{dl}.zip", root / dl])
     d = ds[0]
     n = int(d.num_nodes)
     masks = []

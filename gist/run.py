@@ -59,8 +59,9 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
         return Built(driver, setup.split, f"torch.distributed ({ctx.backend})", time.perf_counter() - started)
     dataset = load_run_dataset(cfg)
     model = full_model(cfg, dataset.num_features, dataset.num_classes)
-    evaluator, scored_by = (None, "correct / total") if method.evaluates_on_workers(cfg) else \
-        coordinator_evaluator(cfg, dataset.data)
+    evaluator, scored_by = (
+        (None, "correct / total") if method.evaluates_on_workers(cfg) else coordinator_evaluator(cfg, dataset.data)
+    )
     driver = method(model, dataset.data, cfg, evaluator=evaluator, scored_by=scored_by)
     return Built(driver, dataset.split, "in-process", time.perf_counter() - started)
 
@@ -110,8 +111,11 @@ def finish(driver: RoundDriver, cfg: RunConfig, built: Built, log_path: Optional
     summary["load_seconds"] = built.setup_seconds
     log = {
         "config": {**cfg.to_dict(), "dataset_split": built.dataset_split, "transport": built.transport},
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "threads": torch.get_num_threads()},
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+        },
         "metric": {"name": "acc", "scored_by": driver.scored_by},
         "rounds": [asdict(r) for r in driver.history],
         "summary": summary,
@@ -125,8 +129,9 @@ def finish(driver: RoundDriver, cfg: RunConfig, built: Built, log_path: Optional
     return log
 
 
-def launch_local(cfg: RunConfig, procs: int, progress: bool = True,
-                 log_path: Optional[str | Path] = None) -> dict[str, Any]:
+def launch_local(
+    cfg: RunConfig, procs: int, progress: bool = True, log_path: Optional[str | Path] = None
+) -> dict[str, Any]:
     """Run ``cfg`` as ``procs`` local processes on ``torch.distributed``
     (loopback only) and return rank 0's log.
 

@@ -10,11 +10,13 @@ of each split dimension (e.g. ``W[P_l^i][:, P_{l-1}^i]``). Merging writes the
 slices back (they are disjoint, so this is exact) and averages the shared
 tensors. Blocks that cross groups are left untouched.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -88,8 +90,7 @@ def slice_state(
 ) -> dict[str, Tensor]:
     """The tensors of sub-network ``subnet`` (new tensors; ``state`` untouched)."""
     return {
-        name: _slice(state[name].detach(), axes, partition, subnet).clone()
-        for name, axes in spec.tensor_axes.items()
+        name: _slice(state[name].detach(), axes, partition, subnet).clone() for name, axes in spec.tensor_axes.items()
     }
 
 
@@ -163,13 +164,15 @@ class FlatLayout:
         offset = 0
         for name, shape, dtype in zip(self.names, self.shapes, self.dtypes):
             n = int(torch.Size(shape).numel())
-            chunk = flat[offset:offset + n].view(shape)
+            chunk = flat[offset : offset + n].view(shape)
             out[name] = chunk.round().to(dtype) if not dtype.is_floating_point else chunk.to(dtype)
             offset += n
         return out
 
 
-def subnet_layout(model: nn.Module, spec: SplitSpec, num_subnets: int, dtype: Optional[torch.dtype] = None) -> FlatLayout:
+def subnet_layout(
+    model: nn.Module, spec: SplitSpec, num_subnets: int, dtype: Optional[torch.dtype] = None
+) -> FlatLayout:
     """The flat-buffer layout shared by all ``num_subnets`` sub-networks."""
     spec.check_subnets(num_subnets)
     state = model.state_dict()

@@ -1,4 +1,5 @@
 """Shared fixtures: a writable copy of the real datasets in ../shared/data."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Accuracy floors on real data from ../shared/data (skipped, saying so, when absent)."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,20 @@ pytestmark = pytest.mark.slow
 
 def test_cora_gcn_m4_reaches_078_test_accuracy(real_data_root):
     root = real_data_root("planetoid")
-    settings = RunConfig.from_flat(dataset="cora", root=str(root), model="gcn", layers=3, hidden=256, subnets=4,
-                           local_steps=5, rounds=20, lr=0.01, weight_decay=5e-4, dropout=0.5, seed=0)
+    settings = RunConfig.from_flat(
+        dataset="cora",
+        root=str(root),
+        model="gcn",
+        layers=3,
+        hidden=256,
+        subnets=4,
+        local_steps=5,
+        rounds=20,
+        lr=0.01,
+        weight_decay=5e-4,
+        dropout=0.5,
+        seed=0,
+    )
     summary = run_training(settings, progress=False)["summary"]
     assert summary["test_at_best_val"] >= 0.78, summary
 
@@ -21,9 +34,22 @@ def test_coauthor_cs_sage_partitioned_m2_within_two_points_of_m1(real_data_root)
     root = real_data_root("coauthor")
     results = {}
     for m in (1, 2):
-        settings = RunConfig.from_flat(dataset="coauthor-cs", root=str(root), model="sage", layers=2, hidden=64,
-                               subnets=m, data_mode="partitioned", partitioner="metis", local_steps=5,
-                               rounds=16, eval_every=2, lr=0.01, dropout=0.5, seed=0)
+        settings = RunConfig.from_flat(
+            dataset="coauthor-cs",
+            root=str(root),
+            model="sage",
+            layers=2,
+            hidden=64,
+            subnets=m,
+            data_mode="partitioned",
+            partitioner="metis",
+            local_steps=5,
+            rounds=16,
+            eval_every=2,
+            lr=0.01,
+            dropout=0.5,
+            seed=0,
+        )
         results[m] = run_training(settings, progress=False)["summary"]
     full, gist = results[1]["test_at_best_val"], results[2]["test_at_best_val"]
     assert full >= 0.90, results

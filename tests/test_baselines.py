@@ -6,6 +6,7 @@ Distributed runs are real spawned processes (gloo, loopback); one spawn per
 world size runs every case in turn. Every process uses one torch thread so
 that both forms sum in the same order.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,8 +47,13 @@ CASES = {
     "local-sgd-partitioned-m2": ("local-sgd", 2, "gcn", "batch_norm", dict(data_mode="partitioned")),
     # part 3 has no training nodes: that worker contributes zero gradients
     "ddp-partitioned-empty-m4": ("ddp", 4, "sage", None, dict(data_mode="partitioned", partitioner="random")),
-    "local-sgd-cluster-m4": ("local-sgd", 4, "gcn", None,
-                             dict(data_mode="replicated", batching="cluster", num_clusters=8, clusters_per_batch=2)),
+    "local-sgd-cluster-m4": (
+        "local-sgd",
+        4,
+        "gcn",
+        None,
+        dict(data_mode="replicated", batching="cluster", num_clusters=8, clusters_per_batch=2),
+    ),
 }
 PARAMS = {("gcn", "batch_norm"): (372, 404), ("gcn", None): (340, 340), ("sage", None): (660, 660)}
 
@@ -96,12 +102,19 @@ def _dist_rank(rank: int, world: int, port: int, names: list[str], out: str) -> 
             own = worker_graphs(graph, cfg)[rank]
             # ranks > 0 start from a different init: rank 0's model is broadcast
             model = _model(name, graph, seed=0 if rank == 0 else 100 + rank)
-            trainer = METHODS[CASES[name][0]](model, graph if rank == 0 else None, cfg,
-                                              collective=DistCollective(ctx), graph=own)
+            trainer = METHODS[CASES[name][0]](
+                model, graph if rank == 0 else None, cfg, collective=DistCollective(ctx), graph=own
+            )
             trainer.fit(progress=False)
             if rank == 0:
-                torch.save({"state": model.state_dict(), "ledger": trainer.ledger.records(),
-                            "history": [asdict(r) for r in trainer.history]}, Path(out) / f"{name}.pt")
+                torch.save(
+                    {
+                        "state": model.state_dict(),
+                        "ledger": trainer.ledger.records(),
+                        "history": [asdict(r) for r in trainer.history],
+                    },
+                    Path(out) / f"{name}.pt",
+                )
     finally:
         torch.distributed.destroy_process_group()
 
@@ -113,8 +126,9 @@ def dist_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines")
     for world in sorted({case[1] for case in CASES.values()}):
         names = [n for n, case in CASES.items() if case[1] == world]
-        mp.start_processes(_dist_rank, args=(world, free_port(), names, str(out)), nprocs=world,
-                           start_method="spawn", join=True)
+        mp.start_processes(
+            _dist_rank, args=(world, free_port(), names, str(out)), nprocs=world, start_method="spawn", join=True
+        )
     return {n: torch.load(out / f"{n}.pt", weights_only=True) for n in CASES}
 
 
@@ -165,8 +179,9 @@ def test_bytes_match_ring_allreduce_count(name):
     for r in range(cfg.rounds):
         for w in range(m):
             assert ledger.total(round=r, worker=w, kind="params") == all_reduces_per_round * per_worker_per_all_reduce
-            assert (ledger.total(round=r, worker=w, direction="to_worker", kind="params")
-                    == ledger.total(round=r, worker=w, direction="from_worker", kind="params"))
+            assert ledger.total(round=r, worker=w, direction="to_worker", kind="params") == ledger.total(
+                round=r, worker=w, direction="from_worker", kind="params"
+            )
         record = trainer.history[r]
         moved = record.bytes_to_workers + record.bytes_from_workers
         assert moved == m * all_reduces_per_round * per_worker_per_all_reduce
@@ -176,8 +191,10 @@ def test_bytes_match_ring_allreduce_count(name):
     assert ledger.total(round=-1, worker=0, kind="params") == 0
     s = trainer.summary()
     assert s["subnet_params"] == theta
-    assert s["bytes_total"] == cfg.rounds * m * all_reduces_per_round * per_worker_per_all_reduce \
-        + (m - 1) * state_numel * 4
+    assert (
+        s["bytes_total"]
+        == cfg.rounds * m * all_reduces_per_round * per_worker_per_all_reduce + (m - 1) * state_numel * 4
+    )
     assert s["bytes_per_worker"] == s["bytes_total"] / m
     assert s["data_bytes_total"] > 0
 
@@ -206,8 +223,9 @@ def test_m1_is_plain_training_step_for_step(method, zeta):
     plain = _plain_training(graph, rounds * zeta, zeta)
     torch.manual_seed(0)
     model = build_model("gcn", graph.num_features, HIDDEN, int(graph.y.max()) + 1, 2, dropout=0.5, norm="batch_norm")
-    cfg = RunConfig.from_flat(subnets=1, rounds=rounds, local_steps=zeta, lr=0.01, weight_decay=5e-4,
-                              sparse_adjacency=False)
+    cfg = RunConfig.from_flat(
+        subnets=1, rounds=rounds, local_steps=zeta, lr=0.01, weight_decay=5e-4, sparse_adjacency=False
+    )
     trainer = METHODS[method](model, graph, cfg)
     for r in range(rounds):
         trainer.run_round()
@@ -222,8 +240,9 @@ def test_bad_method_and_mismatched_world():
     with pytest.raises(ValueError, match="method"):
         get_method("allreduce")
     with pytest.raises(ValueError, match="3 workers given but the config asks m=2"):
-        METHODS["ddp"](model, graph, RunConfig.from_flat(subnets=2),
-                       collective=DistCollective(DistContext(0, 3, 0, "gloo", 10.0)))
+        METHODS["ddp"](
+            model, graph, RunConfig.from_flat(subnets=2), collective=DistCollective(DistContext(0, 3, 0, "gloo", 10.0))
+        )
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """The ``gist train`` command: flags, JSON log, progress and errors."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,24 @@ def test_train_writes_log_with_config_rounds_and_summary(tmp_path, capsys):
     record = json.loads(log.read_text())
     assert set(record) >= {"config", "rounds", "summary"}
     cfg = RunConfig.from_dict(record["config"], strict=False).flat()
-    for key in ("dataset", "root", "model", "layers", "hidden", "subnets", "local_steps", "rounds", "lr",
-                "weight_decay", "dropout", "norm", "data_mode", "partitioner", "eval_every", "seed"):
+    for key in (
+        "dataset",
+        "root",
+        "model",
+        "layers",
+        "hidden",
+        "subnets",
+        "local_steps",
+        "rounds",
+        "lr",
+        "weight_decay",
+        "dropout",
+        "norm",
+        "data_mode",
+        "partitioner",
+        "eval_every",
+        "seed",
+    ):
         assert key in cfg, key
     assert cfg["subnets"] == 2 and cfg["hidden"] == 16
     rounds = record["rounds"]
@@ -38,19 +55,21 @@ def test_train_writes_log_with_config_rounds_and_summary(tmp_path, capsys):
 
 
 def test_progress_bar_shows_val_and_megabytes():
-    proc = subprocess.run([sys.executable, "-m", "gist", "train", *SMALL], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "gist", "train", *SMALL], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "GIST rounds" in proc.stderr and "val=" in proc.stderr and "MB=" in proc.stderr
     assert "best val" in proc.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--hidden", "10", "--subnets", "4"], "not divisible"),
-    (["--hidden", "8", "--subnets", "16"], "larger than the width"),
-    (["--dataset", "no-such-graph"], "no-such-graph"),
-    (["--dataset", "cora", "--root", "{tmp}"], "ind.cora.x"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--hidden", "10", "--subnets", "4"], "not divisible"),
+        (["--hidden", "8", "--subnets", "16"], "larger than the width"),
+        (["--dataset", "no-such-graph"], "no-such-graph"),
+        (["--dataset", "cora", "--root", "{tmp}"], "ind.cora.x"),
+    ],
+)
 def test_bad_input_exits_with_clear_message(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.setenv("GIST_OFFLINE", "1")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data_dir
 from torch_geometric.utils import contains_self_loops, is_undirected
 
 import gist.data as gd
-from conftest import shared_data_dir
 from gist.data import (
     DatasetNotFoundError,
     NodeDataset,
@@ -68,8 +68,7 @@ def test_csbm_deterministic_per_seed():
 @pytest.mark.parametrize("homophily", [0.8, 0.2])
 def test_csbm_shapes_degree_homophily(homophily):
     n, c, f = 3000, 4, 16
-    ds = make_csbm(num_nodes=n, num_classes=c, num_features=f, avg_degree=10.0,
-                   homophily=homophily, seed=0)
+    ds = make_csbm(num_nodes=n, num_classes=c, num_features=f, avg_degree=10.0, homophily=homophily, seed=0)
     d = ds.data
     assert isinstance(ds, NodeDataset) and ds.name == "csbm" and ds.metric == "accuracy"
     assert (ds.num_features, ds.num_classes, ds.num_nodes) == (f, c, n)
@@ -105,13 +104,27 @@ def test_csbm_large_is_fast():
     assert ds.data.num_nodes == 100_000
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(num_nodes=1), dict(num_nodes=0), dict(num_nodes=10.5), dict(num_classes=1),
-    dict(num_nodes=5, num_classes=6), dict(num_features=0), dict(avg_degree=0),
-    dict(avg_degree=-1.0), dict(num_nodes=10, num_classes=2, avg_degree=20),
-    dict(homophily=1.5), dict(homophily=-0.1), dict(homophily=float("nan")),
-    dict(signal=-1.0), dict(signal=float("inf")), dict(seed=-1), dict(seed=1.5),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_nodes=1),
+        dict(num_nodes=0),
+        dict(num_nodes=10.5),
+        dict(num_classes=1),
+        dict(num_nodes=5, num_classes=6),
+        dict(num_features=0),
+        dict(avg_degree=0),
+        dict(avg_degree=-1.0),
+        dict(num_nodes=10, num_classes=2, avg_degree=20),
+        dict(homophily=1.5),
+        dict(homophily=-0.1),
+        dict(homophily=float("nan")),
+        dict(signal=-1.0),
+        dict(signal=float("inf")),
+        dict(seed=-1),
+        dict(seed=1.5),
+    ],
+)
 def test_csbm_bad_args(kwargs):
     with pytest.raises(ValueError):
         make_csbm(**kwargs)
@@ -127,9 +140,12 @@ def test_random_split():
     assert not torch.equal(random_split(1000, seed=1)[0], tr)
     tr, va, te = random_split(10, seed=0, train=0.5, val=0.5)
     assert (tr.sum().item(), va.sum().item(), te.sum().item()) == (5, 5, 0)
-    for bad in [dict(num_nodes=0, seed=0), dict(num_nodes=10, seed=0, train=0.0),
-                dict(num_nodes=10, seed=0, train=0.8, val=0.3),
-                dict(num_nodes=10, seed=0, val=-0.1)]:
+    for bad in [
+        dict(num_nodes=0, seed=0),
+        dict(num_nodes=10, seed=0, train=0.0),
+        dict(num_nodes=10, seed=0, train=0.8, val=0.3),
+        dict(num_nodes=10, seed=0, val=-0.1),
+    ]:
         with pytest.raises(ValueError):
             random_split(**bad)
 
@@ -139,11 +155,20 @@ def test_random_split():
 
 def test_registry_names_and_csbm_default():
     names = available_datasets()
-    for n in ["csbm", "cora", "citeseer", "pubmed", "coauthor-cs", "coauthor-physics",
-              "amazon-computers", "amazon-photo", "ogbn-arxiv", "ogbn-products"]:
+    for n in [
+        "csbm",
+        "cora",
+        "citeseer",
+        "pubmed",
+        "coauthor-cs",
+        "coauthor-physics",
+        "amazon-computers",
+        "amazon-photo",
+        "ogbn-arxiv",
+        "ogbn-products",
+    ]:
         assert n in names
-    ds = load_dataset("csbm", root="/nonexistent/never/used", seed=5, num_nodes=300,
-                      num_features=8)
+    ds = load_dataset("csbm", root="/nonexistent/never/used", seed=5, num_nodes=300, num_features=8)
     ref = make_csbm(num_nodes=300, num_features=8, seed=5)
     assert torch.equal(ds.data.x, ref.data.x) and ds.data.x.shape == (300, 8)
     assert load_dataset("CSBM", num_nodes=50).num_nodes == 50  # case-insensitive
@@ -198,19 +223,31 @@ def test_register_validates():
 # --------------------------------------------------------------------------- missing files
 
 _MISSING_CASES = {
-    "cora": ["planetoid/Cora/raw/ind.cora.x", "planetoid/Cora/raw/ind.cora.test.index",
-             "planetoid/Cora/raw/ind.cora.graph"],
+    "cora": [
+        "planetoid/Cora/raw/ind.cora.x",
+        "planetoid/Cora/raw/ind.cora.test.index",
+        "planetoid/Cora/raw/ind.cora.graph",
+    ],
     "pubmed": ["planetoid/PubMed/raw/ind.pubmed.ally"],
     "coauthor-physics": ["coauthor/Physics/raw/ms_academic_phy.npz"],
     "amazon-photo": ["amazon/Photo/raw/amazon_electronics_photo.npz"],
-    "ogbn-arxiv": ["ogbn_arxiv/raw/edge.csv.gz", "ogbn_arxiv/raw/node-feat.csv.gz",
-                   "ogbn_arxiv/raw/node-label.csv.gz", "ogbn_arxiv/raw/num-node-list.csv.gz",
-                   "ogbn_arxiv/raw/num-edge-list.csv.gz", "ogbn_arxiv/raw/node_year.csv.gz",
-                   "ogbn_arxiv/split/time/train.csv.gz", "ogbn_arxiv/split/time/valid.csv.gz",
-                   "ogbn_arxiv/split/time/test.csv.gz", "ogbn_arxiv/RELEASE_v1.txt"],
-    "ogbn-products": ["ogbn_products/raw/edge.csv.gz",
-                      "ogbn_products/split/sales_ranking/test.csv.gz",
-                      "ogbn_products/RELEASE_v1.txt"],
+    "ogbn-arxiv": [
+        "ogbn_arxiv/raw/edge.csv.gz",
+        "ogbn_arxiv/raw/node-feat.csv.gz",
+        "ogbn_arxiv/raw/node-label.csv.gz",
+        "ogbn_arxiv/raw/num-node-list.csv.gz",
+        "ogbn_arxiv/raw/num-edge-list.csv.gz",
+        "ogbn_arxiv/raw/node_year.csv.gz",
+        "ogbn_arxiv/split/time/train.csv.gz",
+        "ogbn_arxiv/split/time/valid.csv.gz",
+        "ogbn_arxiv/split/time/test.csv.gz",
+        "ogbn_arxiv/RELEASE_v1.txt",
+    ],
+    "ogbn-products": [
+        "ogbn_products/raw/edge.csv.gz",
+        "ogbn_products/split/sales_ranking/test.csv.gz",
+        "ogbn_products/RELEASE_v1.txt",
+    ],
 }
 
 
@@ -222,7 +259,7 @@ def test_missing_files_raise_fast(name, offline, tmp_path, monkeypatch, no_promp
     else:
         monkeypatch.delenv(gd.OFFLINE_ENV, raising=False)
     root = tmp_path / "data"
-    for attempt in range(2):  # a failed attempt must not leave a state that prompts later
+    for _attempt in range(2):  # a failed attempt must not leave a state that prompts later
         t = time.perf_counter()
         with pytest.raises(DatasetNotFoundError) as err:
             load_dataset(name, root=root)
@@ -238,8 +275,7 @@ def test_missing_files_raise_fast(name, offline, tmp_path, monkeypatch, no_promp
 
 
 @pytest.mark.parametrize("name", ["cora", "coauthor-cs", "ogbn-arxiv"])
-def test_failed_download_attempt_is_converted_and_cleaned(name, tmp_path, monkeypatch,
-                                                          no_prompt):
+def test_failed_download_attempt_is_converted_and_cleaned(name, tmp_path, monkeypatch, no_prompt):
     """Force the loader's own download (host 'resolves') so its failure path runs."""
     monkeypatch.delenv(gd.OFFLINE_ENV, raising=False)
     monkeypatch.setattr(gd, "_host_resolves", lambda *a, **k: True)
@@ -283,12 +319,19 @@ def _write_csv_gz(path: Path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(path, "wt") as f:
         for r in rows:
-            f.write((",".join(str(v) for v in r) if isinstance(r, (list, tuple, np.ndarray))
-                     else str(r)) + "\n")
+            f.write((",".join(str(v) for v in r) if isinstance(r, (list, tuple, np.ndarray)) else str(r)) + "\n")
 
 
-def write_tiny_ogb(root: Path, name: str = "ogbn-arxiv", n: int = 50, f: int = 8, c: int = 3,
-                   e: int = 120, release: bool = True, seed: int = 0) -> dict:
+def write_tiny_ogb(
+    root: Path,
+    name: str = "ogbn-arxiv",
+    n: int = 50,
+    f: int = 8,
+    c: int = 3,
+    e: int = 120,
+    release: bool = True,
+    seed: int = 0,
+) -> dict:
     """Write a tiny node-property dataset in OGB's exact raw layout under ``root``."""
     split_type = {"ogbn-arxiv": "time", "ogbn-products": "sales_ranking"}[name]
     rng = np.random.default_rng(seed)
@@ -306,8 +349,7 @@ def write_tiny_ogb(root: Path, name: str = "ogbn-arxiv", n: int = 50, f: int = 8
     if name == "ogbn-arxiv":
         _write_csv_gz(base / "raw" / "node_year.csv.gz", [int(v) for v in rng.integers(1990, 2020, n)])
     perm = rng.permutation(n)
-    parts = {"train": perm[: n * 6 // 10], "valid": perm[n * 6 // 10: n * 8 // 10],
-             "test": perm[n * 8 // 10:]}
+    parts = {"train": perm[: n * 6 // 10], "valid": perm[n * 6 // 10 : n * 8 // 10], "test": perm[n * 8 // 10 :]}
     for k, idx in parts.items():
         _write_csv_gz(base / "split" / split_type / f"{k}.csv.gz", [int(i) for i in idx])
     if release:
@@ -358,8 +400,7 @@ def test_tiny_ogb_layout_loads(name, tmp_path, monkeypatch, no_prompt):
 
 @pytest.mark.parametrize("offline", [True, False])
 @pytest.mark.parametrize("processed_first", [False, True])
-def test_tiny_ogb_without_release_file(offline, processed_first, tmp_path, monkeypatch,
-                                       no_prompt):
+def test_tiny_ogb_without_release_file(offline, processed_first, tmp_path, monkeypatch, no_prompt):
     if offline:
         monkeypatch.setenv(gd.OFFLINE_ENV, "1")
     else:

@@ -4,6 +4,7 @@ Every distributed run here is m spawned processes; each test compares it with
 the in-process simulation of the same settings. Both sides use one torch
 thread, so that their floating-point sums run in the same order.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,9 +57,20 @@ def _assert_equivalent(local, dist, local_state, dist_state):
 @pytest.mark.parametrize("model", ["gcn", "sage"])
 @pytest.mark.parametrize("mode", ["replicated", "partitioned"])
 def test_distributed_equals_in_process_on_synthetic_graph(tmp_path, one_thread, m, model, mode):
-    settings = RunConfig.from_flat(dataset="csbm", root=str(tmp_path / "data"), model=model, layers=3, hidden=16,
-                           norm="batch_norm" if model == "gcn" else "none", subnets=m, local_steps=2,
-                           rounds=3, data_mode=mode, threads=1, timeout=60)
+    settings = RunConfig.from_flat(
+        dataset="csbm",
+        root=str(tmp_path / "data"),
+        model=model,
+        layers=3,
+        hidden=16,
+        norm="batch_norm" if model == "gcn" else "none",
+        subnets=m,
+        local_steps=2,
+        rounds=3,
+        data_mode=mode,
+        threads=1,
+        timeout=60,
+    )
     (local, ls), (dist, ds) = _run_both(settings, tmp_path, m)
     _assert_equivalent(local, dist, ls, ds)
     assert dist["config"]["transport"] == "torch.distributed (gloo)"
@@ -76,25 +88,75 @@ def test_distributed_equals_in_process_on_synthetic_graph(tmp_path, one_thread, 
 @pytest.mark.parametrize("m,model,mode", [(2, "gcn", "partitioned"), (4, "sage", "replicated")])
 def test_distributed_equals_in_process_on_cora(tmp_path, one_thread, real_data_root, m, model, mode):
     root = real_data_root("planetoid")
-    settings = RunConfig.from_flat(dataset="cora", root=str(root), model=model, layers=3, hidden=32, subnets=m,
-                           local_steps=3, rounds=3, data_mode=mode, threads=1, timeout=60)
+    settings = RunConfig.from_flat(
+        dataset="cora",
+        root=str(root),
+        model=model,
+        layers=3,
+        hidden=32,
+        subnets=m,
+        local_steps=3,
+        rounds=3,
+        data_mode=mode,
+        threads=1,
+        timeout=60,
+    )
     (local, ls), (dist, ds) = _run_both(settings, tmp_path, m)
     _assert_equivalent(local, dist, ls, ds)
 
 
 def test_torchrun_launch_matches_spawned_processes(tmp_path):
-    args = ["--hidden", "16", "--rounds", "2", "--local-steps", "2", "--threads", "1", "--no-progress",
-            "--root", str(tmp_path / "data")]
+    args = [
+        "--hidden",
+        "16",
+        "--rounds",
+        "2",
+        "--local-steps",
+        "2",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--root",
+        str(tmp_path / "data"),
+    ]
     port = str(__import__("gist.comm.dist", fromlist=["free_port"]).free_port())
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-addr", "127.0.0.1", "--master-port", port,
-                "-m", "gist", "train", "--backend", "dist", *args,
-                "--log-file", str(tmp_path / "a.json"), "--save-model", str(tmp_path / "a.pt")]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        port,
+        "-m",
+        "gist",
+        "train",
+        "--backend",
+        "dist",
+        *args,
+        "--log-file",
+        str(tmp_path / "a.json"),
+        "--save-model",
+        str(tmp_path / "a.pt"),
+    ]
     proc = subprocess.run(torchrun, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best val" in proc.stdout
-    spawned = [sys.executable, "-m", "gist", "train", "--procs", "2", *args,
-               "--log", str(tmp_path / "b.json"), "--save-model", str(tmp_path / "b.pt")]
+    spawned = [
+        sys.executable,
+        "-m",
+        "gist",
+        "train",
+        "--procs",
+        "2",
+        *args,
+        "--log",
+        str(tmp_path / "b.json"),
+        "--save-model",
+        str(tmp_path / "b.pt"),
+    ]
     proc = subprocess.run(spawned, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "ab")
@@ -119,8 +181,25 @@ def test_a_dead_or_hung_worker_stops_the_run_naming_its_rank(tmp_path, fault):
     token = uuid.uuid4().hex
     env = {**os.environ, "GIST_INJECT_FAULT": f"1:1:{fault}", "GIST_TEST_TOKEN": token}
     timeout = 10
-    cmd = [sys.executable, "-m", "gist", "train", "--procs", "3", "--hidden", "12", "--rounds", "5",
-           "--local-steps", "1", "--timeout", str(timeout), "--no-progress", "--root", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gist",
+        "train",
+        "--procs",
+        "3",
+        "--hidden",
+        "12",
+        "--rounds",
+        "5",
+        "--local-steps",
+        "1",
+        "--timeout",
+        str(timeout),
+        "--no-progress",
+        "--root",
+        str(tmp_path),
+    ]
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     elapsed = time.monotonic() - start
@@ -136,11 +215,24 @@ def test_a_dead_or_hung_worker_stops_the_run_naming_its_rank(tmp_path, fault):
 
 
 def test_resume_after_a_killed_run_gives_the_uninterrupted_model(tmp_path, one_thread):
-    base = RunConfig.from_flat(dataset="csbm", root=str(tmp_path / "data"), hidden=16, subnets=2, local_steps=2,
-                       rounds=6, threads=1, timeout=30, batching="cluster", num_clusters=8,
-                       clusters_per_batch=2, checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=2)
-    full = launch_local(base.replace(checkpoint=str(tmp_path / "other.pt"),
-                                save_model=str(tmp_path / "full.pt")), 2, progress=False)
+    base = RunConfig.from_flat(
+        dataset="csbm",
+        root=str(tmp_path / "data"),
+        hidden=16,
+        subnets=2,
+        local_steps=2,
+        rounds=6,
+        threads=1,
+        timeout=30,
+        batching="cluster",
+        num_clusters=8,
+        clusters_per_batch=2,
+        checkpoint=str(tmp_path / "ckpt.pt"),
+        checkpoint_every=2,
+    )
+    full = launch_local(
+        base.replace(checkpoint=str(tmp_path / "other.pt"), save_model=str(tmp_path / "full.pt")), 2, progress=False
+    )
     # a run whose worker 1 dies in round 4, after the checkpoint of round 3
     os.environ["GIST_INJECT_FAULT"] = "1:4:exit"
     try:
@@ -150,8 +242,7 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_model(tmp_path, one_t
         del os.environ["GIST_INJECT_FAULT"]
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert saved["round"] == 4
-    resumed = launch_local(base.replace(resume=True, save_model=str(tmp_path / "resumed.pt")), 2,
-                           progress=False)
+    resumed = launch_local(base.replace(resume=True, save_model=str(tmp_path / "resumed.pt")), 2, progress=False)
     a = torch.load(tmp_path / "full.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -165,10 +256,18 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_model(tmp_path, one_t
 
 
 def test_resume_m1_restores_the_optimizer_and_rng(tmp_path, one_thread):
-    base = RunConfig.from_flat(dataset="csbm", root=str(tmp_path), hidden=16, subnets=1, local_steps=2, rounds=4,
-                       threads=1, checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=2)
-    run_training(base.replace(save_model=str(tmp_path / "full.pt"), checkpoint=str(tmp_path / "x.pt")),
-                 progress=False)
+    base = RunConfig.from_flat(
+        dataset="csbm",
+        root=str(tmp_path),
+        hidden=16,
+        subnets=1,
+        local_steps=2,
+        rounds=4,
+        threads=1,
+        checkpoint=str(tmp_path / "ckpt.pt"),
+        checkpoint_every=2,
+    )
+    run_training(base.replace(save_model=str(tmp_path / "full.pt"), checkpoint=str(tmp_path / "x.pt")), progress=False)
     run_training(base.replace(rounds=2), progress=False)
     run_training(base.replace(resume=True, save_model=str(tmp_path / "res.pt")), progress=False)
     a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("full.pt", "res.pt"))
@@ -176,8 +275,16 @@ def test_resume_m1_restores_the_optimizer_and_rng(tmp_path, one_thread):
 
 
 def test_resume_refuses_different_settings(tmp_path):
-    base = RunConfig.from_flat(dataset="csbm", root=str(tmp_path), hidden=16, subnets=2, local_steps=1, rounds=2,
-                       checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=1)
+    base = RunConfig.from_flat(
+        dataset="csbm",
+        root=str(tmp_path),
+        hidden=16,
+        subnets=2,
+        local_steps=1,
+        rounds=2,
+        checkpoint=str(tmp_path / "ckpt.pt"),
+        checkpoint_every=1,
+    )
     run_training(base, progress=False)
     with pytest.raises(ValueError, match="hidden: checkpoint 16, now 32"):
         run_training(base.replace(hidden=32, resume=True, rounds=3), progress=False)

@@ -1,4 +1,5 @@
 """Tests for gist.graph: CSR conversion, partitioning, worker subgraphs, cluster batches."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,9 @@ from gist.graph.partition import ClusterBatcher, _fix_empty_parts, partition_nod
 # --------------------------------------------------------------------------- #
 # fixtures / helpers
 # --------------------------------------------------------------------------- #
-def planted_graph(num_groups: int = 4, group_size: int = 50, p_in: float = 0.3,
-                  p_out: float = 0.01, seed: int = 0) -> tuple[torch.Tensor, int]:
+def planted_graph(
+    num_groups: int = 4, group_size: int = 50, p_in: float = 0.3, p_out: float = 0.01, seed: int = 0
+) -> tuple[torch.Tensor, int]:
     g = nx.planted_partition_graph(num_groups, group_size, p_in, p_out, seed=seed)
     ei = torch.tensor(list(g.edges()), dtype=torch.long).t()
     return to_undirected(ei, num_nodes=g.number_of_nodes()), g.number_of_nodes()
@@ -65,10 +67,10 @@ def test_to_csr_matches_networkx():
     assert xadj.shape == (61,) and xadj[0] == 0 and xadj[-1] == len(adjncy)
     assert len(adjncy) == 2 * g.number_of_edges()
     for i in range(60):
-        nbrs = adjncy[xadj[i]:xadj[i + 1]]
+        nbrs = adjncy[xadj[i] : xadj[i + 1]]
         assert list(nbrs) == sorted(g[i])  # sorted, no dups, no self loop
     # symmetric
-    pairs = {(i, int(j)) for i in range(60) for j in adjncy[xadj[i]:xadj[i + 1]]}
+    pairs = {(i, int(j)) for i in range(60) for j in adjncy[xadj[i] : xadj[i + 1]]}
     assert all((j, i) in pairs for i, j in pairs)
 
 
@@ -205,7 +207,7 @@ def test_worker_subgraph_copies():
     sub.x.add_(1.0)
     sub.train_mask.fill_(True)
     assert torch.equal(data.x, before)
-    for key, value in sub.items():
+    for _key, value in sub.items():
         if isinstance(value, torch.Tensor):
             for full in data.to_dict().values():
                 if isinstance(full, torch.Tensor):
@@ -237,8 +239,11 @@ def test_worker_subgraph_halo():
 
 def test_worker_subgraph_halo_directed_uses_message_sources():
     # 0 -> 1 -> 2 ; part {1}: halo = in-neighbour 0 only (source_to_target flow)
-    data = Data(x=torch.arange(3.0).view(-1, 1), edge_index=torch.tensor([[0, 1], [1, 2]]),
-                train_mask=torch.ones(3, dtype=torch.bool))
+    data = Data(
+        x=torch.arange(3.0).view(-1, 1),
+        edge_index=torch.tensor([[0, 1], [1, 2]]),
+        train_mask=torch.ones(3, dtype=torch.bool),
+    )
     parts = torch.tensor([0, 1, 2])
     sub = worker_subgraph(data, parts, 1, halo_hops=1)
     assert sub.n_id.tolist() == [1, 0]
@@ -283,8 +288,7 @@ def test_cluster_batcher_epoch(method, num_parts, ppb):
         assert torch.equal(b.train_mask, data.train_mask[b.n_id])
         # whole parts only
         bparts = cb.parts[b.n_id].unique()
-        assert sorted(b.n_id.tolist()) == sorted(
-            torch.cat([cb.part_nodes(int(p)) for p in bparts]).tolist())
+        assert sorted(b.n_id.tolist()) == sorted(torch.cat([cb.part_nodes(int(p)) for p in bparts]).tolist())
         assert bparts.numel() <= ppb
 
 

@@ -41,8 +41,14 @@ class FreshAveraging(DataParallelMethod):
         for i in self.local_workers:
             start = time.perf_counter()
             optimizer = torch.optim.Adam(self._replicas[i].parameters(), lr=self.cfg.local.lr)
-            losses[i] = local_steps(self._replicas[i], optimizer, self._sources[i], self.cfg.local.local_steps,
-                                    self._rngs[i], self._warn_empty[i])
+            losses[i] = local_steps(
+                self._replicas[i],
+                optimizer,
+                self._sources[i],
+                self.cfg.local.local_steps,
+                self._rngs[i],
+                self._warn_empty[i],
+            )
             seconds[i] = time.perf_counter() - start
         flats = {i: flatten_state(self._replicas[i], self._state_names) for i in self.local_workers}
         mean = self.collective.all_reduce_mean(round, flats)
@@ -68,8 +74,9 @@ def test_registry_lists_the_shipped_methods_in_table_order():
 
 def test_a_registered_method_runs_through_the_entry_point_cli_and_sweep(toy_method, tmp_path, capsys):
     # the library entry point
-    log = run_training(RunConfig.from_flat(method="fresh-averaging", subnets=2, root=str(tmp_path), **SMALL),
-                       progress=False)
+    log = run_training(
+        RunConfig.from_flat(method="fresh-averaging", subnets=2, root=str(tmp_path), **SMALL), progress=False
+    )
     assert log["summary"]["method"] == "fresh-averaging" and log["summary"]["rounds"] == 3
     assert log["rounds"][-1]["val"] is not None
     # its bytes: one all-reduce of the whole state per round, as local SGD's
@@ -77,9 +84,28 @@ def test_a_registered_method_runs_through_the_entry_point_cli_and_sweep(toy_meth
     assert log["rounds"][0]["bytes_to_workers"] == 2 * (theta // 2) * 4
 
     # the CLI offers it
-    code = main(["train", "--method", "fresh-averaging", "--subnets", "2", "--hidden", "16", "--layers", "2",
-                 "--rounds", "2", "--local-steps", "2", "--root", str(tmp_path), "--no-progress",
-                 "--log", str(tmp_path / "cli.json")])
+    code = main(
+        [
+            "train",
+            "--method",
+            "fresh-averaging",
+            "--subnets",
+            "2",
+            "--hidden",
+            "16",
+            "--layers",
+            "2",
+            "--rounds",
+            "2",
+            "--local-steps",
+            "2",
+            "--root",
+            str(tmp_path),
+            "--no-progress",
+            "--log",
+            str(tmp_path / "cli.json"),
+        ]
+    )
     assert code == 0 and capsys.readouterr().out.startswith("fresh-averaging csbm")
     assert json.loads((tmp_path / "cli.json").read_text())["config"]["method"] == "fresh-averaging"
 
@@ -101,8 +127,15 @@ def test_a_registered_method_runs_through_the_entry_point_cli_and_sweep(toy_meth
 
 def _resume_case(method: str, tmp_path, **extra):
     settings = {**SMALL, "rounds": 6, **extra}
-    return RunConfig.from_flat(method=method, subnets=2, root=str(tmp_path / "data"), seed=1,
-                               checkpoint=str(tmp_path / f"{method}.pt"), checkpoint_every=2, **settings)
+    return RunConfig.from_flat(
+        method=method,
+        subnets=2,
+        root=str(tmp_path / "data"),
+        seed=1,
+        checkpoint=str(tmp_path / f"{method}.pt"),
+        checkpoint_every=2,
+        **settings,
+    )
 
 
 def _model(path):
@@ -121,8 +154,9 @@ RESUME = dict(norm="batch_norm", batching="cluster", num_clusters=6, clusters_pe
 @pytest.mark.parametrize("method", ["ddp", "local-sgd"])
 def test_resume_equals_the_uninterrupted_run_in_process(method, tmp_path):
     base = _resume_case(method, tmp_path, **RESUME)
-    full = run_training(base.replace(save_model=str(tmp_path / "full.pt"), checkpoint=str(tmp_path / "x.pt")),
-                        progress=False)
+    full = run_training(
+        base.replace(save_model=str(tmp_path / "full.pt"), checkpoint=str(tmp_path / "x.pt")), progress=False
+    )
     run_training(base.replace(rounds=3), progress=False)  # stops after round 2, checkpoint of round 2
     assert torch.load(base.checkpoint.path, weights_only=True)["round"] == 3
     resumed = run_training(base.replace(resume=True, save_model=str(tmp_path / "resumed.pt")), progress=False)
@@ -135,8 +169,9 @@ def test_resume_equals_the_uninterrupted_run_in_process(method, tmp_path):
 @pytest.mark.parametrize("method", ["ddp", "local-sgd"])
 def test_resume_equals_the_uninterrupted_run_with_processes(method, tmp_path):
     base = _resume_case(method, tmp_path, **RESUME)
-    full = launch_local(base.replace(save_model=str(tmp_path / "full.pt"), checkpoint=str(tmp_path / "x.pt")), 2,
-                        progress=False)
+    full = launch_local(
+        base.replace(save_model=str(tmp_path / "full.pt"), checkpoint=str(tmp_path / "x.pt")), 2, progress=False
+    )
     launch_local(base.replace(rounds=3), 2, progress=False)
     resumed = launch_local(base.replace(resume=True, save_model=str(tmp_path / "resumed.pt")), 2, progress=False)
     assert _same(_model(tmp_path / "full.pt"), _model(tmp_path / "resumed.pt"))

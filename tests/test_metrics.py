@@ -1,18 +1,18 @@
 """Metrics of OGB datasets go through ``ogb.nodeproppred.Evaluator``."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from ogb.nodeproppred import Evaluator
+from test_data import write_tiny_ogb
 
 import gist.data as gd
-from gist.data import load_dataset
-from gist.engine.evaluation import node_evaluator, ogb_metric
-from gist.nn.models import build_model
 from gist.config import RunConfig
+from gist.data import load_dataset
+from gist.engine.evaluation import evaluate, node_evaluator, ogb_metric
+from gist.nn.models import build_model
 from gist.run import run_training
-from gist.engine.evaluation import evaluate
-from test_data import write_tiny_ogb
 
 
 def test_ogb_metric_names():

@@ -1,4 +1,5 @@
 """Per-part graph files (gist.graph.parts): exact content, atomicity, locking, CLI."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,8 @@ from gist.cli import build_parser
 from gist.data import load_dataset, make_csbm
 from gist.graph import partition_nodes, worker_subgraph
 from gist.graph.parts import (
-    PART_KEYS,
     FORMAT_VERSION,
+    PART_KEYS,
     PartitionError,
     ensure_partitions,
     load_part,
@@ -40,8 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 @pytest.mark.parametrize("halo", [0, 1])
 def test_parts_equal_worker_subgraph(small, tmp_path, partitioner, halo):
     k = 3
-    out = write_partitions(small, tmp_path / "p", k, partitioner, seed=1, halo_hops=halo,
-                           progress=False)
+    out = write_partitions(small, tmp_path / "p", k, partitioner, seed=1, halo_hops=halo, progress=False)
     parts = partition_nodes(small.data.edge_index, small.num_nodes, k, partitioner, 1)
     seen = []
     for i in range(k):
@@ -69,10 +69,8 @@ def test_files_and_meta(small, tmp_path):
         assert type(obj) is dict and list(obj) == list(PART_KEYS)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["format_version"] == FORMAT_VERSION
-    assert (meta["dataset"], meta["num_nodes"], meta["num_features"], meta["num_classes"]) == (
-        "csbm", 300, 8, 3)
-    assert (meta["num_parts"], meta["partitioner"], meta["seed"], meta["halo_hops"]) == (
-        2, "random", 1, 1)
+    assert (meta["dataset"], meta["num_nodes"], meta["num_features"], meta["num_classes"]) == ("csbm", 300, 8, 3)
+    assert (meta["num_parts"], meta["partitioner"], meta["seed"], meta["halo_hops"]) == (2, "random", 1, 1)
     assert meta["split"] == small.split
     assert [p["num_owned"] for p in meta["parts"]] == [150, 150]
     for i, p in enumerate(meta["parts"]):
@@ -195,8 +193,20 @@ def test_load_part_reads_one_file(small, tmp_path, monkeypatch):
 
 
 def test_cli(tmp_path, capsys):
-    args = _parser().parse_args(["partition", "--dataset", "csbm", "--root", str(tmp_path),
-                                 "--parts", "3", "--partitioner", "random", "--no-progress"])
+    args = _parser().parse_args(
+        [
+            "partition",
+            "--dataset",
+            "csbm",
+            "--root",
+            str(tmp_path),
+            "--parts",
+            "3",
+            "--partitioner",
+            "random",
+            "--no-progress",
+        ]
+    )
     assert args.command == "partition"
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -208,13 +218,15 @@ def test_cli(tmp_path, capsys):
     assert "reused" in capsys.readouterr().out
     assert (d / "meta.json").stat().st_mtime_ns == mtime
     time.sleep(0.01)
-    forced = _parser().parse_args(["partition", "--root", str(tmp_path), "--parts", "3",
-                                   "--partitioner", "random", "--force", "--no-progress"])
+    forced = _parser().parse_args(
+        ["partition", "--root", str(tmp_path), "--parts", "3", "--partitioner", "random", "--force", "--no-progress"]
+    )
     assert forced.func(forced) == 0
     assert (d / "meta.json").stat().st_mtime_ns != mtime
 
-    bad = _parser().parse_args(["partition", "--dataset", "no-such-graph", "--root", str(tmp_path),
-                                "--parts", "2", "--no-progress"])
+    bad = _parser().parse_args(
+        ["partition", "--dataset", "no-such-graph", "--root", str(tmp_path), "--parts", "2", "--no-progress"]
+    )
     assert bad.func(bad) == 2
     err = capsys.readouterr().err
     assert "gist partition: error" in err and "unknown dataset 'no-such-graph'" in err

@@ -1,4 +1,5 @@
 """Width partitions, slicing and merging: exactness and the errors users get."""
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,7 @@ def random_graph(n: int = 40, f: int = 12, e: int = 160, seed: int = 0):
 
 
 def _perturb_buffers(model: nn.Module) -> None:
-    for name, buf in model.named_buffers():
+    for buf in model.buffers():
         if buf.is_floating_point():
             buf.add_(torch.rand_like(buf))
         else:
@@ -111,9 +112,9 @@ def test_input_and_class_widths_never_split():
 def _restricted_forward(model, spec, part, i, x, ei):
     """The full model with every hidden unit outside group ``i`` zeroed."""
     handles = []
-    for l, conv in enumerate(model.convs[:-1]):
-        mask = torch.zeros(spec.widths[f"hidden{l + 1}"])
-        mask[part.groups[f"hidden{l + 1}"][i]] = 1.0
+    for k, conv in enumerate(model.convs[:-1]):
+        mask = torch.zeros(spec.widths[f"hidden{k + 1}"])
+        mask[part.groups[f"hidden{k + 1}"][i]] = 1.0
         handles.append(conv.register_forward_hook(lambda mod, inp, out, mask=mask: out * mask))
     try:
         return model(x, ei)
@@ -232,8 +233,9 @@ def test_custom_layer_rule_registration():
     assert subnet.scale.channels == 2 and subnet.scale.weight.shape == (2,)
 
 
-@pytest.mark.parametrize("hidden,m,match", [(10, 4, "not divisible"), (8, 16, "larger than the width"),
-                                            (8, 0, "positive integer")])
+@pytest.mark.parametrize(
+    "hidden,m,match", [(10, 4, "not divisible"), (8, 16, "larger than the width"), (8, 0, "positive integer")]
+)
 def test_bad_widths_give_clear_errors(hidden, m, match):
     spec = build_split_spec(GCN(12, hidden, 3, out_channels=5))
     with pytest.raises(SplitError, match=match):

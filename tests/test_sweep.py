@@ -1,4 +1,5 @@
 """The experiment harness: configs, resumable sweeps, tables and plots."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import pandas as pd
 import pytest
 
 from gist.cli import main
-from gist.harness.sweep import SweepError, load_config, plan, run_sweep
 from gist.harness.curves import first_reach, run_curve, run_table
+from gist.harness.sweep import SweepError, load_config, plan, run_sweep
 from gist.harness.tables import summarize, tabulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,9 +40,24 @@ local_steps = [2]
 seeds = [0, 1]
 """
 
-TABLE_COLUMNS = ["method", "m", "zeta", "target", "seeds", "best_val", "best_val_std", "test_at_best_val",
-                 "test_at_best_val_std", "mb_per_worker", "eval_mb_per_worker", "reached", "mb_to_target", "seconds_to_target",
-                 "seconds", "bytes_vs_ddp"]
+TABLE_COLUMNS = [
+    "method",
+    "m",
+    "zeta",
+    "target",
+    "seeds",
+    "best_val",
+    "best_val_std",
+    "test_at_best_val",
+    "test_at_best_val_std",
+    "mb_per_worker",
+    "eval_mb_per_worker",
+    "reached",
+    "mb_to_target",
+    "seconds_to_target",
+    "seconds",
+    "bytes_vs_ddp",
+]
 
 
 def write_config(tmp_path: Path, rounds: int = 3, text: str = TINY) -> Path:
@@ -68,8 +84,15 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     table = pd.read_csv(out / "table.csv")
     assert list(table.columns) == TABLE_COLUMNS
     rows = list(zip(table["method"], table["m"], table["zeta"]))
-    assert rows == [("full", 1, 2), ("ddp", 2, 2), ("ddp", 4, 2), ("local-sgd", 2, 2), ("local-sgd", 4, 2),
-                    ("gist", 2, 2), ("gist", 4, 2)]
+    assert rows == [
+        ("full", 1, 2),
+        ("ddp", 2, 2),
+        ("ddp", 4, 2),
+        ("local-sgd", 2, 2),
+        ("local-sgd", 4, 2),
+        ("gist", 2, 2),
+        ("gist", 4, 2),
+    ]
     assert (table["seeds"] == 2).all()
     assert table["best_val"].between(0, 1).all()
     # ddp is its own reference; GIST moves fewer bytes per worker than ddp
@@ -87,8 +110,15 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
 
     # every run log has per-round steps, time, bytes by kind and metrics
     log = json.loads((out / "runs" / "gist_m2_z2_seed0.json").read_text())
-    assert log["sweep"] == {"name": "tiny", "run_id": "gist_m2_z2_seed0", "method": "gist", "m": 2, "zeta": 2,
-                            "seed": 0, "context": {}}
+    assert log["sweep"] == {
+        "name": "tiny",
+        "run_id": "gist_m2_z2_seed0",
+        "method": "gist",
+        "m": 2,
+        "zeta": 2,
+        "seed": 0,
+        "context": {},
+    }
     assert log["config"]["subnets"] == 2 and log["config"]["local"]["local_steps"] == 2
     assert log["setup_bytes"]["data"] > 0 and log["setup_bytes"]["control"] > 0
     for r in log["rounds"]:
@@ -146,8 +176,13 @@ def test_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(tmp_path):
     assert sorted(kept) == sorted(f"{r}.json" for r in calls[:3])
 
     again = []
-    counts = run_sweep(cfg, out, progress=False, say=lambda _: None,
-                       runner=lambda run, p, q: again.append(run.run_id) or execute(run, p, False))
+    counts = run_sweep(
+        cfg,
+        out,
+        progress=False,
+        say=lambda _: None,
+        runner=lambda run, p, q: again.append(run.run_id) or execute(run, p, False),
+    )
     assert counts == {"planned": 14, "skipped": 3, "ran": 11}
     assert again[0] == calls[3]  # the interrupted run is redone first
     assert not list((out / "runs").glob("*.tmp"))
@@ -161,8 +196,9 @@ def test_killed_sweep_process_is_redone_and_others_kept(tmp_path):
     out = tmp_path / "res"
     cmd = [sys.executable, "-m", "gist", "sweep", str(cfg), "--out", str(out), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while len(list((out / "runs").glob("*.json"))) < 2:
@@ -199,20 +235,23 @@ def test_changed_settings_are_refused_not_overwritten(tmp_path, capsys):
 # ---------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[settings]\nhiden = 8\n", "'hiden' is not a run setting"),
-    ("[settings]\nseed = 1\n", "'seed' is set by the sweep"),
-    ("[settings]\nhidden = 'wide'\n", "hidden must be int"),
-    ("[sweep]\nmethods = ['gist', 'fedavg']\n", "methods must be drawn from"),
-    ("[sweep]\nsubnets = []\n", "subnets must be a non-empty list"),
-    ("[sweep]\nroot = ['a', 'b']\n", "'root' cannot be swept"),
-    ("[sweep]\nmodel = 'gcn'\n", "model must be a non-empty list"),
-    ("[settings]\nhidden = 12\n[sweep]\nsubnets = [8]\nmethods = ['gist']\n", "gist m=8 .*not divisible"),
-    ("[table]\ntarget_dorp = 0.1\n", "unknown [table] keys"),
-    ("[runs]\n", "unknown top-level keys"),
-    ("name = 'a b'\n", "must use only letters"),
-    ("[settings\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[settings]\nhiden = 8\n", "'hiden' is not a run setting"),
+        ("[settings]\nseed = 1\n", "'seed' is set by the sweep"),
+        ("[settings]\nhidden = 'wide'\n", "hidden must be int"),
+        ("[sweep]\nmethods = ['gist', 'fedavg']\n", "methods must be drawn from"),
+        ("[sweep]\nsubnets = []\n", "subnets must be a non-empty list"),
+        ("[sweep]\nroot = ['a', 'b']\n", "'root' cannot be swept"),
+        ("[sweep]\nmodel = 'gcn'\n", "model must be a non-empty list"),
+        ("[settings]\nhidden = 12\n[sweep]\nsubnets = [8]\nmethods = ['gist']\n", "gist m=8 .*not divisible"),
+        ("[table]\ntarget_dorp = 0.1\n", "unknown [table] keys"),
+        ("[runs]\n", "unknown top-level keys"),
+        ("name = 'a b'\n", "must use only letters"),
+        ("[settings\n", "not valid TOML"),
+    ],
+)
 def test_config_errors_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -246,11 +285,23 @@ def test_shipped_configs_plan():
         assert cfg.name == name and plan(cfg)
     arxiv = configs["ogbn-arxiv"]
     s = arxiv.settings.flat()
-    assert (s["dataset"], s["layers"], s["hidden"], s["dropout"], s["lr"], s["norm"]) == \
-        ("ogbn-arxiv", 3, 256, 0.5, 0.01, "batch_norm")
+    assert (s["dataset"], s["layers"], s["hidden"], s["dropout"], s["lr"], s["norm"]) == (
+        "ogbn-arxiv",
+        3,
+        256,
+        0.5,
+        0.01,
+        "batch_norm",
+    )
     assert arxiv.axes["model"] == ["gcn", "sage"]
     p = configs["ogbn-products"].settings.flat()
-    assert (p["model"], p["batching"], p["num_clusters"], p["clusters_per_batch"], p["hidden"]) == ("sage", "cluster", 15000, 32, 256)
+    assert (p["model"], p["batching"], p["num_clusters"], p["clusters_per_batch"], p["hidden"]) == (
+        "sage",
+        "cluster",
+        15000,
+        32,
+        256,
+    )
     for name in ("cora", "citeseer", "coauthor-cs", "amazon-computers", "synthetic"):
         c = configs[name]
         assert (c.settings.model.layers, c.settings.model.hidden, c.settings.model.norm) == (3, 256, "batch_norm")
@@ -261,23 +312,44 @@ def test_shipped_configs_plan():
 # ---------------------------------------------------------------- bytes and time to target
 
 
-def hand_log(method: str, m: int, seed: int, vals, params_per_round: int, seconds_per_round: float,
-             eval_seconds: float = 0.5, eval_bytes: int = 0) -> dict:
+def hand_log(
+    method: str,
+    m: int,
+    seed: int,
+    vals,
+    params_per_round: int,
+    seconds_per_round: float,
+    eval_seconds: float = 0.5,
+    eval_bytes: int = 0,
+) -> dict:
     """A run log written by hand: ``vals[r]`` is round r's validation (None: not evaluated)."""
     rounds = []
     for r, val in enumerate(vals):
-        rounds.append({"round": r, "local_steps": 5, "seconds": 99.0, "parallel_seconds": seconds_per_round,
-                       "eval_seconds": eval_seconds if val is not None else None,
-                       "bytes": {"params": params_per_round, "stats": 12 * m, "eval": eval_bytes},
-                       "val": val, "test": None if val is None else val - 0.01, "train": None})
-    return {"sweep": {"method": method, "m": m, "zeta": 5, "seed": seed, "context": {}},
-            "config": {"subnets": m}, "setup_bytes": {"control": 24 * m, "data": 10**9},
-            "rounds": rounds}
+        rounds.append(
+            {
+                "round": r,
+                "local_steps": 5,
+                "seconds": 99.0,
+                "parallel_seconds": seconds_per_round,
+                "eval_seconds": eval_seconds if val is not None else None,
+                "bytes": {"params": params_per_round, "stats": 12 * m, "eval": eval_bytes},
+                "val": val,
+                "test": None if val is None else val - 0.01,
+                "train": None,
+            }
+        )
+    return {
+        "sweep": {"method": method, "m": m, "zeta": 5, "seed": seed, "context": {}},
+        "config": {"subnets": m},
+        "setup_bytes": {"control": 24 * m, "data": 10**9},
+        "rounds": rounds,
+    }
 
 
 def test_first_reach_from_hand_written_log():
-    log = hand_log("gist", 2, 0, [0.50, None, 0.78, 0.80, 0.79], params_per_round=4000, seconds_per_round=2.0,
-                   eval_bytes=600)
+    log = hand_log(
+        "gist", 2, 0, [0.50, None, 0.78, 0.80, 0.79], params_per_round=4000, seconds_per_round=2.0, eval_bytes=600
+    )
     curve = run_curve(log)
     # per worker: set-up control 48/2 = 24, then (4000 + 24) / 2 = 2012 per round; data and eval are not
     # training bytes: eval is counted on its own
@@ -336,8 +408,9 @@ def test_table_from_hand_written_logs_marks_unreached(tmp_path):
     (out / "runs").mkdir(parents=True)
     cfg = write_config(tmp_path)
     (out / "config.toml").write_text(cfg.read_text())
-    for i, log in enumerate([hand_log("full", 1, 0, [0.7, 0.8], 100, 1.0),
-                             hand_log("gist", 2, 0, [0.5, 0.6], 50, 1.0)]):
+    for i, log in enumerate(
+        [hand_log("full", 1, 0, [0.7, 0.8], 100, 1.0), hand_log("gist", 2, 0, [0.5, 0.6], 50, 1.0)]
+    ):
         log["sweep"]["run_id"] = f"run{i}"
         (out / "runs" / f"run{i}.json").write_text(json.dumps(log))
     text, table = tabulate(out, "gist table res", plots=True)

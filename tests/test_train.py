@@ -1,4 +1,5 @@
 """The round loop: what one round changes, m = 1 as plain training, the ledger."""
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,9 @@ class RecordingTransport(InProcessTransport):
         return self.reports
 
 
-def _trainer(graph, kind="gcn", norm=None, m=4, zeta=3, rounds=1, layers=3, hidden=16, seed=0,
-             transport_cls=None, **cfg):
+def _trainer(
+    graph, kind="gcn", norm=None, m=4, zeta=3, rounds=1, layers=3, hidden=16, seed=0, transport_cls=None, **cfg
+):
     torch.manual_seed(seed)
     model = build_model(kind, graph.num_features, hidden, graph.num_classes, layers, dropout=0.5, norm=norm)
     config = RunConfig.from_flat(subnets=m, rounds=rounds, local_steps=zeta, seed=seed, **cfg)
@@ -119,11 +121,11 @@ def test_m1_is_plain_training_step_for_step(graph, kind, norm, zeta):
 def _gcn_values(d0, d, c, L, m, norm=None):
     """|θ_i| from GUIDE §2, written out by hand for a stock GCN."""
     h = d // m
-    n = d0 * h + h                     # first layer weight + bias
-    n += (L - 2) * (h * h + h)         # hidden-to-hidden layers
-    n += h * c + c                     # last layer weight + shared bias
+    n = d0 * h + h  # first layer weight + bias
+    n += (L - 2) * (h * h + h)  # hidden-to-hidden layers
+    n += h * c + c  # last layer weight + shared bias
     if norm == "batch_norm":
-        n += (L - 1) * (4 * h + 1)     # weight, bias, running mean/var, num_batches_tracked
+        n += (L - 1) * (4 * h + 1)  # weight, bias, running mean/var, num_batches_tracked
     if norm == "layer_norm":
         n += (L - 1) * 2 * h
     return n
@@ -134,10 +136,16 @@ def _sage_values(d0, d, c, L, m):
     return (2 * d0 * h + h) + (L - 2) * (2 * h * h + h) + (2 * h * c + c)
 
 
-@pytest.mark.parametrize("kind,norm,m,layers", [
-    ("gcn", None, 4, 3), ("gcn", "batch_norm", 2, 4), ("gcn", "layer_norm", 8, 2),
-    ("sage", None, 4, 3), ("gcn", None, 1, 3),
-])
+@pytest.mark.parametrize(
+    "kind,norm,m,layers",
+    [
+        ("gcn", None, 4, 3),
+        ("gcn", "batch_norm", 2, 4),
+        ("gcn", "layer_norm", 8, 2),
+        ("sage", None, 4, 3),
+        ("gcn", None, 1, 3),
+    ],
+)
 def test_ledger_equals_analytic_count(graph, kind, norm, m, layers):
     rounds, d0, d, c = 3, graph.num_features, 32, graph.num_classes
     trainer = _trainer(graph, kind, norm, m=m, zeta=1, rounds=rounds, layers=layers, hidden=d)
@@ -178,12 +186,14 @@ def test_partitioned_workers_hold_only_their_part(graph):
 
 
 def test_cluster_batches_and_random_partitioner_run(graph):
-    trainer = _trainer(graph, "gcn", "batch_norm", m=2, zeta=2, rounds=2, batching="cluster",
-                       num_clusters=8, clusters_per_batch=2)
+    trainer = _trainer(
+        graph, "gcn", "batch_norm", m=2, zeta=2, rounds=2, batching="cluster", num_clusters=8, clusters_per_batch=2
+    )
     trainer.fit(progress=False)
     assert all(r.val is not None for r in trainer.history)
-    trainer = _trainer(graph, "gcn", None, m=2, zeta=2, rounds=2, data_mode="partitioned",
-                       partitioner="random", halo_hops=1)
+    trainer = _trainer(
+        graph, "gcn", None, m=2, zeta=2, rounds=2, data_mode="partitioned", partitioner="random", halo_hops=1
+    )
     trainer.fit(progress=False)
     assert trainer.summary()["rounds"] == 2
 
@@ -206,9 +216,13 @@ def test_eval_every(graph):
 
 
 def test_bad_config_values(graph):
-    for kwargs, match in [({"m": 0}, "subnets"), ({"zeta": 0}, "local_steps"),
-                          ({"data_mode": "sharded"}, "data_mode"), ({"partitioner": "kahip"}, "partitioner"),
-                          ({"eval_every": 0}, "eval_every")]:
+    for kwargs, match in [
+        ({"m": 0}, "subnets"),
+        ({"zeta": 0}, "local_steps"),
+        ({"data_mode": "sharded"}, "data_mode"),
+        ({"partitioner": "kahip"}, "partitioner"),
+        ({"eval_every": 0}, "eval_every"),
+    ]:
         with pytest.raises(ValueError, match=match):
             _trainer(graph, **kwargs)
     from gist.nn import SplitError
@@ -235,8 +249,7 @@ def test_partitioned_mode_evaluates_on_the_workers(graph):
 
     # with a halo as deep as the model, each worker sees every edge its own
     # nodes' predictions depend on: the combined counts equal a full-graph evaluation
-    trainer = _trainer(graph, "gcn", None, m=4, zeta=2, rounds=2, layers=2, data_mode="partitioned",
-                       halo_hops=2)
+    trainer = _trainer(graph, "gcn", None, m=4, zeta=2, rounds=2, layers=2, data_mode="partitioned", halo_hops=2)
     trainer.fit(progress=False)
     full = evaluate(trainer.model, graph.data)
     last = trainer.history[-1]

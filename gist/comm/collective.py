@@ -29,7 +29,8 @@ Ledger conventions (``kind="params"`` unless said otherwise):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 from torch import Tensor
 
@@ -183,4 +184,3 @@ class InProcessCollective(Collective):
 
     def scatter_objects(self, objects: Optional[Mapping[int, Any]]) -> dict[int, Any]:
         return dict(objects or {})
-

@@ -1,11 +1,12 @@
 """``torch.distributed``: GIST's transport, the data-parallel collectives, process groups.
 
-GIST (:class:`DistTransport`, :func:`serve_worker`): rank 0 owns the full model, runs the round loop and is also worker 0 (as in
-the published setup); rank ``i > 0`` holds only its current sub-network and
-its own graph data. Each round rank 0 sends every worker one flat buffer
-(point-to-point, so a failure names its rank) and receives one flat buffer
-back: the trained parameters followed by a 3-value stats report. The width
-split never travels: every rank derives it from ``(seed, round)``.
+GIST (:class:`DistTransport`, :func:`serve_worker`): rank 0 owns the full
+model, runs the round loop and is also worker 0 (as in the published setup);
+rank ``i > 0`` holds only its current sub-network and its own graph data.
+Each round rank 0 sends every worker one flat buffer (point-to-point, so a
+failure names its rank) and receives one flat buffer back: the trained
+parameters followed by a 3-value stats report. The width split never
+travels: every rank derives it from ``(seed, round)``.
 
 Start it with ``torchrun --nproc-per-node M -m gist train --backend dist ...``
 or with ``gist train --procs M ...``, which spawns the M processes itself on
@@ -16,14 +17,16 @@ runs the same round driver; all-reduces, broadcasts and gathers are
 ``torch.distributed`` collectives, recorded in the ledger exactly as the
 in-process simulation records them.
 """
+
 from __future__ import annotations
 
 import os
 import socket
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -87,8 +90,7 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_T
     wait = timeout_s if int(os.environ["RANK"]) == 0 else 2 * timeout_s
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(seconds=wait))
-    return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
-                       backend, timeout_s)
+    return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), backend, timeout_s)
 
 
 def comm_device(ctx: DistContext) -> torch.device:
@@ -182,7 +184,9 @@ class DistTransport(Transport):
         sends, recvs, bufs = {}, {}, {}
         for rank in range(1, self.num_subnets):
             self.ledger.record(round, rank, TO_WORKER, "eval", flat_model)
-            sends[rank] = _post(dist.isend, flat_model.to(device), rank, f"round {round} (sending the model to evaluate)")
+            sends[rank] = _post(
+                dist.isend, flat_model.to(device), rank, f"round {round} (sending the model to evaluate)"
+            )
             bufs[rank] = torch.zeros(EVAL_COUNTS, dtype=torch.int64, device=device)
             recvs[rank] = _post(dist.irecv, bufs[rank], rank, f"round {round} (waiting for its evaluation)")
         self.ledger.record(round, 0, TO_WORKER, "eval", flat_model)
@@ -194,7 +198,6 @@ class DistTransport(Transport):
         for rank, c in enumerate(counts):
             self.ledger.record(round, rank, FROM_WORKER, "eval", c)
         return counts
-
 
 
 def serve_worker(
@@ -242,8 +245,7 @@ class DistCollective(Collective):
     def __init__(self, ctx: DistContext, ledger: Optional[ByteLedger] = None) -> None:
         if ctx.backend != "gloo":
             raise ValueError(
-                f"the data-parallel methods run on CPU tensors over gloo, not {ctx.backend!r}; "
-                f"use --dist-backend gloo"
+                f"the data-parallel methods run on CPU tensors over gloo, not {ctx.backend!r}; use --dist-backend gloo"
             )
         super().__init__(ctx.world_size, [ctx.rank], ledger)
         self.ctx = ctx

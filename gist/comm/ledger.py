@@ -8,8 +8,9 @@ per-round totals, and run logs keep the records.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -67,8 +68,9 @@ class ByteLedger:
         for r in records:
             self.record(r["round"], r["worker"], r["direction"], r["kind"], int(r["nbytes"]))
 
-    def record(self, round: int, worker: int, direction: str, kind: str,
-               payload: Tensor | Iterable[Tensor] | int) -> int:
+    def record(
+        self, round: int, worker: int, direction: str, kind: str, payload: Tensor | Iterable[Tensor] | int
+    ) -> int:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         if kind not in KINDS:
@@ -80,16 +82,26 @@ class ByteLedger:
         self._by_kind[kind] += nbytes
         return nbytes
 
-    def total(self, *, round: Optional[int] = None, worker: Optional[int] = None,
-              direction: Optional[str] = None, kind: Optional[str] = None) -> int:
+    def total(
+        self,
+        *,
+        round: Optional[int] = None,
+        worker: Optional[int] = None,
+        direction: Optional[str] = None,
+        kind: Optional[str] = None,
+    ) -> int:
         """Sum of bytes over the transfers matching every given filter."""
         if worker is None and round is None and direction is None:
             return self._by_kind[kind] if kind is not None else sum(self._by_kind.values())
         if worker is None and round is not None:
-            return sum(n for (d, k), n in self._by_round.get(round, {}).items()
-                       if (direction is None or d == direction) and (kind is None or k == kind))
+            return sum(
+                n
+                for (d, k), n in self._by_round.get(round, {}).items()
+                if (direction is None or d == direction) and (kind is None or k == kind)
+            )
         return sum(
-            t.nbytes for t in self.transfers
+            t.nbytes
+            for t in self.transfers
             if (round is None or t.round == round)
             and (worker is None or t.worker == worker)
             and (direction is None or t.direction == direction)

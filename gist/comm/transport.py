@@ -12,8 +12,9 @@ processes. Every transport records what it moves in a :class:`ByteLedger`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -50,7 +51,7 @@ class WorkerStats:
         return torch.tensor([self.loss, float(self.steps), self.seconds], dtype=dtype)
 
     @classmethod
-    def from_tensor(cls, values: Tensor) -> "WorkerStats":
+    def from_tensor(cls, values: Tensor) -> WorkerStats:
         if values.numel() != cls.NUM_VALUES:
             raise ValueError(f"a stats report has {cls.NUM_VALUES} values, got {values.numel()}")
         loss, steps, seconds = (float(v) for v in values)

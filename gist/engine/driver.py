@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -87,8 +88,9 @@ class RoundDriver(ABC):
     ) -> None:
         cfg.check()
         if self.fixed_subnets is not None and cfg.subnets != self.fixed_subnets:
-            raise ValueError(f"{self.name} trains {self.fixed_subnets} worker(s): m must be {self.fixed_subnets}, "
-                             f"got {cfg.subnets}")
+            raise ValueError(
+                f"{self.name} trains {self.fixed_subnets} worker(s): m must be {self.fixed_subnets}, got {cfg.subnets}"
+            )
         if setup.num_workers != cfg.subnets:
             raise ValueError(f"{setup.num_workers} workers given but the config asks m={cfg.subnets}")
         self.model = model
@@ -107,7 +109,7 @@ class RoundDriver(ABC):
     # ------------------------------------------------------------------ hooks
 
     @classmethod
-    def distributed(cls, setup: RankSetup) -> Optional["RoundDriver"]:
+    def distributed(cls, setup: RankSetup) -> Optional[RoundDriver]:
         """This process's part of a ``torch.distributed`` job: the driver to
         :meth:`fit` here, or ``None`` once the process has served as a worker
         of a driver elsewhere."""
@@ -205,8 +207,15 @@ class RoundDriver(ABC):
         """Run the remaining rounds with a progress bar showing the loss, the
         latest and best validation accuracy and the parameter megabytes moved;
         save a checkpoint where ``checkpointer`` says one is due."""
-        bar = tqdm(total=self.cfg.rounds, initial=self.round, desc=f"{self.label} rounds", unit="round",
-                   disable=not progress, dynamic_ncols=True, leave=None)
+        bar = tqdm(
+            total=self.cfg.rounds,
+            initial=self.round,
+            desc=f"{self.label} rounds",
+            unit="round",
+            disable=not progress,
+            dynamic_ncols=True,
+            leave=None,
+        )
         best_val = float("-inf")
         try:
             while self.round < self.cfg.rounds:
@@ -230,8 +239,11 @@ class RoundDriver(ABC):
 
     def summary(self) -> dict[str, Any]:
         """``method``, ``best_val``, ``test_at_best_val``, byte and time totals, ``subnet_params``."""
-        return {"method": self.name, **history_summary(self.history, self.ledger, self.cfg.subnets),
-                "subnet_params": self.num_params}
+        return {
+            "method": self.name,
+            **history_summary(self.history, self.ledger, self.cfg.subnets),
+            "subnet_params": self.num_params,
+        }
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -275,5 +287,9 @@ def upgrade_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
         return state
     old = dict(state)
     worker0 = old.pop("worker0", None)
-    return {**old, "format": CHECKPOINT_FORMAT, "method": None,
-            "method_state": {"worker0": worker0} if worker0 is not None else {}}
+    return {
+        **old,
+        "format": CHECKPOINT_FORMAT,
+        "method": None,
+        "method_state": {"worker0": worker0} if worker0 is not None else {},
+    }

@@ -9,12 +9,13 @@ same number. The workers of ``partitioned`` runs score their own nodes as
 correct/total counts that are summed: the same accuracy, without moving
 predictions.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
-from ogb.nodeproppred import Evaluator as OGBEvaluator
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
@@ -69,10 +70,14 @@ def ogb_metric(dataset: str) -> Optional[str]:
     models here predict one class per node."""
     if not dataset.startswith("ogbn-"):
         return None
+    from ogb.nodeproppred import Evaluator as OGBEvaluator  # heavy (pulls in scikit-learn): OGB runs only
+
     metric = OGBEvaluator(dataset).eval_metric
     if metric != "acc":
-        raise ValueError(f"{dataset} is scored by {metric!r}; GIST's models here predict one class per node "
-                         f"and are scored by accuracy")
+        raise ValueError(
+            f"{dataset} is scored by {metric!r}; GIST's models here predict one class per node "
+            f"and are scored by accuracy"
+        )
     return metric
 
 
@@ -83,6 +88,8 @@ def node_evaluator(dataset: str, data: Optional[Data], sparse_adjacency: bool = 
     accuracy applies."""
     if ogb_metric(dataset) is None or data is None:
         return None
+    from ogb.nodeproppred import Evaluator as OGBEvaluator
+
     ogb_eval = OGBEvaluator(dataset)
     adj = adjacency(data, sparse_adjacency)
 
@@ -96,8 +103,11 @@ def node_evaluator(dataset: str, data: Optional[Data], sparse_adjacency: bool = 
         out = {}
         for split in SPLITS:
             mask = graph[f"{split}_mask"]
-            out[split] = (float(ogb_eval.eval({"y_true": y[mask], "y_pred": pred[mask]})["acc"])
-                          if int(mask.sum()) else float("nan"))
+            out[split] = (
+                float(ogb_eval.eval({"y_true": y[mask], "y_pred": pred[mask]})["acc"])
+                if int(mask.sum())
+                else float("nan")
+            )
         return out
 
     return evaluate

@@ -79,8 +79,10 @@ class RankSetup:
         per-part files once (a no-op when ``gist partition`` made them) while
         the other ranks wait."""
         if self.ctx.world_size != self.cfg.subnets:
-            raise ValueError(f"the job has {self.ctx.world_size} processes but m={self.cfg.subnets}: "
-                             f"GIST and its baselines run one process per worker")
+            raise ValueError(
+                f"the job has {self.ctx.world_size} processes but m={self.cfg.subnets}: "
+                f"GIST and its baselines run one process per worker"
+            )
         if self.cfg.dist.threads is None:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world_size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
@@ -88,8 +90,9 @@ class RankSetup:
             return
         if self.ctx.rank == 0:
             d = self.cfg.data
-            ensure_partitions(d.root, d.dataset, self.cfg.subnets, d.partitioner, self.cfg.seed, d.halo_hops,
-                              progress=self.progress)
+            ensure_partitions(
+                d.root, d.dataset, self.cfg.subnets, d.partitioner, self.cfg.seed, d.halo_hops, progress=self.progress
+            )
         dist.barrier()
 
     def load_dataset(self) -> NodeDataset:

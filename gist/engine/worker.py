@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,7 @@ class WarnOnce:
 
     def __call__(self) -> None:
         if not self.warned:
-            warnings.warn(self.message)
+            warnings.warn(self.message, stacklevel=3)
             self.warned = True
 
 
@@ -256,8 +257,9 @@ class Worker:
         load_subnet_state(self.subnet, self.layout.unflatten(flat_params))
         if self.optimizer is None or not self.keep_optimizer:
             self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
-        losses = local_steps(self.subnet, self.optimizer, self.batches, self.cfg.local_steps, self._rng,
-                             self._warn_empty)
+        losses = local_steps(
+            self.subnet, self.optimizer, self.batches, self.cfg.local_steps, self._rng, self._warn_empty
+        )
         flat = self.layout.flatten(subnet_state(self.subnet, self.spec))
         return WorkerReport(flat, WorkerStats(mean_or_nan(losses), len(losses), time.perf_counter() - start))
 
@@ -275,9 +277,14 @@ def worker_rng_state(seed: int, index: int, round: Optional[int] = None) -> Tens
     return torch.Generator().manual_seed(key % (2**63)).get_state()
 
 
-def make_workers(model: nn.Module, spec: SplitSpec, data: Optional[Data], cfg: RunConfig,
-                 indices: Optional[Sequence[int]] = None,
-                 graphs: Optional[dict[int, Data]] = None) -> list[Worker]:
+def make_workers(
+    model: nn.Module,
+    spec: SplitSpec,
+    data: Optional[Data],
+    cfg: RunConfig,
+    indices: Optional[Sequence[int]] = None,
+    graphs: Optional[dict[int, Data]] = None,
+) -> list[Worker]:
     """Build workers ``indices`` (default: all) for ``model``.
 
     ``graphs`` gives worker graphs directly (a process that loaded only its
@@ -299,8 +306,19 @@ def make_workers(model: nn.Module, spec: SplitSpec, data: Optional[Data], cfg: R
         source = sources[i]
         rng = first_state if i == 0 else worker_rng_state(cfg.seed, i)
         subnet = build_subnet(model, spec, cfg.subnets)
-        workers.append(Worker(i, subnet, spec, layout, source, cfg.local, rng, keep_optimizer=cfg.subnets == 1,
-                              seed=cfg.seed, template=model, sparse=cfg.data.sparse_adjacency))
+        workers.append(
+            Worker(
+                i,
+                subnet,
+                spec,
+                layout,
+                source,
+                cfg.local,
+                rng,
+                keep_optimizer=cfg.subnets == 1,
+                seed=cfg.seed,
+                template=model,
+                sparse=cfg.data.sparse_adjacency,
+            )
+        )
     return workers
-
-

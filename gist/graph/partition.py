@@ -13,11 +13,13 @@
 All randomness comes from explicitly seeded :class:`torch.Generator` objects
 (or METIS' own seed option); the global RNG is never touched.
 """
+
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -51,9 +53,7 @@ def _check_edge_index(edge_index: Tensor, num_nodes: int) -> None:
     if edge_index.numel() > 0:
         lo, hi = int(edge_index.min()), int(edge_index.max())
         if lo < 0 or hi >= num_nodes:
-            raise ValueError(
-                f"edge_index contains node ids outside [0, {num_nodes}): min={lo}, max={hi}"
-            )
+            raise ValueError(f"edge_index contains node ids outside [0, {num_nodes}): min={lo}, max={hi}")
 
 
 def to_csr(edge_index: Tensor, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,8 +147,7 @@ def partition_nodes(
         raise ValueError(f"num_parts must be >= 1, got {num_parts}")
     if num_parts > num_nodes:
         raise ValueError(
-            f"num_parts ({num_parts}) must not exceed num_nodes ({num_nodes}): "
-            "every part must hold at least one node"
+            f"num_parts ({num_parts}) must not exceed num_nodes ({num_nodes}): every part must hold at least one node"
         )
     _check_edge_index(edge_index, num_nodes)
     if num_parts == 1:
@@ -339,9 +338,7 @@ class ClusterBatcher:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if parts_per_batch > num_parts:
-            raise ValueError(
-                f"parts_per_batch ({parts_per_batch}) must not exceed num_parts ({num_parts})"
-            )
+            raise ValueError(f"parts_per_batch ({parts_per_batch}) must not exceed num_parts ({num_parts})")
         self.data = data
         self.num_parts = int(num_parts)
         self.parts_per_batch = int(parts_per_batch)

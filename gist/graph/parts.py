@@ -19,6 +19,7 @@ an interrupted run never looks complete and a damaged part is detected on load.
 ``<dir>.lock`` (a local-filesystem lock: on network filesystems run
 ``gist partition`` once before starting the workers).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,9 +29,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -58,9 +60,7 @@ FORMAT_VERSION = 1
 PART_KEYS = ("x", "edge_index", "y", "train_mask", "val_mask", "test_mask", "n_id", "owned")
 META_NAME = "meta.json"
 _FORMAT_TAG = "gist-partitions"
-_DIR_RE = re.compile(
-    r"^(?P<dataset>.+)-(?P<partitioner>metis|random)-p(?P<parts>\d+)-s(?P<seed>-?\d+)-h(?P<halo>\d+)$"
-)
+_DIR_RE = re.compile(r"^(?P<dataset>.+)-(?P<partitioner>metis|random)-p(?P<parts>\d+)-s(?P<seed>-?\d+)-h(?P<halo>\d+)$")
 
 
 class PartitionError(ValueError):
@@ -119,7 +119,6 @@ def _check_params(num_parts: Any, partitioner: Any, seed: Any, halo_hops: Any) -
 
 def _root_path(root: Path | str | None) -> Path:
     if root is None:
-
         root = default_root()
     return Path(root).expanduser().absolute()
 
@@ -239,7 +238,6 @@ def write_partitions(
     """
     from tqdm.auto import tqdm
 
-
     _check_params(num_parts, partitioner, seed, halo_hops)
     data = dataset.data
     num_nodes = int(data.num_nodes)
@@ -257,8 +255,7 @@ def write_partitions(
 
     parts = partition_nodes(data.edge_index, num_nodes, num_parts, partitioner, seed)
     summaries: list[dict[str, Any]] = []
-    bar = tqdm(range(num_parts), desc=f"partition {dataset.name}", unit="part",
-               disable=not progress, leave=False)
+    bar = tqdm(range(num_parts), desc=f"partition {dataset.name}", unit="part", disable=not progress, leave=False)
     for i in bar:
         sub = worker_subgraph(data, parts, i, halo_hops)
         payload = {k: _compact(sub[k]) for k in PART_KEYS}
@@ -271,18 +268,20 @@ def write_partitions(
             _replace_atomic(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        summaries.append({
-            "index": i,
-            "file": path.name,
-            "num_nodes": int(payload["n_id"].numel()),
-            "num_owned": int(payload["owned"].sum()),
-            "num_edges": int(payload["edge_index"].size(1)),
-            "num_train": int(payload["train_mask"].sum()),
-            "num_val": int(payload["val_mask"].sum()),
-            "num_test": int(payload["test_mask"].sum()),
-            "bytes": path.stat().st_size,
-            "sha256": digest,
-        })
+        summaries.append(
+            {
+                "index": i,
+                "file": path.name,
+                "num_nodes": int(payload["n_id"].numel()),
+                "num_owned": int(payload["owned"].sum()),
+                "num_edges": int(payload["edge_index"].size(1)),
+                "num_train": int(payload["train_mask"].sum()),
+                "num_val": int(payload["val_mask"].sum()),
+                "num_test": int(payload["test_mask"].sum()),
+                "bytes": path.stat().st_size,
+                "sha256": digest,
+            }
+        )
         del payload
     bar.close()
 
@@ -340,8 +339,7 @@ def prepare_partitions(
         return d, True
 
 
-def _check_matches(info: PartInfo, d: Path, num_parts: int, partitioner: str, seed: int,
-                   halo_hops: int) -> None:
+def _check_matches(info: PartInfo, d: Path, num_parts: int, partitioner: str, seed: int, halo_hops: int) -> None:
     got = (info.num_parts, info.partitioner, info.seed, info.halo_hops)
     want = (num_parts, partitioner, seed, halo_hops)
     if got != want:
@@ -394,8 +392,9 @@ def _meta_dict(part_dir: Path) -> dict[str, Any]:
             f"cannot read {path} ({exc}); rewrite it with: {_create_command(part_dir, force=True)}"
         ) from exc
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT_TAG:
-        raise PartitionError(f"{path} is not a gist partition meta file; rewrite it with: "
-                             f"{_create_command(part_dir, force=True)}")
+        raise PartitionError(
+            f"{path} is not a gist partition meta file; rewrite it with: {_create_command(part_dir, force=True)}"
+        )
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
@@ -431,11 +430,14 @@ def read_meta(part_dir: Path | str) -> PartInfo:
             parts=[dict(p) for p in parts],
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise PartitionError(f"{d / META_NAME} is malformed ({exc!r}); rewrite it with: "
-                             f"{_create_command(d, force=True)}") from exc
+        raise PartitionError(
+            f"{d / META_NAME} is malformed ({exc!r}); rewrite it with: {_create_command(d, force=True)}"
+        ) from exc
     if len(info.parts) != info.num_parts:
-        raise PartitionError(f"{d / META_NAME} lists {len(info.parts)} parts but num_parts="
-                             f"{info.num_parts}; rewrite it with: {_create_command(d, force=True)}")
+        raise PartitionError(
+            f"{d / META_NAME} lists {len(info.parts)} parts but num_parts="
+            f"{info.num_parts}; rewrite it with: {_create_command(d, force=True)}"
+        )
     return info
 
 
@@ -472,14 +474,13 @@ def load_part(part_dir: Path | str, index: int, verify: bool = True) -> Data:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated / not a torch file / unsafe content
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise PartitionError(
-            f"part file {path} cannot be loaded ({type(exc).__name__}: {first}); {fix}"
-        ) from exc
-    if not isinstance(payload, dict) or set(payload) != set(PART_KEYS) or not all(
-        isinstance(v, Tensor) for v in payload.values()
+        raise PartitionError(f"part file {path} cannot be loaded ({type(exc).__name__}: {first}); {fix}") from exc
+    if (
+        not isinstance(payload, dict)
+        or set(payload) != set(PART_KEYS)
+        or not all(isinstance(v, Tensor) for v in payload.values())
     ):
-        raise PartitionError(f"part file {path} does not hold the expected tensors "
-                             f"{', '.join(PART_KEYS)}; {fix}")
+        raise PartitionError(f"part file {path} does not hold the expected tensors {', '.join(PART_KEYS)}; {fix}")
     n = int(payload["n_id"].numel())
     if n != entry.get("num_nodes", n) or payload["x"].size(0) != n or payload["y"].size(0) != n:
         raise PartitionError(f"part file {path} is inconsistent with {META_NAME}; {fix}")

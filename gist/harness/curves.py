@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 import pandas as pd
 
@@ -34,11 +35,19 @@ def run_curve(log: dict[str, Any]) -> pd.DataFrame:
         seconds += (r["seconds"] if par is None else par) + (r.get("eval_seconds") or 0.0)
         wire += sum(n for k, n in r.get("bytes", {}).items() if k not in NOT_TRAINING_KINDS)
         eval_wire += r.get("bytes", {}).get("eval", 0)
-        rows.append({"round": int(r["round"]), "steps": steps, "seconds": seconds,
-                     "bytes_per_worker": wire / m, "eval_bytes_per_worker": eval_wire / m,
-                     **{k: (math.nan if r.get(k) is None else float(r[k])) for k in ("train", "val", "test")}})
-    return pd.DataFrame(rows, columns=["round", "steps", "seconds", "bytes_per_worker", "eval_bytes_per_worker",
-                                       "train", "val", "test"])
+        rows.append(
+            {
+                "round": int(r["round"]),
+                "steps": steps,
+                "seconds": seconds,
+                "bytes_per_worker": wire / m,
+                "eval_bytes_per_worker": eval_wire / m,
+                **{k: (math.nan if r.get(k) is None else float(r[k])) for k in ("train", "val", "test")},
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["round", "steps", "seconds", "bytes_per_worker", "eval_bytes_per_worker", "train", "val", "test"]
+    )
 
 
 def first_reach(curve: pd.DataFrame, target: float) -> Optional[dict[str, float]]:
@@ -48,8 +57,12 @@ def first_reach(curve: pd.DataFrame, target: float) -> Optional[dict[str, float]
     if hit.empty:
         return None
     row = hit.iloc[0]
-    return {"round": int(row["round"]), "steps": int(row["steps"]),
-            "bytes_per_worker": float(row["bytes_per_worker"]), "seconds": float(row["seconds"])}
+    return {
+        "round": int(row["round"]),
+        "steps": int(row["steps"]),
+        "bytes_per_worker": float(row["bytes_per_worker"]),
+        "seconds": float(row["seconds"]),
+    }
 
 
 def load_logs(results_dir: str | Path) -> list[dict[str, Any]]:
@@ -80,14 +93,21 @@ def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
         evaluated = curve.dropna(subset=["val"])
         best = evaluated.loc[evaluated["val"].idxmax()] if not evaluated.empty else None
         s = log["sweep"]
-        rows.append({**{k: s.get("context", {}).get(k) for k in axes},
-                     "method": s["method"], "m": int(s["m"]), "zeta": int(s["zeta"]), "seed": int(s["seed"]),
-                     "best_val": float(best["val"]) if best is not None else math.nan,
-                     "test_at_best_val": float(best["test"]) if best is not None else math.nan,
-                     "bytes_per_worker": float(curve["bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
-                     "eval_bytes_per_worker": float(curve["eval_bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
-                     "seconds": float(curve["seconds"].iloc[-1]) if len(curve) else 0.0,
-                     "curve": curve})
+        rows.append(
+            {
+                **{k: s.get("context", {}).get(k) for k in axes},
+                "method": s["method"],
+                "m": int(s["m"]),
+                "zeta": int(s["zeta"]),
+                "seed": int(s["seed"]),
+                "best_val": float(best["val"]) if best is not None else math.nan,
+                "test_at_best_val": float(best["test"]) if best is not None else math.nan,
+                "bytes_per_worker": float(curve["bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
+                "eval_bytes_per_worker": float(curve["eval_bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
+                "seconds": float(curve["seconds"].iloc[-1]) if len(curve) else 0.0,
+                "curve": curve,
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-import matplotlib
 import pandas as pd
 
 from ..methods import METHODS
 from .curves import GROUP, axes_label, match_axes, mean_curves
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 M_STYLES = ["-", "--", ":", "-."]
 SPARE_COLORS = ["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
@@ -27,10 +23,16 @@ def method_color(name: str) -> str:
     return SPARE_COLORS[sum(map(ord, name)) % len(SPARE_COLORS)]
 
 
-def write_plots(runs: pd.DataFrame, axes: Sequence[str], out_dir: Path, goal: dict[tuple, float],
-                title: str = "") -> list[Path]:
+def write_plots(
+    runs: pd.DataFrame, axes: Sequence[str], out_dir: Path, goal: dict[tuple, float], title: str = ""
+) -> list[Path]:
     """``accuracy_vs_bytes[-<axes>].png`` (log x) and ``accuracy_vs_time[-<axes>].png``:
     validation accuracy (mean over seeds) per method (colour) and ``m`` (line style)."""
+    import matplotlib  # heavy: loaded only when plotting
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     written = []
     keys = list(goal)
     for key in keys:
@@ -43,16 +45,26 @@ def write_plots(runs: pd.DataFrame, axes: Sequence[str], out_dir: Path, goal: di
         m_values = sorted(curves.loc[curves["m"] > 1, "m"].unique())
         order = {name: i for i, name in enumerate(METHODS)}
         groups = sorted(curves.groupby(GROUP, sort=False), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1:]))
-        for x, xlabel, stem, log_x in (("bytes_per_worker", "cumulative MB per worker", "accuracy_vs_bytes", True),
-                                       ("seconds", "wall time, s (workers in parallel)", "accuracy_vs_time", False)):
+        for x, xlabel, stem, log_x in (
+            ("bytes_per_worker", "cumulative MB per worker", "accuracy_vs_bytes", True),
+            ("seconds", "wall time, s (workers in parallel)", "accuracy_vs_time", False),
+        ):
             fig, ax = plt.subplots(figsize=(7, 4.5))
             for (method, m, zeta), c in groups:
                 c = c.dropna(subset=["val"])
                 label = f"{method}" + (f" m={m}" if m > 1 else "") + (f" ζ={zeta}" if several_zeta else "")
                 xs = c[x] / 1e6 if x == "bytes_per_worker" else c[x]
                 style = "-" if m == 1 else M_STYLES[m_values.index(m) % len(M_STYLES)]
-                ax.plot(xs, c["val"], style, marker=".", markersize=3, linewidth=1.2,
-                        color=method_color(method), label=label)
+                ax.plot(
+                    xs,
+                    c["val"],
+                    style,
+                    marker=".",
+                    markersize=3,
+                    linewidth=1.2,
+                    color=method_color(method),
+                    label=label,
+                )
             if not math.isnan(goal[key]):
                 ax.axhline(goal[key], color="grey", linestyle="--", linewidth=0.8, label="target")
             if log_x:

@@ -32,6 +32,7 @@ never silently overwritten. Logs written before the config was nested (flat
 ``config``) and before ``full`` was a method of its own (``method = "gist"``
 with ``m = 1``) are read as they are (:func:`migrate_log`).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,11 @@ import re
 import shlex
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
@@ -99,8 +101,7 @@ class PlannedRun:
     settings: RunConfig
 
     def grid(self) -> dict[str, Any]:
-        return {**self.context, "method": self.method, "m": self.subnets, "zeta": self.local_steps,
-                "seed": self.seed}
+        return {**self.context, "method": self.method, "m": self.subnets, "zeta": self.local_steps, "seed": self.seed}
 
 
 def _int_list(table: dict, key: str, default: Optional[list[int]] = None) -> list[int]:
@@ -109,8 +110,11 @@ def _int_list(table: dict, key: str, default: Optional[list[int]] = None) -> lis
         raise SweepError(f"[sweep] needs {key!r}")
     if isinstance(value, int):
         value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                           for v in value):
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         raise SweepError(f"[sweep] {key} must be a non-empty list of integers, got {value!r}")
     return value
 
@@ -132,8 +136,10 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
     where = str(path) if path else "config"
     unknown = set(raw) - {"name", "description", "settings", "sweep", "table"}
     if unknown:
-        raise SweepError(f"{where}: unknown top-level keys {sorted(unknown)}; expected name, description, "
-                         f"[settings], [sweep], [table]")
+        raise SweepError(
+            f"{where}: unknown top-level keys {sorted(unknown)}; expected name, description, "
+            f"[settings], [sweep], [table]"
+        )
     defaults = RunConfig().flat()
     harness_owned = flat_names(per_run=True)
     settings_table = dict(raw.get("settings", {}))
@@ -173,8 +179,10 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
     sweepable = set(flat_names(changes_results=True)) - set(SWEPT)
     for key, values in sweep.items():
         if key not in sweepable:
-            raise SweepError(f"{where}: [sweep] {key!r} cannot be swept; sweep methods, subnets, local_steps, "
-                             f"seeds, or run settings such as model, hidden, data_mode")
+            raise SweepError(
+                f"{where}: [sweep] {key!r} cannot be swept; sweep methods, subnets, local_steps, "
+                f"seeds, or run settings such as model, hidden, data_mode"
+            )
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: [sweep] {key} must be a non-empty list, got {values!r}")
         axes[key] = values
@@ -185,10 +193,20 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
         raise SweepError(f"{where}: unknown [table] keys {sorted(unknown)}; expected target_drop, target")
     target_drop = float(table.get("target_drop", 0.01))
     target = table.get("target")
-    cfg = SweepConfig(name=str(raw.get("name", name)), settings=settings, methods=list(methods),
-                      subnets=subnets, local_steps=local_steps, seeds=seeds, axes=axes, processes=processes,
-                      description=str(raw.get("description", "")), target_drop=target_drop,
-                      target=float(target) if target is not None else None, path=path)
+    cfg = SweepConfig(
+        name=str(raw.get("name", name)),
+        settings=settings,
+        methods=list(methods),
+        subnets=subnets,
+        local_steps=local_steps,
+        seeds=seeds,
+        axes=axes,
+        processes=processes,
+        description=str(raw.get("description", "")),
+        target_drop=target_drop,
+        target=float(target) if target is not None else None,
+        path=path,
+    )
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.name):
         raise SweepError(f"{where}: name {cfg.name!r} must use only letters, digits, '.', '_' and '-'")
     plan(cfg)  # every grid point must make valid settings
@@ -215,8 +233,7 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
             ms = [fixed] if fixed is not None else [m for m in cfg.subnets if m > 1]
             for m, zeta, seed in product(ms, cfg.local_steps, cfg.seeds):
                 try:
-                    settings = cfg.settings.replace(**context, method=method, subnets=m, local_steps=zeta,
-                                                    seed=seed)
+                    settings = cfg.settings.replace(**context, method=method, subnets=m, local_steps=zeta, seed=seed)
                     get_method(method).check_config(settings.check())
                 except ValueError as exc:
                     raise SweepError(f"sweep {cfg.name}: {context} {method} m={m} ζ={zeta}: {exc}") from exc
@@ -287,8 +304,10 @@ def stored_log(path: Path, run: PlannedRun) -> Optional[dict[str, Any]]:
     log = migrate_log(log)
     diff = _differences(RunConfig.from_dict(log.get("config", {}), strict=False), run.settings)
     if diff:
-        raise SweepError(f"{path} was made with other settings than the config ({'; '.join(diff)}); "
-                         f"use another results directory, or move the old logs away")
+        raise SweepError(
+            f"{path} was made with other settings than the config ({'; '.join(diff)}); "
+            f"use another results directory, or move the old logs away"
+        )
     return log
 
 
@@ -303,9 +322,13 @@ def execute(run: PlannedRun, processes: bool, progress: bool) -> dict[str, Any]:
     return run_training(run.settings, progress=progress)
 
 
-def run_sweep(cfg: SweepConfig, out_dir: str | Path, progress: bool = True,
-              runner: Callable[[PlannedRun, bool, bool], dict[str, Any]] = execute,
-              say: Callable[[str], None] = print) -> dict[str, int]:
+def run_sweep(
+    cfg: SweepConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    runner: Callable[[PlannedRun, bool, bool], dict[str, Any]] = execute,
+    say: Callable[[str], None] = print,
+) -> dict[str, int]:
     """Run every planned run of ``cfg`` whose log is not in ``out_dir/runs``.
 
     Returns ``{"planned", "skipped", "ran"}``. The config is copied to
@@ -323,8 +346,14 @@ def run_sweep(cfg: SweepConfig, out_dir: str | Path, progress: bool = True,
     counts = {"planned": len(planned), "skipped": len(planned) - len(todo), "ran": 0}
     if counts["skipped"]:
         say(f"sweep {cfg.name}: {counts['skipped']} of {len(planned)} runs already done in {runs_dir}")
-    bar = tqdm(total=len(planned), initial=counts["skipped"], desc=f"sweep {cfg.name}", unit="run",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(planned),
+        initial=counts["skipped"],
+        desc=f"sweep {cfg.name}",
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         for run in todo:
             bar.set_postfix_str(run.run_id, refresh=True)
@@ -350,8 +379,10 @@ def _save_config(cfg: SweepConfig, out: Path) -> None:
         old = parse_config(tomllib.loads(target.read_text()), name=cfg.name)
         diff = _differences(old.settings, cfg.settings)
         if diff:
-            raise SweepError(f"{out} holds results of a config with other settings ({'; '.join(diff)}; "
-                             f"see {target}); use another results directory, or move the old one away")
+            raise SweepError(
+                f"{out} holds results of a config with other settings ({'; '.join(diff)}; "
+                f"see {target}); use another results directory, or move the old one away"
+            )
     if cfg.path.resolve() != target.resolve():
         shutil.copyfile(cfg.path, target)
 
@@ -367,8 +398,10 @@ def load_results_config(results_dir: str | Path) -> SweepConfig:
 def describe(cfg: SweepConfig) -> str:
     """One line per axis, for ``gist sweep --dry-run``."""
     planned = plan(cfg)
-    lines = [f"sweep {cfg.name}: {len(planned)} runs" + (" (real processes)" if cfg.processes else ""),
-             f"  methods {cfg.methods}, m {cfg.subnets}, ζ {cfg.local_steps}, seeds {cfg.seeds}"]
+    lines = [
+        f"sweep {cfg.name}: {len(planned)} runs" + (" (real processes)" if cfg.processes else ""),
+        f"  methods {cfg.methods}, m {cfg.subnets}, ζ {cfg.local_steps}, seeds {cfg.seeds}",
+    ]
     lines += [f"  {k} {v}" for k, v in cfg.axes.items()]
     per_run = flat_names(per_run=True)
     shared = {k: v for k, v in cfg.settings.flat().items() if k not in SWEPT and k not in per_run and k not in cfg.axes}

@@ -25,8 +25,9 @@ Inputs are the run logs :func:`gist.harness.sweep.run_sweep` writes
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import pandas as pd
 
@@ -36,8 +37,9 @@ from .plots import write_plots
 from .sweep import RUNS_DIR, SweepConfig, load_results_config
 
 
-def targets(runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01,
-            target: Optional[float] = None) -> dict[tuple, float]:
+def targets(
+    runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01, target: Optional[float] = None
+) -> dict[tuple, float]:
     """The validation target per value of ``axes`` (see the module docstring)."""
     out: dict[tuple, float] = {}
     keys = runs[list(axes)].drop_duplicates().itertuples(index=False, name=None) if axes else [()]
@@ -53,8 +55,9 @@ def targets(runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01,
     return out
 
 
-def summarize(runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01,
-              target: Optional[float] = None) -> pd.DataFrame:
+def summarize(
+    runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01, target: Optional[float] = None
+) -> pd.DataFrame:
     """A row per extra-axes value, method, ``m`` and ``ζ``: seeds, best val and
     test at best val (mean, std), bytes per worker, bytes and seconds to the
     target (mean over the seeds that reach it; ``reached`` counts them), and
@@ -70,26 +73,34 @@ def summarize(runs: pd.DataFrame, axes: Sequence[str], target_drop: float = 0.01
     for key, g in runs.groupby([*axes, *GROUP], sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         rec = dict(zip([*axes, *GROUP], key))
-        rec.update({
-            "target": goal[tuple(rec[a] for a in axes)],
-            "seeds": len(g),
-            "best_val": g["best_val"].mean(), "best_val_std": _std(g["best_val"]),
-            "test_at_best_val": g["test_at_best_val"].mean(), "test_at_best_val_std": _std(g["test_at_best_val"]),
-            "mb_per_worker": g["bytes_per_worker"].mean() / 1e6,
-            "eval_mb_per_worker": g["eval_bytes_per_worker"].mean() / 1e6,
-            "reached": int(g["reached"].sum()),
-            "mb_to_target": g["bytes_to_target"].mean() / 1e6 if g["reached"].any() else math.nan,
-            "seconds_to_target": g["seconds_to_target"].mean() if g["reached"].any() else math.nan,
-            "seconds": g["seconds"].mean(),
-        })
+        rec.update(
+            {
+                "target": goal[tuple(rec[a] for a in axes)],
+                "seeds": len(g),
+                "best_val": g["best_val"].mean(),
+                "best_val_std": _std(g["best_val"]),
+                "test_at_best_val": g["test_at_best_val"].mean(),
+                "test_at_best_val_std": _std(g["test_at_best_val"]),
+                "mb_per_worker": g["bytes_per_worker"].mean() / 1e6,
+                "eval_mb_per_worker": g["eval_bytes_per_worker"].mean() / 1e6,
+                "reached": int(g["reached"].sum()),
+                "mb_to_target": g["bytes_to_target"].mean() / 1e6 if g["reached"].any() else math.nan,
+                "seconds_to_target": g["seconds_to_target"].mean() if g["reached"].any() else math.nan,
+                "seconds": g["seconds"].mean(),
+            }
+        )
         rows.append(rec)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
     ratios = []
     for _, row in table.iterrows():
-        ddp = table[match_axes(table, axes, [row[a] for a in axes]) & (table["method"] == "ddp")
-                    & (table["m"] == row["m"]) & (table["zeta"] == row["zeta"])]
+        ddp = table[
+            match_axes(table, axes, [row[a] for a in axes])
+            & (table["method"] == "ddp")
+            & (table["m"] == row["m"])
+            & (table["zeta"] == row["zeta"])
+        ]
         base = ddp["mb_to_target"].iloc[0] if len(ddp) else math.nan
         ratios.append(row["mb_to_target"] / base if base and not math.isnan(base) else math.nan)
     table["bytes_vs_ddp"] = ratios
@@ -116,24 +127,34 @@ def _num(value: float, fmt: str) -> str:
 
 def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
     """The summary as a Markdown table with human-readable cells."""
-    shown = pd.DataFrame({
-        **{a: table[a] for a in axes},
-        "method": table["method"], "m": table["m"], "ζ": table["zeta"], "seeds": table["seeds"],
-        "best val": [_pm(a, b) for a, b in zip(table["best_val"], table["best_val_std"])],
-        "test at best val": [_pm(a, b) for a, b in zip(table["test_at_best_val"], table["test_at_best_val_std"])],
-        "MB/worker": [_num(v, ".3g") for v in table["mb_per_worker"]],
-        "eval MB/worker": [_num(v, ".3g") for v in table["eval_mb_per_worker"]],
-        "reached": [f"{r}/{s}" for r, s in zip(table["reached"], table["seeds"])],
-        "MB/worker to target": [_num(v, ".3g") for v in table["mb_to_target"]],
-        "s to target": [_num(v, ".1f") for v in table["seconds_to_target"]],
-        "bytes vs ddp": [_num(v, ".3f") for v in table["bytes_vs_ddp"]],
-    })
+    shown = pd.DataFrame(
+        {
+            **{a: table[a] for a in axes},
+            "method": table["method"],
+            "m": table["m"],
+            "ζ": table["zeta"],
+            "seeds": table["seeds"],
+            "best val": [_pm(a, b) for a, b in zip(table["best_val"], table["best_val_std"])],
+            "test at best val": [_pm(a, b) for a, b in zip(table["test_at_best_val"], table["test_at_best_val_std"])],
+            "MB/worker": [_num(v, ".3g") for v in table["mb_per_worker"]],
+            "eval MB/worker": [_num(v, ".3g") for v in table["eval_mb_per_worker"]],
+            "reached": [f"{r}/{s}" for r, s in zip(table["reached"], table["seeds"])],
+            "MB/worker to target": [_num(v, ".3g") for v in table["mb_to_target"]],
+            "s to target": [_num(v, ".1f") for v in table["seconds_to_target"]],
+            "bytes vs ddp": [_num(v, ".3f") for v in table["bytes_vs_ddp"]],
+        }
+    )
     return shown.to_markdown(index=False)
 
 
-def tabulate(results_dir: str | Path, command: str, cfg: Optional[SweepConfig] = None,
-             target_drop: Optional[float] = None, target: Optional[float] = None,
-             plots: bool = True) -> tuple[str, pd.DataFrame]:
+def tabulate(
+    results_dir: str | Path,
+    command: str,
+    cfg: Optional[SweepConfig] = None,
+    target_drop: Optional[float] = None,
+    target: Optional[float] = None,
+    plots: bool = True,
+) -> tuple[str, pd.DataFrame]:
     """Write ``table.md``, ``table.csv`` and the plots into ``results_dir``
     from its run logs; return the Markdown and the summary frame.
 
@@ -150,8 +171,11 @@ def tabulate(results_dir: str | Path, command: str, cfg: Optional[SweepConfig] =
     table = summarize(runs, axes, target_drop, target)
     table.to_csv(results_dir / "table.csv", index=False)
     goal = {tuple(row[a] for a in axes): float(row["target"]) for _, row in table.iterrows()}
-    how = (f"the absolute target {target}" if target is not None
-           else f"the full model's best validation (mean over seeds) minus {target_drop}")
+    how = (
+        f"the absolute target {target}"
+        if target is not None
+        else f"the full model's best validation (mean over seeds) minus {target_drop}"
+    )
     goals = "; ".join(f"{axes_label(axes, k) or 'all runs'}: {v:.4f}" for k, v in goal.items())
     s = cfg.settings
     d, model = s.data, s.model
@@ -159,8 +183,9 @@ def tabulate(results_dir: str | Path, command: str, cfg: Optional[SweepConfig] =
     lines = [
         f"# {cfg.name}: accuracy versus communication",
         "",
-        f"Made by `{command}`" + (f" (tabulated from the logs in `{results_dir}/{RUNS_DIR}`)"
-                                  if not command.startswith("gist sweep") else "") + ".",
+        f"Made by `{command}`"
+        + (f" (tabulated from the logs in `{results_dir}/{RUNS_DIR}`)" if not command.startswith("gist sweep") else "")
+        + ".",
         "",
     ]
     if cfg.description:

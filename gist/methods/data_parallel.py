@@ -34,7 +34,6 @@ scatters them back, so it ends with the model an uninterrupted run has.
 from __future__ import annotations
 
 import copy
-import time
 from abc import abstractmethod
 from typing import Any, Optional
 
@@ -145,8 +144,9 @@ class DataParallelMethod(RoundDriver):
             evaluator = accuracy_evaluator(data, cfg.data.sparse_adjacency)
         self._sources = make_batch_sources(graphs, cfg)
         self._rngs = {i: RNGStream(first_rng if i == 0 else worker_rng_state(cfg.seed, i)) for i in local}
-        self._warn_empty = {i: WarnOnce(f"worker {i}: a batch without training nodes; {self.empty_batch}")
-                            for i in local}
+        self._warn_empty = {
+            i: WarnOnce(f"worker {i}: a batch without training nodes; {self.empty_batch}") for i in local
+        }
 
         self._state_names = float_state_names(model)
         state = model.state_dict()
@@ -171,8 +171,12 @@ class DataParallelMethod(RoundDriver):
             self._optimizers[i] = optimizers[id(rep)]
         self._resume: Optional[dict[str, Any]] = None
 
-        setup = DriverSetup(ledger=collective.ledger, num_workers=collective.num_workers,
-                            is_coordinator=collective.is_coordinator, sequential=collective.sequential)
+        setup = DriverSetup(
+            ledger=collective.ledger,
+            num_workers=collective.num_workers,
+            is_coordinator=collective.is_coordinator,
+            sequential=collective.sequential,
+        )
         super().__init__(model, data, cfg, setup, evaluator, scored_by)
 
     empty_batch = "step skipped"
@@ -243,7 +247,7 @@ class DataParallelMethod(RoundDriver):
     # ------------------------------------------------------------------ processes
 
     @classmethod
-    def distributed(cls, setup: RankSetup) -> "DataParallelMethod":
+    def distributed(cls, setup: RankSetup) -> DataParallelMethod:
         """Every rank is one worker; rank 0 also holds the full graph (it evaluates)."""
         setup.prepare()
         cfg, ctx = setup.cfg, setup.ctx
@@ -253,8 +257,9 @@ class DataParallelMethod(RoundDriver):
             graph = setup.own_graph().data if setup.partitioned else dataset.data
             model = setup.full_model(dataset.num_features, dataset.num_classes)
             evaluator, scored_by = setup.evaluator(dataset.data)
-            return cls(model, dataset.data, cfg, collective=collective, graph=graph, evaluator=evaluator,
-                       scored_by=scored_by)
+            return cls(
+                model, dataset.data, cfg, collective=collective, graph=graph, evaluator=evaluator, scored_by=scored_by
+            )
         own = setup.own_graph()
         torch.manual_seed(cfg.seed + ctx.rank)  # any initialisation: worker 0's model is broadcast
         model = build_stock_model(cfg.model, own.num_features, own.num_classes)

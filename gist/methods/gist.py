@@ -89,8 +89,12 @@ class GIST(RoundDriver):
             if data is None:
                 raise ValueError("GIST needs the full graph to evaluate (or an evaluator)")
             evaluator = accuracy_evaluator(data, cfg.data.sparse_adjacency)
-        setup = DriverSetup(ledger=transport.ledger, num_workers=transport.num_subnets, is_coordinator=True,
-                            sequential=transport.sequential)
+        setup = DriverSetup(
+            ledger=transport.ledger,
+            num_workers=transport.num_subnets,
+            is_coordinator=True,
+            sequential=transport.sequential,
+        )
         super().__init__(model, data, cfg, setup, evaluator, scored_by)
 
     @property
@@ -156,7 +160,7 @@ class GIST(RoundDriver):
         self.transport.close()
 
     @classmethod
-    def distributed(cls, setup: RankSetup) -> Optional["GIST"]:
+    def distributed(cls, setup: RankSetup) -> Optional[GIST]:
         """Rank 0: the coordinator (and worker 0), holding the full graph or,
         in ``partitioned`` mode, only part 0. Other ranks: serve as worker
         ``rank`` with only their own graph, then return ``None``."""
@@ -170,8 +174,9 @@ class GIST(RoundDriver):
             spec.check_subnets(cfg.subnets)
             worker0 = make_workers(model, spec, data, cfg, indices=[0], graphs={0: own.data})[0]
             evaluator, scored_by = setup.evaluator(data)
-            return cls(model, data, cfg, transport=DistTransport(worker0, ctx), evaluator=evaluator,
-                       scored_by=scored_by)
+            return cls(
+                model, data, cfg, transport=DistTransport(worker0, ctx), evaluator=evaluator, scored_by=scored_by
+            )
         model = setup.model_shape(own.num_features, own.num_classes)
         spec = build_split_spec(model)
         worker = make_workers(model, spec, None, cfg, indices=[ctx.rank], graphs={ctx.rank: own.data})[0]

@@ -31,8 +31,14 @@ class LocalSGD(DataParallelMethod):
         losses, seconds = {}, {}
         for i in self.local_workers:
             t = time.perf_counter()
-            losses[i] = local_steps(self._replicas[i], self._optimizers[i], self._sources[i],
-                                    self.cfg.local.local_steps, self._rngs[i], self._warn_empty[i])
+            losses[i] = local_steps(
+                self._replicas[i],
+                self._optimizers[i],
+                self._sources[i],
+                self.cfg.local.local_steps,
+                self._rngs[i],
+                self._warn_empty[i],
+            )
             seconds[i] = time.perf_counter() - t
         t = time.perf_counter()
         flats = {i: flatten_state(self._replicas[i], self._state_names) for i in self.local_workers}

@@ -1,4 +1,5 @@
 """GIST-aware PyG layers and the slicing rules for stock PyG modules."""
+
 from .layers import GISTBatchNorm, GISTGCNConv, GISTLayerNorm, GISTLinear, GISTSAGEConv
 from .models import build_model
 from .slicing import (

@@ -14,6 +14,7 @@ model built from these layers splits like a stock :class:`~torch_geometric.nn.mo
             self.conv2 = GISTGCNConv(hidden, hidden, in_group="h1", out_group="h2")
             self.head = GISTLinear(hidden, out_channels, in_group="h2")
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -44,8 +45,15 @@ class GISTGCNConv(GCNConv):
     indices :math:`(2, |\mathcal{E}|)`; output :math:`(|\mathcal{V}|, d_l)`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, in_group: Optional[str] = None,
-                 out_group: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        in_group: Optional[str] = None,
+        out_group: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(in_channels, out_channels, **kwargs)
         set_groups(self, in_group, out_group)
 
@@ -67,8 +75,15 @@ class GISTSAGEConv(SAGEConv):
         **kwargs: passed to :class:`~torch_geometric.nn.conv.SAGEConv`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, in_group: Optional[str] = None,
-                 out_group: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        in_group: Optional[str] = None,
+        out_group: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(in_channels, out_channels, **kwargs)
         set_groups(self, in_group, out_group)
 
@@ -78,8 +93,15 @@ class GISTLinear(Linear):
     whose sides belong to hidden widths; a head has ``in_group`` set and
     ``out_group=None``, so its bias is shared by all workers."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, in_group: Optional[str] = None,
-                 out_group: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        in_group: Optional[str] = None,
+        out_group: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(in_channels, out_channels, **kwargs)
         set_groups(self, in_group, out_group)
 

@@ -1,4 +1,5 @@
 """Stock PyG models as the harness builds them."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -19,10 +19,12 @@ hidden width (split) or ``None`` (never split). Tensors with no split
 dimension are *shared*: every worker gets a copy and they are averaged on
 merge.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 from torch import nn
 
@@ -94,9 +96,7 @@ def find_rule(module: nn.Module) -> Optional[SlicingRule]:
     return None
 
 
-def set_groups(
-    module: nn.Module, in_group: Optional[str] = None, out_group: Optional[str] = None
-) -> nn.Module:
+def set_groups(module: nn.Module, in_group: Optional[str] = None, out_group: Optional[str] = None) -> nn.Module:
     """Say which hidden width each side of a stock layer belongs to.
 
     ``None`` means a width that is never split (input features, classes).
@@ -151,9 +151,7 @@ def _resize_gcn(m: nn.Module, i: int, o: int) -> None:
 
 def _sage_axes(m: nn.Module, i: Optional[str], o: Optional[str]) -> dict[str, Axes]:
     if list(m.aggr_module.parameters()) or list(m.aggr_module.buffers()):
-        raise SplitError(
-            f"SAGEConv with a learnable aggregation ({m.aggr_module!r}) is not supported"
-        )
+        raise SplitError(f"SAGEConv with a learnable aggregation ({m.aggr_module!r}) is not supported")
     axes: dict[str, Axes] = {}
     agg_in = i
     if m.project:
@@ -205,8 +203,8 @@ def _resize_pyg_layernorm(m: nn.Module, i: int, o: int) -> None:
 
 
 def _register_builtin_rules() -> None:
-    from torch_geometric.nn import GCNConv, SAGEConv
     from torch_geometric.nn import BatchNorm as PygBatchNorm
+    from torch_geometric.nn import GCNConv, SAGEConv
     from torch_geometric.nn import LayerNorm as PygLayerNorm
     from torch_geometric.nn.dense.linear import Linear as PygLinear
 
@@ -288,7 +286,9 @@ class SplitSpec:
         return full if name is None else self.widths[name] // num_subnets
 
 
-def _basic_gnn_layers(model: nn.Module, path: str, in_group, out_group) -> list[tuple[str, nn.Module, Optional[str], Optional[str]]]:
+def _basic_gnn_layers(
+    model: nn.Module, path: str, in_group, out_group
+) -> list[tuple[str, nn.Module, Optional[str], Optional[str]]]:
     if getattr(model, "jk_mode", None) is not None:
         raise SplitError(
             f"{type(model).__name__} at '{path or '<root>'}' uses jumping knowledge "
@@ -296,12 +296,12 @@ def _basic_gnn_layers(model: nn.Module, path: str, in_group, out_group) -> list[
         )
     prefix = f"{path}." if path else ""
     num = len(model.convs)
-    groups = [in_group] + [f"{prefix}hidden{l}" for l in range(1, num)] + [out_group]
+    groups = [in_group] + [f"{prefix}hidden{k}" for k in range(1, num)] + [out_group]
     found = []
-    for l, conv in enumerate(model.convs):
-        found.append((f"{prefix}convs.{l}", conv, groups[l], groups[l + 1]))
-    for l, norm in enumerate(model.norms):
-        found.append((f"{prefix}norms.{l}", norm, groups[l + 1], groups[l + 1]))
+    for k, conv in enumerate(model.convs):
+        found.append((f"{prefix}convs.{k}", conv, groups[k], groups[k + 1]))
+    for k, norm in enumerate(model.norms):
+        found.append((f"{prefix}norms.{k}", norm, groups[k + 1], groups[k + 1]))
     for name, child in model.named_children():
         if name not in ("convs", "norms"):
             found.append((f"{prefix}{name}", child, None, None))
@@ -309,9 +309,7 @@ def _basic_gnn_layers(model: nn.Module, path: str, in_group, out_group) -> list[
 
 
 def _has_state(module: nn.Module, recurse: bool = True) -> bool:
-    return any(True for _ in module.parameters(recurse=recurse)) or any(
-        True for _ in module.buffers(recurse=recurse)
-    )
+    return any(True for _ in module.parameters(recurse=recurse)) or any(True for _ in module.buffers(recurse=recurse))
 
 
 def build_split_spec(model: nn.Module) -> SplitSpec:
@@ -326,9 +324,7 @@ def build_split_spec(model: nn.Module) -> SplitSpec:
     if not _RULES:
         _register_builtin_rules()
     entries: list[LayerEntry] = []
-    pending: list[tuple[str, nn.Module, Optional[str], Optional[str], bool]] = [
-        ("", model, None, None, False)
-    ]
+    pending: list[tuple[str, nn.Module, Optional[str], Optional[str], bool]] = [("", model, None, None, False)]
     while pending:
         path, module, in_g, out_g, placed = pending.pop(0)
         groups = get_groups(module)
@@ -368,8 +364,7 @@ def build_split_spec(model: nn.Module) -> SplitSpec:
         missing = own - set(local)
         if missing:
             raise SplitError(
-                f"the slicing rule for {type(module).__name__} at '{entry.path}' does not cover "
-                f"{sorted(missing)}"
+                f"the slicing rule for {type(module).__name__} at '{entry.path}' does not cover {sorted(missing)}"
             )
         for local_name, axes in local.items():
             key = f"{entry.path}.{local_name}" if entry.path else local_name
@@ -382,8 +377,7 @@ def build_split_spec(model: nn.Module) -> SplitSpec:
                 size = tensor.shape[dim]
                 if widths.setdefault(axis, size) != size:
                     raise SplitError(
-                        f"hidden width '{axis}' is {widths[axis]} units in one layer but {size} "
-                        f"in '{key}'"
+                        f"hidden width '{axis}' is {widths[axis]} units in one layer but {size} in '{key}'"
                     )
             tensor_axes[key] = tuple(axes)
     uncovered = set(state) - set(tensor_axes)
@@ -391,8 +385,7 @@ def build_split_spec(model: nn.Module) -> SplitSpec:
         raise SplitError(f"no slicing rule covers {sorted(uncovered)}")
     if not widths:
         raise SplitError(
-            "the model has no hidden width to split (a single layer, or no layer says which "
-            "widths it connects)"
+            "the model has no hidden width to split (a single layer, or no layer says which widths it connects)"
         )
     # keep state_dict order for deterministic flat buffers
     ordered = {k: tensor_axes[k] for k in state}
