@@ -55,6 +55,18 @@ class WorkerFailure(RuntimeError):
         self.rank = rank
 
 
+class CollectiveFailure(WorkerFailure):
+    """A collective failed on this rank: another rank died or stopped answering
+    (a collective cannot tell which)."""
+
+    def __init__(self, rank: int, what: str, cause: BaseException) -> None:
+        RuntimeError.__init__(
+            self,
+            f"rank {rank}: {what} failed, so another rank died or stopped answering: {type(cause).__name__}: {cause}",
+        )
+        self.rank = rank
+
+
 @dataclass(frozen=True)
 class DistContext:
     rank: int
@@ -239,8 +251,7 @@ class DistCollective(Collective):
     operation is a ``torch.distributed`` collective (CPU tensors over gloo).
 
     A collective that fails (a rank died or hung past the timeout) raises
-    :class:`WorkerFailure`; which rank is at fault is not known to a
-    collective, so the error names this rank's view."""
+    :class:`CollectiveFailure`."""
 
     def __init__(self, ctx: DistContext, ledger: Optional[ByteLedger] = None) -> None:
         if ctx.backend != "gloo":
@@ -258,7 +269,7 @@ class DistCollective(Collective):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - gloo raises RuntimeError/DistBackendError
-            raise WorkerFailure(self.ctx.rank, what, exc) from exc
+            raise CollectiveFailure(self.ctx.rank, what, exc) from exc
 
     def _exchange_handshake(self, header: Tensor, data_bytes: Mapping[int, int]) -> tuple[Tensor, dict[int, Tensor]]:
         self._call("set-up", lambda: dist.broadcast(header, src=0))
