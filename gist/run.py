@@ -49,7 +49,7 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
     ``torch.distributed`` job described by torchrun's environment and builds
     its part (:meth:`~gist.engine.RoundDriver.distributed`)."""
     method = get_method(cfg.method)
-    cfg.check()
+    method.check_config(cfg.check())
     ogb_metric(cfg.data.dataset)  # fail early for a dataset not scored by accuracy
     started = time.perf_counter()
     if cfg.dist.backend == "dist":

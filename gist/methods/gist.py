@@ -112,8 +112,11 @@ class GIST(RoundDriver):
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         """The stock model's hidden width must split into ``m`` equal groups."""
-        if cfg.model.hidden % cfg.subnets or cfg.subnets > cfg.model.hidden:
-            raise ValueError(f"hidden width {cfg.model.hidden} is not divisible by m={cfg.subnets}")
+        hidden, m = cfg.model.hidden, cfg.subnets
+        if m > hidden:
+            raise ValueError(f"cannot split hidden width {hidden} into {m} groups: m is larger than the width")
+        if hidden % m:
+            raise ValueError(f"hidden width {hidden} is not divisible by m={m}; choose a multiple of m")
 
     def start(self) -> None:
         self.transport.start(self.round, self.layout.numel)
