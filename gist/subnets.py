@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.nn.models.basic_gnn import BasicGNN
 
 from .nn.slicing import Axes, SplitSpec
 
@@ -233,8 +234,6 @@ def _side_size(module: nn.Module, spec: SplitSpec, group: Optional[str], m: int,
 
 
 def _resize_basic_gnns(subnet: nn.Module, spec: SplitSpec, m: int) -> None:
-    from torch_geometric.nn.models.basic_gnn import BasicGNN
-
     for path, module in subnet.named_modules():
         if isinstance(module, BasicGNN):
             prefix = f"{path}." if path else ""

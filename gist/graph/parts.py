@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
+from tqdm.auto import tqdm
 
 from ..data import NodeDataset, default_root, load_dataset
 from .partition import PARTITIONERS, partition_nodes, worker_subgraph
@@ -236,7 +237,6 @@ def write_partitions(
     and moved into place, and ``meta.json`` is written last. Not locked: use
     :func:`ensure_partitions` when several processes may write.
     """
-    from tqdm.auto import tqdm
 
     _check_params(num_parts, partitioner, seed, halo_hops)
     data = dataset.data

@@ -27,6 +27,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from torch import nn
+from torch_geometric.nn import BatchNorm as PygBatchNorm
+from torch_geometric.nn import GCNConv, SAGEConv
+from torch_geometric.nn import LayerNorm as PygLayerNorm
+from torch_geometric.nn.dense.linear import Linear as PygLinear
+from torch_geometric.nn.models.basic_gnn import BasicGNN
 
 Axes = tuple[Optional[str], ...]
 """One width name (or ``None``: not split) per tensor dimension."""
@@ -203,11 +208,6 @@ def _resize_pyg_layernorm(m: nn.Module, i: int, o: int) -> None:
 
 
 def _register_builtin_rules() -> None:
-    from torch_geometric.nn import BatchNorm as PygBatchNorm
-    from torch_geometric.nn import GCNConv, SAGEConv
-    from torch_geometric.nn import LayerNorm as PygLayerNorm
-    from torch_geometric.nn.dense.linear import Linear as PygLinear
-
     register_slicing_rule(nn.Linear, _linear_axes, _resize_torch_linear)
     register_slicing_rule(PygLinear, _linear_axes, _resize_pyg_linear)
     register_slicing_rule(GCNConv, _gcn_axes, _resize_gcn)
@@ -319,8 +319,6 @@ def build_split_spec(model: nn.Module) -> SplitSpec:
     not know, for widths that disagree between layers, and for a model with no
     hidden width to split.
     """
-    from torch_geometric.nn.models.basic_gnn import BasicGNN
-
     if not _RULES:
         _register_builtin_rules()
     entries: list[LayerEntry] = []
