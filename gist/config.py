@@ -356,10 +356,3 @@ def flat_names(*, changes_results: Optional[bool] = None, per_run: Optional[bool
             continue
         out.append(name)
     return out
-
-
-def setting_field(name: str) -> dataclasses.Field:
-    """The field behind flat name ``name``."""
-    if name not in _FLAT:
-        raise ValueError(f"{name!r} is not a run setting; choose from {sorted(_FLAT)}")
-    return _FLAT[name][1]
