@@ -228,9 +228,10 @@ class RoundDriver(ABC):
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(record.round + 1 - bar.n)
                 if checkpointer is not None and checkpointer.due(record.round, self.cfg.rounds):
-                    state = self.state_dict()
                     if self.is_coordinator:
-                        checkpointer.save(state)
+                        checkpointer.save(self.state_dict())
+                    else:  # take part in the method's collectives; only the coordinator saves
+                        self.method_state()
                 if callback is not None:
                     callback(record)
         finally:

@@ -182,6 +182,7 @@ class Worker:
         self.template = template
         self.sparse = sparse
         self._eval_adj: Optional[Tensor] = None
+        self._full: Optional[FlatLayout] = None
         self._warn_empty = WarnOnce(f"worker {index}: a batch without training nodes; step skipped")
         self._restored = False
 
@@ -198,19 +199,24 @@ class Worker:
 
     @property
     def full_numel(self) -> int:
+        return self._full_layout().numel
+
+    def _full_layout(self) -> FlatLayout:
+        """The layout of the full model (``m = 1``), built on first use."""
         if self.template is None:
             raise RuntimeError("this worker was built without the model template needed to evaluate")
-        return subnet_layout(self.template, self.spec, 1).numel
+        if self._full is None:
+            self._full = subnet_layout(self.template, self.spec, 1)
+        return self._full
 
     def evaluate(self, flat_model: Tensor) -> Tensor:
         """:func:`correct_counts` of the full-width model (sent as one flat
         buffer in the :func:`subnet_layout` of ``m = 1``) on this worker's own
         nodes. The full-width model exists on the worker only while it
         evaluates."""
-        if self.template is None:
-            raise RuntimeError("this worker was built without the model template needed to evaluate")
+        layout = self._full_layout()
         full = build_subnet(self.template, self.spec, 1)
-        load_subnet_state(full, subnet_layout(self.template, self.spec, 1).unflatten(flat_model))
+        load_subnet_state(full, layout.unflatten(flat_model))
         if self._eval_adj is None:
             self._eval_adj = adjacency(self.batches.data, self.sparse)
         return correct_counts(full, self.batches.data, self._eval_adj)

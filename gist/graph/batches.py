@@ -59,13 +59,13 @@ class FullBatch:
         return self.data, self.adj
 
     def skip(self, steps: int) -> None:
-        pass
+        """Nothing to skip: every step sees the same graph."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {}  # stateless
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Nothing to restore (see :meth:`state_dict`)."""
 
 
 class ClusterBatches:

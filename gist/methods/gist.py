@@ -38,7 +38,7 @@ from ..engine import (
     accuracy_from_counts,
     make_workers,
 )
-from ..nn.slicing import build_split_spec
+from ..nn.slicing import build_split_spec, check_width_split
 from ..subnets import draw_partition, merge_states, slice_state, subnet_layout
 
 
@@ -112,11 +112,7 @@ class GIST(RoundDriver):
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         """The stock model's hidden width must split into ``m`` equal groups."""
-        hidden, m = cfg.model.hidden, cfg.subnets
-        if m > hidden:
-            raise ValueError(f"cannot split hidden width {hidden} into {m} groups: m is larger than the width")
-        if hidden % m:
-            raise ValueError(f"hidden width {hidden} is not divisible by m={m}; choose a multiple of m")
+        check_width_split("hidden", cfg.model.hidden, cfg.subnets)
 
     def start(self) -> None:
         self.transport.start(self.round, self.layout.numel)

@@ -268,22 +268,28 @@ class SplitSpec:
     def check_subnets(self, num_subnets: int) -> None:
         """Raise :class:`SplitError` unless every hidden width splits into
         ``num_subnets`` equal, non-empty groups."""
-        if not isinstance(num_subnets, int) or num_subnets < 1:
-            raise SplitError(f"the number of sub-networks must be a positive integer, got {num_subnets!r}")
         for name, size in self.widths.items():
-            if num_subnets > size:
-                raise SplitError(
-                    f"cannot split hidden width '{name}' ({size} units) into {num_subnets} "
-                    f"sub-networks: m is larger than the width"
-                )
-            if size % num_subnets != 0:
-                raise SplitError(
-                    f"hidden width '{name}' has {size} units, which is not divisible by "
-                    f"m={num_subnets}; choose a width that is a multiple of m"
-                )
+            check_width_split(name, size, num_subnets)
 
     def sub_width(self, name: Optional[str], full: int, num_subnets: int) -> int:
         return full if name is None else self.widths[name] // num_subnets
+
+
+def check_width_split(name: str, size: int, num_subnets: int) -> None:
+    """Raise :class:`SplitError` unless hidden width ``name`` of ``size`` units
+    splits into ``num_subnets`` equal, non-empty groups."""
+    if not isinstance(num_subnets, int) or num_subnets < 1:
+        raise SplitError(f"the number of sub-networks must be a positive integer, got {num_subnets!r}")
+    if num_subnets > size:
+        raise SplitError(
+            f"cannot split hidden width '{name}' ({size} units) into {num_subnets} "
+            f"sub-networks: m is larger than the width"
+        )
+    if size % num_subnets != 0:
+        raise SplitError(
+            f"hidden width '{name}' has {size} units, which is not divisible by "
+            f"m={num_subnets}; choose a width that is a multiple of m"
+        )
 
 
 def _basic_gnn_layers(
