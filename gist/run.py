@@ -91,7 +91,9 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
             return {}
         return finish(driver, cfg, built, log_path)
     except Exception as exc:
-        if distributed and _rank() == 0:
+        # once training is under way, rank 0's error names the root cause of the
+        # others' (set-up errors, such as a wrong world size, are every rank's own)
+        if distributed and built is not None and _rank() == 0:
             note_rank0_error(exc)
         raise
     finally:
