@@ -32,6 +32,7 @@ TRAIN_GROUPS = {
     "data": "data",
     "model": "model",
     "local": "local training (each round, on each worker)",
+    "gist": "GIST on partitioned data (unset options follow --gist-recipe)",
     "checkpoint": "checkpoints and outputs",
     "dist": "distributed",
 }
@@ -63,6 +64,8 @@ def _add_setting(group: argparse._ArgumentGroup, name: str, field: Any, default:
         kwargs["choices"] = choices_of(field)
     if isinstance(default, bool):
         kwargs["action"] = "store_true"
+    elif field.type.startswith("Optional[bool"):
+        kwargs["action"] = argparse.BooleanOptionalAction
     else:
         kind = type(default) if default is not None else (str if field.type.startswith("Optional[str") else int)
         if kind is int and meta.get("minimum") is not None:

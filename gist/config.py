@@ -37,6 +37,8 @@ BATCHING = ("full", "cluster")
 OPTIMIZERS = ("adam", "sgd")
 BACKENDS = ("local", "dist")
 DIST_BACKENDS = ("gloo", "nccl")
+SCORERS = ("graph", "parts")
+GIST_RECIPES = ("auto", "plain", "partitioned")
 
 Choices = Union[tuple[str, ...], Callable[[], list[str]]]
 
@@ -230,10 +232,71 @@ class CheckpointConfig:
         _check_fields(self)
 
 
+@dataclass
+class GistConfig:
+    """GIST's options for partitioned data (read by the ``gist`` method only).
+
+    Each option left at ``None`` takes its value from ``recipe``: ``plain`` is
+    the published algorithm; ``partitioned`` is the recipe measured to work
+    when each worker holds only its own part (``results/README.md``); ``auto``
+    (the default) is ``partitioned`` for ``--data-mode partitioned`` with
+    ``m > 1`` and ``plain`` otherwise. :func:`gist_options` resolves them.
+    """
+
+    recipe: str = setting(
+        "auto",
+        flat="gist_recipe",
+        choices=GIST_RECIPES,
+        help="gist: defaults of the options below: plain (published GIST), partitioned (the recipe for "
+        "partitioned data), auto (partitioned for --data-mode partitioned, else plain)",
+    )
+    label_prior: Optional[bool] = setting(
+        None,
+        help="gist: train worker i on logits + log(π_i / π) (π_i: its part's training-label frequencies, "
+        "π: the whole graph's), so each sub-network stops fitting its part's label mix",
+    )
+    groups: Optional[int] = setting(
+        None,
+        flat="subnet_groups",
+        minimum=1,
+        help="gist: split widths into s groups; the m/s workers holding a group average their copies "
+        "(s = m: plain GIST, s = 1: model averaging); must divide m",
+    )
+    finish_rounds: Optional[int] = setting(
+        None,
+        minimum=0,
+        help="gist: train the last K rounds as model averaging of the full model (local SGD with a fresh optimizer)",
+    )
+    bn_reestimate: Optional[bool] = setting(
+        None,
+        help="gist: before each evaluation, recompute the merged model's BatchNorm statistics exactly over "
+        "the workers' graphs, layer by layer (a few values per unit per worker)",
+    )
+
+    def check(self) -> None:
+        _check_fields(self)
+
+
+@dataclass(frozen=True)
+class GistOptions:
+    """:class:`GistConfig` with every option decided (see :func:`gist_options`)."""
+
+    label_prior: bool = False
+    groups: int = 1
+    """``s``: sub-networks per round (``m`` for plain GIST)."""
+    finish_rounds: int = 0
+    bn_reestimate: bool = False
+
+    @property
+    def plain(self) -> bool:
+        return not (self.label_prior or self.finish_rounds or self.bn_reestimate)
+
+
 GROUPS = {
     "data": DataConfig,
     "model": ModelConfig,
     "local": LocalConfig,
+    "gist": GistConfig,
     "dist": DistConfig,
     "checkpoint": CheckpointConfig,
 }
@@ -250,9 +313,17 @@ class RunConfig:
     rounds: int = setting(30, minimum=1, help="rounds to train")
     eval_every: int = setting(1, minimum=1, help="evaluate every k rounds")
     seed: int = setting(0, help="seeds the model, the width splits, partitions and dropout")
+    scorer: str = setting(
+        "graph",
+        choices=SCORERS,
+        help="graph: score the model on the whole graph at the coordinator (every method); parts: "
+        "partitioned gist only, each worker scores its own part and the counts are summed "
+        "(no process loads the whole graph; edges between parts are missing)",
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
+    gist: GistConfig = field(default_factory=GistConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -272,8 +343,8 @@ class RunConfig:
 
     @property
     def evaluates_on_workers(self) -> bool:
-        """``partitioned`` data with ``m > 1``: no process holds the whole
-        graph, so GIST's workers score the full model on their own nodes."""
+        """``partitioned`` data with ``m > 1``: each worker holds only its own
+        part (and GIST's workers can score the full model on it)."""
         return self.data.mode == "partitioned" and self.subnets > 1
 
     # ---------------------------------------------------------- flat names
@@ -323,6 +394,44 @@ class RunConfig:
     def from_flat(cls, **flat: Any) -> RunConfig:
         """``RunConfig.from_flat(dataset="cora", hidden=64, data_mode="partitioned")``."""
         return cls().replace(**flat)
+
+
+PARTITIONED_RECIPE = {"label_prior": True, "groups": 2, "finish_rounds": 0, "bn_reestimate": True}
+"""The ``partitioned`` recipe: label-prior correction, the widths split into
+``groups = 2`` halves each trained by ``m/2`` workers (``1`` for odd ``m``),
+and BatchNorm re-estimation (chosen from the runs described in
+``results/README.md``)."""
+
+
+def gist_options(cfg: RunConfig) -> GistOptions:
+    """GIST's options for ``cfg``: each :class:`GistConfig` field set, else its recipe's value.
+
+    Raises ``ValueError`` for a group count that does not divide ``m`` or a
+    finishing phase longer than the run."""
+    g, m = cfg.gist, cfg.subnets
+    recipe = g.recipe
+    if recipe == "auto":
+        recipe = "partitioned" if cfg.evaluates_on_workers else "plain"
+    if recipe == "partitioned" and m > 1:
+        base = GistOptions(
+            label_prior=PARTITIONED_RECIPE["label_prior"],
+            groups=PARTITIONED_RECIPE["groups"] if m % PARTITIONED_RECIPE["groups"] == 0 else 1,
+            finish_rounds=PARTITIONED_RECIPE["finish_rounds"],
+            bn_reestimate=PARTITIONED_RECIPE["bn_reestimate"],
+        )
+    else:
+        base = GistOptions(groups=m)
+    out = GistOptions(
+        label_prior=base.label_prior if g.label_prior is None else g.label_prior,
+        groups=base.groups if g.groups is None else g.groups,
+        finish_rounds=base.finish_rounds if g.finish_rounds is None else g.finish_rounds,
+        bn_reestimate=base.bn_reestimate if g.bn_reestimate is None else g.bn_reestimate,
+    )
+    if m % out.groups != 0:
+        raise ValueError(f"subnet_groups ({out.groups}) must divide m ({m})")
+    if out.finish_rounds > cfg.rounds:
+        raise ValueError(f"finish_rounds ({out.finish_rounds}) exceeds rounds ({cfg.rounds})")
+    return out
 
 
 def setting_fields() -> Iterator[tuple[str, Optional[str], dataclasses.Field]]:

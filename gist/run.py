@@ -50,6 +50,11 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
     its part (:meth:`~gist.engine.RoundDriver.distributed`)."""
     method = get_method(cfg.method)
     method.check_config(cfg.check())
+    if cfg.scorer == "parts" and not method.evaluates_on_workers(cfg):
+        raise ValueError(
+            "scorer 'parts' is for --method gist with --data-mode partitioned and m > 1 "
+            "(its workers score their own parts); use --scorer graph"
+        )
     ogb_metric(cfg.data.dataset)  # fail early for a dataset not scored by accuracy
     started = time.perf_counter()
     if cfg.dist.backend == "dist":

@@ -62,6 +62,62 @@ def draw_partition(widths: Mapping[str, int], num_subnets: int, seed: int, round
     return WidthPartition(groups, num_subnets, seed, round)
 
 
+@dataclass(frozen=True)
+class RoundPlan:
+    """Who trains which sub-network in one round: the widths are split into
+    ``groups`` (``s``) groups, and worker ``w`` trains group ``w mod s``.
+    With ``s = m`` this is plain GIST; with ``s < m`` the ``m/s`` workers
+    holding a group average their copies when they are merged."""
+
+    num_workers: int
+    groups: int
+
+    def group_of(self, worker: int) -> int:
+        return worker % self.groups
+
+    def members(self, group: int) -> list[int]:
+        return list(range(group, self.num_workers, self.groups))
+
+
+@dataclass(frozen=True)
+class SubnetSchedule:
+    """The :class:`RoundPlan` of every round: ``groups`` groups, except the
+    last ``finish_rounds`` rounds of ``rounds``, which train the full model on
+    every worker (``s = 1``: model averaging)."""
+
+    num_workers: int
+    groups: int
+    rounds: int
+    finish_rounds: int = 0
+
+    def __post_init__(self) -> None:
+        if self.groups < 1 or self.num_workers % self.groups != 0:
+            raise ValueError(f"the number of groups ({self.groups}) must divide m ({self.num_workers})")
+
+    def at(self, round: int) -> RoundPlan:
+        finishing = self.finish_rounds > 0 and round >= self.rounds - self.finish_rounds
+        return RoundPlan(self.num_workers, 1 if finishing else self.groups)
+
+    def group_counts(self) -> list[int]:
+        """Every group count some round uses."""
+        return sorted({self.groups, 1} if self.finish_rounds else {self.groups})
+
+
+def average_states(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """The mean of several copies of the same tensors (float64 accumulation;
+    integer tensors: the rounded-down mean). One copy is returned as it is."""
+    if len(states) == 1:
+        return dict(states[0])
+    out = {}
+    for name, first in states[0].items():
+        values = torch.stack([s[name].to(torch.float64) for s in states])
+        if first.is_floating_point():
+            out[name] = values.mean(0).to(first.dtype)
+        else:
+            out[name] = values.sum(0).div(len(states), rounding_mode="floor").to(first.dtype)
+    return out
+
+
 def _slice(tensor: Tensor, axes: Axes, partition: WidthPartition, subnet: int) -> Tensor:
     out = tensor
     for dim, axis in enumerate(axes):

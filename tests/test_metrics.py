@@ -44,5 +44,8 @@ def test_ogb_run_log_names_the_evaluator(tmp_path, monkeypatch):
     for method in ("gist", "ddp"):
         log = run_training(RunConfig.from_flat(method=method, **base), progress=False)
         assert log["metric"] == {"name": "acc", "scored_by": "ogb.nodeproppred.Evaluator('ogbn-arxiv')"}
-    log = run_training(RunConfig.from_flat(data_mode="partitioned", partitioner="random", **base), progress=False)
+    parted = dict(data_mode="partitioned", partitioner="random", **base)
+    log = run_training(RunConfig.from_flat(**parted), progress=False)  # scored on the whole graph, as every method
+    assert log["metric"] == {"name": "acc", "scored_by": "ogb.nodeproppred.Evaluator('ogbn-arxiv')"}
+    log = run_training(RunConfig.from_flat(scorer="parts", **parted), progress=False)
     assert log["metric"]["scored_by"] == "correct / total"  # summed on the workers: the same accuracy

@@ -50,6 +50,7 @@ TABLE_COLUMNS = [
     "best_val_std",
     "test_at_best_val",
     "test_at_best_val_std",
+    "best_parts_val",
     "mb_per_worker",
     "eval_mb_per_worker",
     "reached",
@@ -275,6 +276,32 @@ def test_plan_order_ids_and_extra_axes(tmp_path):
     full = [r for r in runs if r.method == "full"]
     assert all(r.settings.method == "full" and r.settings.subnets == 1 for r in full)
     assert {r.settings.model.kind for r in runs} == {"gcn", "sage"}
+
+
+def test_variants_are_rows_of_their_own(tmp_path):
+    text = TINY.replace('"gist"]', '"gist", "gist-plain"]') + (
+        '[variants]\ngist-plain = {{ method = "gist", gist_recipe = "plain" }}\n'
+    )
+    runs = plan(load_config(write_config(tmp_path, text=text)))
+    plain = [r for r in runs if r.method == "gist-plain"]
+    assert len(plain) == 2 * 2 and plain[0].run_id == "gist-plain_m2_z2_seed0"
+    assert all(r.settings.method == "gist" and r.settings.gist.recipe == "plain" for r in plain)
+    assert all(r.settings.gist.recipe == "auto" for r in runs if r.method == "gist")
+
+
+@pytest.mark.parametrize(
+    "variants,message",
+    [
+        ('gist = { method = "gist" }', "has the name of a method"),
+        ('g2 = { method = "fedavg" }', "needs method = one of"),
+        ('g2 = { method = "gist", root = "x" }', "cannot be set per variant"),
+    ],
+)
+def test_bad_variants_are_named(tmp_path, variants, message):
+    escaped = variants.replace("{", "{{").replace("}", "}}")  # write_config formats the text
+    path = write_config(tmp_path, text=TINY + f"[variants]\n{escaped}\n")
+    with pytest.raises(SweepError, match=message):
+        load_config(path)
 
 
 def test_shipped_configs_plan():

@@ -14,10 +14,11 @@ collectives, and their ``torch.distributed`` implementations.
 
 from .collective import Collective, InProcessCollective, ring_allreduce_bytes
 from .ledger import FROM_WORKER, KINDS, SETUP_ROUND, TO_WORKER, ByteLedger, Transfer, tensor_nbytes
-from .transport import EVAL_COUNTS, InProcessTransport, SubnetWorker, Transport, WorkerReport, WorkerStats
+from .transport import EVAL_COUNTS, Evaluation, InProcessTransport, SubnetWorker, Transport, WorkerReport, WorkerStats
 
 __all__ = [
     "EVAL_COUNTS",
+    "Evaluation",
     "FROM_WORKER",
     "KINDS",
     "SETUP_ROUND",

@@ -35,6 +35,7 @@ from torch import Tensor
 from .collective import Collective
 from .ledger import (
     FROM_WORKER,
+    SETUP_ROUND,
     TO_WORKER,
     ByteLedger,
     handshake_header,
@@ -42,7 +43,7 @@ from .ledger import (
     record_handshake,
     tensor_nbytes,
 )
-from .transport import EVAL_COUNTS, SubnetWorker, Transport, WorkerReport, WorkerStats
+from .transport import EVAL_COUNTS, Evaluation, SubnetWorker, Transport, WorkerReport, WorkerStats
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -191,59 +192,119 @@ class DistTransport(Transport):
             self.ledger.record(round, rank, FROM_WORKER, "stats", stats_bytes)
         return reports
 
-    def evaluate(self, round: int, flat_model: Tensor) -> list[Tensor]:
+    def share_label_counts(self, num_classes: int) -> Tensor:
+        counts = [self.worker0.label_counts(num_classes)]
+        for rank in range(1, self.num_subnets):
+            counts.append(_recv(torch.zeros(num_classes, dtype=torch.int64), rank, self.ctx, "set-up (label counts)"))
+        total = torch.stack(counts).sum(0)
+        for rank in range(1, self.num_subnets):
+            _send(total, rank, self.ctx, "set-up (label counts)")
+        for rank, c in enumerate(counts):
+            self.ledger.record(SETUP_ROUND, rank, FROM_WORKER, "prior", c)
+            self.ledger.record(SETUP_ROUND, rank, TO_WORKER, "prior", total)
+        self.worker0.set_label_prior(total.clone())
+        return total
+
+    def evaluate(self, round: int, flat_model: Tensor, batch_norms: int, score: bool) -> Evaluation:
         device = comm_device(self.ctx)
-        sends, recvs, bufs = {}, {}, {}
+        what = f"round {round} (sending the model to evaluate)"
+        sends = {}
         for rank in range(1, self.num_subnets):
             self.ledger.record(round, rank, TO_WORKER, "eval", flat_model)
-            sends[rank] = _post(
-                dist.isend, flat_model.to(device), rank, f"round {round} (sending the model to evaluate)"
-            )
-            bufs[rank] = torch.zeros(EVAL_COUNTS, dtype=torch.int64, device=device)
-            recvs[rank] = _post(dist.irecv, bufs[rank], rank, f"round {round} (waiting for its evaluation)")
+            sends[rank] = _post(dist.isend, flat_model.to(device), rank, what)
         self.ledger.record(round, 0, TO_WORKER, "eval", flat_model)
-        counts = [self.worker0.evaluate(flat_model.clone())]
-        for rank in range(1, self.num_subnets):
-            _wait(sends[rank], rank, f"round {round} (sending the model to evaluate)")
-            _wait(recvs[rank], rank, f"round {round} (waiting for its evaluation)")
-            counts.append(bufs[rank].cpu())
-        for rank, c in enumerate(counts):
-            self.ledger.record(round, rank, FROM_WORKER, "eval", c)
-        return counts
+        self.worker0.load_eval_model(flat_model.clone())
+        try:
+            for rank in range(1, self.num_subnets):
+                _wait(sends[rank], rank, what)
+            totals = []
+            for k in range(batch_norms):
+                mine = self.worker0.batch_norm_moments(k)
+                moments = [mine] + [
+                    _recv(mine, rank, self.ctx, f"round {round} (BatchNorm statistics)")
+                    for rank in range(1, self.num_subnets)
+                ]
+                total = torch.stack(moments).sum(0)
+                for rank in range(1, self.num_subnets):
+                    _send(total, rank, self.ctx, f"round {round} (BatchNorm statistics)")
+                for rank, c in enumerate(moments):
+                    self.ledger.record(round, rank, FROM_WORKER, "bn_stats", c)
+                    self.ledger.record(round, rank, TO_WORKER, "bn_stats", total)
+                self.worker0.set_batch_norm_moments(k, total.clone())
+                totals.append(total)
+            counts = []
+            if score:
+                counts.append(self.worker0.score())
+                for rank in range(1, self.num_subnets):
+                    like = torch.zeros(EVAL_COUNTS, dtype=torch.int64)
+                    counts.append(_recv(like, rank, self.ctx, f"round {round} (waiting for its evaluation)"))
+                for rank, c in enumerate(counts):
+                    self.ledger.record(round, rank, FROM_WORKER, "eval", c)
+        finally:
+            self.worker0.drop_eval_model()
+        return Evaluation(totals, counts)
 
 
-def serve_worker(
-    worker: SubnetWorker,
-    ctx: DistContext,
-    rounds: int,
-    evaluates_after: Optional[Callable[[int], bool]] = None,
-) -> None:
-    """Rank ``i > 0`` of a GIST job: answer the handshake, then train every
-    round rank 0 sends until round ``rounds``, and after each round for which
-    ``evaluates_after(round)`` holds, score the full model rank 0 sends on
-    this worker's own nodes (``partitioned`` mode)."""
+@dataclass(frozen=True)
+class WorkerProtocol:
+    """What a GIST worker process exchanges with rank 0 besides its
+    sub-network (both sides derive it from the run config)."""
+
+    rounds: int
+    label_classes: Optional[int] = None
+    """Share training-label counts of this many classes at set-up (label-prior correction)."""
+    evaluates_after: Optional[Callable[[int], bool]] = None
+    """After which rounds rank 0 sends the full model to evaluate."""
+    batch_norms: int = 0
+    """BatchNorm layers whose statistics are pooled before each evaluation."""
+    score: bool = False
+    """Whether the worker scores the full model on its own nodes."""
+
+
+def serve_worker(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtocol) -> None:
+    """Rank ``i > 0`` of a GIST job: answer the handshake (and share label
+    counts), then train every round rank 0 sends until ``protocol.rounds``;
+    after each round rank 0 evaluates, take the full model it sends, pool
+    BatchNorm statistics with it and score the model on this worker's own
+    nodes, as ``protocol`` says."""
     header = _recv(torch.zeros(2, dtype=torch.int64), 0, ctx, "set-up (waiting for rank 0)")
     start_round, numel = int(header[0]), int(header[1])
-    if numel != worker.param_numel:
+    if numel != worker.param_numel_at(start_round):
         raise RuntimeError(
             f"rank {ctx.rank}: rank 0 sends sub-networks of {numel} values but this rank's model has "
-            f"{worker.param_numel}: the ranks were started with different settings"
+            f"{worker.param_numel_at(start_round)}: the ranks were started with different settings"
         )
     worker.fast_forward(start_round)
     _send(handshake_reply(tensor_nbytes(worker.data_tensors())), 0, ctx, "set-up")
+    if protocol.label_classes is not None:
+        _send(worker.label_counts(protocol.label_classes), 0, ctx, "set-up (label counts)")
+        total = _recv(torch.zeros(protocol.label_classes, dtype=torch.int64), 0, ctx, "set-up (label counts)")
+        worker.set_label_prior(total)
     fault = _injected_fault(ctx.rank)
-    like = torch.empty(numel, dtype=worker.param_dtype)
-    for round in range(start_round, rounds):
+    for round in range(start_round, protocol.rounds):
+        like = torch.empty(worker.param_numel_at(round), dtype=worker.param_dtype)
         params = _recv(like, 0, ctx, f"round {round} (waiting for rank 0)")
         if fault is not None and fault[0] == round:
             _fail(fault[1])
         report = worker.train_round(round, params)
         reply = torch.cat([report.params, report.stats.to_tensor(report.params.dtype)])
         _send(reply, 0, ctx, f"round {round} (returning parameters)")
-        if evaluates_after is not None and evaluates_after(round):
-            full = torch.empty(worker.full_numel, dtype=worker.param_dtype)
-            flat_model = _recv(full, 0, ctx, f"round {round} (waiting for the model to evaluate)")
-            _send(worker.evaluate(flat_model), 0, ctx, f"round {round} (returning its evaluation)")
+        if protocol.evaluates_after is not None and protocol.evaluates_after(round):
+            _serve_evaluation(worker, ctx, protocol, round)
+
+
+def _serve_evaluation(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtocol, round: int) -> None:
+    full = torch.empty(worker.full_numel, dtype=worker.param_dtype)
+    worker.load_eval_model(_recv(full, 0, ctx, f"round {round} (waiting for the model to evaluate)"))
+    try:
+        for k in range(protocol.batch_norms):
+            mine = worker.batch_norm_moments(k)
+            _send(mine, 0, ctx, f"round {round} (BatchNorm statistics)")
+            worker.set_batch_norm_moments(k, _recv(mine, 0, ctx, f"round {round} (BatchNorm statistics)"))
+        if protocol.score:
+            _send(worker.score(), 0, ctx, f"round {round} (returning its evaluation)")
+    finally:
+        worker.drop_eval_model()
 
 
 class DistCollective(Collective):

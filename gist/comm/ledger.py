@@ -18,7 +18,7 @@ from torch import Tensor
 TO_WORKER = "to_worker"
 FROM_WORKER = "from_worker"
 DIRECTIONS = (TO_WORKER, FROM_WORKER)
-KINDS = ("params", "data", "stats", "control", "eval")
+KINDS = ("params", "data", "stats", "control", "eval", "prior", "bn_stats")
 SETUP_ROUND = -1
 
 
@@ -47,7 +47,11 @@ class ByteLedger:
     Kinds: ``params`` (sub-network state), ``stats`` (the small loss report a
     worker returns each round), ``eval`` (``partitioned`` mode: the full model
     sent to each worker to evaluate on its own nodes, and the counts it
-    returns), ``control`` (the set-up handshake: the round
+    returns), ``prior`` (GIST's label-prior correction: each worker's
+    training-label counts out, the summed counts back, once at set-up),
+    ``bn_stats`` (GIST's BatchNorm re-estimation: per-unit sums and squared
+    sums of each worker's activations, and the pooled statistics back),
+    ``control`` (the set-up handshake: the round
     to start from and the buffer size out, the worker's data size back), and
     ``data``: the graph bytes a worker holds, recorded once at set-up (round
     ``-1``). GIST never sends graph data: a worker loads it where it lives (in

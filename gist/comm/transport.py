@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .ledger import (
     FROM_WORKER,
+    SETUP_ROUND,
     TO_WORKER,
     ByteLedger,
     handshake_header,
@@ -71,14 +72,23 @@ class WorkerReport:
     stats: WorkerStats
 
 
+@dataclass
+class Evaluation:
+    """What the workers return from :meth:`Transport.evaluate`."""
+
+    moment_totals: list[Tensor]
+    """Per BatchNorm layer: every worker's activation moments summed."""
+    counts: list[Tensor]
+    """Per worker: correct/total counts on its own nodes (empty unless asked)."""
+
+
 class SubnetWorker(Protocol):
     """What a transport needs of a GIST worker (see :class:`gist.engine.Worker`)."""
 
     index: int
 
-    @property
-    def param_numel(self) -> int:
-        """Values in its sub-network's flat buffer."""
+    def param_numel_at(self, round: int) -> int:
+        """Values in its sub-network's flat buffer in round ``round``."""
         ...
 
     @property
@@ -97,7 +107,19 @@ class SubnetWorker(Protocol):
 
     def train_round(self, round: int, flat_params: Tensor) -> WorkerReport: ...
 
-    def evaluate(self, flat_model: Tensor) -> Tensor: ...
+    def label_counts(self, num_classes: int) -> Tensor: ...
+
+    def set_label_prior(self, total_counts: Tensor) -> None: ...
+
+    def load_eval_model(self, flat_model: Tensor) -> None: ...
+
+    def batch_norm_moments(self, index: int) -> Tensor: ...
+
+    def set_batch_norm_moments(self, index: int, total: Tensor) -> None: ...
+
+    def score(self) -> Tensor: ...
+
+    def drop_eval_model(self) -> None: ...
 
 
 class Transport(ABC):
@@ -129,9 +151,19 @@ class Transport(ABC):
         """Send ``payloads[i]`` to worker ``i``, let it train, return its report."""
 
     @abstractmethod
-    def evaluate(self, round: int, flat_model: Tensor) -> list[Tensor]:
-        """Send the full model to every worker; each returns
-        :func:`gist.engine.correct_counts` on its own nodes."""
+    def share_label_counts(self, num_classes: int) -> Tensor:
+        """Set-up for the label-prior correction: every worker sends its
+        training-label counts, and the sum goes back to every worker
+        (``prior`` bytes). Returns the sum."""
+
+    @abstractmethod
+    def evaluate(self, round: int, flat_model: Tensor, batch_norms: int, score: bool) -> Evaluation:
+        """Send the full model to every worker (``eval`` bytes). Then, for
+        each of its first ``batch_norms`` BatchNorm layers in order, every
+        worker sends its activation moments and receives their sum
+        (``bn_stats`` bytes), from which it sets that layer's statistics.
+        With ``score``, each worker returns correct/total counts on its own
+        nodes (``eval`` bytes)."""
 
     def close(self) -> None:
         """Release resources (processes, process groups)."""
@@ -180,11 +212,36 @@ class InProcessTransport(Transport):
             reports.append(report)
         return reports
 
-    def evaluate(self, round: int, flat_model: Tensor) -> list[Tensor]:
-        counts = []
+    def share_label_counts(self, num_classes: int) -> Tensor:
+        counts = [worker.label_counts(num_classes).clone() for worker in self.workers]
+        total = torch.stack(counts).sum(0)
+        for worker, c in zip(self.workers, counts):
+            self.ledger.record(SETUP_ROUND, worker.index, FROM_WORKER, "prior", c)
+            self.ledger.record(SETUP_ROUND, worker.index, TO_WORKER, "prior", total)
+            worker.set_label_prior(total.clone())
+        return total
+
+    def evaluate(self, round: int, flat_model: Tensor, batch_norms: int, score: bool) -> Evaluation:
         for worker in self.workers:
             self.ledger.record(round, worker.index, TO_WORKER, "eval", flat_model)
-            c = worker.evaluate(flat_model.clone()).clone()
-            self.ledger.record(round, worker.index, FROM_WORKER, "eval", c)
-            counts.append(c)
-        return counts
+            worker.load_eval_model(flat_model.clone())
+        try:
+            totals = []
+            for k in range(batch_norms):
+                moments = [worker.batch_norm_moments(k).clone() for worker in self.workers]
+                total = torch.stack(moments).sum(0)
+                for worker, mine in zip(self.workers, moments):
+                    self.ledger.record(round, worker.index, FROM_WORKER, "bn_stats", mine)
+                    self.ledger.record(round, worker.index, TO_WORKER, "bn_stats", total)
+                    worker.set_batch_norm_moments(k, total.clone())
+                totals.append(total)
+            counts = []
+            if score:
+                for worker in self.workers:
+                    c = worker.score().clone()
+                    self.ledger.record(round, worker.index, FROM_WORKER, "eval", c)
+                    counts.append(c)
+        finally:
+            for worker in self.workers:
+                worker.drop_eval_model()
+        return Evaluation(totals, counts)

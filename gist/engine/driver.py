@@ -192,6 +192,7 @@ class RoundDriver(ABC):
             eval_start = time.perf_counter()
             metrics = self.evaluate(r)
             record.train, record.val, record.test = metrics["train"], metrics["val"], metrics["test"]
+            record.parts_val, record.parts_test = metrics.get("parts_val"), metrics.get("parts_test")
             record.eval_seconds = time.perf_counter() - eval_start
             record.eval_bytes = self.ledger.total(round=r, kind="eval")
         self.history.append(record)

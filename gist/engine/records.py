@@ -29,6 +29,10 @@ class RoundRecord:
     test: Optional[float] = None
     eval_seconds: Optional[float] = None
     eval_bytes: int = 0
+    parts_val: Optional[float] = None
+    """Partitioned GIST: validation accuracy with each worker scoring its own
+    part (edges between parts missing), the counts summed."""
+    parts_test: Optional[float] = None
     parallel_seconds: Optional[float] = None
     """The round's time with its workers in parallel (evaluation excluded):
     the wall time with real processes; in the in-process simulation, which

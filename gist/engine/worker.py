@@ -25,10 +25,17 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from ..comm import WorkerReport, WorkerStats
-from ..config import LocalConfig, RunConfig
+from ..config import LocalConfig, RunConfig, gist_options
 from ..graph import BatchSource, ClusterBatches, FullBatch, adjacency, graph_tensors, partition_nodes, worker_subgraph
 from ..nn.slicing import SplitSpec
-from ..subnets import FlatLayout, build_subnet, load_subnet_state, subnet_layout, subnet_state
+from ..subnets import FlatLayout, SubnetSchedule, build_subnet, load_subnet_state, subnet_layout, subnet_state
+from .corrections import (
+    batch_norm_moments,
+    label_counts,
+    pooled_batch_norm_stats,
+    prior_offset,
+    set_batch_norm_stats,
+)
 from .evaluation import correct_counts
 
 
@@ -57,13 +64,20 @@ class RNGStream:
             torch.set_rng_state(outer)
 
 
-def training_loss(model: nn.Module, batch: Data, adj: Tensor) -> Optional[Tensor]:
-    """Cross-entropy over the batch's training nodes (``None`` if it has none)."""
+def training_loss(
+    model: nn.Module, batch: Data, adj: Tensor, logit_offset: Optional[Tensor] = None
+) -> Optional[Tensor]:
+    r"""Cross-entropy over the batch's training nodes (``None`` if it has none).
+
+    With ``logit_offset`` (GIST's label-prior correction) the loss is taken
+    on :math:`f(x) + \log \pi_i - \log \pi` instead of :math:`f(x)`."""
     mask = batch.train_mask
     if not bool(mask.any()):
         return None
-    out = model(batch.x, adj)
-    return F.cross_entropy(out[mask], batch.y[mask])
+    out = model(batch.x, adj)[mask]
+    if logit_offset is not None:
+        out = out + logit_offset
+    return F.cross_entropy(out, batch.y[mask])
 
 
 class WarnOnce:
@@ -86,17 +100,19 @@ def local_steps(
     steps: int,
     rng: RNGStream,
     on_empty_batch: WarnOnce,
+    logit_offset: Optional[Tensor] = None,
 ) -> list[float]:
     """``steps`` optimizer steps of ``model`` on ``batches``, drawing dropout
     from ``rng``; a batch without training nodes is skipped (and
-    ``on_empty_batch`` called). Returns the losses of the steps taken."""
+    ``on_empty_batch`` called). Returns the losses of the steps taken
+    (:func:`training_loss`, with ``logit_offset`` if given)."""
     model.train()
     losses: list[float] = []
     with rng.active():
         for _ in range(steps):
             batch, adj = batches.next_batch()
             optimizer.zero_grad()
-            loss = training_loss(model, batch, adj)
+            loss = training_loss(model, batch, adj, logit_offset)
             if loss is None:
                 on_empty_batch()
                 continue
@@ -152,46 +168,63 @@ class Worker:
     optimizer steps, and returns its parameters. Its dropout and sampling
     randomness come from its own RNG state, so it draws the same numbers
     whether it runs in the coordinator's process or in a process of its own.
+
+    ``schedule`` says how wide its sub-network is each round (``d/s`` for
+    ``s`` groups; the full width in a finishing phase); a sub-network of each
+    width it needs is built once, on first use. With a label-prior
+    correction set (:meth:`set_label_prior`) its loss is taken on the
+    corrected logits. To evaluate, it holds the full model only between
+    :meth:`load_eval_model` and :meth:`drop_eval_model`.
     """
 
     def __init__(
         self,
         index: int,
-        subnet: nn.Module,
+        template: nn.Module,
         spec: SplitSpec,
-        layout: FlatLayout,
+        schedule: SubnetSchedule,
         batches: BatchSource,
         cfg: LocalConfig,
         rng_state: Tensor,
         keep_optimizer: bool = False,
         seed: Optional[int] = None,
-        template: Optional[nn.Module] = None,
         sparse: bool = True,
     ) -> None:
         cfg.check()
         self.index = index
-        self.subnet = subnet
+        self.template = template
         self.spec = spec
-        self.layout = layout
+        self.schedule = schedule
         self.batches = batches
         self.cfg = cfg
         self._rng = RNGStream(rng_state)
         self.keep_optimizer = keep_optimizer
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.seed = seed
-        self.template = template
         self.sparse = sparse
+        self.logit_offset: Optional[Tensor] = None
+        self._subnets: dict[int, tuple[nn.Module, FlatLayout]] = {}
+        self._eval_model: Optional[nn.Module] = None
         self._eval_adj: Optional[Tensor] = None
-        self._full: Optional[FlatLayout] = None
         self._warn_empty = WarnOnce(f"worker {index}: a batch without training nodes; step skipped")
         self._restored = False
+        self.subnet, self.layout = self._subnet(schedule.at(0).groups)
+
+    def _subnet(self, groups: int) -> tuple[nn.Module, FlatLayout]:
+        """The sub-network (and its flat layout) of width ``d / groups``."""
+        if groups not in self._subnets:
+            self._subnets[groups] = (
+                build_subnet(self.template, self.spec, groups),
+                subnet_layout(self.template, self.spec, groups),
+            )
+        return self._subnets[groups]
 
     def data_tensors(self) -> list[Tensor]:
         return graph_tensors(self.batches.data)
 
-    @property
-    def param_numel(self) -> int:
-        return self.layout.numel
+    def param_numel_at(self, round: int) -> int:
+        """Values in round ``round``'s flat buffer."""
+        return self._subnet(self.schedule.at(round).groups)[1].numel
 
     @property
     def param_dtype(self) -> torch.dtype:
@@ -199,27 +232,60 @@ class Worker:
 
     @property
     def full_numel(self) -> int:
-        return self._full_layout().numel
+        return subnet_layout(self.template, self.spec, 1).numel
 
-    def _full_layout(self) -> FlatLayout:
-        """The layout of the full model (``m = 1``), built on first use."""
-        if self.template is None:
-            raise RuntimeError("this worker was built without the model template needed to evaluate")
-        if self._full is None:
-            self._full = subnet_layout(self.template, self.spec, 1)
-        return self._full
+    # ------------------------------------------------------------ label prior
 
-    def evaluate(self, flat_model: Tensor) -> Tensor:
-        """:func:`correct_counts` of the full-width model (sent as one flat
-        buffer in the :func:`subnet_layout` of ``m = 1``) on this worker's own
-        nodes. The full-width model exists on the worker only while it
-        evaluates."""
-        layout = self._full_layout()
-        full = build_subnet(self.template, self.spec, 1)
+    def label_counts(self, num_classes: int) -> Tensor:
+        """Training-label counts of this worker's graph (``int64 [num_classes]``)."""
+        return label_counts(self.batches.data, num_classes)
+
+    def set_label_prior(self, total_counts: Tensor) -> None:
+        """Train from now on with the label-prior correction against ``total_counts``."""
+        self.logit_offset = prior_offset(self.label_counts(total_counts.numel()), total_counts)
+
+    # ------------------------------------------------------------ evaluation
+
+    def load_eval_model(self, flat_model: Tensor) -> None:
+        """Hold the full-width model sent as one flat buffer (the layout of ``m = 1``)."""
+        full, layout = build_subnet(self.template, self.spec, 1), subnet_layout(self.template, self.spec, 1)
         load_subnet_state(full, layout.unflatten(flat_model))
+        self._eval_model = full
         if self._eval_adj is None:
             self._eval_adj = adjacency(self.batches.data, self.sparse)
-        return correct_counts(full, self.batches.data, self._eval_adj)
+
+    def _held_model(self) -> nn.Module:
+        if self._eval_model is None:
+            raise RuntimeError(f"worker {self.index}: no model to evaluate was loaded")
+        return self._eval_model
+
+    def batch_norm_moments(self, index: int) -> Tensor:
+        """:func:`batch_norm_moments` of the held model over this worker's own nodes."""
+        data = self.batches.data
+        owned = data.owned if "owned" in data else None
+        return batch_norm_moments(self._held_model(), index, data, self._eval_adj, owned)
+
+    def set_batch_norm_moments(self, index: int, total: Tensor) -> None:
+        """Set the held model's ``index``-th BatchNorm statistics from every
+        worker's moments summed (:func:`pooled_batch_norm_stats`)."""
+        set_batch_norm_stats(self._held_model(), index, pooled_batch_norm_stats([total]))
+
+    def score(self) -> Tensor:
+        """:func:`correct_counts` of the held model on this worker's own nodes."""
+        return correct_counts(self._held_model(), self.batches.data, self._eval_adj)
+
+    def drop_eval_model(self) -> None:
+        self._eval_model = None
+
+    def evaluate(self, flat_model: Tensor) -> Tensor:
+        """:meth:`score` of the full model sent as ``flat_model``."""
+        self.load_eval_model(flat_model)
+        try:
+            return self.score()
+        finally:
+            self.drop_eval_model()
+
+    # ------------------------------------------------------------ state
 
     def fast_forward(self, start_round: int) -> None:
         """Skip the batches of rounds before ``start_round`` (resuming a run)."""
@@ -254,17 +320,28 @@ class Worker:
     def rng_state(self, state: Tensor) -> None:
         self._rng.state = state.clone()
 
+    # ------------------------------------------------------------ training
+
     def train_round(self, round: int, flat_params: Tensor) -> WorkerReport:
         start = time.perf_counter()
         if not self.keep_optimizer and self.seed is not None:
             # m > 1: a fresh sub-network, optimizer and RNG stream every round,
             # so a resumed run needs no worker state at all
             self.rng_state = worker_rng_state(self.seed, self.index, round)
+        subnet, layout = self._subnet(self.schedule.at(round).groups)
+        if subnet is not self.subnet:
+            self.subnet, self.layout, self.optimizer = subnet, layout, None
         load_subnet_state(self.subnet, self.layout.unflatten(flat_params))
         if self.optimizer is None or not self.keep_optimizer:
             self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
         losses = local_steps(
-            self.subnet, self.optimizer, self.batches, self.cfg.local_steps, self._rng, self._warn_empty
+            self.subnet,
+            self.optimizer,
+            self.batches,
+            self.cfg.local_steps,
+            self._rng,
+            self._warn_empty,
+            self.logit_offset,
         )
         flat = self.layout.flatten(subnet_state(self.subnet, self.spec))
         return WorkerReport(flat, WorkerStats(mean_or_nan(losses), len(losses), time.perf_counter() - start))
@@ -299,7 +376,7 @@ def make_workers(
     building the model under ``torch.manual_seed(seed)``. ``model`` may live
     on the ``meta`` device.
     """
-    layout = subnet_layout(model, spec, cfg.subnets)
+    schedule = subnet_schedule(cfg)
     if graphs is None:
         if data is None:
             raise ValueError("make_workers needs the full graph or the workers' graphs")
@@ -311,20 +388,24 @@ def make_workers(
     for i in chosen:
         source = sources[i]
         rng = first_state if i == 0 else worker_rng_state(cfg.seed, i)
-        subnet = build_subnet(model, spec, cfg.subnets)
         workers.append(
             Worker(
                 i,
-                subnet,
+                model,
                 spec,
-                layout,
+                schedule,
                 source,
                 cfg.local,
                 rng,
                 keep_optimizer=cfg.subnets == 1,
                 seed=cfg.seed,
-                template=model,
                 sparse=cfg.data.sparse_adjacency,
             )
         )
     return workers
+
+
+def subnet_schedule(cfg: RunConfig) -> SubnetSchedule:
+    """GIST's :class:`~gist.subnets.SubnetSchedule` for ``cfg`` (:func:`gist.config.gist_options`)."""
+    options = gist_options(cfg)
+    return SubnetSchedule(cfg.subnets, options.groups, cfg.rounds, options.finish_rounds)

@@ -19,12 +19,14 @@ from .sweep import RUNS_DIR, migrate_log
 
 NOT_TRAINING_KINDS = ("data", "eval")
 GROUP = ["method", "m", "zeta"]
+METRICS = ("train", "val", "test", "parts_val")
+"""Per-round metrics; ``parts_val``: partitioned GIST scored by its workers on their own parts."""
 
 
 def run_curve(log: dict[str, Any]) -> pd.DataFrame:
     """One row per round: cumulative ``steps``, ``seconds``, ``bytes_per_worker``,
     ``eval_bytes_per_worker`` (see the module docstring) and that round's
-    ``train``/``val``/``test`` (NaN where the round was not evaluated)."""
+    ``train``/``val``/``test``/``parts_val`` (NaN where not evaluated)."""
     m = int(log["sweep"]["m"]) if "sweep" in log else int(log["config"]["subnets"])
     setup = sum(n for k, n in log.get("setup_bytes", {}).items() if k not in NOT_TRAINING_KINDS)
     rows = []
@@ -42,12 +44,11 @@ def run_curve(log: dict[str, Any]) -> pd.DataFrame:
                 "seconds": seconds,
                 "bytes_per_worker": wire / m,
                 "eval_bytes_per_worker": eval_wire / m,
-                **{k: (math.nan if r.get(k) is None else float(r[k])) for k in ("train", "val", "test")},
+                **{k: (math.nan if r.get(k) is None else float(r[k])) for k in METRICS},
             }
         )
-    return pd.DataFrame(
-        rows, columns=["round", "steps", "seconds", "bytes_per_worker", "eval_bytes_per_worker", "train", "val", "test"]
-    )
+    columns = ["round", "steps", "seconds", "bytes_per_worker", "eval_bytes_per_worker", *METRICS]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def first_reach(curve: pd.DataFrame, target: float) -> Optional[dict[str, float]]:
@@ -102,6 +103,7 @@ def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "seed": int(s["seed"]),
                 "best_val": float(best["val"]) if best is not None else math.nan,
                 "test_at_best_val": float(best["test"]) if best is not None else math.nan,
+                "best_parts_val": float(curve["parts_val"].max()) if curve["parts_val"].notna().any() else math.nan,
                 "bytes_per_worker": float(curve["bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
                 "eval_bytes_per_worker": float(curve["eval_bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
                 "seconds": float(curve["seconds"].iloc[-1]) if len(curve) else 0.0,

@@ -20,9 +20,15 @@ A config names the settings every run shares and the grid to sweep::
     model = ["gcn", "sage"]            # any other run setting: an extra axis
     processes = false                  # true: each run as m real processes
 
+    [variants]                         # optional: named settings of a method, listed in methods
+    gist-plain = { method = "gist", gist_recipe = "plain" }
+
     [table]
     target_drop = 0.01                 # target = full model's best val - this
     # target = 0.80                    # or an absolute target
+
+A variant is a row of its own in tables and plots (e.g. the published plain
+GIST beside the partitioned recipe); its settings override ``[settings]``.
 
 Every run writes one JSON log, ``runs/<run id>.json``, when it completes
 (atomically, so a killed run leaves nothing half-written behind and is simply
@@ -81,6 +87,8 @@ class SweepConfig:
     seeds: list[int]
     axes: dict[str, list[Any]] = field(default_factory=dict)
     """Extra axes: other run settings swept, e.g. ``{"model": ["gcn", "sage"]}``."""
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Named method variants: ``{"gist-plain": {"method": "gist", "gist_recipe": "plain"}}``."""
     processes: bool = False
     description: str = ""
     target_drop: float = 0.01
@@ -134,11 +142,11 @@ def load_config(path: str | Path) -> SweepConfig:
 def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] = None) -> SweepConfig:
     """Build a :class:`SweepConfig` from the TOML's dictionary."""
     where = str(path) if path else "config"
-    unknown = set(raw) - {"name", "description", "settings", "sweep", "table"}
+    unknown = set(raw) - {"name", "description", "settings", "sweep", "variants", "table"}
     if unknown:
         raise SweepError(
             f"{where}: unknown top-level keys {sorted(unknown)}; expected name, description, "
-            f"[settings], [sweep], [table]"
+            f"[settings], [sweep], [variants], [table]"
         )
     defaults = RunConfig().flat()
     harness_owned = flat_names(per_run=True)
@@ -158,13 +166,15 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
             raise SweepError(f"{where}: [settings] {key} must be {expected.__name__}, got {value!r}")
     settings = RunConfig.from_flat(**settings_table)
 
+    variants = _parse_variants(raw.get("variants", {}), where)
     sweep = dict(raw.get("sweep", {}))
     methods = sweep.pop("methods", method_names())
     if isinstance(methods, str):
         methods = [methods]
-    bad = [m for m in methods if m not in method_names()]
+    known = method_names() + list(variants)
+    bad = [m for m in methods if m not in known]
     if bad or not methods:
-        raise SweepError(f"{where}: [sweep] methods must be drawn from {method_names()}, got {methods!r}")
+        raise SweepError(f"{where}: [sweep] methods must be drawn from {known}, got {methods!r}")
     subnets = _int_list(sweep, "subnets", [2, 4, 8])
     local_steps = _int_list(sweep, "local_steps", [settings.local.local_steps])
     seeds = _int_list(sweep, "seeds", [0])
@@ -201,6 +211,7 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
         local_steps=local_steps,
         seeds=seeds,
         axes=axes,
+        variants=variants,
         processes=processes,
         description=str(raw.get("description", "")),
         target_drop=target_drop,
@@ -211,6 +222,24 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
         raise SweepError(f"{where}: name {cfg.name!r} must use only letters, digits, '.', '_' and '-'")
     plan(cfg)  # every grid point must make valid settings
     return cfg
+
+
+def _parse_variants(table: Any, where: str) -> dict[str, dict[str, Any]]:
+    """``[variants]``: each a registered ``method`` plus run settings."""
+    if not isinstance(table, dict):
+        raise SweepError(f"{where}: [variants] must be a table of named settings")
+    sweepable = set(flat_names(changes_results=True)) - set(SWEPT)
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in table.items():
+        if name in method_names():
+            raise SweepError(f"{where}: variant {name!r} has the name of a method; name it otherwise")
+        if not isinstance(values, dict) or values.get("method") not in method_names():
+            raise SweepError(f"{where}: variant {name!r} needs method = one of {method_names()}")
+        bad = [k for k in values if k != "method" and k not in sweepable]
+        if bad:
+            raise SweepError(f"{where}: variant {name!r}: {bad} cannot be set per variant; use run settings")
+        out[name] = dict(values)
+    return out
 
 
 def _id_part(value: Any) -> str:
@@ -229,12 +258,16 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
     for combo in product(*(cfg.axes[k] for k in names)):
         context = dict(zip(names, combo))
         for method in cfg.methods:
-            fixed = get_method(method).fixed_subnets
+            variant = dict(cfg.variants.get(method, {"method": method}))
+            base = variant.pop("method")
+            fixed = get_method(base).fixed_subnets
             ms = [fixed] if fixed is not None else [m for m in cfg.subnets if m > 1]
             for m, zeta, seed in product(ms, cfg.local_steps, cfg.seeds):
                 try:
-                    settings = cfg.settings.replace(**context, method=method, subnets=m, local_steps=zeta, seed=seed)
-                    get_method(method).check_config(settings.check())
+                    settings = cfg.settings.replace(
+                        **context, **variant, method=base, subnets=m, local_steps=zeta, seed=seed
+                    )
+                    get_method(base).check_config(settings.check())
                 except ValueError as exc:
                     raise SweepError(f"sweep {cfg.name}: {context} {method} m={m} ζ={zeta}: {exc}") from exc
                 parts = [f"{k}={_id_part(v)}" for k, v in context.items()]

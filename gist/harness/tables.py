@@ -8,11 +8,12 @@ Inputs are the run logs :func:`gist.harness.sweep.run_sweep` writes
 * **bytes per worker** after round ``r``: every training byte that crossed
   the wire up to and including round ``r`` (parameters, loss reports, the
   set-up handshake and the baselines' initial broadcast), divided by the
-  run's number of workers ``m``. Not counted: ``data`` (the graph each worker
-  loads where it lives) and ``eval`` (the full model sent to the workers to
-  score their own nodes in ``partitioned`` GIST runs; the baselines evaluate
-  on rank 0 for free), which is reported on its own as **eval bytes per
-  worker**.
+  run's number of workers ``m``; GIST's ``prior`` and ``bn_stats`` bytes
+  included. Not counted: ``data`` (the graph each worker loads where it
+  lives) and ``eval`` (the full model sent to the workers to score their own
+  nodes, or to re-estimate BatchNorm statistics there, in ``partitioned``
+  GIST runs; the baselines evaluate on rank 0 for free), which is reported on
+  its own as **eval bytes per worker**.
 * **seconds** after round ``r``: the sum of the rounds' ``parallel_seconds``
   (workers side by side; the wall time for real processes) plus evaluation.
 * **target**: the ``full`` method's best validation (mean over seeds, best
@@ -81,6 +82,7 @@ def summarize(
                 "best_val_std": _std(g["best_val"]),
                 "test_at_best_val": g["test_at_best_val"].mean(),
                 "test_at_best_val_std": _std(g["test_at_best_val"]),
+                "best_parts_val": g["best_parts_val"].mean(),
                 "mb_per_worker": g["bytes_per_worker"].mean() / 1e6,
                 "eval_mb_per_worker": g["eval_bytes_per_worker"].mean() / 1e6,
                 "reached": int(g["reached"].sum()),
@@ -144,6 +146,8 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
             "bytes vs ddp": [_num(v, ".3f") for v in table["bytes_vs_ddp"]],
         }
     )
+    if table["best_parts_val"].notna().any():
+        shown.insert(7, "best val on parts", [_num(v, ".4f") for v in table["best_parts_val"]])
     return shown.to_markdown(index=False)
 
 
@@ -196,11 +200,20 @@ def tabulate(
         f"batching `{d.batching}`, "
         f"transport: {', '.join(transports)}.",
         f"Target: {how} ({goals}).",
-        "Metric: accuracy (for ogbn-* datasets through `ogb.nodeproppred.Evaluator`).",
+        "Metric: accuracy (for ogbn-* datasets through `ogb.nodeproppred.Evaluator`), every method's model "
+        "scored the same way: on the whole graph at the coordinator"
+        + (
+            "; 'best val on parts' is partitioned GIST's model scored by its workers, each on its own part "
+            "(edges between parts missing), the counts summed."
+            if table["best_parts_val"].notna().any()
+            else "."
+        ),
         "MB/worker: training bytes sent or received per worker (parameters, loss reports, set-up), "
         "divided by m; for `full` that is the model handed to its one worker each round. Graph data is "
         "loaded where it lives and is not counted; eval MB/worker is the full model sent to each worker "
-        "of a partitioned GIST run to score its own nodes (the baselines score on rank 0). "
+        "of a partitioned GIST run to score its own nodes or re-estimate BatchNorm statistics there (the "
+        "baselines score on rank 0); the statistics themselves (bn_stats) and the label counts (prior) "
+        "count as training bytes. "
         "Seconds: the workers side by side (a simulated round counts its slowest worker), evaluation included. "
         "A std is over seeds; 'reached' counts the seeds that reach the target, and the 'to target' "
         "columns average over those.",
