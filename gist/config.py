@@ -287,10 +287,6 @@ class GistOptions:
     finish_rounds: int = 0
     bn_reestimate: bool = False
 
-    @property
-    def plain(self) -> bool:
-        return not (self.label_prior or self.finish_rounds or self.bn_reestimate)
-
 
 GROUPS = {
     "data": DataConfig,

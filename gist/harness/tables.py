@@ -111,6 +111,19 @@ def summarize(
     return table.reset_index(drop=True)
 
 
+def _scored(scorer: str, table: pd.DataFrame) -> str:
+    """How the table's models were scored, in words."""
+    if scorer == "parts":
+        return "scored by the workers, each on its own part (edges between parts missing), the counts summed."
+    parts = table["best_parts_val"].notna().any()
+    return "every method's model scored the same way: on the whole graph at the coordinator" + (
+        "; 'best val on parts' is partitioned GIST's model scored by its workers, each on its own part "
+        "(edges between parts missing), the counts summed."
+        if parts
+        else "."
+    )
+
+
 def _std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
@@ -200,14 +213,7 @@ def tabulate(
         f"batching `{d.batching}`, "
         f"transport: {', '.join(transports)}.",
         f"Target: {how} ({goals}).",
-        "Metric: accuracy (for ogbn-* datasets through `ogb.nodeproppred.Evaluator`), every method's model "
-        "scored the same way: on the whole graph at the coordinator"
-        + (
-            "; 'best val on parts' is partitioned GIST's model scored by its workers, each on its own part "
-            "(edges between parts missing), the counts summed."
-            if table["best_parts_val"].notna().any()
-            else "."
-        ),
+        "Metric: accuracy (for ogbn-* datasets through `ogb.nodeproppred.Evaluator`), " + _scored(s.scorer, table),
         "MB/worker: training bytes sent or received per worker (parameters, loss reports, set-up), "
         "divided by m; for `full` that is the model handed to its one worker each round. Graph data is "
         "loaded where it lives and is not counted; eval MB/worker is the full model sent to each worker "

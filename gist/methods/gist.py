@@ -138,10 +138,7 @@ class GIST(RoundDriver):
     def check_config(cls, cfg: RunConfig) -> None:
         """The stock model's hidden width must split into ``s`` equal groups
         (and ``s`` divide ``m``)."""
-        options = gist_options(cfg)
-        check_width_split("hidden", cfg.model.hidden, options.groups)
-        if options.groups != cfg.subnets and cfg.subnets == 1:
-            raise ValueError("subnet_groups must be 1 with m = 1")
+        check_width_split("hidden", cfg.model.hidden, gist_options(cfg).groups)
 
     def start(self) -> None:
         self.transport.start(self.round, self.layouts[self.schedule.at(self.round).groups].numel)
