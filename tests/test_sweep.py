@@ -58,6 +58,8 @@ TABLE_COLUMNS = [
     "seconds_to_target",
     "seconds",
     "bytes_vs_ddp",
+    "val_at_gist_bytes",
+    "val_at_gist_seconds",
 ]
 
 
@@ -423,6 +425,13 @@ def test_summary_targets_ratios_and_unreached_runs():
     assert table.loc["gist", "bytes_vs_ddp"] == pytest.approx(gist_bytes / (sum(ddp_bytes) / 2))
     assert table.loc["gist", "mb_per_worker"] == pytest.approx(gist_bytes / 1e6)
     assert math.isnan(table.loc["full", "bytes_vs_ddp"])  # no ddp with m = 1
+
+    # equal budgets: gist's whole run is 360 bytes per worker and 3 s; ddp's first round
+    # alone moves more bytes, but within 3 s both its seeds reach 0.81
+    assert table.loc["gist", "val_at_gist_bytes"] == pytest.approx((0.85 + 0.79) / 2)
+    assert math.isnan(table.loc["ddp", "val_at_gist_bytes"])
+    assert table.loc["ddp", "val_at_gist_seconds"] == pytest.approx(0.81)
+    assert math.isnan(table.loc["full", "val_at_gist_bytes"])  # no gist with m = 1
 
     # an absolute target nobody reaches: everything "to target" is empty
     none = summarize(runs, [], target=0.99)

@@ -21,6 +21,9 @@ Inputs are the run logs :func:`gist.harness.sweep.run_sweep` writes
   or the config's absolute ``target``.
 * **to target**: bytes per worker and seconds at the first evaluated round
   whose validation reaches the target; a run that never reaches it has none.
+* **at gist's bytes / seconds**: the best validation among the evaluated
+  rounds within the bytes per worker (or seconds) that the ``gist`` run at
+  the same ``m`` and ``ζ`` used over its whole run: equal-budget comparisons.
 """
 
 from __future__ import annotations
@@ -106,9 +109,51 @@ def summarize(
         base = ddp["mb_to_target"].iloc[0] if len(ddp) else math.nan
         ratios.append(row["mb_to_target"] / base if base and not math.isnan(base) else math.nan)
     table["bytes_vs_ddp"] = ratios
+    _add_budget_columns(table, runs, axes)
     table["_order"] = table["method"].map(lambda name: order.get(name, len(order)))
     table = table.sort_values([*axes, "_order", "m", "zeta"], kind="stable").drop(columns="_order")
     return table.reset_index(drop=True)
+
+
+BUDGET_METHOD = "gist"
+"""The method whose bytes and time are the budget of the equal-bytes and equal-time columns."""
+
+
+def best_within(curve: pd.DataFrame, column: str, budget: float) -> float:
+    """The best validation among the evaluated rounds whose cumulative
+    ``column`` (``bytes_per_worker`` or ``seconds``) is within ``budget``."""
+    within = curve[(curve[column] <= budget) & curve["val"].notna()]
+    return float(within["val"].max()) if not within.empty else math.nan
+
+
+def _add_budget_columns(table: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> None:
+    """``val_at_gist_bytes`` / ``val_at_gist_seconds``: each row's best
+    validation (mean over seeds) within the bytes per worker / seconds that
+    ``gist`` used over its whole run at the same ``m`` and ``ζ``."""
+    at_bytes, at_seconds = [], []
+    for _, row in table.iterrows():
+        key = [row[a] for a in axes]
+        budget = table[
+            match_axes(table, axes, key)
+            & (table["method"] == BUDGET_METHOD)
+            & (table["m"] == row["m"])
+            & (table["zeta"] == row["zeta"])
+        ]
+        sel = runs[
+            match_axes(runs, axes, key)
+            & (runs["method"] == row["method"])
+            & (runs["m"] == row["m"])
+            & (runs["zeta"] == row["zeta"])
+        ]
+        if budget.empty or sel.empty:
+            at_bytes.append(math.nan)
+            at_seconds.append(math.nan)
+            continue
+        max_bytes, max_seconds = budget["mb_per_worker"].iloc[0] * 1e6, budget["seconds"].iloc[0]
+        at_bytes.append(float(pd.Series([best_within(c, "bytes_per_worker", max_bytes) for c in sel["curve"]]).mean()))
+        at_seconds.append(float(pd.Series([best_within(c, "seconds", max_seconds) for c in sel["curve"]]).mean()))
+    table["val_at_gist_bytes"] = at_bytes
+    table["val_at_gist_seconds"] = at_seconds
 
 
 def _scored(scorer: str, table: pd.DataFrame) -> str:
@@ -157,6 +202,8 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
             "MB/worker to target": [_num(v, ".3g") for v in table["mb_to_target"]],
             "s to target": [_num(v, ".1f") for v in table["seconds_to_target"]],
             "bytes vs ddp": [_num(v, ".3f") for v in table["bytes_vs_ddp"]],
+            "val at gist's MB": [_num(v, ".4f") for v in table["val_at_gist_bytes"]],
+            "val at gist's s": [_num(v, ".4f") for v in table["val_at_gist_seconds"]],
         }
     )
     if table["best_parts_val"].notna().any():
@@ -222,7 +269,8 @@ def tabulate(
         "count as training bytes. "
         "Seconds: the workers side by side (a simulated round counts its slowest worker), evaluation included. "
         "A std is over seeds; 'reached' counts the seeds that reach the target, and the 'to target' "
-        "columns average over those.",
+        "columns average over those. 'val at gist's MB' / 'val at gist's s': the best validation a run "
+        "reached within the bytes per worker / seconds of the `gist` run at the same m and ζ (mean over seeds).",
         "",
         markdown_table(table, axes),
         "",
