@@ -277,14 +277,6 @@ class Worker:
     def drop_eval_model(self) -> None:
         self._eval_model = None
 
-    def evaluate(self, flat_model: Tensor) -> Tensor:
-        """:meth:`score` of the full model sent as ``flat_model``."""
-        self.load_eval_model(flat_model)
-        try:
-            return self.score()
-        finally:
-            self.drop_eval_model()
-
     # ------------------------------------------------------------ state
 
     def fast_forward(self, start_round: int) -> None:
