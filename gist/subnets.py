@@ -169,11 +169,7 @@ def merge_states(
         for name, axes in spec.tensor_axes.items():
             target = state[name]
             if all(a is None for a in axes):
-                values = torch.stack([s[name].to(torch.float64) for s in subnet_states])
-                mean = values.mean(0)
-                if not target.is_floating_point():
-                    mean = values.sum(0).div(len(subnet_states), rounding_mode="floor")
-                target.copy_(mean.to(target.dtype))
+                target.copy_(average_states([{name: s[name]} for s in subnet_states])[name].to(target.dtype))
             else:
                 for i, sub in enumerate(subnet_states):
                     _write(target, sub[name], axes, partition, i)

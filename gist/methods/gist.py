@@ -103,7 +103,7 @@ class GIST(RoundDriver):
         self.transport = transport
         self._full_layout = subnet_layout(model, self.spec, 1)
         self._score_parts = cfg.evaluates_on_workers
-        self._batch_norms = len(batch_norms(model)) if self.options.bn_reestimate and cfg.subnets > 1 else 0
+        self._batch_norms = _reestimated_batch_norms(model, cfg)
         self._via_workers = self._score_parts or self._batch_norms > 0
         if evaluator is None and not (cfg.scorer == "parts" and self._score_parts):
             if data is None:
@@ -225,17 +225,21 @@ class GIST(RoundDriver):
         model = setup.model_shape(own.num_features, own.num_classes)
         spec = build_split_spec(model)
         worker = make_workers(model, spec, None, cfg, indices=[ctx.rank], graphs={ctx.rank: own.data})[0]
-        options = gist_options(cfg)
-        num_bn = len(batch_norms(model)) if options.bn_reestimate and cfg.subnets > 1 else 0
+        num_bn = _reestimated_batch_norms(model, cfg)
         protocol = WorkerProtocol(
             rounds=cfg.rounds,
-            label_classes=_num_classes(model) if options.label_prior else None,
+            label_classes=_num_classes(model) if gist_options(cfg).label_prior else None,
             evaluates_after=cfg.is_eval_round if (cfg.evaluates_on_workers or num_bn) else None,
             batch_norms=num_bn,
             score=cfg.evaluates_on_workers,
         )
         serve_worker(worker, ctx, protocol)
         return None
+
+
+def _reestimated_batch_norms(model: nn.Module, cfg: RunConfig) -> int:
+    """How many BatchNorm layers the workers re-estimate before each evaluation (0: none)."""
+    return len(batch_norms(model)) if gist_options(cfg).bn_reestimate and cfg.subnets > 1 else 0
 
 
 def _num_classes(model: nn.Module) -> int:
