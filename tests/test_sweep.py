@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from gist.cli import main
-from gist.harness.curves import first_reach, run_curve, run_table
+from gist.harness.curves import first_reach, run_curve, run_table, still_rising
 from gist.harness.sweep import SweepError, load_config, plan, run_sweep
 from gist.harness.tables import summarize, tabulate
 
@@ -50,6 +50,8 @@ TABLE_COLUMNS = [
     "best_val_std",
     "test_at_best_val",
     "test_at_best_val_std",
+    "best_round",
+    "still_rising",
     "best_parts_val",
     "mb_per_worker",
     "eval_mb_per_worker",
@@ -394,6 +396,24 @@ def test_first_reach_from_hand_written_log():
     assert hit == {"round": 2, "steps": 15, "bytes_per_worker": 24 + 3 * 2012, "seconds": pytest.approx(7.0)}
     assert first_reach(curve, 0.80)["round"] == 3
     assert first_reach(curve, 0.81) is None  # never reached
+
+
+def test_still_rising_marks_runs_stopped_before_they_converged():
+    def curve(vals):
+        return run_curve(hand_log("gist", 2, 0, vals, params_per_round=10, seconds_per_round=1.0))
+
+    # 8 evaluated rounds: the last quarter is rounds 6-7
+    assert still_rising(curve([0.5, 0.6, 0.7, 0.7, 0.7, 0.7, 0.71, 0.70]))  # 0.71 > 0.70 + 0.005
+    assert not still_rising(curve([0.5, 0.6, 0.7, 0.7, 0.7, 0.7, 0.704, 0.70]))  # within the margin
+    assert not still_rising(curve([0.5, 0.8, 0.7, 0.7, 0.7, 0.7, 0.75, 0.70]))  # peaked early
+    assert still_rising(curve([0.5, None, 0.6, None, 0.6, None, 0.62, None]))  # evaluated rounds only
+    assert not still_rising(curve([0.5, 0.6, 0.7]))  # too few rounds to judge
+    logs = [
+        hand_log("gist", 2, 0, [0.5, 0.6, 0.7, 0.8], params_per_round=10, seconds_per_round=1.0),
+        hand_log("gist", 2, 1, [0.5, 0.8, 0.7, 0.7], params_per_round=10, seconds_per_round=1.0),
+    ]
+    row = summarize(run_table(logs), []).iloc[0]
+    assert row["still_rising"] == 1 and row["best_round"] == pytest.approx((3 + 1) / 2)
 
 
 def test_summary_targets_ratios_and_unreached_runs():

@@ -21,6 +21,9 @@ NOT_TRAINING_KINDS = ("data", "eval")
 GROUP = ["method", "m", "zeta"]
 METRICS = ("train", "val", "test", "parts_val")
 """Per-round metrics; ``parts_val``: partitioned GIST scored by its workers on their own parts."""
+RISING_MARGIN = 0.005
+"""A run is still rising when the best validation of its last quarter of
+evaluated rounds beats the best before them by more than this."""
 
 
 def run_curve(log: dict[str, Any]) -> pd.DataFrame:
@@ -66,6 +69,17 @@ def first_reach(curve: pd.DataFrame, target: float) -> Optional[dict[str, float]
     }
 
 
+def still_rising(curve: pd.DataFrame, margin: float = RISING_MARGIN) -> bool:
+    """Whether ``max(val over the last quarter of evaluated rounds) >
+    max(val over the rounds before) + margin``: the run had not converged
+    when it stopped (always ``False`` with fewer than 4 evaluated rounds)."""
+    vals = curve["val"].dropna().tolist()
+    if len(vals) < 4:
+        return False
+    cut = len(vals) - len(vals) // 4
+    return max(vals[cut:]) > max(vals[:cut]) + margin
+
+
 def load_logs(results_dir: str | Path) -> list[dict[str, Any]]:
     """Every completed run log under ``results_dir/runs``, in name order."""
     runs = Path(results_dir) / RUNS_DIR
@@ -85,8 +99,9 @@ def context_axes(logs: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per run: grid position, best validation, test there, total
-    bytes per worker, and the curve (column ``curve``)."""
+    """One row per run: grid position, best validation, test and round there,
+    whether it was :func:`still_rising`, total bytes per worker, and the curve
+    (column ``curve``)."""
     axes = context_axes(logs)
     rows = []
     for log in logs:
@@ -103,6 +118,8 @@ def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "seed": int(s["seed"]),
                 "best_val": float(best["val"]) if best is not None else math.nan,
                 "test_at_best_val": float(best["test"]) if best is not None else math.nan,
+                "best_round": int(best["round"]) if best is not None else -1,
+                "still_rising": still_rising(curve),
                 "best_parts_val": float(curve["parts_val"].max()) if curve["parts_val"].notna().any() else math.nan,
                 "bytes_per_worker": float(curve["bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
                 "eval_bytes_per_worker": float(curve["eval_bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,

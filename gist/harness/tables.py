@@ -19,6 +19,9 @@ Inputs are the run logs :func:`gist.harness.sweep.run_sweep` writes
 * **target**: the ``full`` method's best validation (mean over seeds, best
   ``ζ``) minus ``target_drop``, per value of the extra axes (e.g. per model);
   or the config's absolute ``target``.
+* **still rising**: the seeds whose run had not converged when it stopped
+  (:func:`gist.harness.curves.still_rising`); **best round** the round of
+  the best validation.
 * **to target**: bytes per worker and seconds at the first evaluated round
   whose validation reaches the target; a run that never reaches it has none.
 * **at gist's bytes / seconds**: the best validation among the evaluated
@@ -36,7 +39,7 @@ from typing import Optional
 import pandas as pd
 
 from ..methods import method_names
-from .curves import GROUP, axes_label, context_axes, first_reach, load_logs, match_axes, run_table
+from .curves import GROUP, RISING_MARGIN, axes_label, context_axes, first_reach, load_logs, match_axes, run_table
 from .plots import write_plots
 from .sweep import RUNS_DIR, SweepConfig, load_results_config
 
@@ -85,6 +88,8 @@ def summarize(
                 "best_val_std": _std(g["best_val"]),
                 "test_at_best_val": g["test_at_best_val"].mean(),
                 "test_at_best_val_std": _std(g["test_at_best_val"]),
+                "best_round": g["best_round"].mean(),
+                "still_rising": int(g["still_rising"].sum()),
                 "best_parts_val": g["best_parts_val"].mean(),
                 "mb_per_worker": g["bytes_per_worker"].mean() / 1e6,
                 "eval_mb_per_worker": g["eval_bytes_per_worker"].mean() / 1e6,
@@ -196,6 +201,8 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
             "seeds": table["seeds"],
             "best val": [_pm(a, b) for a, b in zip(table["best_val"], table["best_val_std"])],
             "test at best val": [_pm(a, b) for a, b in zip(table["test_at_best_val"], table["test_at_best_val_std"])],
+            "best round": [_num(v, ".3g") for v in table["best_round"]],
+            "still rising": [f"{r}/{s}" for r, s in zip(table["still_rising"], table["seeds"])],
             "MB/worker": [_num(v, ".3g") for v in table["mb_per_worker"]],
             "eval MB/worker": [_num(v, ".3g") for v in table["eval_mb_per_worker"]],
             "reached": [f"{r}/{s}" for r, s in zip(table["reached"], table["seeds"])],
@@ -207,7 +214,7 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
         }
     )
     if table["best_parts_val"].notna().any():
-        shown.insert(7, "best val on parts", [_num(v, ".4f") for v in table["best_parts_val"]])
+        shown.insert(9, "best val on parts", [_num(v, ".4f") for v in table["best_parts_val"]])
     return shown.to_markdown(index=False)
 
 
@@ -268,7 +275,10 @@ def tabulate(
         "baselines score on rank 0); the statistics themselves (bn_stats) and the label counts (prior) "
         "count as training bytes. "
         "Seconds: the workers side by side (a simulated round counts its slowest worker), evaluation included. "
-        "A std is over seeds; 'reached' counts the seeds that reach the target, and the 'to target' "
+        "A std is over seeds; 'best round' is the round of the best validation (mean over seeds); "
+        f"'still rising' counts the seeds whose best validation in the last quarter of rounds beats the "
+        f"best before it by more than {RISING_MARGIN} (not converged when the run stopped); 'reached' counts the "
+        "seeds that reach the target, and the 'to target' "
         "columns average over those. 'val at gist's MB' / 'val at gist's s': the best validation a run "
         "reached within the bytes per worker / seconds of the `gist` run at the same m and ζ (mean over seeds).",
         "",
