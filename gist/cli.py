@@ -25,7 +25,7 @@ from .harness.sweep import SweepError, command_line, describe, load_config, resu
 from .harness.tables import tabulate
 from .methods import default_subnets, method_names
 from .nn.slicing import SplitError
-from .run import launch_local, run_training
+from .run import RunFailed, launch_local, run_training
 
 TRAIN_GROUPS = {
     None: "training",
@@ -125,6 +125,10 @@ def _train(args: argparse.Namespace) -> int:
             log = launch_local(cfg, args.procs, progress=progress, log_path=args.log)
         else:
             log = run_training(cfg, progress=progress, log_path=args.log)
+    except RunFailed as exc:
+        kept = f"; the log of the rounds before it is in {args.log}" if args.log else ""
+        print(f"gist train: error: {exc}{kept}", file=sys.stderr)
+        return 1
     except (DatasetNotFoundError, SplitError, ValueError, WorkerFailure, LaunchFailure) as exc:
         print(f"gist train: error: {exc}", file=sys.stderr)
         return 2
@@ -166,6 +170,9 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--processes", action="store_true", help="run each run as m real processes on torch.distributed (loopback)"
     )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="run again the runs whose logs record a failure (divergence)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would run, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_sweep)
@@ -206,8 +213,9 @@ def _sweep(args: argparse.Namespace) -> int:
         print(describe(cfg))
         if args.dry_run:
             return 0
-        counts = run_sweep(cfg, out, progress=not args.no_progress)
-        print(f"sweep {cfg.name}: ran {counts['ran']}, skipped {counts['skipped']} already done; logs in {out}")
+        counts = run_sweep(cfg, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+        failed = f" ({counts['failed']} failed)" if counts["failed"] else ""
+        print(f"sweep {cfg.name}: ran {counts['ran']}{failed}, skipped {counts['skipped']} already done; logs in {out}")
         text, _ = tabulate(out, command_line(_argv(args)), cfg)
     except (SweepError, FileNotFoundError) as exc:
         print(f"gist sweep: error: {exc}", file=sys.stderr)

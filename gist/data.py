@@ -33,12 +33,18 @@ folder without ``RELEASE_v1.txt`` (which would make ogb ask on the console) is
 reported as an error instead. ogb's ``torch.load`` of its processed file runs
 with weights-only loading kept on, inside ``torch.serialization.safe_globals``
 listing the PyG data classes that file contains.
+
+Present files that cannot be read raise :class:`DatasetCorruptError`, naming
+the file and what to do (re-copy a raw file, delete ``processed/``). Loading
+holds a lock file beside the dataset folder, so processes started together
+(``--procs``, torchrun) process a fresh copy once and the others then read it.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import fcntl
 import functools
 import numbers
 import os
@@ -58,6 +64,7 @@ from torch_geometric.data import Data
 __all__ = [
     "DEFAULT_ROOT_ENV",
     "OFFLINE_ENV",
+    "DatasetCorruptError",
     "DatasetNotFoundError",
     "NodeDataset",
     "available_datasets",
@@ -105,6 +112,18 @@ class DatasetNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:  # FileNotFoundError's default would add errno noise
         return str(self.args[0])
+
+
+class DatasetCorruptError(ValueError):
+    """A dataset file is present but cannot be read (truncated or damaged).
+
+    Attributes: ``dataset`` (registry name), ``path`` (the file, or the folder
+    when the loader does not say which of its files failed)."""
+
+    def __init__(self, message: str, dataset: str, path: Path) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.path = path
 
 
 @dataclass
@@ -346,6 +365,19 @@ class _Files:
     processed: Path  # processed file written by the loader
     always: list[Path]  # needed even when processed exists (OGB splits)
     url: str  # download source (for the DNS probe)
+    check_raw: Callable[[Path], None] | None = None  # reads one raw file, raising if it is damaged
+
+    def find_corrupt(self) -> Path | None:
+        """The first raw file that ``check_raw`` cannot read (``None`` if
+        there is no checker, or each file reads)."""
+        if self.check_raw is None:
+            return self.raw[0] if len(self.raw) == 1 else None
+        for path in self.raw:
+            try:
+                self.check_raw(path)
+            except Exception:  # noqa: BLE001 - any failure marks the file
+                return path
+        return None
 
     @property
     def expected(self) -> list[Path]:
@@ -484,10 +516,68 @@ def _fetch(
     download_ctx: Callable[[], contextlib.AbstractContextManager] | None = None,
     extra_paths: list[Path] = (),
 ) -> Any:
-    """Run ``construct()`` if files are present, else try one guarded download."""
+    """Run ``construct()`` if files are present (under :func:`_dataset_lock`),
+    else try one guarded download."""
     if files.ready():
+        with _dataset_lock(files.folder):
+            return _construct_present(files, construct)
+    return _download(files, construct, download_ctx, extra_paths)
+
+
+@contextlib.contextmanager
+def _dataset_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<folder>.lock`` beside the dataset folder,
+    so that one process at a time processes or reads it; no lock where that
+    file cannot be created (a read-only data root already holds its processed files)."""
+    lock_path = folder.with_name(f".{folder.name}.lock")
+    try:
+        handle = open(lock_path, "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _corrupt(files: _Files, exc: BaseException, had_processed: bool, which: Path | None) -> DatasetCorruptError:
+    """The error for present files that failed to load (see :func:`_fetch`)."""
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    reason = reason.splitlines()[0]
+    if had_processed:
+        path, fix = files.processed, f"delete {files.processed.parent} (it is rebuilt from raw/)"
+    elif which is not None:
+        path, fix = which, f"copy {which.name} again from a complete copy of the dataset"
+    else:
+        path, fix = files.folder / "raw", f"copy the files of {files.folder / 'raw'} again"
+    return DatasetCorruptError(
+        f"dataset {files.name!r}: {path} is corrupt or incomplete ({reason}); {fix}", files.name, path
+    )
+
+
+def _construct_present(files: _Files, construct: Callable[[], Any]) -> Any:
+    """``construct()`` over present files; :class:`DatasetCorruptError` if they do not load."""
+    had_processed = files.processed.exists()
+    try:
         with _no_stdin(), torch.serialization.safe_globals(_pyg_safe_globals()):
             return construct()
+    except DatasetNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - present files that do not load
+        which = None if had_processed else files.find_corrupt()
+        raise _corrupt(files, exc, had_processed, which) from exc
+
+
+def _download(
+    files: _Files,
+    construct: Callable[[], Any],
+    download_ctx: Callable[[], contextlib.AbstractContextManager] | None,
+    extra_paths: list[Path],
+) -> Any:
+    """One guarded download, then ``construct()``; anything it left behind is removed on failure."""
     if _offline():
         raise _not_found(files, f"{OFFLINE_ENV} is set, so no download was tried")
     if not _host_resolves(files.url):
@@ -541,10 +631,20 @@ def _load_planetoid(root: Path, seed: int, *, key: str) -> NodeDataset:
     base = root / "planetoid"
     folder = base / pyg_name
     raw = [folder / "raw" / f"ind.{pyg_name.lower()}.{s}" for s in _PLANETOID_SUFFIXES]
-    files = _Files(key, folder, raw, raw, folder / "processed" / "data.pt", [], Planetoid.url)
+    files = _Files(
+        key, folder, raw, raw, folder / "processed" / "data.pt", [], Planetoid.url, check_raw=_read_planetoid_file
+    )
     ds = _fetch(files, lambda: Planetoid(str(base), pyg_name))
     d = ds[0]
     return _make_dataset(key, d.x, d.edge_index, d.y, (d.train_mask, d.val_mask, d.test_mask), "public Planetoid split")
+
+
+def _read_planetoid_file(path: Path) -> None:
+    """Read one raw Planetoid file as PyG does (``read_file``)."""
+    from torch_geometric.io.planetoid import read_file
+
+    prefix, name = path.name[len("ind.") :].split(".", 1)
+    read_file(str(path.parent), prefix, name)
 
 
 def _load_npz_dataset(root: Path, seed: int, *, key: str) -> NodeDataset:

@@ -23,11 +23,29 @@ import torch.distributed as dist
 
 from .comm.dist import init_distributed
 from .comm.launch import launch_local as launch_processes
-from .comm.launch import note_rank0_error
+from .comm.launch import note_rank_error
 from .config import RunConfig
-from .engine import Checkpointer, RankSetup, RoundDriver, full_model, load_run_dataset, ogb_metric
+from .engine import (
+    Checkpointer,
+    RankSetup,
+    RoundDriver,
+    TrainingDiverged,
+    full_model,
+    load_run_dataset,
+    ogb_metric,
+)
 from .engine.setup import coordinator_evaluator
 from .methods import get_method
+
+
+class RunFailed(RuntimeError):
+    """The run stopped before its last round (it diverged). ``log`` is the
+    run log of the rounds before, with the reason under ``failure``; it was
+    written to the log path, if any, and the last checkpoint is untouched."""
+
+    def __init__(self, message: str, log: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.log = log
 
 
 @dataclass
@@ -78,10 +96,17 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
     The log has ``config`` (every setting), ``metric``, ``rounds`` (one record
     per round), ``summary`` and ``ledger``; it is also written as JSON to
     ``log_path`` if given. In a ``torch.distributed`` job only rank 0 returns
-    the log; other ranks return ``{}``."""
+    the log; other ranks return ``{}``.
+
+    Every output path (``log_path``, the checkpoint when checkpoints are due,
+    ``save_model``) is checked to be writable before anything is built
+    (``ValueError`` naming the flag). A run that diverges raises
+    :class:`RunFailed` carrying the log of the rounds before it."""
     if cfg.dist.threads:
         torch.set_num_threads(cfg.dist.threads)
     distributed = cfg.dist.backend == "dist"
+    if not distributed or _rank() == 0:
+        check_output_paths(cfg, log_path)
     built: Optional[Built] = None
     try:
         built = build(cfg, progress)
@@ -91,15 +116,19 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
         checkpointer = Checkpointer(cfg)
         if cfg.checkpoint.resume and driver.is_coordinator:
             driver.load_state_dict(checkpointer.load())
-        driver.fit(progress=progress and driver.is_coordinator, checkpointer=checkpointer)
+        try:
+            driver.fit(progress=progress and driver.is_coordinator, checkpointer=checkpointer)
+        except TrainingDiverged as exc:
+            if not driver.is_coordinator:
+                raise
+            log = finish(driver, cfg, built, log_path, failure=exc.record())
+            raise RunFailed(str(exc), log) from exc
         if not driver.is_coordinator:
             return {}
         return finish(driver, cfg, built, log_path)
     except Exception as exc:
-        # once training is under way, rank 0's error names the root cause of the
-        # others' (set-up errors, such as a wrong world size, are every rank's own)
-        if distributed and built is not None and _rank() == 0:
-            note_rank0_error(exc)
+        if distributed:  # for the launcher to report the root cause among the ranks' errors
+            note_rank_error(_rank(), exc)
         raise
     finally:
         if built is not None and built.driver is not None:
@@ -112,8 +141,41 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
 
 
-def finish(driver: RoundDriver, cfg: RunConfig, built: Built, log_path: Optional[str | Path]) -> dict[str, Any]:
-    """The run log (written to ``log_path``), and the model saved where ``cfg`` says."""
+def check_output_paths(cfg: RunConfig, log_path: Optional[str | Path]) -> None:
+    """``ValueError`` naming the flag and the path if a file the run will
+    write (``--log``, ``--checkpoint`` when ``--checkpoint-every`` is set,
+    ``--save-model``) cannot be written; missing parent folders are created."""
+    outputs = [("--log", log_path), ("--save-model", cfg.checkpoint.save_model)]
+    if cfg.checkpoint.every:
+        outputs.append(("--checkpoint", cfg.checkpoint.path))
+    for flag, path in outputs:
+        if path is not None:
+            _check_writable(flag, Path(path))
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is read-only")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ValueError(f"{flag} {path}: cannot write there ({reason}); choose another path") from exc
+
+
+def finish(
+    driver: RoundDriver,
+    cfg: RunConfig,
+    built: Built,
+    log_path: Optional[str | Path],
+    failure: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """The run log (written to ``log_path``), and the model saved where ``cfg``
+    says; for a failed run the log records ``failure`` and no model is saved."""
     summary = driver.summary()
     summary["load_seconds"] = built.setup_seconds
     log = {
@@ -128,9 +190,11 @@ def finish(driver: RoundDriver, cfg: RunConfig, built: Built, log_path: Optional
         "summary": summary,
         "ledger": driver.ledger.records(),
     }
+    if failure is not None:
+        log["failure"] = failure
     if log_path is not None:
         write_json(log, log_path)
-    if cfg.checkpoint.save_model:
+    if cfg.checkpoint.save_model and failure is None:
         Path(cfg.checkpoint.save_model).parent.mkdir(parents=True, exist_ok=True)
         torch.save(driver.model.state_dict(), cfg.checkpoint.save_model)
     return log
@@ -142,12 +206,25 @@ def launch_local(
     """Run ``cfg`` as ``procs`` local processes on ``torch.distributed``
     (loopback only) and return rank 0's log.
 
-    If any process fails, the others are stopped and the error is raised."""
+    If any process fails, the others are stopped and the error is raised;
+    a run that diverged raises :class:`RunFailed` with rank 0's log."""
     cfg = cfg.replace(backend="dist")
+    check_output_paths(cfg, log_path)
     with tempfile.TemporaryDirectory() as tmp:
-        target = Path(log_path) if log_path is not None else Path(tmp) / "log.json"
-        launch_processes(_run_rank, (cfg, progress, str(target)), procs)
-        return json.loads(target.read_text())
+        target = Path(tmp) / "log.json"
+        try:
+            launch_processes(_run_rank, (cfg, progress, str(target)), procs)
+        except Exception as exc:
+            log = json.loads(target.read_text()) if target.is_file() else {}
+            if "failure" not in log:
+                raise
+            if log_path is not None:
+                write_json(log, log_path)
+            raise RunFailed(log["failure"]["message"], log) from exc
+        log = json.loads(target.read_text())
+        if log_path is not None:
+            write_json(log, log_path)
+        return log
 
 
 def _run_rank(rank: int, cfg: RunConfig, progress: bool, log_path: str) -> None:

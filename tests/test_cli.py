@@ -96,6 +96,6 @@ def test_baselines_run_from_the_cli(tmp_path, capsys, method):
 
 def test_spawned_failure_is_reported_in_one_line(tmp_path, capsys):
     code = main(["train", *SMALL, "--procs", "3", "--subnets", "2", "--no-progress", "--root", str(tmp_path)])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("gist train: error: Process") and "3 processes but m=2" in err
+    assert err.startswith("gist train: error: rank ") and "3 processes but m=2" in err

@@ -46,6 +46,7 @@ TABLE_COLUMNS = [
     "zeta",
     "target",
     "seeds",
+    "failed",
     "best_val",
     "best_val_std",
     "test_at_best_val",
@@ -154,7 +155,7 @@ def test_sweep_resume_reruns_nothing(tmp_path, capsys):
         raise AssertionError("a completed run was run again")
 
     counts = run_sweep(load_config(cfg), out, progress=False, runner=never, say=lambda _: None)
-    assert counts == {"planned": 14, "skipped": 14, "ran": 0}
+    assert counts == {"planned": 14, "skipped": 14, "ran": 0, "failed": 0}
     assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 0
     assert "ran 0, skipped 14" in capsys.readouterr().out
     assert run_files(out) == before
@@ -188,7 +189,7 @@ def test_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(tmp_path):
         say=lambda _: None,
         runner=lambda run, p, q: again.append(run.run_id) or execute(run, p, False),
     )
-    assert counts == {"planned": 14, "skipped": 3, "ran": 11}
+    assert counts == {"planned": 14, "skipped": 3, "ran": 11, "failed": 0}
     assert again[0] == calls[3]  # the interrupted run is redone first
     assert not list((out / "runs").glob("*.tmp"))
     after = run_files(out)

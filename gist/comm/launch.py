@@ -3,9 +3,11 @@
 Each process gets torchrun's environment variables (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` on the
 loopback interface, a free ``MASTER_PORT``) and calls ``target(rank, *args)``.
-If any process fails, the others are stopped and the error is raised; when a
-worker's failure makes the other workers lose rank 0 too, rank 0's error
-(left by :func:`note_rank0_error`) names the root cause.
+If any process fails, the others are stopped and the error is raised,
+naming the root cause (:func:`note_rank_error`): the first rank that failed
+on its own (a missing part file, a bug) rather than because another rank
+stopped answering; if every error is of the second kind, rank 0's, which
+names the worker it lost.
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from .dist import WorkerFailure, free_port
 
-RANK0_ERROR = "rank0-error.txt"
-RANK0_ERROR_ENV = "GIST_RANK0_ERROR_FILE"
+RANK_ERRORS_ENV = "GIST_RANK_ERROR_DIR"
+OWN, LOST_PEER = "own", "lost-peer"
+"""How a rank failed: on its own, or because another rank stopped answering."""
 
 
 class LaunchFailure(RuntimeError):
-    """A process of :func:`launch_local` failed; the message is rank 0's error."""
+    """A process of :func:`launch_local` failed; the message is the root cause's error."""
 
 
 def launch_local(target: Callable[..., None], args: tuple[Any, ...], procs: int) -> None:
@@ -33,23 +37,35 @@ def launch_local(target: Callable[..., None], args: tuple[Any, ...], procs: int)
     if procs < 1:
         raise ValueError(f"procs must be >= 1, got {procs}")
     with tempfile.TemporaryDirectory() as tmp:
-        rank0_error = Path(tmp) / RANK0_ERROR
         env = {
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(free_port()),
             "WORLD_SIZE": str(procs),
             "LOCAL_WORLD_SIZE": str(procs),
-            RANK0_ERROR_ENV: str(rank0_error),
+            RANK_ERRORS_ENV: tmp,
         }
         try:
             mp.start_processes(_spawned, args=(env, target, args), nprocs=procs, start_method="spawn", join=True)
         except mp.ProcessRaisedException as exc:
-            # When rank 0 gives up on a worker, the other workers then lose rank 0
-            # and raise too; whichever the launcher sees first, rank 0's error
-            # names the root cause.
-            if exc.error_index != 0 and rank0_error.is_file():
-                raise LaunchFailure(rank0_error.read_text()) from exc
+            cause = root_cause(Path(tmp), procs)
+            if cause is not None:
+                raise LaunchFailure(cause[1]) from exc
             raise
+
+
+def root_cause(folder: Path, procs: int) -> tuple[int, str] | None:
+    """``(rank, error)`` of the first rank that failed on its own, else rank
+    0's error, from the notes of :func:`note_rank_error` in ``folder``."""
+    notes = {}
+    for rank in range(procs):
+        path = folder / f"rank{rank}.txt"
+        if path.is_file():
+            kind, _, text = path.read_text().partition("\n")
+            notes[rank] = (kind, text)
+    own = [rank for rank, (kind, _) in sorted(notes.items()) if kind == OWN]
+    if own:
+        return own[0], notes[own[0]][1]
+    return (0, notes[0][1]) if 0 in notes else None
 
 
 def _spawned(rank: int, env: dict[str, str], target: Callable[..., None], args: tuple[Any, ...]) -> None:
@@ -58,11 +74,14 @@ def _spawned(rank: int, env: dict[str, str], target: Callable[..., None], args: 
     target(rank, *args)
 
 
-def note_rank0_error(exc: BaseException) -> None:
-    """Under :func:`launch_local`, leave rank 0's error where the launcher
-    finds it; call it before rank 0 closes its process group, so before the
-    other ranks can notice that it is gone."""
-    path = os.environ.get(RANK0_ERROR_ENV)
-    if path:
-        text = str(exc) if isinstance(exc, WorkerFailure) else f"rank 0: {type(exc).__name__}: {exc}"
-        Path(path).write_text(text)
+def note_rank_error(rank: int, exc: BaseException) -> None:
+    """Under :func:`launch_local`, leave this rank's error where the launcher
+    finds it; call it before the rank closes its process group, so before
+    the other ranks can notice that it is gone."""
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder:
+        return
+    lost_peer = isinstance(exc, WorkerFailure) or isinstance(exc, dist.DistBackendError)
+    first = (str(exc).splitlines() or [""])[0]
+    text = first if isinstance(exc, WorkerFailure) else f"rank {rank}: {type(exc).__name__}: {first}"
+    Path(folder, f"rank{rank}.txt").write_text(f"{LOST_PEER if lost_peer else OWN}\n{text}")

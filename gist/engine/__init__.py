@@ -6,10 +6,13 @@
   data), RNG streams, local steps, batch sources.
 * :mod:`gist.engine.evaluation`: accuracy, and OGB's ``Evaluator``.
 * :mod:`gist.engine.checkpoint`: checkpoint files and ``--resume`` checks.
+* :mod:`gist.engine.divergence`: :class:`TrainingDiverged`, raised when a
+  round ends with a non-finite loss or parameter.
 * :mod:`gist.engine.setup`: the dataset, model and per-process graph a run builds.
 """
 
 from .checkpoint import Checkpointer
+from .divergence import TrainingDiverged
 from .driver import DriverSetup, RoundDriver, RoundWork
 from .evaluation import (
     SPLITS,
@@ -45,6 +48,7 @@ __all__ = [
     "RoundDriver",
     "RoundRecord",
     "RoundWork",
+    "TrainingDiverged",
     "Worker",
     "accuracy_evaluator",
     "accuracy_from_counts",

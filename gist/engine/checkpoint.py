@@ -37,11 +37,21 @@ class Checkpointer:
         return self.path
 
     def load(self) -> dict[str, Any]:
-        """The saved state; ``ValueError`` if there is none, or if it was made
-        with settings that change results differently from this run's."""
+        """The saved state; ``ValueError`` if there is none, if it cannot be
+        read (corrupt or incomplete), or if it was made with settings that
+        change results differently from this run's."""
         if not self.path.is_file():
             raise ValueError(f"--resume: no checkpoint at {self.path}")
-        state = torch.load(self.path, weights_only=True)
+        try:
+            state = torch.load(self.path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, wrong file
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ValueError(
+                f"--checkpoint {self.path} is corrupt or incomplete ({type(exc).__name__}: {first}); "
+                "delete it to start over, or point --checkpoint at another checkpoint"
+            ) from exc
+        if not isinstance(state, dict):
+            raise ValueError(f"--checkpoint {self.path} is not a gist checkpoint; point --checkpoint elsewhere")
         saved = RunConfig.from_dict(state.get("config", state.get("settings", {})), strict=False).results()
         now = self.cfg.results()
         wrong = [

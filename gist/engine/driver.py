@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..comm import FROM_WORKER, TO_WORKER, ByteLedger, WorkerStats
 from ..config import RunConfig
 from .checkpoint import Checkpointer
+from .divergence import check_round
 from .evaluation import Evaluator
 from .records import RoundRecord, history_summary, parallel_round_seconds
 from .setup import RankSetup
@@ -166,7 +167,11 @@ class RoundDriver(ABC):
         return self.name
 
     def run_round(self) -> RoundRecord:
-        """Train one round, evaluate it if scheduled, record it."""
+        """Train one round, evaluate it if scheduled, record it.
+
+        Raises :class:`~gist.engine.divergence.TrainingDiverged`, before
+        anything of the round is recorded, if a worker's loss or the model
+        is no longer finite."""
         if not self._started:
             self.start()
             self._started = True
@@ -174,6 +179,7 @@ class RoundDriver(ABC):
         start = time.perf_counter()
         work = self.train_round(r)
         seconds = time.perf_counter() - start
+        check_round(self.name, r, work.stats, [self.model])
         worker_seconds = [s.seconds for s in work.stats.values()]
         record = RoundRecord(
             round=r,

@@ -100,7 +100,8 @@ def context_axes(logs: Sequence[dict[str, Any]]) -> list[str]:
 
 def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """One row per run: grid position, best validation, test and round there,
-    whether it was :func:`still_rising`, total bytes per worker, and the curve
+    whether it was :func:`still_rising`, total bytes per worker, the reason it
+    failed (``failure``, ``None`` for a run that completed), and the curve
     (column ``curve``)."""
     axes = context_axes(logs)
     rows = []
@@ -124,6 +125,8 @@ def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "bytes_per_worker": float(curve["bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
                 "eval_bytes_per_worker": float(curve["eval_bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
                 "seconds": float(curve["seconds"].iloc[-1]) if len(curve) else 0.0,
+                "failure": log["failure"]["message"] if log.get("failure") else None,
+                "run_id": s.get("run_id", ""),
                 "curve": curve,
             }
         )

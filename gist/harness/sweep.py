@@ -34,7 +34,10 @@ Every run writes one JSON log, ``runs/<run id>.json``, when it completes
 (atomically, so a killed run leaves nothing half-written behind and is simply
 run again). A sweep started again skips every run whose log exists and was
 made with the same settings; a log made with different settings is an error,
-never silently overwritten. Logs written before the config was nested (flat
+never silently overwritten. A run that diverges (see
+:class:`gist.run.RunFailed`) is recorded as failed, with the rounds before
+it and the reason, and the sweep moves on; it is not run again unless asked
+(``retry_failed``, ``gist sweep --retry-failed``). Logs written before the config was nested (flat
 ``config``) and before ``full`` was a method of its own (``method = "gist"``
 with ``m = 1``) are read as they are (:func:`migrate_log`).
 """
@@ -56,7 +59,7 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig, flat_names
 from ..methods import get_method, method_names
-from ..run import launch_local, run_training, write_json
+from ..run import RunFailed, launch_local, run_training, write_json
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -305,6 +308,7 @@ def compact_log(log: dict[str, Any], run: PlannedRun, cfg: SweepConfig) -> dict[
         "setup_bytes": per_round.get(-1, {}),
         "rounds": rounds,
         "summary": log["summary"],
+        **({"failure": log["failure"]} if "failure" in log else {}),
     }
 
 
@@ -361,10 +365,13 @@ def run_sweep(
     progress: bool = True,
     runner: Callable[[PlannedRun, bool, bool], dict[str, Any]] = execute,
     say: Callable[[str], None] = print,
+    retry_failed: bool = False,
 ) -> dict[str, int]:
-    """Run every planned run of ``cfg`` whose log is not in ``out_dir/runs``.
+    """Run every planned run of ``cfg`` whose log is not in ``out_dir/runs``
+    (and, with ``retry_failed``, every run whose log records a failure).
 
-    Returns ``{"planned", "skipped", "ran"}``. The config is copied to
+    Returns ``{"planned", "skipped", "ran", "failed"}`` (``failed``: runs of
+    this invocation that diverged; ``ran`` counts them too). The config is copied to
     ``out_dir/config.toml`` so :func:`gist.harness.tables.tabulate` can be re-run
     from the directory alone.
     """
@@ -375,10 +382,17 @@ def run_sweep(
     for stale in runs_dir.glob("*.tmp"):  # a run killed while its log was being written
         stale.unlink()
     planned = plan(cfg)
-    todo = [r for r in planned if stored_log(runs_dir / f"{r.run_id}.json", r) is None]
-    counts = {"planned": len(planned), "skipped": len(planned) - len(todo), "ran": 0}
+    stored = {r.run_id: stored_log(runs_dir / f"{r.run_id}.json", r) for r in planned}
+    failed_before = [r.run_id for r in planned if stored[r.run_id] is not None and "failure" in stored[r.run_id]]
+    todo = [r for r in planned if stored[r.run_id] is None or (retry_failed and "failure" in stored[r.run_id])]
+    counts = {"planned": len(planned), "skipped": len(planned) - len(todo), "ran": 0, "failed": 0}
     if counts["skipped"]:
         say(f"sweep {cfg.name}: {counts['skipped']} of {len(planned)} runs already done in {runs_dir}")
+    if failed_before and not retry_failed:
+        say(
+            f"sweep {cfg.name}: {len(failed_before)} of them failed before ({', '.join(failed_before)}); "
+            "--retry-failed runs them again"
+        )
     bar = tqdm(
         total=len(planned),
         initial=counts["skipped"],
@@ -392,6 +406,10 @@ def run_sweep(
             bar.set_postfix_str(run.run_id, refresh=True)
             try:
                 log = runner(run, cfg.processes, progress)
+            except RunFailed as exc:
+                log = exc.log
+                counts["failed"] += 1
+                say(f"sweep {cfg.name}: run {run.run_id} failed: {exc}; recorded, going on")
             except Exception as exc:
                 raise SweepError(f"sweep {cfg.name}: run {run.run_id} failed: {exc}") from exc
             write_json(compact_log(log, run, cfg), runs_dir / f"{run.run_id}.json")

@@ -22,6 +22,8 @@ Inputs are the run logs :func:`gist.harness.sweep.run_sweep` writes
 * **still rising**: the seeds whose run had not converged when it stopped
   (:func:`gist.harness.curves.still_rising`); **best round** the round of
   the best validation.
+* **failed**: runs that diverged (a non-finite loss or parameter), listed
+  under the table with the reason and left out of every other column.
 * **to target**: bytes per worker and seconds at the first evaluated round
   whose validation reaches the target; a run that never reaches it has none.
 * **at gist's bytes / seconds**: the best validation among the evaluated
@@ -68,22 +70,33 @@ def summarize(
     """A row per extra-axes value, method, ``m`` and ``ζ``: seeds, best val and
     test at best val (mean, std), bytes per worker, bytes and seconds to the
     target (mean over the seeds that reach it; ``reached`` counts them), and
-    the ratio of bytes to target against ``ddp`` at the same ``m`` and ``ζ``."""
-    goal = targets(runs, axes, target_drop, target)
+    the ratio of bytes to target against ``ddp`` at the same ``m`` and ``ζ``.
+
+    Failed (diverged) runs are counted in ``failed`` and left out of every
+    other column, the target included."""
     runs = runs.copy()
-    reach = [first_reach(c, goal[tuple(row[a] for a in axes)]) for c, (_, row) in zip(runs["curve"], runs.iterrows())]
+    if "failure" not in runs:
+        runs["failure"] = None
+    completed = runs[runs["failure"].isna()]
+    goal = targets(completed, axes, target_drop, target)
+    reach = [
+        first_reach(c, goal.get(tuple(row[a] for a in axes), math.nan))
+        for c, (_, row) in zip(runs["curve"], runs.iterrows())
+    ]
     runs["bytes_to_target"] = [r["bytes_per_worker"] if r else math.nan for r in reach]
     runs["seconds_to_target"] = [r["seconds"] if r else math.nan for r in reach]
     runs["reached"] = [r is not None for r in reach]
     order = {m: i for i, m in enumerate(method_names())}
     rows = []
-    for key, g in runs.groupby([*axes, *GROUP], sort=False, dropna=False):
+    for key, every in runs.groupby([*axes, *GROUP], sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         rec = dict(zip([*axes, *GROUP], key))
+        g = every[every["failure"].isna()]
         rec.update(
             {
-                "target": goal[tuple(rec[a] for a in axes)],
+                "target": goal.get(tuple(rec[a] for a in axes), math.nan),
                 "seeds": len(g),
+                "failed": len(every) - len(g),
                 "best_val": g["best_val"].mean(),
                 "best_val_std": _std(g["best_val"]),
                 "test_at_best_val": g["test_at_best_val"].mean(),
@@ -114,7 +127,7 @@ def summarize(
         base = ddp["mb_to_target"].iloc[0] if len(ddp) else math.nan
         ratios.append(row["mb_to_target"] / base if base and not math.isnan(base) else math.nan)
     table["bytes_vs_ddp"] = ratios
-    _add_budget_columns(table, runs, axes)
+    _add_budget_columns(table, runs[runs["failure"].isna()], axes)
     table["_order"] = table["method"].map(lambda name: order.get(name, len(order)))
     table = table.sort_values([*axes, "_order", "m", "zeta"], kind="stable").drop(columns="_order")
     return table.reset_index(drop=True)
@@ -215,7 +228,17 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
     )
     if table["best_parts_val"].notna().any():
         shown.insert(9, "best val on parts", [_num(v, ".4f") for v in table["best_parts_val"]])
+    if table["failed"].any():
+        shown.insert(len(axes) + 4, "failed", table["failed"])
     return shown.to_markdown(index=False)
+
+
+def failure_lines(runs: pd.DataFrame) -> list[str]:
+    """One line per failed run: its id and the reason."""
+    if "failure" not in runs:
+        return []
+    failed = runs[runs["failure"].notna()]
+    return [f"- `{row['run_id']}`: {row['failure']}" for _, row in failed.iterrows()]
 
 
 def tabulate(
@@ -285,8 +308,17 @@ def tabulate(
         markdown_table(table, axes),
         "",
     ]
+    failures = failure_lines(runs)
+    if failures:
+        lines += [
+            "Failed runs ('failed' column; left out of every other column, `gist sweep --retry-failed` "
+            "runs them again):",
+            "",
+            *failures,
+            "",
+        ]
     text = "\n".join(lines)
     (results_dir / "table.md").write_text(text)
     if plots:
-        write_plots(runs, axes, results_dir, goal, title=cfg.name)
+        write_plots(runs[runs["failure"].isna()], axes, results_dir, goal, title=cfg.name)
     return text, table
