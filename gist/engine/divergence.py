@@ -71,6 +71,7 @@ def check_round(method: str, round: int, stats: Mapping[int, WorkerStats], modul
     tensor = first_non_finite(modules)
     if workers:
         losses = ", ".join(f"{stats[i].loss}" for i in workers)
-        raise TrainingDiverged(method, round, workers, f"the training loss became {losses}")
+        noun = "loss" if len(workers) == 1 else "losses"
+        raise TrainingDiverged(method, round, workers, f"the training {noun} became {losses}")
     if tensor is not None:
         raise TrainingDiverged(method, round, [], f"the model's {tensor!r} holds NaN or infinite values")
