@@ -188,8 +188,8 @@ class DistConfig:
     timeout: float = setting(
         60.0,
         changes_results=False,
-        help="seconds rank 0 waits for a worker before failing with an error naming it; "
-        "workers wait twice as long for rank 0",
+        help="seconds a rank waits on a peer that is dead (no heartbeat) or hung (idle, waiting on no one) "
+        "before failing with an error naming it; a peer that is only slow is waited for",
     )
     threads: Optional[int] = setting(None, changes_results=False, minimum=1, help="torch CPU threads")
 

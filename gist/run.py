@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from .comm.dist import init_distributed
+from .comm.dist import DistContext, init_distributed
 from .comm.launch import launch_local as launch_processes
 from .comm.launch import note_rank_error
 from .config import RunConfig
@@ -58,6 +58,8 @@ class Built:
     dataset_split: Optional[str]
     transport: str
     setup_seconds: float
+    ctx: Optional[DistContext] = None
+    """This process's place in a ``torch.distributed`` job, if it is in one."""
 
 
 def build(cfg: RunConfig, progress: bool = True) -> Built:
@@ -79,7 +81,7 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
         ctx = init_distributed(cfg.dist.dist_backend, cfg.dist.timeout)
         setup = RankSetup(cfg, ctx, progress)
         driver = method.distributed(setup)
-        return Built(driver, setup.split, f"torch.distributed ({ctx.backend})", time.perf_counter() - started)
+        return Built(driver, setup.split, f"torch.distributed ({ctx.backend})", time.perf_counter() - started, ctx)
     dataset = load_run_dataset(cfg)
     model = full_model(cfg, dataset.num_features, dataset.num_classes)
     evaluator, scored_by = (
@@ -133,6 +135,8 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
     finally:
         if built is not None and built.driver is not None:
             built.driver.close()
+        if built is not None and built.ctx is not None:
+            built.ctx.close()
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -149,6 +149,10 @@ class Collective(ABC):
     def close(self) -> None:
         """Release resources (the process group is the caller's)."""
 
+    def round_starts(self, round: int) -> None:
+        """Called by every worker as it starts ``round`` (where a test may
+        inject a fault into a real process)."""
+
 
 class InProcessCollective(Collective):
     """All ``m`` workers in this process: every collective is computed here, in

@@ -24,9 +24,9 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -43,9 +43,14 @@ from .ledger import (
     record_handshake,
     tensor_nbytes,
 )
+from .liveness import Liveness, PeerSilent
 from .transport import EVAL_COUNTS, Evaluation, SubnetWorker, Transport, WorkerReport, WorkerStats
 
 DEFAULT_TIMEOUT_S = 60.0
+PROCESS_GROUP_TIMEOUT = timedelta(hours=24)
+"""gloo's own bound on one operation: long, because :class:`Liveness`, not
+gloo, decides when a silent peer is dead or hung (a slow one is waited for)."""
+T = TypeVar("T")
 
 
 class WorkerFailure(RuntimeError):
@@ -75,6 +80,18 @@ class DistContext:
     local_rank: int
     backend: str
     timeout_s: float
+    liveness: Optional[Liveness] = field(default=None, compare=False, repr=False)
+    """Heartbeats and watched waits; without it a wait is bounded by the
+    process group's own timeout."""
+
+    def wait_on(self, peers: Sequence[int], fn: Callable[[], T]) -> T:
+        """``fn()``, a blocking call that waits on ``peers``, failing with
+        :class:`~gist.comm.liveness.PeerSilent` if one of them is dead or hung."""
+        return fn() if self.liveness is None else self.liveness.call(fn, peers)
+
+    def close(self) -> None:
+        if self.liveness is not None:
+            self.liveness.stop()
 
 
 def default_backend() -> str:
@@ -86,10 +103,9 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_T
     """Join the process group described by torchrun's environment variables
     (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
 
-    ``timeout_s`` bounds how long rank 0 waits for a worker; workers wait
-    twice as long for rank 0. A hung worker is thus detected and named by
-    rank 0 first (and the launcher stops the rest), while a dead rank 0
-    still stops every worker within ``2 * timeout_s``.
+    ``timeout_s`` bounds the rendezvous, and how long a rank waits on a
+    peer that is dead (no heartbeat) or hung (alive, but idle and waiting on
+    no one); a peer that is only slow is waited for (:mod:`.liveness`).
     """
     missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
@@ -100,10 +116,13 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_T
     backend = backend or default_backend()
     if timeout_s <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout_s}")
-    wait = timeout_s if int(os.environ["RANK"]) == 0 else 2 * timeout_s
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=wait))
-    return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), backend, timeout_s)
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+        store.set_timeout(timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT)
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    liveness = Liveness.from_environment(rank, world_size, timeout_s)
+    return DistContext(rank, world_size, int(os.environ.get("LOCAL_RANK", 0)), backend, timeout_s, liveness)
 
 
 def comm_device(ctx: DistContext) -> torch.device:
@@ -112,8 +131,9 @@ def comm_device(ctx: DistContext) -> torch.device:
 
 
 def _send(tensor: Tensor, dst: int, ctx: DistContext, what: str) -> None:
+    buf = tensor.to(comm_device(ctx))
     try:
-        dist.send(tensor.to(comm_device(ctx)), dst=dst)
+        ctx.wait_on([dst], lambda: dist.send(buf, dst=dst))
     except Exception as exc:  # noqa: BLE001 - gloo raises RuntimeError/DistBackendError
         raise WorkerFailure(dst, what, exc) from exc
 
@@ -121,10 +141,22 @@ def _send(tensor: Tensor, dst: int, ctx: DistContext, what: str) -> None:
 def _recv(like: Tensor, src: int, ctx: DistContext, what: str) -> Tensor:
     buf = torch.empty_like(like, device=comm_device(ctx))
     try:
-        dist.recv(buf, src=src)
+        ctx.wait_on([src], lambda: dist.recv(buf, src=src))
     except Exception as exc:  # noqa: BLE001
         raise WorkerFailure(src, what, exc) from exc
     return buf.cpu()
+
+
+def collective(ctx: DistContext, what: str, fn: Callable[[], T]) -> T:
+    """``fn()``, a collective every rank takes part in, watched like every
+    wait: a peer judged dead or hung is named (:class:`WorkerFailure`); any
+    other failure is a :class:`CollectiveFailure`."""
+    try:
+        return ctx.wait_on(range(ctx.world_size), fn)
+    except PeerSilent as exc:
+        raise WorkerFailure(exc.rank, what, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - gloo raises RuntimeError/DistBackendError
+        raise CollectiveFailure(ctx.rank, what, exc) from exc
 
 
 def _post(op, tensor: Tensor, peer: int, what: str):
@@ -134,9 +166,9 @@ def _post(op, tensor: Tensor, peer: int, what: str):
         raise WorkerFailure(peer, what, exc) from exc
 
 
-def _wait(work, peer: int, what: str) -> None:
+def _wait(work, peer: int, ctx: DistContext, what: str) -> None:
     try:
-        work.wait()
+        ctx.wait_on([peer], work.wait)
     except Exception as exc:  # noqa: BLE001
         raise WorkerFailure(peer, what, exc) from exc
 
@@ -182,8 +214,8 @@ class DistTransport(Transport):
         own = self.worker0.train_round(round, payloads[0].clone())
         reports = [WorkerReport(own.params, WorkerStats.from_tensor(own.stats.to_tensor(own.params.dtype)))]
         for rank in range(1, self.num_subnets):
-            _wait(sends[rank], rank, f"round {round} (sending parameters)")
-            _wait(recvs[rank], rank, f"round {round} (waiting for its parameters)")
+            _wait(sends[rank], rank, self.ctx, f"round {round} (sending parameters)")
+            _wait(recvs[rank], rank, self.ctx, f"round {round} (waiting for its parameters)")
             buf = bufs[rank].cpu()
             reports.append(WorkerReport(buf[:numel], WorkerStats.from_tensor(buf[numel:])))
         stats_bytes = WorkerStats.nbytes(payloads[0].dtype)
@@ -216,7 +248,7 @@ class DistTransport(Transport):
         self.worker0.load_eval_model(flat_model.clone())
         try:
             for rank in range(1, self.num_subnets):
-                _wait(sends[rank], rank, what)
+                _wait(sends[rank], rank, self.ctx, what)
             totals = []
             for k in range(batch_norms):
                 mine = self.worker0.batch_norm_moments(k)
@@ -280,12 +312,10 @@ def serve_worker(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtoco
         _send(worker.label_counts(protocol.label_classes), 0, ctx, "set-up (label counts)")
         total = _recv(torch.zeros(protocol.label_classes, dtype=torch.int64), 0, ctx, "set-up (label counts)")
         worker.set_label_prior(total)
-    fault = _injected_fault(ctx.rank)
     for round in range(start_round, protocol.rounds):
         like = torch.empty(worker.param_numel_at(round), dtype=worker.param_dtype)
         params = _recv(like, 0, ctx, f"round {round} (waiting for rank 0)")
-        if fault is not None and fault[0] == round:
-            _fail(fault[1])
+        inject_fault(ctx.rank, round)
         report = worker.train_round(round, params)
         reply = torch.cat([report.params, report.stats.to_tensor(report.params.dtype)])
         _send(reply, 0, ctx, f"round {round} (returning parameters)")
@@ -327,10 +357,7 @@ class DistCollective(Collective):
         return False
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - gloo raises RuntimeError/DistBackendError
-            raise CollectiveFailure(self.ctx.rank, what, exc) from exc
+        return collective(self.ctx, what, fn)
 
     def _exchange_handshake(self, header: Tensor, data_bytes: Mapping[int, int]) -> tuple[Tensor, dict[int, Tensor]]:
         self._call("set-up", lambda: dist.broadcast(header, src=0))
@@ -358,6 +385,9 @@ class DistCollective(Collective):
         self._call("gathering the stats", lambda: dist.gather(mine, out, dst=0))
         return {w: WorkerStats.from_tensor(t) for w, t in enumerate(out)}
 
+    def round_starts(self, round: int) -> None:
+        inject_fault(self.ctx.rank, round)
+
     def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:
         out: Optional[list[Any]] = [None] * self.num_workers if self.ctx.rank == 0 else None
         self._call("gathering a checkpoint", lambda: dist.gather_object(objects[self.ctx.rank], out, dst=0))
@@ -371,23 +401,36 @@ class DistCollective(Collective):
 
 
 FAULT_ENV = "GIST_INJECT_FAULT"
+FAULT_STAMP_ENV = "GIST_FAULT_STAMP"
+FAULT_KINDS = ("exit", "hang", "slow")
 
 
-def _injected_fault(rank: int) -> Optional[tuple[int, str]]:
-    """For fault-tolerance tests: ``GIST_INJECT_FAULT=RANK:ROUND:{exit,hang}``
-    makes that rank die (or stop answering) after receiving that round."""
+def inject_fault(rank: int, round: int) -> None:
+    """For fault-tolerance tests: ``GIST_INJECT_FAULT=RANK:ROUND:KIND`` makes
+    that rank, as it starts that round, die (``exit``), stop answering
+    (``hang``) or compute for a while before training (``slow=SECONDS``).
+    With ``GIST_FAULT_STAMP=PATH`` it first writes the wall-clock time to PATH."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
-        return None
-    fault_rank, fault_round, kind = spec.split(":")
-    if kind not in ("exit", "hang"):
-        raise ValueError(f"{FAULT_ENV} kind must be 'exit' or 'hang', got {kind!r}")
-    return (int(fault_round), kind) if int(fault_rank) == rank else None
-
-
-def _fail(kind: str) -> None:
+        return
+    fault_rank, fault_round, fault = spec.split(":")
+    kind, _, arg = fault.partition("=")
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"{FAULT_ENV} kind must be one of {FAULT_KINDS}, got {fault!r}")
+    if (int(fault_rank), int(fault_round)) != (rank, round):
+        return
+    stamp = os.environ.get(FAULT_STAMP_ENV)
+    if stamp:
+        with open(stamp, "w") as fh:
+            fh.write(repr(time.time()))
     if kind == "exit":
         os._exit(17)
+    if kind == "slow":  # busy, as local steps are, for longer than the timeout
+        end = time.monotonic() + float(arg)
+        x = torch.randn(256, 256)
+        while time.monotonic() < end:
+            x = torch.tanh(x @ x)
+        return
     while True:
         time.sleep(60)
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 from torch_geometric.data import Data
 
-from ..comm.dist import DistContext
+from ..comm.dist import DistContext, collective
 from ..config import ModelConfig, RunConfig
 from ..data import NodeDataset, load_dataset
 from ..graph.parts import ensure_partitions, load_part, partition_dir, read_meta
@@ -93,7 +93,7 @@ class RankSetup:
             ensure_partitions(
                 d.root, d.dataset, self.cfg.subnets, d.partitioner, self.cfg.seed, d.halo_hops, progress=self.progress
             )
-        dist.barrier()
+        collective(self.ctx, "set-up (rank 0 writing the part files)", dist.barrier)
 
     def load_dataset(self) -> NodeDataset:
         dataset = load_run_dataset(self.cfg)

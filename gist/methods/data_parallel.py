@@ -217,6 +217,7 @@ class DataParallelMethod(RoundDriver):
         and the seconds spent combining (all-reduces)."""
 
     def train_round(self, round: int) -> RoundWork:
+        self.collective.round_starts(round)
         losses, seconds, merge_seconds = self.train_workers(round)
         stats = {i: WorkerStats(mean_or_nan(losses[i]), len(losses[i]), seconds[i]) for i in self.local_workers}
         return RoundWork(self.collective.gather_stats(round, stats, self.dtype), merge_seconds=merge_seconds)
