@@ -4,6 +4,15 @@ Split the hidden widths of a wide GCN / GraphSAGE into ``m`` groups, train
 each narrow sub-network on a worker for ``ζ`` local steps, merge, repeat.
 """
 
+import os
+
+# OpenMP threads that spin while they wait make torch 2-3x slower when
+# another process shares the cores; waiting passively costs about 6% on an
+# idle machine (benchmarks/threads.py, results/threads.md). Only effective
+# when gist is imported before torch, as the `gist` command is; set
+# OMP_WAIT_POLICY=ACTIVE for dedicated cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .comm import ByteLedger, Collective, InProcessCollective, InProcessTransport, Transport
 from .config import CheckpointConfig, DataConfig, DistConfig, LocalConfig, ModelConfig, RunConfig
 from .engine import RoundDriver, RoundRecord, RoundWork, Worker, evaluate

@@ -5,6 +5,8 @@ behind."""
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see gist/__init__.py
 import shutil
 import tempfile
 import time
