@@ -5,8 +5,7 @@ behind."""
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see gist/__init__.py
+import re
 import shutil
 import tempfile
 import time
@@ -15,12 +14,17 @@ from pathlib import Path
 import psutil
 import pytest
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see gist/__init__.py
+
 LEFTOVER_GRACE_S = 10.0
 """How long child processes get to exit once the last test is done."""
 OWN_TEMP_PREFIXES = ("pytest-of-", "pymp-", "torch_")
 """Temporary entries that are not the tests' to clean: pytest's own base
 folder (it keeps the last three runs) and those Python's multiprocessing and
 torch remove when this process exits."""
+PYG_GENERATED = re.compile(r"_(propagate|edge_updater)_\w+\.py$")
+"""The modules PyG writes for each message-passing class, once per process,
+and keeps (torch_geometric.template)."""
 _TEMP_BEFORE = pytest.StashKey[set]()
 
 
@@ -53,7 +57,11 @@ def real_data_root(tmp_path_factory):
 
 
 def _temp_entries() -> set[str]:
-    return {name for name in os.listdir(tempfile.gettempdir()) if not name.startswith(OWN_TEMP_PREFIXES)}
+    return {
+        name
+        for name in os.listdir(tempfile.gettempdir())
+        if not name.startswith(OWN_TEMP_PREFIXES) and not PYG_GENERATED.search(name)
+    }
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -130,6 +130,8 @@ def test_torchrun_launch_matches_spawned_processes(tmp_path):
         "127.0.0.1",
         "--master-port",
         port,
+        "--log-dir",
+        str(tmp_path / "torchrun-logs"),
         "-m",
         "gist",
         "train",

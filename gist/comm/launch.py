@@ -44,13 +44,18 @@ def launch_local(target: Callable[..., None], args: tuple[Any, ...], procs: int)
             "LOCAL_WORLD_SIZE": str(procs),
             RANK_ERRORS_ENV: tmp,
         }
+        context = mp.start_processes(_spawned, args=(env, target, args), nprocs=procs, start_method="spawn", join=False)
         try:
-            mp.start_processes(_spawned, args=(env, target, args), nprocs=procs, start_method="spawn", join=True)
+            while not context.join():
+                pass
         except mp.ProcessRaisedException as exc:
             cause = root_cause(Path(tmp), procs)
             if cause is not None:
                 raise LaunchFailure(cause[1]) from exc
             raise
+        finally:  # the files in which a failed process left its traceback
+            for path in context.error_files:
+                Path(path).unlink(missing_ok=True)
 
 
 def root_cause(folder: Path, procs: int) -> tuple[int, str] | None:
