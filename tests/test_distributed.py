@@ -310,3 +310,12 @@ def test_world_size_must_equal_subnets(tmp_path):
     settings = RunConfig.from_flat(dataset="csbm", root=str(tmp_path), hidden=16, subnets=4, rounds=1)
     with pytest.raises(Exception, match="run one process per worker"):
         launch_local(settings, 2, progress=False)
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_threads_apply_to_every_spawned_process(tmp_path, threads):
+    # default: the cores divided by the processes on this machine; --threads wins
+    settings = RunConfig.from_flat(dataset="csbm", root=str(tmp_path), hidden=16, subnets=2, rounds=1, threads=threads)
+    log = launch_local(settings, 2, progress=False)
+    expected = threads or max(1, (os.cpu_count() or 1) // 2)
+    assert log["environment"]["threads"] == expected
