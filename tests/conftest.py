@@ -4,6 +4,7 @@ behind."""
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import re
 import shutil
@@ -18,14 +19,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see g
 
 LEFTOVER_GRACE_S = 10.0
 """How long child processes get to exit once the last test is done."""
-OWN_TEMP_PREFIXES = ("pytest-of-", "pymp-", "torch_")
-"""Temporary entries that are not the tests' to clean: pytest's own base
-folder (it keeps the last three runs) and those Python's multiprocessing and
-torch remove when this process exits."""
-PYG_GENERATED = re.compile(r"_(propagate|edge_updater)_\w+\.py$")
-"""The modules PyG writes for each message-passing class, once per process,
-and keeps (torch_geometric.template)."""
-_TEMP_BEFORE = pytest.StashKey[set]()
+PYTHON_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+"""Child processes of Python's own that exit with this process."""
+NOT_OURS = re.compile(r"^(pytest-of-|torchinductor_)|_(propagate|edge_updater)_\w+\.py$")
+"""Temporary entries that are not the tests' to clean: pytest's base folder,
+torch's compile cache, and the modules PyG writes for each message-passing
+class once per process (torch_geometric.template)."""
+_PRIVATE_TEMP = pytest.StashKey[tuple]()
 
 
 def shared_data_dir() -> Path:
@@ -56,14 +56,6 @@ def real_data_root(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _temp_entries() -> set[str]:
-    return {
-        name
-        for name in os.listdir(tempfile.gettempdir())
-        if not name.startswith(OWN_TEMP_PREFIXES) and not PYG_GENERATED.search(name)
-    }
-
-
 def _alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
@@ -71,16 +63,30 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
+def _is_python_helper(proc: psutil.Process) -> bool:
+    try:
+        return any(helper in " ".join(proc.cmdline()) for helper in PYTHON_HELPERS)
+    except psutil.Error:
+        return True
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[_TEMP_BEFORE] = _temp_entries()
+    """Give the session (and every process it starts, through ``TMPDIR``) a
+    temporary folder of its own, so that what the tests leave is theirs alone."""
+    multiprocessing.util.get_temp_dir()  # removed by multiprocessing at exit: keep it outside
+    private = tempfile.mkdtemp(prefix="gist-tests-")
+    session.config.stash[_PRIVATE_TEMP] = (private, os.environ.get("TMPDIR"))
+    os.environ["TMPDIR"] = private
+    tempfile.tempdir = private
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if a test left a child process or a temporary file
-    behind (the processes are killed, the files listed)."""
+    """Fail the run if a test left a child process (it is killed) or a
+    temporary file (listed) behind; the session's temporary folder is removed
+    when the run passed, and kept for a look when it did not."""
     problems = []
     deadline = time.monotonic() + LEFTOVER_GRACE_S
-    children = [c for c in psutil.Process().children(recursive=True) if _alive(c)]
+    children = [c for c in psutil.Process().children(recursive=True) if _alive(c) and not _is_python_helper(c)]
     while children and time.monotonic() < deadline:
         time.sleep(0.5)
         children = [c for c in children if _alive(c)]
@@ -90,13 +96,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             child.kill()
         except psutil.Error:
             continue
-    before = session.config.stash.get(_TEMP_BEFORE, None)
-    if before is not None:
-        for name in sorted(_temp_entries() - before):
-            problems.append(f"left in the temporary folder: {Path(tempfile.gettempdir(), name)}")
+    private, old_tmpdir = session.config.stash[_PRIVATE_TEMP]
+    for name in sorted(os.listdir(private)):
+        if not NOT_OURS.search(name):
+            problems.append(f"left in the temporary folder: {Path(private, name)}")
+    if old_tmpdir is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old_tmpdir
+    tempfile.tempdir = None
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in problems:
+        if reporter is not None:
+            reporter.write_line(f"LEFTOVER: {line}", red=True)
     if problems:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        for line in problems:
-            if reporter is not None:
-                reporter.write_line(f"LEFTOVER: {line}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if problems or session.exitstatus != pytest.ExitCode.OK:
+        if reporter is not None:
+            reporter.write_line(f"the session's temporary files are kept in {private}")
+    else:
+        shutil.rmtree(private, ignore_errors=True)
