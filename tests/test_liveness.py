@@ -84,8 +84,8 @@ def store_address(monkeypatch):
 
 def test_heartbeats_through_a_real_store(store_address):
     host, port = store_address
-    me = Liveness(0, 2, 0.8, host, port)
-    peer = Liveness(1, 2, 0.8, host, port)
+    me = Liveness(0, 0.8, host, port)
+    peer = Liveness(1, 0.8, host, port)
     try:
         first = me.read(1)
         time.sleep(0.3)

@@ -121,7 +121,7 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_T
         store.set_timeout(timedelta(seconds=timeout_s))
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT)
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    liveness = Liveness.from_environment(rank, world_size, timeout_s)
+    liveness = Liveness.from_environment(rank, timeout_s)
     return DistContext(rank, world_size, int(os.environ.get("LOCAL_RANK", 0)), backend, timeout_s, liveness)
 
 

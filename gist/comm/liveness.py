@@ -120,9 +120,8 @@ class PeerWatch:
 class Liveness:
     """This rank's heartbeat and its watched waits (see the module docstring)."""
 
-    def __init__(self, rank: int, world_size: int, timeout_s: float, host: str, port: int) -> None:
+    def __init__(self, rank: int, timeout_s: float, host: str, port: int) -> None:
         self.rank = rank
-        self.world_size = world_size
         self.timeout_s = timeout_s
         self.period = heartbeat_period(timeout_s)
         self._address = (host, port)
@@ -136,10 +135,10 @@ class Liveness:
         self._started.wait(self.timeout_s)
 
     @classmethod
-    def from_environment(cls, rank: int, world_size: int, timeout_s: float) -> Liveness:
+    def from_environment(cls, rank: int, timeout_s: float) -> Liveness:
         """Heartbeats through the store at ``MASTER_ADDR:MASTER_PORT`` (the
         rendezvous store of torchrun and of :func:`gist.comm.launch.launch_local`)."""
-        return cls(rank, world_size, timeout_s, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+        return cls(rank, timeout_s, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
 
     def _store(self) -> dist.Store:
         host, port = self._address
