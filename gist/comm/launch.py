@@ -46,8 +46,8 @@ def launch_local(target: Callable[..., None], args: tuple[Any, ...], procs: int)
         }
         context = mp.start_processes(_spawned, args=(env, target, args), nprocs=procs, start_method="spawn", join=False)
         try:
-            while not context.join():
-                pass
+            while not context.join():  # blocks until a process ends; True once all have
+                continue
         except mp.ProcessRaisedException as exc:
             cause = root_cause(Path(tmp), procs)
             if cause is not None:
