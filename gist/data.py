@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import fcntl
 import functools
 import numbers
 import os
+import shutil
 import socket
 import threading
 import urllib.parse
@@ -60,6 +60,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
+
+from .files import exclusive_lock
 
 __all__ = [
     "DEFAULT_ROOT_ENV",
@@ -524,23 +526,12 @@ def _fetch(
     return _download(files, construct, download_ctx, extra_paths)
 
 
-@contextlib.contextmanager
-def _dataset_lock(folder: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``<folder>.lock`` beside the dataset folder,
-    so that one process at a time processes or reads it; no lock where that
-    file cannot be created (a read-only data root already holds its processed files)."""
-    lock_path = folder.with_name(f".{folder.name}.lock")
-    try:
-        handle = open(lock_path, "a")
-    except OSError:
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _dataset_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``.<folder>.lock`` beside the dataset folder, so
+    that one process at a time processes or reads it (the file is removed
+    afterwards); no lock where that file cannot be created (a read-only data
+    root already holds its processed files)."""
+    return exclusive_lock(folder.with_name(f".{folder.name}.lock"), required=False)
 
 
 def _corrupt(files: _Files, exc: BaseException, had_processed: bool, which: Path | None) -> DatasetCorruptError:
@@ -559,14 +550,19 @@ def _corrupt(files: _Files, exc: BaseException, had_processed: bool, which: Path
 
 
 def _construct_present(files: _Files, construct: Callable[[], Any]) -> Any:
-    """``construct()`` over present files; :class:`DatasetCorruptError` if they do not load."""
+    """``construct()`` over present files; :class:`DatasetCorruptError` if they
+    do not load (and a processed folder that this attempt created is removed)."""
     had_processed = files.processed.exists()
+    processed_dir = files.processed.parent
+    had_processed_dir = processed_dir.exists()
     try:
         with _no_stdin(), torch.serialization.safe_globals(_pyg_safe_globals()):
             return construct()
     except DatasetNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - present files that do not load
+        if not had_processed_dir:
+            shutil.rmtree(processed_dir, ignore_errors=True)
         which = None if had_processed else files.find_corrupt()
         raise _corrupt(files, exc, had_processed, which) from exc
 

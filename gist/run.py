@@ -35,6 +35,7 @@ from .engine import (
     ogb_metric,
 )
 from .engine.setup import coordinator_evaluator
+from .files import atomic_write
 from .methods import get_method
 
 
@@ -239,7 +240,5 @@ def write_json(obj: Any, path: str | Path) -> None:
     """Write JSON atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
+    with atomic_write(path) as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh, indent=1, allow_nan=True)
-    os.replace(tmp, path)

@@ -210,6 +210,9 @@ def test_truncated_raw_file_names_the_file(raw_cora, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert f"{x} is corrupt or incomplete" in err and "copy ind.cora.x again" in err
+    cora = raw_cora / "planetoid" / "Cora"
+    assert sorted(p.name for p in cora.iterdir()) == ["raw"]  # no empty processed/ left behind
+    assert sorted(p.name for p in cora.parent.iterdir()) == ["Cora"]  # and no lock file
 
 
 def test_truncated_processed_file_says_delete_it(raw_cora):

@@ -213,6 +213,8 @@ def test_cli(tmp_path, capsys):
     d = partition_dir(tmp_path, "csbm", 3, "random", 0, 0)
     assert str(d) in out and "wrote" in out
     assert out.count("part ") == 3 and "train nodes" in out
+    assert sorted(p.name for p in d.parent.iterdir()) == [d.name]  # no lock file left beside it
+    assert not [p for p in d.iterdir() if ".tmp" in p.name]
     mtime = (d / "meta.json").stat().st_mtime_ns
     assert args.func(args) == 0
     assert "reused" in capsys.readouterr().out
@@ -272,6 +274,7 @@ def test_concurrent_ensure(tmp_path):
     assert len(log.read_text().split()) == 1  # written once
     info = read_meta(d)
     assert info.num_parts == 2
+    assert not d.with_name(d.name + ".lock").exists()
 
 
 def _child_main(root, log, barrier, results) -> None:

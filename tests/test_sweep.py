@@ -172,7 +172,7 @@ def test_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(tmp_path):
     def dies_on_fourth(run, processes, progress):
         calls.append(run.run_id)
         if len(calls) == 4:
-            (out / "runs" / f"{run.run_id}.json.tmp").write_text('{"half": ')  # a log cut off mid-write
+            (out / "runs" / f".{run.run_id}.json.tmp-99999").write_text('{"half": ')  # a log cut off mid-write
             raise KeyboardInterrupt
         return execute(run, processes, False)
 
@@ -191,7 +191,7 @@ def test_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(tmp_path):
     )
     assert counts == {"planned": 14, "skipped": 3, "ran": 11, "failed": 0}
     assert again[0] == calls[3]  # the interrupted run is redone first
-    assert not list((out / "runs").glob("*.tmp"))
+    assert not list((out / "runs").glob(".*.tmp-*"))
     after = run_files(out)
     assert len(after) == 14 and all(after[k] == v for k, v in kept.items())
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import RunConfig
+from ..files import atomic_write
 
 NOT_COMPARED_ON_RESUME = ("rounds",)
 """Settings that change results but may differ on ``--resume`` (``rounds`` may grow)."""
@@ -31,9 +31,8 @@ class Checkpointer:
     def save(self, state: dict[str, Any]) -> Path:
         """Write ``state`` and the config atomically (a temporary file renamed into place)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({**state, "config": self.cfg.to_dict()}, tmp)
-        os.replace(tmp, self.path)
+        with atomic_write(self.path) as tmp:
+            torch.save({**state, "config": self.cfg.to_dict()}, tmp)
         return self.path
 
     def load(self) -> dict[str, Any]:

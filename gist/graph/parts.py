@@ -15,21 +15,18 @@ calls :func:`load_part` ``(dir, i)``, which opens ``part_<i>.pt`` (and
 Every file is written to a temporary name and moved into place with
 :func:`os.replace`; ``meta.json`` (with the sha256 of every part) comes last, so
 an interrupted run never looks complete and a damaged part is detected on load.
-:func:`ensure_partitions` serialises writers with ``fcntl.flock`` on
-``<dir>.lock`` (a local-filesystem lock: on network filesystems run
+:func:`ensure_partitions` serialises writers with an ``fcntl.flock`` on
+``<dir>.lock``, removed when released (a local-filesystem lock: on network filesystems run
 ``gist partition`` once before starting the workers).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from ..data import NodeDataset, default_root, load_dataset
+from ..files import atomic_write, exclusive_lock, fsync_dir
 from .partition import PARTITIONERS, partition_nodes, worker_subgraph
 
 __all__ = [
@@ -174,25 +172,6 @@ def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _replace_atomic(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _compact(t: Tensor) -> Tensor:
     """A contiguous CPU tensor that owns exactly its storage (torch.save writes whole storages)."""
     t = t.detach().cpu().contiguous()
@@ -201,17 +180,11 @@ def _compact(t: Tensor) -> Tensor:
     return t
 
 
-@contextlib.contextmanager
-def _locked(part_dir: Path) -> Iterator[None]:
-    """Exclusive ``flock`` on ``<part_dir>.lock`` (blocks until free)."""
+def _locked(part_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """Exclusive lock on ``<part_dir>.lock`` (blocks until free; removed when released)."""
     lock = _lock_path(part_dir)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return exclusive_lock(lock)
 
 
 # --------------------------------------------------------------------------- writing
@@ -249,7 +222,7 @@ def write_partitions(
     # Invalidate first: from here until the new meta.json lands, the folder is "incomplete".
     meta_path = out / META_NAME
     meta_path.unlink(missing_ok=True)
-    _fsync_dir(out)
+    fsync_dir(out)
     for stale in list(out.glob("part_*.pt")) + list(out.glob(".*.tmp-*")):
         stale.unlink(missing_ok=True)
 
@@ -261,13 +234,9 @@ def write_partitions(
         payload = {k: _compact(sub[k]) for k in PART_KEYS}
         del sub
         path = out / _part_name(i)
-        tmp = _tmp_name(path)
-        try:
+        with atomic_write(path, durable=True) as tmp:
             torch.save(payload, tmp)
             digest = _sha256_file(tmp)
-            _replace_atomic(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         summaries.append(
             {
                 "index": i,
@@ -304,13 +273,8 @@ def write_partitions(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "torch_version": torch.__version__,
     }
-    tmp = _tmp_name(meta_path)
-    try:
+    with atomic_write(meta_path, durable=True) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _replace_atomic(tmp, meta_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(out)
     return out
 
 

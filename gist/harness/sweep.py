@@ -379,8 +379,8 @@ def run_sweep(
     runs_dir = out / RUNS_DIR
     runs_dir.mkdir(parents=True, exist_ok=True)
     _save_config(cfg, out)
-    for stale in runs_dir.glob("*.tmp"):  # a run killed while its log was being written
-        stale.unlink()
+    for stale in runs_dir.glob(".*.tmp-*"):  # a run killed while its log was being written
+        stale.unlink(missing_ok=True)
     planned = plan(cfg)
     stored = {r.run_id: stored_log(runs_dir / f"{r.run_id}.json", r) for r in planned}
     failed_before = [r.run_id for r in planned if stored[r.run_id] is not None and "failure" in stored[r.run_id]]

@@ -1,0 +1,87 @@
+"""Files that are never seen half-written, and locks that leave nothing behind.
+
+* :func:`atomic_write`: write into a temporary file beside the target and move
+  it into place with :func:`os.replace`; whatever goes wrong, the target keeps
+  its old content and the temporary file is removed.
+* :func:`exclusive_lock`: an ``fcntl.flock`` on a lock file that is deleted
+  when the lock is released (local filesystems; on network filesystems run
+  the step that needs the lock once, before starting the workers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_write", "exclusive_lock", "fsync_dir"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path | str, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without an
+    error, the temporary file replaces ``path`` (``durable``: flushed to disk
+    first, and the folder entry too). On an error (a full disk, Ctrl-C) the
+    temporary file is removed and ``path`` is untouched.
+
+    ``with atomic_write(p) as tmp: torch.save(obj, tmp)``
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries to disk (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path | str, required: bool = True) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` for the block, then delete it.
+
+    Deleting a lock file races with a process that opened it just before:
+    that process would lock an orphaned file. So after locking, the holder
+    checks that the path still names the file it locked, and starts again if
+    not. ``required=False``: where the lock file cannot be created (a
+    read-only folder), run the block without a lock.
+    """
+    lock_path = Path(lock_path)
+    while True:
+        try:
+            handle = open(lock_path, "a")
+        except OSError:
+            if required:
+                raise
+            yield
+            return
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock_path)
+            except FileNotFoundError:
+                continue  # the previous holder deleted it after we opened it
+            if not os.path.samestat(current, os.fstat(handle.fileno())):
+                continue
+            try:
+                yield
+            finally:
+                lock_path.unlink(missing_ok=True)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
