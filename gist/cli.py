@@ -141,6 +141,12 @@ def _train(args: argparse.Namespace) -> int:
     if not log:  # a worker rank of a torchrun job: rank 0 reports
         return 0
     s, m = log["summary"], cfg.model
+    if s.get("resumed_from") == cfg.rounds:
+        print(
+            f"gist train: nothing left to train: {cfg.checkpoint.path} already holds all {cfg.rounds} rounds "
+            f"(pass a larger --rounds to continue); its summary follows",
+            file=sys.stderr,
+        )
     print(
         f"{cfg.method} {cfg.data.dataset} {m.kind} L={m.layers} d={m.hidden} m={cfg.subnets} "
         f"ζ={cfg.local.local_steps} rounds={s['rounds']} ({cfg.data.mode}): best val {s['best_val']:.4f} "

@@ -333,6 +333,16 @@ class RunConfig:
             getattr(self, name).check()
         return self
 
+    def check_processes(self, world_size: int) -> None:
+        """``ValueError`` unless a job of ``world_size`` processes can run
+        this config: GIST and its baselines run one process per worker."""
+        if world_size != self.subnets:
+            raise ValueError(
+                f"the job has {world_size} processes but m={self.subnets}: "
+                f"GIST and its baselines run one process per worker"
+                + (f" (--method {self.method} uses m = 1)" if self.subnets == 1 and world_size > 1 else "")
+            )
+
     def is_eval_round(self, round: int) -> bool:
         """The evaluation schedule: every ``eval_every`` rounds, and the last."""
         return (round + 1) % self.eval_every == 0 or round + 1 == self.rounds

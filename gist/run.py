@@ -61,6 +61,8 @@ class Built:
     setup_seconds: float
     ctx: Optional[DistContext] = None
     """This process's place in a ``torch.distributed`` job, if it is in one."""
+    resumed_from: Optional[int] = None
+    """The round a ``--resume`` continued from (rounds before it came from the checkpoint)."""
 
 
 def build(cfg: RunConfig, progress: bool = True) -> Built:
@@ -70,12 +72,7 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
     ``torch.distributed`` job described by torchrun's environment and builds
     its part (:meth:`~gist.engine.RoundDriver.distributed`)."""
     method = get_method(cfg.method)
-    method.check_config(cfg.check())
-    if cfg.scorer == "parts" and not method.evaluates_on_workers(cfg):
-        raise ValueError(
-            "scorer 'parts' is for --method gist with --data-mode partitioned and m > 1 "
-            "(its workers score their own parts); use --scorer graph"
-        )
+    method.check_run(cfg)
     ogb_metric(cfg.data.dataset)  # fail early for a dataset not scored by accuracy
     started = time.perf_counter()
     if cfg.dist.backend == "dist":
@@ -119,6 +116,7 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
         checkpointer = Checkpointer(cfg)
         if cfg.checkpoint.resume and driver.is_coordinator:
             driver.load_state_dict(checkpointer.load())
+            built.resumed_from = driver.round
         try:
             driver.fit(progress=progress and driver.is_coordinator, checkpointer=checkpointer)
         except TrainingDiverged as exc:
@@ -183,6 +181,8 @@ def finish(
     says; for a failed run the log records ``failure`` and no model is saved."""
     summary = driver.summary()
     summary["load_seconds"] = built.setup_seconds
+    if built.resumed_from is not None:
+        summary["resumed_from"] = built.resumed_from
     log = {
         "config": {**cfg.to_dict(), "dataset_split": built.dataset_split, "transport": built.transport},
         "environment": {
@@ -214,6 +214,8 @@ def launch_local(
     If any process fails, the others are stopped and the error is raised;
     a run that diverged raises :class:`RunFailed` with rank 0's log."""
     cfg = cfg.replace(backend="dist")
+    get_method(cfg.method).check_run(cfg)  # before any process starts
+    cfg.check_processes(procs)
     check_output_paths(cfg, log_path)
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "log.json"

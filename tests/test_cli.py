@@ -95,7 +95,20 @@ def test_baselines_run_from_the_cli(tmp_path, capsys, method):
 
 
 def test_spawned_failure_is_reported_in_one_line(tmp_path, capsys):
-    code = main(["train", *SMALL, "--procs", "3", "--subnets", "2", "--no-progress", "--root", str(tmp_path)])
+    code = main(["train", *SMALL, "--procs", "2", "--dataset", "cora", "--no-progress", "--root", str(tmp_path)])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("gist train: error: rank ") and "3 processes but m=2" in err
+    assert err.startswith("gist train: error: rank ") and "dataset 'cora'" in err
+
+
+@pytest.mark.parametrize("flags", [["--subnets", "4"], ["--method", "full"]])
+def test_process_count_is_checked_before_spawning(flags, capsys, monkeypatch):
+    import gist.run
+
+    def never(*args, **kwargs):
+        raise AssertionError("spawned processes")
+
+    monkeypatch.setattr(gist.run, "launch_processes", never)
+    assert main(["train", *SMALL, "--procs", "2", *flags, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("the job has 2 processes but m=4" in err or "m must be 1, got 2" in err)

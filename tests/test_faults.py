@@ -266,3 +266,17 @@ def test_broken_part_file_of_rank_1_is_what_the_user_sees(tmp_path, capsys, dama
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("gist train: error: rank 1: PartitionError: part file") and "part_1.pt" in err, err
     assert ("is missing" if damage == "missing" else "is corrupt") in err and "gist partition" in err
+
+
+def test_resume_with_fewer_rounds_than_the_checkpoint_is_an_error(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt.pt"
+    args = ["train", *SMALL, "--checkpoint", str(ckpt), "--checkpoint-every", "2", "--no-progress"]
+    assert main([*args, "--rounds", "4"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--rounds", "2", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds 4 rounds, more than --rounds 2" in err
+    assert main([*args, "--rounds", "4", "--resume"]) == 0  # complete: says so, then the summary
+    captured = capsys.readouterr()
+    assert "nothing left to train" in captured.err and "all 4 rounds" in captured.err
+    assert "rounds=4" in captured.out

@@ -37,8 +37,9 @@ class Checkpointer:
 
     def load(self) -> dict[str, Any]:
         """The saved state; ``ValueError`` if there is none, if it cannot be
-        read (corrupt or incomplete), or if it was made with settings that
-        change results differently from this run's."""
+        read (corrupt or incomplete), if it was made with settings that
+        change results differently from this run's, or if it holds more
+        rounds than this run asks for."""
         if not self.path.is_file():
             raise ValueError(f"--resume: no checkpoint at {self.path}")
         try:
@@ -60,4 +61,10 @@ class Checkpointer:
         ]
         if wrong:
             raise ValueError("--resume with different settings than the checkpoint: " + "; ".join(wrong))
+        done = int(state.get("round", 0))
+        if done > self.cfg.rounds:
+            raise ValueError(
+                f"--resume: {self.path} already holds {done} rounds, more than --rounds {self.cfg.rounds}; "
+                f"pass --rounds {done} or more to continue it"
+            )
         return state

@@ -78,6 +78,22 @@ class RoundDriver(ABC):
     color: ClassVar[Optional[str]] = None
     """Its colour in plots (``None``: one is picked)."""
 
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> None:
+        """``ValueError`` naming the first setting this method cannot run with:
+        the config's own checks, the method's fixed ``m``, :meth:`check_config`."""
+        cfg.check()
+        if cls.fixed_subnets is not None and cfg.subnets != cls.fixed_subnets:
+            raise ValueError(
+                f"{cls.name} trains {cls.fixed_subnets} worker(s): m must be {cls.fixed_subnets}, got {cfg.subnets}"
+            )
+        if cfg.scorer == "parts" and not cls.evaluates_on_workers(cfg):
+            raise ValueError(
+                "scorer 'parts' is for --method gist with --data-mode partitioned and m > 1 "
+                "(its workers score their own parts); use --scorer graph"
+            )
+        cls.check_config(cfg)
+
     def __init__(
         self,
         model: nn.Module,
@@ -87,11 +103,7 @@ class RoundDriver(ABC):
         evaluator: Optional[Evaluator] = None,
         scored_by: str = "correct / total",
     ) -> None:
-        cfg.check()
-        if self.fixed_subnets is not None and cfg.subnets != self.fixed_subnets:
-            raise ValueError(
-                f"{self.name} trains {self.fixed_subnets} worker(s): m must be {self.fixed_subnets}, got {cfg.subnets}"
-            )
+        self.check_run(cfg)
         if setup.num_workers != cfg.subnets:
             raise ValueError(f"{setup.num_workers} workers given but the config asks m={cfg.subnets}")
         self.model = model

@@ -78,11 +78,7 @@ class RankSetup:
         """Check the world size; in ``partitioned`` mode rank 0 writes the
         per-part files once (a no-op when ``gist partition`` made them) while
         the other ranks wait."""
-        if self.ctx.world_size != self.cfg.subnets:
-            raise ValueError(
-                f"the job has {self.ctx.world_size} processes but m={self.cfg.subnets}: "
-                f"GIST and its baselines run one process per worker"
-            )
+        self.cfg.check_processes(self.ctx.world_size)
         if self.cfg.dist.threads is None:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world_size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))

@@ -270,7 +270,7 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
                     settings = cfg.settings.replace(
                         **context, **variant, method=base, subnets=m, local_steps=zeta, seed=seed
                     )
-                    get_method(base).check_config(settings.check())
+                    get_method(base).check_run(settings)
                 except ValueError as exc:
                     raise SweepError(f"sweep {cfg.name}: {context} {method} m={m} ζ={zeta}: {exc}") from exc
                 parts = [f"{k}={_id_part(v)}" for k, v in context.items()]
