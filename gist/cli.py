@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Optional
 
 import torch.multiprocessing as mp
@@ -25,7 +26,7 @@ from .harness.sweep import SweepError, command_line, describe, load_config, resu
 from .harness.tables import tabulate
 from .methods import default_subnets, method_names
 from .nn.slicing import SplitError
-from .run import RunFailed, launch_local, run_training
+from .run import RunFailed, RunInterrupted, launch_local, run_training
 
 TRAIN_GROUPS = {
     None: "training",
@@ -37,6 +38,19 @@ TRAIN_GROUPS = {
     "dist": "distributed",
 }
 DEFAULT_SUBNETS = RunConfig().subnets
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default, said once: not where its help already says it,
+    and not for on/off flags or options without one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False) or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
 
 
 def _int_at_least(low: int):
@@ -84,7 +98,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="train a GCN/GraphSAGE with GIST or a baseline and report accuracy and communication",
         description="Train a wide GCN/GraphSAGE with GIST (m sub-networks, ζ local steps per round) or a baseline "
         "on the same data and byte ledger.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     groups = {key: p.add_argument_group(title) for key, title in TRAIN_GROUPS.items()}
     defaults = RunConfig().flat()
@@ -129,14 +143,20 @@ def _train(args: argparse.Namespace) -> int:
         kept = f"; the log of the rounds before it is in {args.log}" if args.log else ""
         print(f"gist train: error: {exc}{kept}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        print(f"gist train: {_interrupted(exc, cfg, args.log)}", file=sys.stderr)
+        return INTERRUPTED
     except (DatasetNotFoundError, SplitError, ValueError, WorkerFailure, LaunchFailure) as exc:
         print(f"gist train: error: {exc}", file=sys.stderr)
         return 2
-    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+    except mp.ProcessExitedException as exc:
+        print(f"gist train: error: {_exited(exc)}", file=sys.stderr)
+        return 1
+    except mp.ProcessRaisedException as exc:
         # a spawned process failed: its traceback is already on stderr
-        lines = [line for line in str(exc).splitlines() if line.strip()]
+        lines = [line.strip("- ") for line in str(exc).splitlines() if line.strip()]
         head = next((line for line in lines if "terminated" in line), "")
-        print(f"gist train: error: {head.strip('- ')}: {lines[-1] if lines else exc}", file=sys.stderr)
+        print(f"gist train: error: {': '.join(dict.fromkeys(x for x in (head, lines[-1]) if x))}", file=sys.stderr)
         return 1
     if not log:  # a worker rank of a torchrun job: rank 0 reports
         return 0
@@ -159,13 +179,36 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exited(exc: mp.ProcessExitedException) -> str:
+    """A spawned process that died without a Python error."""
+    rank = exc.error_index
+    if exc.signal_name:
+        hint = " (on Linux, often the out-of-memory killer)" if exc.signal_name == "SIGKILL" else ""
+        return f"rank {rank} was killed by {exc.signal_name}{hint}; the other processes were stopped"
+    return f"rank {rank} exited with status {exc.exit_code}; the other processes were stopped"
+
+
+def _interrupted(exc: KeyboardInterrupt, cfg: RunConfig, log_path: Optional[str]) -> str:
+    """One line for Ctrl-C: where the run stopped, what was kept, how to go on."""
+    where = f" in round {exc.round}" if isinstance(exc, RunInterrupted) and exc.round is not None else ""
+    said = [f"interrupted{where}"]
+    if log_path and isinstance(exc, RunInterrupted) and exc.log is not None:
+        said.append(f"the rounds before it are in {log_path}")
+    checkpoint = cfg.checkpoint.path
+    if cfg.checkpoint.every and checkpoint and Path(checkpoint).is_file():
+        said.append(f"to continue from the last checkpoint ({checkpoint}), run the same command with --resume")
+    else:
+        said.append("no checkpoint was written (--checkpoint-every K makes a run resumable)")
+    return "; ".join(said)
+
+
 def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep",
         help="run a sweep config (methods x m x ζ x seeds) and tabulate accuracy versus communication",
         description="Run every run of a TOML sweep config that is not done yet, then write "
         "table.md, table.csv and plots into the results directory.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("config", help="sweep config (TOML), e.g. experiments/cora.toml")
     p.add_argument("--results", default="results", metavar="DIR", help="results go to DIR/<config name>/")
@@ -187,7 +230,7 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
         "table",
         help="re-tabulate a results directory written by `gist sweep`, without re-running",
         description="Read RESULTS_DIR/runs/*.json and write table.md, table.csv and plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("results_dir", metavar="RESULTS_DIR")
     p.add_argument(
@@ -219,7 +262,15 @@ def _sweep(args: argparse.Namespace) -> int:
         print(describe(cfg))
         if args.dry_run:
             return 0
-        counts = run_sweep(cfg, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+        try:
+            counts = run_sweep(cfg, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+        except KeyboardInterrupt:
+            print(
+                f"gist sweep: interrupted; the finished runs are kept in {Path(out) / 'runs'}; "
+                "run the same command again to run the rest",
+                file=sys.stderr,
+            )
+            return INTERRUPTED
         failed = f" ({counts['failed']} failed)" if counts["failed"] else ""
         print(f"sweep {cfg.name}: ran {counts['ran']}{failed}, skipped {counts['skipped']} already done; logs in {out}")
         text, _ = tabulate(out, command_line(_argv(args)), cfg)
@@ -254,7 +305,7 @@ def _add_partition_parser(sub: argparse._SubParsersAction) -> None:
         description="Split a dataset into P parts (METIS or random) and write one file per part "
         "under <root>/partitions/, so that worker i of a partitioned run reads part i "
         "alone. Existing complete partitions are reused unless --force.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--dataset", default="csbm", help="dataset name (as for gist train)")
     p.add_argument("--root", default=None, help="data root (default: $GIST_DATA_ROOT or ./datasets)")

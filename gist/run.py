@@ -49,6 +49,18 @@ class RunFailed(RuntimeError):
         self.log = log
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run in ``round`` (``None`` where no process could
+    say). ``log`` is the run log of the rounds before (``failure.kind ==
+    "interrupted"``), also written to the log path, or ``None`` if no round
+    had finished; the last checkpoint written stays the last good one."""
+
+    def __init__(self, round: Optional[int], log: Optional[dict[str, Any]]) -> None:
+        super().__init__(f"interrupted in round {round}" if round is not None else "interrupted")
+        self.round = round
+        self.log = log
+
+
 @dataclass
 class Built:
     """What :func:`build` made: the driver to fit in this process (``None``
@@ -124,6 +136,17 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
                 raise
             log = finish(driver, cfg, built, log_path, failure=exc.record())
             raise RunFailed(str(exc), log) from exc
+        except KeyboardInterrupt:
+            if not driver.is_coordinator:
+                raise
+            failure = {
+                "kind": "interrupted",
+                "method": cfg.method,
+                "round": driver.round,
+                "message": f"interrupted (Ctrl-C) in round {driver.round}",
+            }
+            log = finish(driver, cfg, built, log_path, failure=failure) if driver.history else None
+            raise RunInterrupted(driver.round, log) from None
         if not driver.is_coordinator:
             return {}
         return finish(driver, cfg, built, log_path)
@@ -212,7 +235,8 @@ def launch_local(
     (loopback only) and return rank 0's log.
 
     If any process fails, the others are stopped and the error is raised;
-    a run that diverged raises :class:`RunFailed` with rank 0's log."""
+    a run that diverged raises :class:`RunFailed` with rank 0's log, and
+    Ctrl-C :class:`RunInterrupted` once the processes have stopped."""
     cfg = cfg.replace(backend="dist")
     get_method(cfg.method).check_run(cfg)  # before any process starts
     cfg.check_processes(procs)
@@ -228,6 +252,11 @@ def launch_local(
             if log_path is not None:
                 write_json(log, log_path)
             raise RunFailed(log["failure"]["message"], log) from exc
+        except KeyboardInterrupt:
+            log = json.loads(target.read_text()) if target.is_file() else None
+            if log is not None and log_path is not None:
+                write_json(log, log_path)
+            raise RunInterrupted(log["failure"]["round"] if log else None, log) from None
         log = json.loads(target.read_text())
         if log_path is not None:
             write_json(log, log_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -112,3 +113,16 @@ def test_process_count_is_checked_before_spawning(flags, capsys, monkeypatch):
     assert main(["train", *SMALL, "--procs", "2", *flags, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ("the job has 2 processes but m=4" in err or "m must be 1, got 2" in err)
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "table", "partition"])
+def test_help_gives_each_default_once(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and "(default: False)" not in text
+    options = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    for option in options:
+        assert " ".join(option.split()).count("(default") <= 1, option
+    if command == "train":
+        assert "--rounds ROUNDS       rounds to train (default: 30)" in text

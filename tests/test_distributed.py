@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -193,7 +194,7 @@ def _train_with_fault(tmp_path: Path, fault: str, timeout: int, *extra: str, rou
     return proc, after_fault, _leftovers(token)
 
 
-@pytest.mark.parametrize("fault", ["exit", "hang"])
+@pytest.mark.parametrize("fault", ["exit", "kill", "hang"])
 def test_a_dead_or_hung_worker_stops_the_run_naming_its_rank(tmp_path, fault):
     timeout = 5
     proc, after_fault, leftovers = _train_with_fault(tmp_path, fault, timeout)
@@ -201,8 +202,14 @@ def test_a_dead_or_hung_worker_stops_the_run_naming_its_rank(tmp_path, fault):
     # a dead worker is noticed at once (its connections close), a hung one
     # after `timeout` s of silence; then the launcher stops the others
     assert after_fault < timeout + 20, after_fault
+    last = proc.stderr.strip().splitlines()[-1]
     if fault == "exit":
-        assert "process 1 terminated" in proc.stderr, proc.stderr[-2000:]
+        assert last == "gist train: error: rank 1 exited with status 17; the other processes were stopped", last
+    elif fault == "kill":
+        assert last.startswith("gist train: error: rank 1 was killed by SIGKILL (on Linux, often the out-of-memory"), (
+            last
+        )
+        assert last.count("SIGKILL") == 1
     else:
         assert "rank 1 failed during round 1" in proc.stderr, proc.stderr[-2000:]
         assert "rank 1 is alive but hung" in proc.stderr, proc.stderr[-2000:]
@@ -319,3 +326,54 @@ def test_threads_apply_to_every_spawned_process(tmp_path, threads):
     log = launch_local(settings, 2, progress=False)
     expected = threads or max(1, (os.cpu_count() or 1) // 2)
     assert log["environment"]["threads"] == expected
+
+
+def _interrupt(cmd: list[str], env: dict[str, str], ready: Path, whom: str) -> subprocess.CompletedProcess:
+    """Start ``cmd`` in its own session, wait for ``ready`` to exist, send
+    SIGINT (to the whole process group, as a terminal's Ctrl-C does, or to
+    the launcher alone) and return the finished process."""
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        if whom == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize(
+    "procs, whom",
+    [(None, "group"), ("2", "group"), ("2", "launcher")],
+    ids=["in-process", "procs-ctrl-c", "procs-kill-int"],
+)
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, procs, whom):
+    token = uuid.uuid4().hex
+    ckpt, log = tmp_path / "ckpt.pt", tmp_path / "run.json"
+    cmd = [sys.executable, "-m", "gist", "train", "--hidden", "12", "--local-steps", "1", "--rounds", "2000"]
+    cmd += ["--threads", "1", "--no-progress", "--root", str(tmp_path), "--log", str(log)]
+    cmd += ["--checkpoint", str(ckpt), "--checkpoint-every", "2"]
+    cmd += ["--procs", procs] if procs else []
+    proc = _interrupt(cmd, {**os.environ, "GIST_TEST_TOKEN": token}, ckpt, whom)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("gist train: interrupted"), last
+    assert f"to continue from the last checkpoint ({ckpt}), run the same command with --resume" in last
+    record = json.loads(log.read_text())  # the rounds before the interruption are kept
+    assert record["failure"]["kind"] == "interrupted" and f"round {record['failure']['round']}" in last
+    assert len(record["rounds"]) == record["failure"]["round"] >= 2
+    time.sleep(1)
+    assert _leftovers(token) == [], "processes were left behind"

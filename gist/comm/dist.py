@@ -21,6 +21,7 @@ in-process simulation records them.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -402,13 +403,14 @@ class DistCollective(Collective):
 
 FAULT_ENV = "GIST_INJECT_FAULT"
 FAULT_STAMP_ENV = "GIST_FAULT_STAMP"
-FAULT_KINDS = ("exit", "hang", "slow")
+FAULT_KINDS = ("exit", "kill", "hang", "slow")
 
 
 def inject_fault(rank: int, round: int) -> None:
     """For fault-tolerance tests: ``GIST_INJECT_FAULT=RANK:ROUND:KIND`` makes
-    that rank, as it starts that round, die (``exit``), stop answering
-    (``hang``) or compute for a while before training (``slow=SECONDS``).
+    that rank, as it starts that round, die (``exit``: status 17; ``kill``:
+    SIGKILL, as the out-of-memory killer does), stop answering (``hang``) or
+    compute for a while before training (``slow=SECONDS``).
     With ``GIST_FAULT_STAMP=PATH`` it first writes the wall-clock time to PATH."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -425,6 +427,8 @@ def inject_fault(rank: int, round: int) -> None:
             fh.write(repr(time.time()))
     if kind == "exit":
         os._exit(17)
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
     if kind == "slow":  # busy, as local steps are, for longer than the timeout
         end = time.monotonic() + float(arg)
         x = torch.randn(256, 256)

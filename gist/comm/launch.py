@@ -12,18 +12,26 @@ names the worker it lost.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tqdm.auto import tqdm
 
 from .dist import WorkerFailure, free_port
 
 RANK_ERRORS_ENV = "GIST_RANK_ERROR_DIR"
+INTERRUPT_GRACE_S = 10.0
+"""Seconds the processes get after Ctrl-C before they are terminated."""
 OWN, LOST_PEER = "own", "lost-peer"
 """How a rank failed: on its own, or because another rank stopped answering."""
 
@@ -44,10 +52,15 @@ def launch_local(target: Callable[..., None], args: tuple[Any, ...], procs: int)
             "LOCAL_WORLD_SIZE": str(procs),
             RANK_ERRORS_ENV: tmp,
         }
+        # torch logs a line per process it stops; the error raised here says it once
+        logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
         context = mp.start_processes(_spawned, args=(env, target, args), nprocs=procs, start_method="spawn", join=False)
         try:
             while not context.join():  # blocks until a process ends; True once all have
                 continue
+        except KeyboardInterrupt:
+            stop_processes(context.processes)
+            raise
         except mp.ProcessRaisedException as exc:
             cause = root_cause(Path(tmp), procs)
             if cause is not None:
@@ -56,6 +69,23 @@ def launch_local(target: Callable[..., None], args: tuple[Any, ...], procs: int)
         finally:  # the files in which a failed process left its traceback
             for path in context.error_files:
                 Path(path).unlink(missing_ok=True)
+
+
+def stop_processes(processes: list[Any], grace_s: float = INTERRUPT_GRACE_S) -> None:
+    """After Ctrl-C: pass SIGINT on (a terminal sends it to every process,
+    ``kill -INT`` to the launcher alone), give the processes ``grace_s``
+    seconds to write what they hold (rank 0 its log), then terminate the rest."""
+    for p in processes:
+        if p.is_alive():
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+            p.join()
 
 
 def root_cause(folder: Path, procs: int) -> tuple[int, str] | None:
@@ -76,6 +106,10 @@ def root_cause(folder: Path, procs: int) -> tuple[int, str] | None:
 def _spawned(rank: int, env: dict[str, str], target: Callable[..., None], args: tuple[Any, ...]) -> None:
     os.environ.update(env)
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
+    # tqdm otherwise creates a multiprocessing lock (a named semaphore) on its
+    # first bar, and a process stopped with SIGTERM leaves it for the resource
+    # tracker to report as leaked; a bar is only ever drawn within its process
+    tqdm.set_lock(threading.RLock())
     target(rank, *args)
 
 
