@@ -20,6 +20,7 @@ from .comm.dist import WorkerFailure
 from .comm.launch import LaunchFailure
 from .config import RunConfig, choices_of, setting_fields
 from .data import DatasetNotFoundError, available_datasets
+from .files import private_tempdir
 from .graph import PARTITIONERS
 from .graph.parts import prepare_partitions, read_meta
 from .harness.sweep import SweepError, command_line, describe, load_config, results_dir_for, run_sweep
@@ -364,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else None
-    return args.func(args)
+    with private_tempdir():
+        return args.func(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,8 @@
 * :func:`exclusive_lock`: an ``fcntl.flock`` on a lock file that is deleted
   when the lock is released (local filesystems; on network filesystems run
   the step that needs the lock once, before starting the workers).
+* :func:`private_tempdir`: a temporary folder for everything a command and
+  the processes it starts write there, removed when the command ends.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "exclusive_lock", "fsync_dir"]
+__all__ = ["atomic_write", "exclusive_lock", "fsync_dir", "private_tempdir"]
 
 
 @contextlib.contextmanager
@@ -85,3 +89,24 @@ def exclusive_lock(lock_path: Path | str, required: bool = True) -> Iterator[Non
                 lock_path.unlink(missing_ok=True)
                 fcntl.flock(handle, fcntl.LOCK_UN)
             return
+
+
+@contextlib.contextmanager
+def private_tempdir(prefix: str = "gist-") -> Iterator[Path]:
+    """Point ``tempfile`` and ``TMPDIR`` (so also the processes started
+    meanwhile) at a new folder inside the current temporary folder, and
+    remove it afterwards. PyG writes a Python module per message-passing
+    layer class into the temporary folder and never deletes it; with this,
+    a ``gist`` command leaves nothing there (unless it is killed)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    saved_env, saved_module = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(path)
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = saved_module
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(path, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -126,3 +127,15 @@ def test_help_gives_each_default_once(command, capsys):
         assert " ".join(option.split()).count("(default") <= 1, option
     if command == "train":
         assert "--rounds ROUNDS       rounds to train (default: 30)" in text
+
+
+def test_a_command_leaves_nothing_in_the_temporary_folder(tmp_path):
+    """PyG writes a module per layer class to the temporary folder; `gist` collects and removes them,
+    for the processes it spawns too."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "gist", "train", *SMALL, "--procs", "2", "--root", str(tmp_path), "--no-progress"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(tmp.iterdir()) == []

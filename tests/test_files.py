@@ -79,3 +79,23 @@ def test_lock_excludes_other_processes_even_as_its_file_is_deleted(tmp_path):
     for enter, leave in zip(events[0::2], events[1::2]):  # strictly nested: in, out, in, out, ...
         assert enter[1] == "in" and leave[1] == "out" and enter[0] == leave[0]
     assert not lock.exists() and os.listdir(tmp_path) == ["log"]
+
+
+def test_private_tempdir_collects_and_removes_what_is_written_there(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    from gist.files import private_tempdir
+
+    with private_tempdir() as inner:
+        assert inner.parent == tmp_path and tempfile.gettempdir() == str(inner)
+        tempfile.NamedTemporaryFile(delete=False).close()  # what PyG does with its generated modules
+        child = subprocess.run(
+            [sys.executable, "-c", "import tempfile; print(tempfile.gettempdir())"], capture_output=True, text=True
+        )
+        assert child.stdout.strip() == str(inner)  # and processes started meanwhile
+    assert list(tmp_path.iterdir()) == []
+    assert tempfile.tempdir == str(tmp_path) and os.environ["TMPDIR"] == str(tmp_path)
