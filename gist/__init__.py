@@ -13,19 +13,56 @@ import os
 # OMP_WAIT_POLICY=ACTIVE for dedicated cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .comm import ByteLedger, Collective, InProcessCollective, InProcessTransport, Transport
-from .config import CheckpointConfig, DataConfig, DistConfig, LocalConfig, ModelConfig, RunConfig
-from .engine import RoundDriver, RoundRecord, RoundWork, Worker, evaluate
-from .methods import DDP, GIST, METHODS, FullModel, LocalSGD, get_method, register_method
-from .subnets import (
-    FlatLayout,
-    WidthPartition,
-    build_subnet,
-    draw_partition,
-    merge_states,
-    slice_state,
-    subnet_layout,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "gist.comm": ["ByteLedger", "Collective", "InProcessCollective", "InProcessTransport", "Transport"],
+    "gist.config": ["CheckpointConfig", "DataConfig", "DistConfig", "LocalConfig", "ModelConfig", "RunConfig"],
+    "gist.engine": ["RoundDriver", "RoundRecord", "RoundWork", "Worker", "evaluate"],
+    "gist.methods": ["DDP", "GIST", "METHODS", "FullModel", "LocalSGD", "get_method", "register_method"],
+    "gist.subnets": [
+        "FlatLayout",
+        "WidthPartition",
+        "build_subnet",
+        "draw_partition",
+        "merge_states",
+        "slice_state",
+        "subnet_layout",
+    ],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public names on first use, so that ``import gist`` (and
+    ``gist --help``) does not load torch."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gist' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+if TYPE_CHECKING:
+    from .comm import ByteLedger, Collective, InProcessCollective, InProcessTransport, Transport
+    from .config import CheckpointConfig, DataConfig, DistConfig, LocalConfig, ModelConfig, RunConfig
+    from .engine import RoundDriver, RoundRecord, RoundWork, Worker, evaluate
+    from .methods import DDP, GIST, METHODS, FullModel, LocalSGD, get_method, register_method
+    from .subnets import (
+        FlatLayout,
+        WidthPartition,
+        build_subnet,
+        draw_partition,
+        merge_states,
+        slice_state,
+        subnet_layout,
+    )
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,9 @@
 
 ``gist train``'s flags are made from the run settings of :mod:`gist.config`
 (one flag per setting, its default, choices and help from the field) and the
-method registry of :mod:`gist.methods`.
+registries of :mod:`gist.registry`. Building the parser imports neither
+torch nor PyG (so ``--help`` answers at once); each command imports what it
+runs.
 """
 
 from __future__ import annotations
@@ -12,22 +14,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch.multiprocessing as mp
-
-from .comm.dist import WorkerFailure
-from .comm.launch import LaunchFailure
 from .config import RunConfig, choices_of, setting_fields
-from .data import DatasetNotFoundError, available_datasets
 from .files import private_tempdir
-from .graph import PARTITIONERS
-from .graph.parts import prepare_partitions, read_meta
-from .harness.sweep import SweepError, command_line, describe, load_config, results_dir_for, run_sweep
-from .harness.tables import tabulate
-from .methods import default_subnets, method_names
-from .nn.slicing import SplitError
-from .run import RunFailed, RunInterrupted, launch_local, run_training
+from .registry import DATASETS, METHODS, PARTITIONERS
+
+if TYPE_CHECKING:
+    import torch.multiprocessing as mp
 
 TRAIN_GROUPS = {
     None: "training",
@@ -71,10 +65,10 @@ def _add_setting(group: argparse._ArgumentGroup, name: str, field: Any, default:
     flag = "--" + name.replace("_", "-")
     kwargs: dict[str, Any] = {"dest": name, "default": default, "help": meta["help"]}
     if name == "method":
-        kwargs["choices"] = method_names()
-        kwargs["help"] += ": " + ", ".join(method_names())
+        kwargs["choices"] = METHODS.names()
+        kwargs["help"] += ": " + ", ".join(METHODS.names())
     elif name == "dataset":
-        kwargs["help"] += f" ({', '.join(available_datasets())})"
+        kwargs["help"] += f" ({', '.join(sorted(DATASETS.names()))})"
     elif choices_of(field) is not None:
         kwargs["choices"] = choices_of(field)
     if isinstance(default, bool):
@@ -128,6 +122,15 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch.multiprocessing as mp
+
+    from .comm.dist import WorkerFailure
+    from .comm.launch import LaunchFailure
+    from .data import DatasetNotFoundError
+    from .methods import default_subnets
+    from .nn.slicing import SplitError
+    from .run import RunFailed, launch_local, run_training
+
     if args.procs is not None:
         args.backend = "dist"
     if args.subnets is None:
@@ -191,9 +194,9 @@ def _exited(exc: mp.ProcessExitedException) -> str:
 
 def _interrupted(exc: KeyboardInterrupt, cfg: RunConfig, log_path: Optional[str]) -> str:
     """One line for Ctrl-C: where the run stopped, what was kept, how to go on."""
-    where = f" in round {exc.round}" if isinstance(exc, RunInterrupted) and exc.round is not None else ""
-    said = [f"interrupted{where}"]
-    if log_path and isinstance(exc, RunInterrupted) and exc.log is not None:
+    round, log = getattr(exc, "round", None), getattr(exc, "log", None)  # a gist.run.RunInterrupted
+    said = [f"interrupted in round {round}" if round is not None else "interrupted"]
+    if log_path and log is not None:
         said.append(f"the rounds before it are in {log_path}")
     checkpoint = cfg.checkpoint.path
     if cfg.checkpoint.every and checkpoint and Path(checkpoint).is_file():
@@ -250,6 +253,9 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from .harness.sweep import SweepError, command_line, describe, load_config, results_dir_for, run_sweep
+    from .harness.tables import tabulate
+
     try:
         cfg = load_config(args.config)
         overrides = {k: v for k, v in (("root", args.root), ("threads", args.threads)) if v is not None}
@@ -284,6 +290,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
+    from .harness.sweep import SweepError, command_line
+    from .harness.tables import tabulate
+
     try:
         text, _ = tabulate(
             args.results_dir,
@@ -325,6 +334,9 @@ def _add_partition_parser(sub: argparse._SubParsersAction) -> None:
 
 def _partition(args: argparse.Namespace) -> int:
     """Write (or reuse) the parts and print a per-part summary."""
+    from .data import DatasetNotFoundError
+    from .graph.parts import prepare_partitions, read_meta
+
     try:
         d, wrote = prepare_partitions(
             args.root,

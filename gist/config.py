@@ -28,9 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
-from .data import available_datasets
-from .graph import PARTITIONERS
-from .nn.models import MODELS, NORMS
+from .registry import DATASETS, MODELS, NORMS, PARTITIONERS
 
 DATA_MODES = ("replicated", "partitioned")
 BATCHING = ("full", "cluster")
@@ -110,7 +108,7 @@ def _check_fields(group: Any) -> None:
 class DataConfig:
     """The dataset, and how each worker gets its graph."""
 
-    dataset: str = setting("csbm", choices=available_datasets, help="dataset name")
+    dataset: str = setting("csbm", choices=lambda: sorted(DATASETS.names()), help="dataset name")
     root: Optional[str] = setting(
         None, changes_results=False, help="data root (default: $GIST_DATA_ROOT or ./datasets)"
     )
@@ -141,7 +139,7 @@ class DataConfig:
 class ModelConfig:
     """A stock ``torch_geometric.nn.models`` GCN / GraphSAGE (see :func:`gist.nn.build_model`)."""
 
-    kind: str = setting("gcn", flat="model", choices=lambda: list(MODELS), help="model family")
+    kind: str = setting("gcn", flat="model", choices=MODELS.names, help="model family")
     layers: int = setting(3, minimum=1, help="message-passing layers L")
     hidden: int = setting(256, minimum=1, help="hidden width d")
     norm: str = setting("none", choices=lambda: list(NORMS), help="normalisation after each hidden layer")

@@ -62,6 +62,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from .files import exclusive_lock
+from .registry import DATASETS
 
 __all__ = [
     "DEFAULT_ROOT_ENV",
@@ -152,16 +153,10 @@ class NodeDataset:
 
 # --------------------------------------------------------------------------- registry
 
-_REGISTRY: dict[str, Callable[..., NodeDataset]] = {}
-
-
-def _norm(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
-
 
 def available_datasets() -> list[str]:
-    """Sorted registry names accepted by :func:`load_dataset`."""
-    return sorted(_REGISTRY)
+    """Sorted registry names accepted by :func:`load_dataset` (:data:`gist.registry.DATASETS`)."""
+    return sorted(DATASETS.names())
 
 
 def register_dataset(name: str, loader: Callable[..., NodeDataset]) -> None:
@@ -173,7 +168,7 @@ def register_dataset(name: str, loader: Callable[..., NodeDataset]) -> None:
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
     if not callable(loader):
         raise ValueError(f"loader for {name!r} must be callable, got {loader!r}")
-    _REGISTRY[_norm(name)] = loader
+    DATASETS.register(name, loader)
 
 
 def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, **kwargs: Any) -> NodeDataset:
@@ -184,11 +179,10 @@ def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, **kwa
     Raises ``ValueError`` for unknown names (listing the available ones) and
     :class:`DatasetNotFoundError` when files are missing and cannot be fetched.
     """
-    key = _norm(name) if isinstance(name, str) else name
-    if key not in _REGISTRY:
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available datasets: {', '.join(available_datasets())}")
     root_path = (Path(root).expanduser() if root is not None else default_root()).absolute()
-    ds = _REGISTRY[key](root_path, seed, **kwargs)
+    ds = DATASETS[name](root_path, seed, **kwargs)
     if not isinstance(ds, NodeDataset):
         raise TypeError(f"loader for {name!r} returned {type(ds).__name__}, not NodeDataset")
     _check(ds)

@@ -139,3 +139,28 @@ def test_a_command_leaves_nothing_in_the_temporary_folder(tmp_path):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["sweep"], ["table"], ["partition"]])
+def test_help_answers_without_importing_torch(command):
+    probe = (
+        "import sys\n"
+        "from gist.cli import main\n"
+        "try:\n"
+        f"    main({[*command, '--help']!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('torch', 'torch_geometric', 'pandas') if m in sys.modules)\n"
+        "print('IMPORTED', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage: gist" in result.stdout and "IMPORTED []" in result.stdout, result.stdout[-500:]
+
+
+def test_registries_list_what_their_providers_register():
+    from gist.registry import DATASETS, METHODS, MODELS
+
+    for registry in (DATASETS, METHODS, MODELS):
+        declared = registry.names()
+        assert [name for name, _ in registry.items()] == declared  # imports the provider; none missing

@@ -193,7 +193,7 @@ def recording_loader():
 
     register_dataset("test-recorder", loader)
     yield seen
-    gd._REGISTRY.pop("test-recorder", None)
+    gd.DATASETS.unregister("test-recorder")
 
 
 def test_root_override_argument_and_env(recording_loader, tmp_path, monkeypatch):

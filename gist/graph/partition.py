@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from ..registry import PARTITIONERS
+
 __all__ = [
     "PARTITIONERS",
     "to_csr",
@@ -35,8 +37,6 @@ __all__ = [
 ]
 
 _MASK_KEYS = ("train_mask", "val_mask", "test_mask")
-PARTITIONERS = ("metis", "random")
-"""Node partitioners :func:`partition_nodes` knows."""
 
 
 # --------------------------------------------------------------------------- #

@@ -1,8 +1,9 @@
 """Training methods and their registry: the one list of methods.
 
 A method is a :class:`~gist.engine.RoundDriver` subclass with a ``name``;
-``@register_method`` adds it. The CLI's ``--method`` choices, :mod:`gist.run`,
-sweeps and tables (their order and colours) all read :data:`METHODS`::
+``@register_method`` adds it to :data:`gist.registry.METHODS` (which lists
+the shipped names without importing torch). The CLI's ``--method`` choices,
+:mod:`gist.run`, sweeps and tables (their order and colours) all read it::
 
     from gist.engine import RoundDriver, RoundWork
     from gist.methods import register_method
@@ -22,6 +23,7 @@ from __future__ import annotations
 from typing import Optional, TypeVar
 
 from ..engine import RoundDriver
+from ..registry import METHODS
 from .data_parallel import DataParallelMethod
 from .ddp import DDP
 from .full import FullModel
@@ -30,35 +32,30 @@ from .local_sgd import LocalSGD
 
 M = TypeVar("M", bound=type[RoundDriver])
 
-METHODS: dict[str, type[RoundDriver]] = {}
-"""Registered methods by name, in registration order (the order of tables)."""
-
 
 def register_method(cls: M) -> M:
     """Class decorator: add ``cls`` to :data:`METHODS` under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a class attribute `name` to be registered")
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ValueError(f"a method named {cls.name!r} is already registered ({METHODS[cls.name].__name__})")
-    METHODS[cls.name] = cls
+    METHODS.register(cls.name, cls, replace=False)
     return cls
 
 
 def unregister_method(name: str) -> None:
     """Remove a registered method (tests, plugins)."""
-    METHODS.pop(name, None)
+    METHODS.unregister(name)
 
 
 def get_method(name: str) -> type[RoundDriver]:
     """The method registered as ``name``; ``ValueError`` listing the choices otherwise."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {name!r}") from None
+    cls = METHODS.get(name)
+    if cls is None:
+        raise ValueError(f"method must be one of {METHODS.names()}, got {name!r}")
+    return cls
 
 
 def method_names() -> list[str]:
-    return list(METHODS)
+    return METHODS.names()
 
 
 def default_subnets(name: str, default: int) -> int:

@@ -7,8 +7,10 @@ from typing import Optional
 from torch import nn
 from torch_geometric.nn.models import GCN, GraphSAGE
 
-MODELS = {"gcn": GCN, "sage": GraphSAGE}
-NORMS = {"none": None, "batch_norm": "batch_norm", "layer_norm": "layer_norm"}
+from ..registry import MODELS, NORMS
+
+MODELS.register("gcn", GCN)
+MODELS.register("sage", GraphSAGE)
 
 
 def build_model(
@@ -28,7 +30,7 @@ def build_model(
         norm: ``None``/``"none"``, ``"batch_norm"`` or ``"layer_norm"``.
     """
     if kind not in MODELS:
-        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS)}")
+        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS.names())}")
     if norm is not None and norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)}")
     if num_layers < 2:
