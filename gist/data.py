@@ -269,13 +269,20 @@ def make_csbm(
     homophily: float = 0.6,
     signal: float = 0.07,
     seed: int = 0,
+    communities: int = 0,
+    locality: float = 0.0,
 ) -> NodeDataset:
     """Contextual stochastic block model, fully determined by ``seed``.
 
     Labels are uniform over ``num_classes``. Every node draws ``avg_degree/2``
     neighbours on average (the integer part always, one more with probability
     of the fractional part); each is a uniform node of its own class with
-    probability ``homophily``, else a uniform node of another class. Edges are
+    probability ``homophily``, else a uniform node of another class. With
+    ``communities = K > 1`` every node also belongs to one of ``K`` uniform
+    communities (independent of its class), and each neighbour is drawn, with
+    probability ``locality``, from the node's own community only (same class
+    with probability ``homophily`` as before): real graphs' locality, which a
+    METIS partition keeps and a plain SBM lacks. Edges are
     made undirected, deduplicated, self loops dropped (so the mean degree is
     slightly below ``avg_degree``). Class means are drawn once from
     ``N(0, I) * signal``; node features are ``mean[y] + N(0, I)``.
@@ -306,6 +313,10 @@ def make_csbm(
         raise ValueError(f"signal must be a finite number >= 0, got {signal!r}")
     if not _is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if not _is_int(communities) or communities < 0:
+        raise ValueError(f"communities must be an int >= 0, got {communities!r}")
+    if not _is_real(locality) or not 0.0 <= locality <= 1.0:
+        raise ValueError(f"locality must be in [0, 1], got {locality!r}")
 
     num_nodes, num_classes, num_features, seed = (int(num_nodes), int(num_classes), int(num_features), int(seed))
     gen = torch.Generator().manual_seed(seed)
@@ -331,6 +342,12 @@ def make_csbm(
     pos_other = (u * n_other).long().clamp_max(n_other - 1)
     pos_other = pos_other + (pos_other >= off).long() * cnt  # skip over own class block
     dst = order[torch.where(same, pos_same, pos_other)]
+    if communities > 1 and locality > 0:  # (no extra draws otherwise: the plain graph is unchanged)
+        dst = torch.where(
+            torch.rand(src.numel(), generator=gen) < locality,
+            _community_neighbours(src, y, same, u, c, int(communities), gen),
+            dst,
+        )
 
     keep = src != dst
     ei = torch.stack([src[keep], dst[keep]])
@@ -343,6 +360,31 @@ def make_csbm(
 
     ds = _make_dataset("csbm", x, edge_index, y, random_split(n, seed), _split_name(seed), num_classes=c)
     return ds
+
+
+def _community_neighbours(
+    src: Tensor, y: Tensor, same: Tensor, u: Tensor, num_classes: int, communities: int, gen: torch.Generator
+) -> Tensor:
+    """For each edge source, a uniform node of its own community: of its own
+    class where ``same`` (else of another class, if the community has one),
+    using the uniform draws ``u``. Nodes sorted by (community, class) make
+    every such block, and every community, one contiguous range."""
+    n = y.numel()
+    community = torch.randint(0, communities, (n,), generator=gen)
+    key = community * num_classes + y
+    order = torch.argsort(key, stable=True)
+    block_count = torch.bincount(key, minlength=communities * num_classes)
+    block_offset = torch.cumsum(block_count, 0) - block_count
+    group_count = torch.bincount(community, minlength=communities)
+    group_offset = torch.cumsum(group_count, 0) - group_count
+    kc, ko = block_count[key[src]], block_offset[key[src]]  # the source's (community, class) block
+    gc, go = group_count[community[src]], group_offset[community[src]]  # its community
+    same = same | (kc == gc)  # a community of one class: nothing else to pick
+    pos_same = ko + (u * kc).long().clamp_max(kc - 1)
+    n_other = (gc - kc).clamp_min(1)
+    pos_other = go + (u * n_other).long().clamp_max(n_other - 1)
+    pos_other = pos_other + (pos_other >= ko).long() * kc  # skip over its own class block
+    return order[torch.where(same, pos_same, pos_other)]
 
 
 def _load_csbm(root: Path, seed: int, **kwargs: Any) -> NodeDataset:

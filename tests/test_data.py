@@ -25,6 +25,7 @@ from gist.data import (
     random_split,
     register_dataset,
 )
+from gist.graph import partition_nodes
 
 
 def _assert_masks_partition(d) -> None:
@@ -87,6 +88,28 @@ def test_csbm_shapes_degree_homophily(homophily):
     assert "60/20/20" in ds.split and "seed=0" in ds.split
 
 
+def test_csbm_communities_are_local_and_keep_homophily():
+    """With communities, most edges stay inside a community (so METIS parts keep them
+    and hold every class); without, the graph is exactly the plain one."""
+    plain = make_csbm(num_nodes=3000, seed=2).data
+    same = make_csbm(num_nodes=3000, seed=2, communities=0, locality=0.7).data
+    assert torch.equal(plain.edge_index, same.edge_index) and torch.equal(plain.x, same.x)
+    ds = make_csbm(num_nodes=3000, num_classes=5, seed=2, communities=30, locality=0.8, homophily=0.6)
+    d = ds.data
+    assert is_undirected(d.edge_index) and not contains_self_loops(d.edge_index)
+    assert d.edge_index.unique(dim=1).size(1) == d.edge_index.size(1)
+    homophily = (d.y[d.edge_index[0]] == d.y[d.edge_index[1]]).float().mean().item()
+    assert abs(homophily - 0.6) < 0.06  # communities are drawn apart from classes
+    for graph, low, high in ((plain, 0.0, 0.6), (d, 0.75, 1.0)):
+        parts = partition_nodes(graph.edge_index, 3000, 8, "metis", 0)
+        kept = (parts[graph.edge_index[0]] == parts[graph.edge_index[1]]).float().mean().item()
+        assert low <= kept <= high, kept
+    parts = partition_nodes(d.edge_index, 3000, 8, "metis", 0)
+    for i in range(8):  # every part holds every class, none dominating
+        counts = torch.bincount(d.y[parts == i], minlength=5)
+        assert counts.min() > 0 and counts.max() < 0.4 * counts.sum()
+
+
 def test_csbm_signal_separates_classes():
     d = make_csbm(num_nodes=2000, num_classes=3, num_features=32, signal=3.0, seed=1).data
     means = torch.stack([d.x[d.y == k].mean(0) for k in range(3)])
@@ -123,6 +146,10 @@ def test_csbm_large_is_fast():
         dict(signal=float("inf")),
         dict(seed=-1),
         dict(seed=1.5),
+        dict(communities=-1),
+        dict(communities=2.5),
+        dict(locality=1.5),
+        dict(locality=float("nan")),
     ],
 )
 def test_csbm_bad_args(kwargs):
