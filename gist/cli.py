@@ -126,10 +126,11 @@ def _train(args: argparse.Namespace) -> int:
 
     from .comm.dist import WorkerFailure
     from .comm.launch import LaunchFailure
+    from .comm.netns import ShapingUnavailable
     from .data import DatasetNotFoundError
     from .methods import default_subnets
     from .nn.slicing import SplitError
-    from .run import RunFailed, launch_local, run_training
+    from .run import SHAPED_ENV, RunFailed, launch_local, run_training
 
     if args.procs is not None:
         args.backend = "dist"
@@ -148,9 +149,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"gist train: error: {exc}{kept}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        print(f"gist train: {_interrupted(exc, cfg, args.log)}", file=sys.stderr)
+        if SHAPED_ENV not in os.environ:  # (inside a shaped namespace, the launcher outside says it)
+            print(f"gist train: {_interrupted(exc, cfg, args.log)}", file=sys.stderr)
         return INTERRUPTED
-    except (DatasetNotFoundError, SplitError, ValueError, WorkerFailure, LaunchFailure) as exc:
+    except (DatasetNotFoundError, SplitError, ValueError, WorkerFailure, LaunchFailure, ShapingUnavailable) as exc:
         print(f"gist train: error: {exc}", file=sys.stderr)
         return 2
     except mp.ProcessExitedException as exc:
@@ -221,6 +223,12 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads per run")
     p.add_argument(
+        "--bandwidth",
+        default=None,
+        help="with --processes: run each run's processes in a network namespace whose loopback is shaped to "
+        "this rate (e.g. 100mbit, 1gbit; needs root and iproute2); overrides the config",
+    )
+    p.add_argument(
         "--processes", action="store_true", help="run each run as m real processes on torch.distributed (loopback)"
     )
     p.add_argument(
@@ -258,7 +266,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config)
-        overrides = {k: v for k, v in (("root", args.root), ("threads", args.threads)) if v is not None}
+        pairs = (("root", args.root), ("threads", args.threads), ("bandwidth", args.bandwidth))
+        overrides = {k: v for k, v in pairs if v is not None}
         if overrides:
             cfg.settings = cfg.settings.replace(**overrides)
         if args.seeds is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
@@ -76,6 +77,19 @@ def setting(
         "help": help,
     }
     return field(default=default, metadata=meta)
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)\s*$", re.IGNORECASE)
+_RATE_UNITS = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+
+
+def parse_rate(text: str) -> float:
+    """Bits per second of a ``tc`` rate such as ``100mbit`` or ``1gbit``
+    (units ``bit``, ``kbit``, ``mbit``, ``gbit``; decimal, as ``tc`` reads them)."""
+    match = _RATE.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"bandwidth must look like 100mbit or 1gbit (units bit, kbit, mbit, gbit), got {text!r}")
+    return float(match.group(1)) * _RATE_UNITS[match.group(2).lower()]
 
 
 def choices_of(f: dataclasses.Field) -> Optional[list[str]]:
@@ -190,11 +204,19 @@ class DistConfig:
         "before failing with an error naming it; a peer that is only slow is waited for",
     )
     threads: Optional[int] = setting(None, changes_results=False, minimum=1, help="torch CPU threads")
+    bandwidth: str = setting(
+        "none",
+        changes_results=False,
+        help="with --procs (or a sweep's processes): run the processes in a network namespace whose loopback "
+        "is shaped to this rate, e.g. 100mbit or 1gbit (root and iproute2 needed); none: unshaped",
+    )
 
     def check(self) -> None:
         _check_fields(self)
         if self.timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
+        if self.bandwidth != "none":
+            parse_rate(self.bandwidth)
 
 
 @dataclass
@@ -352,6 +374,26 @@ class RunConfig:
         return self.data.mode == "partitioned" and self.subnets > 1
 
     # ---------------------------------------------------------- flat names
+
+    def train_flags(self) -> list[str]:
+        """The ``gist train`` flags that make exactly this config; ``ValueError``
+        if a setting without a flag differs from its default."""
+        flags: list[str] = []
+        defaults = RunConfig().flat()
+        for name, (owner, f) in _FLAT.items():
+            value = getattr(owner(self), f.name)
+            if not f.metadata["cli"] and value != defaults[name]:
+                raise ValueError(f"setting {name}={value!r} has no gist train flag")
+            if not f.metadata["cli"] or value is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if f.type.startswith("Optional[bool"):
+                flags.append(flag if value else f"--no-{flag[2:]}")
+            elif isinstance(value, bool):
+                flags += [flag] if value else []
+            else:
+                flags += [flag, str(value)]
+        return flags
 
     def flat(self) -> dict[str, Any]:
         """``{flat name: value}`` of every leaf field."""

@@ -9,9 +9,13 @@ processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -22,8 +26,9 @@ import torch
 import torch.distributed as dist
 
 from .comm.dist import DistContext, init_distributed
+from .comm.launch import LaunchFailure, note_rank_error
 from .comm.launch import launch_local as launch_processes
-from .comm.launch import note_rank_error
+from .comm.netns import ShapedNamespace
 from .config import RunConfig
 from .engine import (
     Checkpointer,
@@ -85,6 +90,11 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
     its part (:meth:`~gist.engine.RoundDriver.distributed`)."""
     method = get_method(cfg.method)
     method.check_run(cfg)
+    if cfg.dist.bandwidth != "none" and SHAPED_ENV not in os.environ:
+        raise ValueError(
+            "--bandwidth shapes the link between the processes gist's launcher starts: use --procs "
+            "(or processes = true in a sweep); under torchrun, start it inside a shaped network namespace yourself"
+        )
     ogb_metric(cfg.data.dataset)  # fail early for a dataset not scored by accuracy
     started = time.perf_counter()
     if cfg.dist.backend == "dist":
@@ -241,6 +251,8 @@ def launch_local(
     get_method(cfg.method).check_run(cfg)  # before any process starts
     cfg.check_processes(procs)
     check_output_paths(cfg, log_path)
+    if cfg.dist.bandwidth != "none" and SHAPED_ENV not in os.environ:
+        return _launch_shaped(cfg, procs, progress, log_path)
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "log.json"
         try:
@@ -261,6 +273,59 @@ def launch_local(
         if log_path is not None:
             write_json(log, log_path)
         return log
+
+
+SHAPED_ENV = "GIST_SHAPED_NETNS"
+"""Set (to the namespace's name) for the processes a shaped launch starts inside its namespace."""
+
+
+def _launch_shaped(cfg: RunConfig, procs: int, progress: bool, log_path: Optional[str | Path]) -> dict[str, Any]:
+    """:func:`launch_local` inside a namespace shaped to ``cfg.dist.bandwidth``:
+    ``gist train --procs`` runs there as a child process (its output passes
+    through), and the namespace is removed whatever happens."""
+    argv = [sys.executable, "-m", "gist", "train", *cfg.train_flags(), "--procs", str(procs)]
+    argv += [] if progress else ["--no-progress"]
+    with tempfile.TemporaryDirectory() as tmp, ShapedNamespace(cfg.dist.bandwidth) as ns:
+        target = Path(tmp) / "log.json"
+        child = subprocess.Popen(
+            ns.command([*argv, "--log", str(target)]),
+            env={**os.environ, SHAPED_ENV: ns.name},
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C reaches it once, from here
+        )
+        try:
+            last_error = _pass_through(child)
+        except KeyboardInterrupt:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGINT)
+            _pass_through(child)  # it says where it stopped
+            log = json.loads(target.read_text()) if target.is_file() else None
+            if log is not None and log_path is not None:
+                write_json(log, log_path)
+            raise RunInterrupted(log["failure"]["round"] if log else None, log) from None
+        log = json.loads(target.read_text()) if target.is_file() else None
+    if log is not None and log_path is not None:
+        write_json(log, log_path)
+    if child.returncode == 0 and log is not None:
+        return log
+    if log is not None and "failure" in log:
+        raise RunFailed(log["failure"]["message"], log)
+    raise LaunchFailure(f"in the namespace shaped to {cfg.dist.bandwidth}: {last_error}")
+
+
+def _pass_through(child: subprocess.Popen) -> str:
+    """Copy the child's stderr to ours as it comes (progress bars included);
+    wait for it to end and return its last line, less the command's prefix."""
+    tail = b""
+    assert child.stderr is not None
+    while chunk := os.read(child.stderr.fileno(), 65536):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail = (tail + chunk)[-4096:]
+    child.wait()
+    lines = [line.strip() for line in tail.decode(errors="replace").splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {child.returncode}"
+    return last.removeprefix("gist train: error: ")
 
 
 def _run_rank(rank: int, cfg: RunConfig, progress: bool, log_path: str) -> None:

@@ -271,6 +271,11 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
                         **context, **variant, method=base, subnets=m, local_steps=zeta, seed=seed
                     )
                     get_method(base).check_run(settings)
+                    if settings.dist.bandwidth != "none" and not cfg.processes:
+                        raise ValueError(
+                            f"bandwidth {settings.dist.bandwidth} shapes the link between real processes: "
+                            "set processes = true in [sweep] (or pass --processes)"
+                        )
                 except ValueError as exc:
                     raise SweepError(f"sweep {cfg.name}: {context} {method} m={m} ζ={zeta}: {exc}") from exc
                 parts = [f"{k}={_id_part(v)}" for k, v in context.items()]

@@ -1,0 +1,102 @@
+"""A slow network on one machine: a Linux network namespace whose loopback
+is shaped by ``tc``'s token bucket filter.
+
+Processes started inside the namespace (``ip netns exec NAME ...``) reach
+each other only through its loopback, so every byte ``torch.distributed``
+moves between them passes the bucket: a real link of the given rate, not a
+simulated delay. The bucket holds 10 ms of traffic (at least 256 KiB, more
+than a 9000-byte packet), and the loopback's MTU is 9000 so that a whole
+packet fits. Needs root (or ``CAP_NET_ADMIN`` and ``CAP_SYS_ADMIN``) and
+iproute2; ``netem`` (added latency) is not used, since not every kernel has it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from types import TracebackType
+from typing import Optional
+
+from ..config import parse_rate
+
+__all__ = ["ShapedNamespace", "ShapingUnavailable", "check_can_shape"]
+
+MIN_BURST_BYTES = 256 * 1024
+BURST_SECONDS = 0.01
+LOOPBACK_MTU = 9000
+
+
+class ShapingUnavailable(RuntimeError):
+    """This machine or user cannot make a shaped namespace (the message says what is missing)."""
+
+
+def check_can_shape() -> None:
+    """``ShapingUnavailable`` unless this process can make shaped namespaces."""
+    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    if missing:
+        raise ShapingUnavailable(
+            f"a shaped network needs iproute2's {' and '.join(missing)} on PATH (e.g. apt install iproute2)"
+        )
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        raise ShapingUnavailable("a shaped network needs root: network namespaces and tc need CAP_SYS_ADMIN")
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise ShapingUnavailable(f"`{' '.join(argv)}` failed: {detail[-1] if detail else result.returncode}")
+
+
+class ShapedNamespace:
+    """``with ShapedNamespace("100mbit") as ns: subprocess.run(ns.command([...]))``.
+
+    Makes the namespace on entry and deletes it on exit, whatever happened
+    inside (an error, Ctrl-C); processes still running in it are not killed
+    by the deletion, so wait for them inside the block."""
+
+    def __init__(self, bandwidth: str) -> None:
+        self.bandwidth = bandwidth
+        self.rate_bits = parse_rate(bandwidth)
+        self.name = f"gist-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.burst_bytes = max(MIN_BURST_BYTES, int(self.rate_bits / 8 * BURST_SECONDS))
+        self.active = False
+
+    def __enter__(self) -> ShapedNamespace:
+        check_can_shape()
+        _run("ip", "netns", "add", self.name)
+        self.active = True
+        try:
+            inside = ("ip", "netns", "exec", self.name)
+            _run(*inside, "ip", "link", "set", "lo", "up", "mtu", str(LOOPBACK_MTU))
+            _run(
+                *inside,
+                *("tc", "qdisc", "add", "dev", "lo", "root", "tbf"),
+                *("rate", f"{self.rate_bits:.0f}bit", "burst", str(self.burst_bytes), "latency", "100ms"),
+            )
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the namespace."""
+        if not self.active:
+            raise RuntimeError("the namespace exists only inside the with block")
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def close(self) -> None:
+        """Delete the namespace (idempotent)."""
+        if self.active:
+            subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)
+            self.active = False
+
+    def __exit__(
+        self,
+        kind: Optional[type[BaseException]],
+        value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
