@@ -391,6 +391,20 @@ def _load_csbm(root: Path, seed: int, **kwargs: Any) -> NodeDataset:
     return make_csbm(seed=seed, **kwargs)
 
 
+CLUSTERED_CSBM: dict[str, Any] = {"communities": 32, "locality": 0.9, "signal": 0.15}
+"""``csbm-clustered``: :func:`make_csbm` with 32 communities holding 90% of
+the edges and class features about twice as strong (a linear model of the
+features alone reaches 0.64 test accuracy for seed 0, a 3-layer GCN about
+0.9): a graph that, like real ones, a METIS partition cuts in few places
+(8 parts keep about 85% of the edges), each part holding every class."""
+
+
+def _load_clustered_csbm(root: Path, seed: int, **kwargs: Any) -> NodeDataset:
+    ds = make_csbm(seed=seed, **{**CLUSTERED_CSBM, **kwargs})
+    ds.name = "csbm-clustered"
+    return ds
+
+
 # --------------------------------------------------------------------------- file checks
 
 
@@ -796,6 +810,7 @@ def _load_ogb(root: Path, seed: int, *, key: str) -> NodeDataset:
 # --------------------------------------------------------------------------- registration
 
 register_dataset("csbm", _load_csbm)
+register_dataset("csbm-clustered", _load_clustered_csbm)
 for _k in _PLANETOID:
     register_dataset(_k, functools.partial(_load_planetoid, key=_k))
 for _k in (*_COAUTHOR, *_AMAZON):

@@ -108,6 +108,7 @@ DATASETS: Registry[Any] = Registry(
     "gist.data",
     [
         "csbm",
+        "csbm-clustered",
         "cora",
         "citeseer",
         "pubmed",
