@@ -140,3 +140,44 @@ def test_ctrl_c_in_a_shaped_run_removes_the_namespace(tmp_path):
     assert proc.stderr.count("gist train: interrupted") == 1
     assert json.loads(log.read_text())["failure"]["kind"] == "interrupted"
     assert "gist-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+SHAPED_SWEEP = """
+name = "shaped"
+description = "gist at m = 2 over an unshaped and a 100 Mbit/s loopback."
+
+[settings]
+dataset = "csbm"
+layers = 2
+hidden = 64
+dropout = 0.0
+rounds = 2
+threads = 1
+
+[sweep]
+methods = ["gist"]
+subnets = [2]
+local_steps = [1]
+bandwidth = ["none", "100mbit"]
+processes = true
+"""
+
+
+@needs_shaping
+def test_bandwidth_is_a_sweep_axis(tmp_path, capsys):
+    cfg = tmp_path / "shaped.toml"
+    cfg.write_text(SHAPED_SWEEP)
+    out = tmp_path / "res"
+    assert main(["sweep", str(cfg), "--out", str(out), "--root", str(tmp_path), "--no-progress"]) == 0
+    logs = {p.name: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    assert sorted(logs) == ["bandwidth=100mbit_gist_m2_z1_seed0.json", "bandwidth=none_gist_m2_z1_seed0.json"]
+    assert {log["config"]["dist"]["bandwidth"] for log in logs.values()} == {"none", "100mbit"}
+    table = (out / "table.md").read_text()
+    assert "| bandwidth" in table and "100mbit" in table
+
+
+def test_a_shaped_sweep_needs_processes(tmp_path, capsys):
+    cfg = tmp_path / "shaped.toml"
+    cfg.write_text(SHAPED_SWEEP.replace("processes = true", "processes = false"))
+    assert main(["sweep", str(cfg), "--out", str(tmp_path / "res"), "--no-progress"]) == 2
+    assert "bandwidth 100mbit shapes the link between real processes" in capsys.readouterr().err

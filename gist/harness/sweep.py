@@ -68,6 +68,8 @@ else:  # pragma: no cover
 
 SWEPT = ("method", "subnets", "local_steps", "seed")
 """Settings the sweep's grid sets for every run (listed in ``[sweep]``)."""
+PLACE_AXES = ("bandwidth",)
+"""Settings that do not change results but may be swept: where the runs run (their times differ)."""
 
 CONFIG_COPY = "config.toml"
 RUNS_DIR = "runs"
@@ -189,12 +191,12 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
     if not isinstance(processes, bool):
         raise SweepError(f"{where}: [sweep] processes must be true or false, got {processes!r}")
     axes: dict[str, list[Any]] = {}
-    sweepable = set(flat_names(changes_results=True)) - set(SWEPT)
+    sweepable = (set(flat_names(changes_results=True)) | set(PLACE_AXES)) - set(SWEPT)
     for key, values in sweep.items():
         if key not in sweepable:
             raise SweepError(
                 f"{where}: [sweep] {key!r} cannot be swept; sweep methods, subnets, local_steps, "
-                f"seeds, or run settings such as model, hidden, data_mode"
+                f"seeds, or run settings such as model, hidden, data_mode, bandwidth"
             )
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: [sweep] {key} must be a non-empty list, got {values!r}")
