@@ -38,6 +38,7 @@ BACKENDS = ("local", "dist")
 DIST_BACKENDS = ("gloo", "nccl")
 SCORERS = ("graph", "parts")
 GIST_RECIPES = ("auto", "plain", "partitioned")
+WIRE_DTYPES = ("float32", "bfloat16", "float16")
 
 Choices = Union[tuple[str, ...], Callable[[], list[str]]]
 
@@ -328,6 +329,12 @@ class RunConfig:
     subnets: int = setting(2, minimum=1, help="sub-networks / workers m")
     rounds: int = setting(30, minimum=1, help="rounds to train")
     eval_every: int = setting(1, minimum=1, help="evaluate every k rounds")
+    wire_dtype: str = setting(
+        "float32",
+        choices=WIRE_DTYPES,
+        help="dtype of the parameter buffers on the wire (gist): bfloat16 or float16 halve their bytes "
+        "(rounded to nearest; integer statistics stay exact); the coordinator's model stays float32",
+    )
     seed: int = setting(0, help="seeds the model, the width splits, partitions and dropout")
     scorer: str = setting(
         "graph",
@@ -366,6 +373,13 @@ class RunConfig:
     def is_eval_round(self, round: int) -> bool:
         """The evaluation schedule: every ``eval_every`` rounds, and the last."""
         return (round + 1) % self.eval_every == 0 or round + 1 == self.rounds
+
+    @property
+    def wire_torch_dtype(self) -> Any:
+        """:attr:`wire_dtype` as a ``torch.dtype`` (imports torch)."""
+        import torch
+
+        return getattr(torch, self.wire_dtype)
 
     @property
     def evaluates_on_workers(self) -> bool:

@@ -210,6 +210,51 @@ class FlatLayout:
             parts.append(t.detach().reshape(-1).to(self.dtype))
         return torch.cat(parts) if parts else torch.empty(0, dtype=self.dtype)
 
+    # ------------------------------------------------------------ on the wire
+
+    def _integer_mask(self) -> Tensor:
+        """Which positions of the flat buffer hold integer tensors."""
+        return torch.cat(
+            [
+                torch.full((int(torch.Size(s).numel()),), not d.is_floating_point, dtype=torch.bool)
+                for s, d in zip(self.shapes, self.dtypes)
+            ]
+            or [torch.zeros(0, dtype=torch.bool)]
+        )
+
+    def wire_numel(self, wire: torch.dtype) -> int:
+        """Values of ``wire`` dtype that :meth:`encode` sends: one per floating
+        value, and each integer's 8 bytes bit for bit."""
+        if wire == self.dtype:
+            return self.numel
+        ints = int(self._integer_mask().sum())
+        return self.numel - ints + ints * 8 // _element_size(wire)
+
+    def encode(self, flat: Tensor, wire: torch.dtype) -> Tensor:
+        """``flat`` as it travels in ``wire`` dtype: the floating values cast
+        (rounded to nearest), then the integer values (``num_batches_tracked``)
+        as their int64 bits, so that they stay exact. The identity when
+        ``wire`` is the layout's dtype."""
+        if wire == self.dtype:
+            return flat
+        mask = self._integer_mask()
+        ints = flat[mask].round().to(torch.int64)
+        return torch.cat([flat[~mask].to(wire), ints.view(wire) if ints.numel() else ints.to(wire)])
+
+    def decode(self, buf: Tensor) -> Tensor:
+        """The flat buffer (in the layout's dtype) that :meth:`encode` made ``buf`` from."""
+        if buf.dtype == self.dtype:
+            return buf
+        if buf.numel() != self.wire_numel(buf.dtype):
+            expected = self.wire_numel(buf.dtype)
+            raise ValueError(f"a {buf.dtype} buffer of {buf.numel()} values, layout expects {expected}")
+        mask = self._integer_mask()
+        floats = int((~mask).sum())
+        flat = torch.empty(self.numel, dtype=self.dtype)
+        flat[~mask] = buf[:floats].to(self.dtype)
+        flat[mask] = buf[floats:].clone().view(torch.int64).to(self.dtype)
+        return flat
+
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         if flat.dim() != 1 or flat.numel() != self.numel:
             raise ValueError(f"flat buffer has {flat.numel()} values, layout expects {self.numel}")
@@ -221,6 +266,10 @@ class FlatLayout:
             out[name] = chunk.round().to(dtype) if not dtype.is_floating_point else chunk.to(dtype)
             offset += n
         return out
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def subnet_layout(

@@ -56,3 +56,14 @@ def test_coauthor_cs_sage_partitioned_m2_within_two_points_of_m1(real_data_root)
     )
     summary = run_training(settings, progress=False)["summary"]
     assert summary["test_at_best_val"] >= CS_SAGE_M1_TEST - 0.02, summary
+
+
+def test_cora_gcn_m2_bfloat16_payloads_within_a_point_of_float32(real_data_root):
+    root = real_data_root("planetoid")
+    base = dict(dataset="cora", root=str(root), hidden=256, subnets=2, local_steps=5, rounds=20, dropout=0.5)
+    base.update(weight_decay=5e-4, seed=0)
+    runs = {w: run_training(RunConfig.from_flat(**base, wire_dtype=w), progress=False) for w in ("float32", "bfloat16")}
+    f32, bf16 = (runs[w]["summary"] for w in ("float32", "bfloat16"))
+    assert abs(bf16["best_val"] - f32["best_val"]) <= 0.01, (bf16["best_val"], f32["best_val"])
+    assert abs(bf16["test_at_best_val"] - f32["test_at_best_val"]) <= 0.01
+    assert bf16["bytes_total"] < 0.51 * f32["bytes_total"]  # the parameters' bytes halve

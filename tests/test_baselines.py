@@ -273,3 +273,10 @@ def test_cora_ddp_and_local_sgd_within_one_point_of_m1(real_data_root):
     assert mean["m1-m1"] >= 0.78, acc
     for key, value in mean.items():
         assert abs(value - mean["m1-m1"]) <= 0.01, (key, mean, acc)
+
+
+@pytest.mark.parametrize("method", ["full", "ddp", "local-sgd"])
+def test_only_gist_sends_narrow_buffers(method):
+    cfg = RunConfig.from_flat(method=method, subnets=1 if method == "full" else 2, wire_dtype="bfloat16")
+    with pytest.raises(ValueError, match="wire_dtype bfloat16"):
+        get_method(method).check_run(cfg)

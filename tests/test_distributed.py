@@ -377,3 +377,31 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, procs, wh
     assert len(record["rounds"]) == record["failure"]["round"] >= 2
     time.sleep(1)
     assert _leftovers(token) == [], "processes were left behind"
+
+
+@pytest.mark.parametrize("wire", ["bfloat16", "float16"])
+def test_narrow_wire_dtype_distributed_equals_in_process(tmp_path, one_thread, wire):
+    """Payloads in 16 bits: the same model and ledger in one process and in
+    real processes, and the bytes the analytic wire count."""
+    settings = RunConfig.from_flat(
+        dataset="csbm",
+        root=str(tmp_path / "data"),
+        layers=3,
+        hidden=16,
+        norm="batch_norm",
+        subnets=2,
+        local_steps=2,
+        rounds=3,
+        data_mode="partitioned",
+        wire_dtype=wire,
+        threads=1,
+        timeout=60,
+    )
+    (local, ls), (dist, ds) = _run_both(settings, tmp_path, 2)
+    _assert_equivalent(local, dist, ls, ds)
+    params = [t for t in dist["ledger"] if t["kind"] == "params"]
+    numel = local["summary"]["subnet_params"]
+    ints = sum(v.numel() for v in ls.values() if not v.dtype.is_floating_point)  # num_batches_tracked
+    assert all(t["nbytes"] == 2 * (numel - ints) + 8 * ints for t in params)
+    stats = [t for t in dist["ledger"] if t["kind"] == "stats"]
+    assert stats and all(t["nbytes"] == 12 for t in stats)  # the loss report stays exact float32

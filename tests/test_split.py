@@ -293,3 +293,33 @@ def test_subnet_built_from_meta_model_allocates_only_narrow_tensors():
     shapes = {k: tuple(v.shape) for k, v in subnet.state_dict().items()}
     assert shapes["convs.1.lin.weight"] == (16, 16)
     assert all(v.device.type == "cpu" for v in subnet.state_dict().values())
+
+
+@pytest.mark.parametrize("wire", [torch.bfloat16, torch.float16])
+def test_wire_encoding_rounds_floats_and_keeps_integers_exact(wire):
+    from gist.comm import WorkerStats
+    from gist.subnets import FlatLayout
+
+    layout = FlatLayout(
+        ("w", "num_batches_tracked", "b"),
+        (torch.Size([2, 3]), torch.Size([]), torch.Size([3])),
+        (torch.float32, torch.int64, torch.float32),
+    )
+    torch.manual_seed(0)
+    flat = torch.randn(10)
+    flat[6] = 123_457.0  # beyond 16-bit floats' exact integers
+    sent = layout.encode(flat, wire)
+    assert sent.dtype == wire and sent.numel() == layout.wire_numel(wire) == 9 + 8 // 2
+    back = layout.decode(sent)
+    floats = torch.ones(10, dtype=torch.bool)
+    floats[6] = False
+    assert torch.equal(back[floats], flat[floats].to(wire).to(torch.float32))  # rounded to nearest
+    assert back[6] == 123_457.0
+    assert layout.encode(flat, torch.float32) is flat and layout.decode(flat) is flat
+    stats = WorkerStats(loss=1.2345678, steps=300, seconds=12.345678)
+    wire_stats = stats.to_tensor(wire)
+    assert wire_stats.dtype == wire and wire_stats.numel() == WorkerStats.slots(wire) == 6
+    assert WorkerStats.from_tensor(wire_stats) == WorkerStats(
+        torch.tensor(1.2345678).item(), 300, torch.tensor(12.345678).item()
+    )
+    assert WorkerStats.nbytes(wire) == 12

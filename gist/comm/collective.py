@@ -131,7 +131,7 @@ class Collective(ABC):
 
     def gather_stats(self, round: int, stats: Mapping[int, WorkerStats], dtype: Any) -> dict[int, WorkerStats]:
         """Every worker's report on the coordinator (only the local ones
-        elsewhere); each travels as ``WorkerStats.NUM_VALUES`` values of ``dtype``."""
+        elsewhere); each travels as ``WorkerStats.slots(dtype)`` values of ``dtype``."""
         self._record_stats(round, WorkerStats.nbytes(dtype))
         return self._gather_stats(stats, dtype)
 
@@ -180,7 +180,7 @@ class InProcessCollective(Collective):
         return flat
 
     def _gather_stats(self, stats: Mapping[int, WorkerStats], dtype: Any) -> dict[int, WorkerStats]:
-        # as they would travel: WorkerStats.NUM_VALUES values of the buffer dtype
+        # as they would travel after a buffer of this dtype
         return {w: WorkerStats.from_tensor(stats[w].to_tensor(dtype)) for w in self.local_workers}
 
     def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:

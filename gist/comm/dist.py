@@ -209,7 +209,8 @@ class DistTransport(Transport):
         for rank in range(1, self.num_subnets):
             self.ledger.record(round, rank, TO_WORKER, "params", payloads[rank])
             sends[rank] = _post(dist.isend, payloads[rank].to(device), rank, f"round {round} (sending parameters)")
-            bufs[rank] = torch.empty(numel + WorkerStats.NUM_VALUES, dtype=payloads[0].dtype, device=device)
+            size = numel + WorkerStats.slots(payloads[0].dtype)
+            bufs[rank] = torch.empty(size, dtype=payloads[0].dtype, device=device)
             recvs[rank] = _post(dist.irecv, bufs[rank], rank, f"round {round} (waiting for its parameters)")
         self.ledger.record(round, 0, TO_WORKER, "params", payloads[0])
         own = self.worker0.train_round(round, payloads[0].clone())
@@ -382,7 +383,7 @@ class DistCollective(Collective):
         if self.ctx.rank != 0:
             self._call("gathering the stats", lambda: dist.gather(mine, None, dst=0))
             return {self.ctx.rank: WorkerStats.from_tensor(mine)}
-        out = [torch.zeros(WorkerStats.NUM_VALUES, dtype=dtype) for _ in range(self.num_workers)]
+        out = [torch.zeros(WorkerStats.slots(dtype), dtype=dtype) for _ in range(self.num_workers)]
         self._call("gathering the stats", lambda: dist.gather(mine, out, dst=0))
         return {w: WorkerStats.from_tensor(t) for w, t in enumerate(out)}
 

@@ -46,21 +46,36 @@ class WorkerStats:
     """Wall time of the worker's round."""
 
     NUM_VALUES = 3
-    """Values on the wire: ``[loss, steps, seconds]`` in the buffer dtype."""
+    """Values reported: ``[loss, steps, seconds]``, in the buffer dtype, or,
+    for a 16-bit buffer, as the bits of three float32 values (exact)."""
 
     def to_tensor(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        return torch.tensor([self.loss, float(self.steps), self.seconds], dtype=dtype)
+        """The report as it travels after a buffer of ``dtype`` (:meth:`slots` values)."""
+        narrow = _element_size(dtype) < 4
+        values = torch.tensor([self.loss, float(self.steps), self.seconds], dtype=torch.float32 if narrow else dtype)
+        return values.view(dtype) if narrow else values
 
     @classmethod
     def from_tensor(cls, values: Tensor) -> WorkerStats:
+        if values.element_size() < 4:
+            values = values.clone().view(torch.float32)
         if values.numel() != cls.NUM_VALUES:
             raise ValueError(f"a stats report has {cls.NUM_VALUES} values, got {values.numel()}")
         loss, steps, seconds = (float(v) for v in values)
         return cls(loss, int(round(steps)), seconds)
 
     @staticmethod
+    def slots(dtype: torch.dtype = torch.float32) -> int:
+        """Values of ``dtype`` a report takes on the wire."""
+        return WorkerStats.NUM_VALUES * max(1, 4 // _element_size(dtype))
+
+    @staticmethod
     def nbytes(dtype: torch.dtype = torch.float32) -> int:
-        return WorkerStats.NUM_VALUES * torch.empty((), dtype=dtype).element_size()
+        return WorkerStats.slots(dtype) * _element_size(dtype)
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 @dataclass

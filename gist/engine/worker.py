@@ -174,7 +174,8 @@ class Worker:
     width it needs is built once, on first use. With a label-prior
     correction set (:meth:`set_label_prior`) its loss is taken on the
     corrected logits. To evaluate, it holds the full model only between
-    :meth:`load_eval_model` and :meth:`drop_eval_model`.
+    :meth:`load_eval_model` and :meth:`drop_eval_model`. Its buffers travel
+    in ``wire_dtype`` (:meth:`gist.subnets.FlatLayout.encode`).
     """
 
     def __init__(
@@ -189,6 +190,7 @@ class Worker:
         keep_optimizer: bool = False,
         seed: Optional[int] = None,
         sparse: bool = True,
+        wire_dtype: torch.dtype = torch.float32,
     ) -> None:
         cfg.check()
         self.index = index
@@ -202,6 +204,7 @@ class Worker:
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.seed = seed
         self.sparse = sparse
+        self.wire_dtype = wire_dtype
         self.logit_offset: Optional[Tensor] = None
         self._subnets: dict[int, tuple[nn.Module, FlatLayout]] = {}
         self._eval_model: Optional[nn.Module] = None
@@ -223,16 +226,17 @@ class Worker:
         return graph_tensors(self.batches.data)
 
     def param_numel_at(self, round: int) -> int:
-        """Values in round ``round``'s flat buffer."""
-        return self._subnet(self.schedule.at(round).groups)[1].numel
+        """Values in round ``round``'s flat buffer on the wire."""
+        return self._subnet(self.schedule.at(round).groups)[1].wire_numel(self.wire_dtype)
 
     @property
     def param_dtype(self) -> torch.dtype:
-        return self.layout.dtype
+        """The dtype of its buffers on the wire."""
+        return self.wire_dtype
 
     @property
     def full_numel(self) -> int:
-        return subnet_layout(self.template, self.spec, 1).numel
+        return subnet_layout(self.template, self.spec, 1).wire_numel(self.wire_dtype)
 
     # ------------------------------------------------------------ label prior
 
@@ -249,7 +253,7 @@ class Worker:
     def load_eval_model(self, flat_model: Tensor) -> None:
         """Hold the full-width model sent as one flat buffer (the layout of ``m = 1``)."""
         full, layout = build_subnet(self.template, self.spec, 1), subnet_layout(self.template, self.spec, 1)
-        load_subnet_state(full, layout.unflatten(flat_model))
+        load_subnet_state(full, layout.unflatten(layout.decode(flat_model)))
         self._eval_model = full
         if self._eval_adj is None:
             self._eval_adj = adjacency(self.batches.data, self.sparse)
@@ -323,7 +327,7 @@ class Worker:
         subnet, layout = self._subnet(self.schedule.at(round).groups)
         if subnet is not self.subnet:
             self.subnet, self.layout, self.optimizer = subnet, layout, None
-        load_subnet_state(self.subnet, self.layout.unflatten(flat_params))
+        load_subnet_state(self.subnet, self.layout.unflatten(self.layout.decode(flat_params)))
         if self.optimizer is None or not self.keep_optimizer:
             self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
         losses = local_steps(
@@ -335,7 +339,7 @@ class Worker:
             self._warn_empty,
             self.logit_offset,
         )
-        flat = self.layout.flatten(subnet_state(self.subnet, self.spec))
+        flat = self.layout.encode(self.layout.flatten(subnet_state(self.subnet, self.spec)), self.wire_dtype)
         return WorkerReport(flat, WorkerStats(mean_or_nan(losses), len(losses), time.perf_counter() - start))
 
 
@@ -392,6 +396,7 @@ def make_workers(
                 keep_optimizer=cfg.subnets == 1,
                 seed=cfg.seed,
                 sparse=cfg.data.sparse_adjacency,
+                wire_dtype=cfg.wire_torch_dtype,
             )
         )
     return workers

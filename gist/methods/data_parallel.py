@@ -114,6 +114,14 @@ class DataParallelMethod(RoundDriver):
     """Whether the local workers of one process train one shared replica
     (their replicas are identical after every step)."""
 
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        if cfg.wire_dtype != "float32":
+            raise ValueError(
+                f"wire_dtype {cfg.wire_dtype}: only gist sends its buffers in a narrower dtype so far; "
+                f"{cls.name} all-reduces float32"
+            )
+
     def __init__(
         self,
         model: nn.Module,

@@ -8,6 +8,7 @@ and how its log counts steps.
 
 from __future__ import annotations
 
+from ..config import RunConfig
 from .gist import GIST
 
 
@@ -21,3 +22,11 @@ class FullModel(GIST):
     @property
     def label(self) -> str:
         return "full model"
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        if cfg.wire_dtype != "float32":
+            raise ValueError(
+                f"wire_dtype {cfg.wire_dtype}: the full model crosses no network (it is the float32 reference)"
+            )

@@ -141,7 +141,8 @@ class GIST(RoundDriver):
         check_width_split("hidden", cfg.model.hidden, gist_options(cfg).groups)
 
     def start(self) -> None:
-        self.transport.start(self.round, self.layouts[self.schedule.at(self.round).groups].numel)
+        wire = self.cfg.wire_torch_dtype
+        self.transport.start(self.round, self.layouts[self.schedule.at(self.round).groups].wire_numel(wire))
         if self.num_classes is not None:
             self.transport.share_label_counts(self.num_classes)
 
@@ -151,12 +152,15 @@ class GIST(RoundDriver):
         layout = self.layouts[plan.groups]
         partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round)
         state = self.model.state_dict()
-        slices = [layout.flatten(slice_state(state, self.spec, partition, g)) for g in range(plan.groups)]
+        wire = self.cfg.wire_torch_dtype
+        slices = [
+            layout.encode(layout.flatten(slice_state(state, self.spec, partition, g)), wire) for g in range(plan.groups)
+        ]
         payloads = [slices[plan.group_of(w)] for w in range(self.cfg.subnets)]
         split_done = time.perf_counter()
         reports = self.transport.run_round(round, payloads)
         merge_start = time.perf_counter()
-        returned = [layout.unflatten(rep.params) for rep in reports]
+        returned = [layout.unflatten(layout.decode(rep.params)) for rep in reports]
         groups = [average_states([returned[w] for w in plan.members(g)]) for g in range(plan.groups)]
         merge_states(state, self.spec, partition, groups)
         return RoundWork(
@@ -172,6 +176,7 @@ class GIST(RoundDriver):
             return super().evaluate(round)
         state = self.model.state_dict()
         flat = self._full_layout.flatten({k: v for k, v in state.items() if k in self.spec.tensor_axes})
+        flat = self._full_layout.encode(flat, self.cfg.wire_torch_dtype)
         result = self.transport.evaluate(round, flat, self._batch_norms, self._score_parts)
         for k, total in enumerate(result.moment_totals):
             set_batch_norm_stats(self.model, k, pooled_batch_norm_stats([total]))
