@@ -343,6 +343,13 @@ class RunConfig:
         "partitioned gist only, each worker scores its own part and the counts are summed "
         "(no process loads the whole graph; edges between parts are missing)",
     )
+    eval_nodes: Optional[int] = setting(
+        None,
+        minimum=1,
+        help="graph scorer: score a fixed seeded sample of this many nodes per split, computed on their "
+        "(L+1)-hop neighbourhood only (the same predictions as on the whole graph, at a fraction of the "
+        "cost for wide models and large graphs); default: every node",
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     local: LocalConfig = field(default_factory=LocalConfig)

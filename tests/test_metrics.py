@@ -49,3 +49,37 @@ def test_ogb_run_log_names_the_evaluator(tmp_path, monkeypatch):
     assert log["metric"] == {"name": "acc", "scored_by": "ogb.nodeproppred.Evaluator('ogbn-arxiv')"}
     log = run_training(RunConfig.from_flat(scorer="parts", **parted), progress=False)
     assert log["metric"]["scored_by"] == "correct / total"  # summed on the workers: the same accuracy
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+def test_sampled_view_gives_the_whole_graphs_predictions(kind):
+    """The (L+1)-hop neighbourhood of the samples predicts each sample exactly as the whole graph does."""
+    from gist.data import make_csbm
+    from gist.engine.evaluation import sampled_view
+
+    data = make_csbm(num_nodes=3000, avg_degree=3.0, seed=0).data  # sparse: neighbourhoods stay small
+    torch.manual_seed(0)
+    model = build_model(kind, data.num_features, 32, 5, num_layers=3, norm="batch_norm").eval()
+    with torch.no_grad():
+        full = model(data.x, data.edge_index)  # (eval mode: running statistics, no dropout)
+        view = sampled_view(data, 10, layers=3, seed=1)
+        part = model(view.x, view.edge_index)
+    assert view.num_nodes < data.num_nodes / 2
+    for split in ("train", "val", "test"):
+        mask = view[f"{split}_mask"]
+        assert int(mask.sum()) == 10 and bool(data[f"{split}_mask"][view.n_id[mask]].all())
+        assert torch.allclose(part[mask], full[view.n_id[mask]], atol=1e-5)
+    again = sampled_view(data, 10, layers=3, seed=1)
+    assert torch.equal(again.n_id, view.n_id)  # the same sample every evaluation
+
+
+def test_eval_nodes_scores_a_sample_and_the_log_says_so():
+    base = dict(dataset="csbm", hidden=16, rounds=2, local_steps=2, subnets=2)
+    full = run_training(RunConfig.from_flat(**base), progress=False)
+    everything = run_training(RunConfig.from_flat(**base, eval_nodes=100_000), progress=False)
+    assert [r["val"] for r in everything["rounds"]] == [r["val"] for r in full["rounds"]]
+    sampled = run_training(RunConfig.from_flat(**base, eval_nodes=50), progress=False)
+    assert "on 50 sampled nodes per split" in sampled["metric"]["scored_by"]
+    assert "4-hop neighbourhood" in sampled["metric"]["scored_by"]
+    assert all(abs(r["val"] * 50 - round(r["val"] * 50)) < 1e-9 for r in sampled["rounds"])  # counts of 50
+    assert [r["loss"] for r in sampled["rounds"]] == [r["loss"] for r in full["rounds"]]  # training unchanged

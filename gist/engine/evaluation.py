@@ -63,6 +63,34 @@ def accuracy_evaluator(data: Data, sparse_adjacency: bool = True) -> Evaluator:
     return lambda model, graph: evaluate(model, graph, adj)
 
 
+def sampled_view(data: Data, nodes_per_split: int, layers: int, seed: int) -> Data:
+    """The subgraph on which ``layers`` rounds of message passing give every
+    one of a seeded sample of up to ``nodes_per_split`` nodes of each split
+    the same output as on the whole graph: the graph induced by the samples'
+    ``(layers + 1)``-hop neighbourhood (one hop more than the receptive field,
+    so that every node within it keeps all its edges, and its degree). Its
+    masks hold the sampled nodes only; ``n_id`` maps back to ``data``."""
+    from torch_geometric.utils import k_hop_subgraph
+
+    gen = torch.Generator().manual_seed(int(seed) * 7919 + 17)
+    chosen = []
+    for split in SPLITS:
+        nodes = data[f"{split}_mask"].nonzero().view(-1)
+        chosen.append(nodes[torch.randperm(nodes.numel(), generator=gen)[:nodes_per_split]].sort().values)
+    seeds = torch.cat(chosen).unique()
+    subset, edge_index, _, _ = k_hop_subgraph(
+        seeds, layers + 1, data.edge_index, relabel_nodes=True, num_nodes=data.num_nodes
+    )
+    view = Data(x=data.x[subset], y=data.y[subset], edge_index=edge_index, n_id=subset)
+    position = torch.full((data.num_nodes,), -1, dtype=torch.long)
+    position[subset] = torch.arange(subset.numel())
+    for split, nodes in zip(SPLITS, chosen):
+        mask = torch.zeros(subset.numel(), dtype=torch.bool)
+        mask[position[nodes]] = True
+        view[f"{split}_mask"] = mask
+    return view
+
+
 def ogb_metric(dataset: str) -> Optional[str]:
     """``Evaluator(dataset).eval_metric`` for ``ogbn-*`` names, else ``None``.
 

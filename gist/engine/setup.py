@@ -17,7 +17,7 @@ from ..config import ModelConfig, RunConfig
 from ..data import NodeDataset, load_dataset
 from ..graph.parts import ensure_partitions, load_part, partition_dir, read_meta
 from ..nn.models import build_model
-from .evaluation import Evaluator, accuracy_evaluator, node_evaluator
+from .evaluation import Evaluator, accuracy_evaluator, node_evaluator, sampled_view
 
 
 def load_run_dataset(cfg: RunConfig) -> NodeDataset:
@@ -40,11 +40,25 @@ def full_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn.Module
 def coordinator_evaluator(cfg: RunConfig, data: Data) -> tuple[Evaluator, str]:
     """The evaluator of the full model on ``data`` and what it is called in
     the run log: ``ogb.nodeproppred.Evaluator`` for ``ogbn-*`` datasets, else
-    accuracy (the same number)."""
+    accuracy (the same number); with ``cfg.eval_nodes``, on a seeded sample
+    of that many nodes per split (:func:`~gist.engine.evaluation.sampled_view`)."""
+    where = ""
+    if cfg.eval_nodes is not None:
+        view = sampled_view(data, cfg.eval_nodes, cfg.model.layers, cfg.seed)
+        where = (
+            f" on {cfg.eval_nodes} sampled nodes per split (seed {cfg.seed}), computed on their "
+            f"{cfg.model.layers + 1}-hop neighbourhood ({view.num_nodes} of {data.num_nodes} nodes)"
+        )
+        data = view
     ogb = node_evaluator(cfg.data.dataset, data, cfg.data.sparse_adjacency)
     if ogb is not None:
-        return ogb, f"ogb.nodeproppred.Evaluator({cfg.data.dataset!r})"
-    return accuracy_evaluator(data, cfg.data.sparse_adjacency), "correct / total"
+        return _on(ogb, data), f"ogb.nodeproppred.Evaluator({cfg.data.dataset!r}){where}"
+    return _on(accuracy_evaluator(data, cfg.data.sparse_adjacency), data), f"correct / total{where}"
+
+
+def _on(evaluator: Evaluator, graph: Data) -> Evaluator:
+    """``evaluator`` scoring on ``graph`` whatever graph the caller passes."""
+    return lambda model, _: evaluator(model, graph)
 
 
 @dataclass

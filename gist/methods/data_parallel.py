@@ -57,7 +57,7 @@ from ..engine import (
     worker_graphs,
     worker_rng_state,
 )
-from ..engine.evaluation import accuracy_evaluator
+from ..engine.setup import coordinator_evaluator
 from ..engine.worker import WarnOnce, mean_or_nan
 from ..graph import graph_tensors
 
@@ -149,7 +149,7 @@ class DataParallelMethod(RoundDriver):
         if collective.is_coordinator and evaluator is None:
             if data is None:
                 raise ValueError("worker 0 needs the full graph (data=) to evaluate")
-            evaluator = accuracy_evaluator(data, cfg.data.sparse_adjacency)
+            evaluator, scored_by = coordinator_evaluator(cfg, data)
         self._sources = make_batch_sources(graphs, cfg)
         self._rngs = {i: RNGStream(first_rng if i == 0 else worker_rng_state(cfg.seed, i)) for i in local}
         self._warn_empty = {

@@ -46,11 +46,11 @@ from ..engine import (
     RankSetup,
     RoundDriver,
     RoundWork,
-    accuracy_evaluator,
     accuracy_from_counts,
     make_workers,
 )
 from ..engine.corrections import batch_norms, pooled_batch_norm_stats, set_batch_norm_stats
+from ..engine.setup import coordinator_evaluator
 from ..engine.worker import subnet_schedule
 from ..nn.slicing import build_split_spec, check_width_split
 from ..subnets import FlatLayout, average_states, draw_partition, merge_states, slice_state, subnet_layout
@@ -108,7 +108,7 @@ class GIST(RoundDriver):
         if evaluator is None and not (cfg.scorer == "parts" and self._score_parts):
             if data is None:
                 raise ValueError("GIST needs the full graph to evaluate (or an evaluator, or scorer='parts')")
-            evaluator = accuracy_evaluator(data, cfg.data.sparse_adjacency)
+            evaluator, scored_by = coordinator_evaluator(cfg, data)
         setup = DriverSetup(
             ledger=transport.ledger,
             num_workers=transport.num_subnets,
