@@ -57,7 +57,7 @@ def step_seconds(ds, hidden: int, m: int, repeats: int, zeta: int = 5) -> float:
     times = []
     for r in range(repeats):
         report = worker.train_round(r + 1, payload.clone())
-        times.append(float(report.stats[2]) / zeta)
+        times.append(report.stats.seconds / zeta)
     return statistics.median(times)
 
 

@@ -104,25 +104,44 @@ class SubnetSchedule:
 
 
 def average_states(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-    """The mean of several copies of the same tensors (float64 accumulation;
-    integer tensors: the rounded-down mean). One copy is returned as it is."""
+    """The mean of several copies of the same tensors (accumulated in one
+    float64 buffer per tensor, copy after copy; integer tensors: the
+    rounded-down mean). One copy is returned as it is."""
     if len(states) == 1:
         return dict(states[0])
     out = {}
     for name, first in states[0].items():
-        values = torch.stack([s[name].to(torch.float64) for s in states])
+        total = first.to(torch.float64, copy=True)
+        for s in states[1:]:
+            total += s[name]
         if first.is_floating_point():
-            out[name] = values.mean(0).to(first.dtype)
+            out[name] = total.div_(len(states)).to(first.dtype)
         else:
-            out[name] = values.sum(0).div(len(states), rounding_mode="floor").to(first.dtype)
+            out[name] = total.div_(len(states), rounding_mode="floor").to(first.dtype)
     return out
 
 
+def _block_index(tensor: Tensor, split_dims: list[tuple[int, Tensor]]) -> Optional[tuple[Tensor, ...]]:
+    """Broadcast indices that pick a block of a matrix split along both of
+    its dimensions in one gather or scatter (``None`` for other shapes)."""
+    if tensor.dim() != 2 or len(split_dims) != 2:
+        return None
+    (_, rows), (_, cols) = split_dims
+    return rows.view(-1, 1), cols.view(1, -1)
+
+
 def _slice(tensor: Tensor, axes: Axes, partition: WidthPartition, subnet: int) -> Tensor:
+    """A new tensor holding sub-network ``subnet``'s block of ``tensor``
+    (one copy of the block: no full-height intermediate for a matrix)."""
+    split_dims = [(d, partition.indices(a, subnet)) for d, a in enumerate(axes) if a is not None]
+    if not split_dims:
+        return tensor.clone()
+    block = _block_index(tensor, split_dims)
+    if block is not None:
+        return tensor[block]
     out = tensor
-    for dim, axis in enumerate(axes):
-        if axis is not None:
-            out = out.index_select(dim, partition.indices(axis, subnet))
+    for dim, idx in split_dims:
+        out = out.index_select(dim, idx)
     return out
 
 
@@ -131,6 +150,10 @@ def _write(target: Tensor, value: Tensor, axes: Axes, partition: WidthPartition,
     split_dims = [(d, partition.indices(a, subnet)) for d, a in enumerate(axes) if a is not None]
     if not split_dims:
         target.copy_(value)
+        return
+    block = _block_index(target, split_dims)
+    if block is not None:
+        target.index_put_(block, value.to(target.dtype))
         return
     (dim, idx), rest = split_dims[0], split_dims[1:]
     if not rest:
@@ -146,9 +169,7 @@ def slice_state(
     state: Mapping[str, Tensor], spec: SplitSpec, partition: WidthPartition, subnet: int
 ) -> dict[str, Tensor]:
     """The tensors of sub-network ``subnet`` (new tensors; ``state`` untouched)."""
-    return {
-        name: _slice(state[name].detach(), axes, partition, subnet).clone() for name, axes in spec.tensor_axes.items()
-    }
+    return {name: _slice(state[name].detach(), axes, partition, subnet) for name, axes in spec.tensor_axes.items()}
 
 
 def merge_states(
