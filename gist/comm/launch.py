@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from .dist import WorkerFailure, free_port
 
 RANK_ERRORS_ENV = "GIST_RANK_ERROR_DIR"
+INTERRUPTED_EXIT = 130
 INTERRUPT_GRACE_S = 10.0
 """Seconds the processes get after Ctrl-C before they are terminated."""
 OWN, LOST_PEER = "own", "lost-peer"
@@ -72,8 +74,8 @@ def launch_local(target: Callable[..., None], args: tuple[Any, ...], procs: int)
 
 
 def stop_processes(processes: list[Any], grace_s: float = INTERRUPT_GRACE_S) -> None:
-    """After Ctrl-C: pass SIGINT on (a terminal sends it to every process,
-    ``kill -INT`` to the launcher alone), give the processes ``grace_s``
+    """After Ctrl-C: pass SIGINT on (the processes are in process groups of
+    their own, so this is the only one they get), give them ``grace_s``
     seconds to write what they hold (rank 0 its log), then terminate the rest."""
     for p in processes:
         if p.is_alive():
@@ -104,13 +106,25 @@ def root_cause(folder: Path, procs: int) -> tuple[int, str] | None:
 
 
 def _spawned(rank: int, env: dict[str, str], target: Callable[..., None], args: tuple[Any, ...]) -> None:
+    # A process group of its own: a terminal's Ctrl-C reaches the launcher
+    # only, which passes it on once (:func:`stop_processes`); a second SIGINT
+    # while a process is on its way out would end it with a traceback.
+    os.setpgid(0, 0)
     os.environ.update(env)
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
     # tqdm otherwise creates a multiprocessing lock (a named semaphore) on its
     # first bar, and a process stopped with SIGTERM leaves it for the resource
     # tracker to report as leaked; a bar is only ever drawn within its process
     tqdm.set_lock(threading.RLock())
-    target(rank, *args)
+    try:
+        target(rank, *args)
+    except KeyboardInterrupt:
+        # stopped by the launcher (what the rank had to write is written):
+        # leave without the interpreter's teardown, in which gloo's threads,
+        # still waiting on the other ranks, would abort the process
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED_EXIT)
 
 
 def note_rank_error(rank: int, exc: BaseException) -> None:
