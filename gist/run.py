@@ -268,7 +268,7 @@ def launch_local(
             log = json.loads(target.read_text()) if target.is_file() else None
             if log is not None and log_path is not None:
                 write_json(log, log_path)
-            raise RunInterrupted(log["failure"]["round"] if log else None, log) from None
+            raise RunInterrupted(log.get("failure", {}).get("round") if log else None, log) from None
         log = json.loads(target.read_text())
         if log_path is not None:
             write_json(log, log_path)
@@ -302,7 +302,7 @@ def _launch_shaped(cfg: RunConfig, procs: int, progress: bool, log_path: Optiona
             log = json.loads(target.read_text()) if target.is_file() else None
             if log is not None and log_path is not None:
                 write_json(log, log_path)
-            raise RunInterrupted(log["failure"]["round"] if log else None, log) from None
+            raise RunInterrupted(log.get("failure", {}).get("round") if log else None, log) from None
         log = json.loads(target.read_text()) if target.is_file() else None
     if log is not None and log_path is not None:
         write_json(log, log_path)
