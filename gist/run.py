@@ -265,10 +265,7 @@ def launch_local(
                 write_json(log, log_path)
             raise RunFailed(log["failure"]["message"], log) from exc
         except KeyboardInterrupt:
-            log = json.loads(target.read_text()) if target.is_file() else None
-            if log is not None and log_path is not None:
-                write_json(log, log_path)
-            raise RunInterrupted(log.get("failure", {}).get("round") if log else None, log) from None
+            raise _interrupted(target, log_path) from None
         log = json.loads(target.read_text())
         if log_path is not None:
             write_json(log, log_path)
@@ -299,10 +296,7 @@ def _launch_shaped(cfg: RunConfig, procs: int, progress: bool, log_path: Optiona
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGINT)
             _pass_through(child)  # it says where it stopped
-            log = json.loads(target.read_text()) if target.is_file() else None
-            if log is not None and log_path is not None:
-                write_json(log, log_path)
-            raise RunInterrupted(log.get("failure", {}).get("round") if log else None, log) from None
+            raise _interrupted(target, log_path) from None
         log = json.loads(target.read_text()) if target.is_file() else None
     if log is not None and log_path is not None:
         write_json(log, log_path)
@@ -311,6 +305,15 @@ def _launch_shaped(cfg: RunConfig, procs: int, progress: bool, log_path: Optiona
     if log is not None and "failure" in log:
         raise RunFailed(log["failure"]["message"], log)
     raise LaunchFailure(f"in the namespace shaped to {cfg.dist.bandwidth}: {last_error}")
+
+
+def _interrupted(target: Path, log_path: Optional[str | Path]) -> RunInterrupted:
+    """After Ctrl-C stopped the processes: rank 0's log of the rounds before
+    (if it wrote one to ``target``), copied to ``log_path``, in the error."""
+    log = json.loads(target.read_text()) if target.is_file() else None
+    if log is not None and log_path is not None:
+        write_json(log, log_path)
+    return RunInterrupted(log.get("failure", {}).get("round") if log else None, log)
 
 
 def _pass_through(child: subprocess.Popen) -> str:

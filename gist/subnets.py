@@ -14,6 +14,7 @@ tensors. Blocks that cross groups are left untouched.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -215,7 +216,7 @@ class FlatLayout:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+        return self.numel * self.dtype.itemsize
 
     def flatten(self, tensors: Mapping[str, Tensor]) -> Tensor:
         """Concatenate the tensors (cast to ``dtype``) into one 1-D buffer.
@@ -233,8 +234,9 @@ class FlatLayout:
 
     # ------------------------------------------------------------ on the wire
 
+    @functools.cached_property
     def _integer_mask(self) -> Tensor:
-        """Which positions of the flat buffer hold integer tensors."""
+        """Which positions of the flat buffer hold integer tensors (built once per layout)."""
         return torch.cat(
             [
                 torch.full((int(torch.Size(s).numel()),), not d.is_floating_point, dtype=torch.bool)
@@ -248,8 +250,8 @@ class FlatLayout:
         value, and each integer's 8 bytes bit for bit."""
         if wire == self.dtype:
             return self.numel
-        ints = int(self._integer_mask().sum())
-        return self.numel - ints + ints * 8 // _element_size(wire)
+        ints = int(self._integer_mask.sum())
+        return self.numel - ints + ints * 8 // wire.itemsize
 
     def encode(self, flat: Tensor, wire: torch.dtype) -> Tensor:
         """``flat`` as it travels in ``wire`` dtype: the floating values cast
@@ -258,7 +260,7 @@ class FlatLayout:
         ``wire`` is the layout's dtype."""
         if wire == self.dtype:
             return flat
-        mask = self._integer_mask()
+        mask = self._integer_mask
         ints = flat[mask].round().to(torch.int64)
         return torch.cat([flat[~mask].to(wire), ints.view(wire) if ints.numel() else ints.to(wire)])
 
@@ -269,7 +271,7 @@ class FlatLayout:
         if buf.numel() != self.wire_numel(buf.dtype):
             expected = self.wire_numel(buf.dtype)
             raise ValueError(f"a {buf.dtype} buffer of {buf.numel()} values, layout expects {expected}")
-        mask = self._integer_mask()
+        mask = self._integer_mask
         floats = int((~mask).sum())
         flat = torch.empty(self.numel, dtype=self.dtype)
         flat[~mask] = buf[:floats].to(self.dtype)
@@ -287,10 +289,6 @@ class FlatLayout:
             out[name] = chunk.round().to(dtype) if not dtype.is_floating_point else chunk.to(dtype)
             offset += n
         return out
-
-
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def subnet_layout(

@@ -51,7 +51,7 @@ class WorkerStats:
 
     def to_tensor(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The report as it travels after a buffer of ``dtype`` (:meth:`slots` values)."""
-        narrow = _element_size(dtype) < 4
+        narrow = dtype.itemsize < 4
         values = torch.tensor([self.loss, float(self.steps), self.seconds], dtype=torch.float32 if narrow else dtype)
         return values.view(dtype) if narrow else values
 
@@ -67,15 +67,11 @@ class WorkerStats:
     @staticmethod
     def slots(dtype: torch.dtype = torch.float32) -> int:
         """Values of ``dtype`` a report takes on the wire."""
-        return WorkerStats.NUM_VALUES * max(1, 4 // _element_size(dtype))
+        return WorkerStats.NUM_VALUES * max(1, 4 // dtype.itemsize)
 
     @staticmethod
     def nbytes(dtype: torch.dtype = torch.float32) -> int:
-        return WorkerStats.slots(dtype) * _element_size(dtype)
-
-
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+        return WorkerStats.slots(dtype) * dtype.itemsize
 
 
 @dataclass
