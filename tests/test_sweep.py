@@ -197,11 +197,15 @@ def test_interrupted_sweep_keeps_finished_runs_and_redoes_the_rest(tmp_path):
 
 
 def test_killed_sweep_process_is_redone_and_others_kept(tmp_path):
-    """A real ``gist sweep`` process killed with SIGKILL mid-sweep."""
+    """A real ``gist sweep`` process killed with SIGKILL mid-sweep. Nothing
+    can clean up after SIGKILL, so the killed process gets a temporary folder
+    of its own (where its private folder stays behind) inside ``tmp_path``."""
     cfg = write_config(tmp_path, rounds=40)
     out = tmp_path / "res"
     cmd = [sys.executable, "-m", "gist", "sweep", str(cfg), "--out", str(out), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed_tmp = tmp_path / "tmp"
+    killed_tmp.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(killed_tmp)}
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -218,6 +222,8 @@ def test_killed_sweep_process_is_redone_and_others_kept(tmp_path):
     assert 2 <= len(kept) < 14
     for text in kept.values():  # what was written is complete
         assert json.loads(text)["summary"]["rounds"] == 40
+    assert [p.name[:5] for p in killed_tmp.iterdir()] == ["gist-"]  # only the killed command's own folder
+    env["TMPDIR"] = os.environ["TMPDIR"]  # the second run must clean up after itself
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert f"ran {14 - len(kept)}, skipped {len(kept)}" in result.stdout
