@@ -39,6 +39,8 @@ DIST_BACKENDS = ("gloo", "nccl")
 SCORERS = ("graph", "parts")
 GIST_RECIPES = ("auto", "plain", "partitioned")
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+"""The values of the ``device`` settings (resolved by :func:`gist.devices.resolve_device`)."""
 
 Choices = Union[tuple[str, ...], Callable[[], list[str]]]
 
@@ -336,6 +338,19 @@ class RunConfig:
         "(rounded to nearest; integer statistics stay exact); the coordinator's model stays float32",
     )
     seed: int = setting(0, help="seeds the model, the width splits, partitions and dropout")
+    device: str = setting(
+        "auto",
+        changes_results=False,
+        help="where the model, the graphs and every worker's sub-network live: auto (cuda where available, "
+        "else cpu), cpu, cuda (with processes: cuda:LOCAL_RANK) or cuda:N; CUDA results are close to, not "
+        "bit-identical with, CPU results",
+    )
+    coordinator_device: Optional[str] = setting(
+        None,
+        changes_results=False,
+        help="where the coordinator keeps the full model (gist; default: --device): cpu keeps a model wider "
+        "than one GPU in host memory while the workers train on the GPU; splitting and merging then run there",
+    )
     scorer: str = setting(
         "graph",
         choices=SCORERS,
@@ -365,6 +380,10 @@ class RunConfig:
         _check_fields(self)
         for name in GROUPS:
             getattr(self, name).check()
+        for name in ("device", "coordinator_device"):
+            value = getattr(self, name)
+            if value is not None and not DEVICE_PATTERN.match(str(value)):
+                raise ValueError(f"{name} must be auto, cpu, cuda or cuda:N, got {value!r}")
         return self
 
     def check_processes(self, world_size: int) -> None:

@@ -25,11 +25,12 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from .comm.dist import DistContext, init_distributed
+from .comm.dist import DistContext, WorkerFailure, init_distributed
 from .comm.launch import LaunchFailure, note_rank_error
 from .comm.launch import launch_local as launch_processes
 from .comm.netns import ShapedNamespace
 from .config import RunConfig
+from .devices import coordinator_device, worker_device
 from .engine import (
     Checkpointer,
     RankSetup,
@@ -98,7 +99,7 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
     ogb_metric(cfg.data.dataset)  # fail early for a dataset not scored by accuracy
     started = time.perf_counter()
     if cfg.dist.backend == "dist":
-        ctx = init_distributed(cfg.dist.dist_backend, cfg.dist.timeout)
+        ctx = init_distributed(cfg.dist.dist_backend, cfg.dist.timeout, cfg.device)
         setup = RankSetup(cfg, ctx, progress)
         driver = method.distributed(setup)
         return Built(driver, setup.split, f"torch.distributed ({ctx.backend})", time.perf_counter() - started, ctx)
@@ -130,6 +131,7 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
     if not distributed or _rank() == 0:
         check_output_paths(cfg, log_path)
     built: Optional[Built] = None
+    peer_lost = False
     try:
         built = build(cfg, progress)
         driver = built.driver
@@ -163,13 +165,17 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
     except Exception as exc:
         if distributed:  # for the launcher to report the root cause among the ranks' errors
             note_rank_error(_rank(), exc)
+        peer_lost = isinstance(exc, WorkerFailure)
         raise
     finally:
         if built is not None and built.driver is not None:
             built.driver.close()
         if built is not None and built.ctx is not None:
             built.ctx.close()
-        if distributed and dist.is_initialized():
+        # after a lost peer, a collective may still be pending in another
+        # thread (a DistributedDataParallel backward pass), and tearing the
+        # group down would wait on it: the process is ending anyway
+        if distributed and dist.is_initialized() and not peer_lost:
             dist.destroy_process_group()
 
 
@@ -222,6 +228,7 @@ def finish(
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
+            **device_environment(cfg),
         },
         "metric": {"name": "acc", "scored_by": driver.scored_by},
         "rounds": [asdict(r) for r in driver.history],
@@ -234,8 +241,20 @@ def finish(
         write_json(log, log_path)
     if cfg.checkpoint.save_model and failure is None:
         Path(cfg.checkpoint.save_model).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(driver.model.state_dict(), cfg.checkpoint.save_model)
+        torch.save({k: v.cpu() for k, v in driver.model.state_dict().items()}, cfg.checkpoint.save_model)
     return log
+
+
+def device_environment(cfg: RunConfig) -> dict[str, Any]:
+    """Where the run computed (for the log): the workers' and the
+    coordinator's device and, on CUDA, the GPU's name and the peak memory
+    this process allocated on it."""
+    device, coordinator = worker_device(cfg), coordinator_device(cfg)
+    out: dict[str, Any] = {"device": str(device), "coordinator_device": str(coordinator)}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+        out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out
 
 
 def launch_local(

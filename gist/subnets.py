@@ -43,6 +43,13 @@ class WidthPartition:
     def indices(self, width: Optional[str], subnet: int) -> Optional[Tensor]:
         return None if width is None else self.groups[width][subnet]
 
+    def to(self, device: torch.device) -> WidthPartition:
+        """The same partition with its indices on ``device`` (where the sliced model lives)."""
+        if all(g.device == torch.device(device) for groups in self.groups.values() for g in groups):
+            return self
+        moved = {name: tuple(g.to(device) for g in groups) for name, groups in self.groups.items()}
+        return WidthPartition(moved, self.num_subnets, self.seed, self.round)
+
 
 def draw_partition(widths: Mapping[str, int], num_subnets: int, seed: int, round: int) -> WidthPartition:
     """Split each hidden width into ``num_subnets`` equal random groups.
@@ -106,15 +113,15 @@ class SubnetSchedule:
 
 def average_states(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     """The mean of several copies of the same tensors (accumulated in one
-    float64 buffer per tensor, copy after copy; integer tensors: the
-    rounded-down mean). One copy is returned as it is."""
+    float64 buffer per tensor, copy after copy, on the first copy's device;
+    integer tensors: the rounded-down mean). One copy is returned as it is."""
     if len(states) == 1:
         return dict(states[0])
     out = {}
     for name, first in states[0].items():
         total = first.to(torch.float64, copy=True)
         for s in states[1:]:
-            total += s[name]
+            total += s[name].to(total.device)
         if first.is_floating_point():
             out[name] = total.div_(len(states)).to(first.dtype)
         else:
@@ -153,12 +160,13 @@ def _write(target: Tensor, value: Tensor, axes: Axes, partition: WidthPartition,
         target.copy_(value)
         return
     block = _block_index(target, split_dims)
+    value = value.to(target.device, target.dtype)
     if block is not None:
-        target.index_put_(block, value.to(target.dtype))
+        target.index_put_(block, value)
         return
     (dim, idx), rest = split_dims[0], split_dims[1:]
     if not rest:
-        target.index_copy_(dim, idx, value.to(target.dtype))
+        target.index_copy_(dim, idx, value)
         return
     block = target.index_select(dim, idx)
     sub_axes = tuple(a if d != dim else None for d, a in enumerate(axes))
@@ -260,7 +268,7 @@ class FlatLayout:
         ``wire`` is the layout's dtype."""
         if wire == self.dtype:
             return flat
-        mask = self._integer_mask
+        mask = self._integer_mask.to(flat.device)
         ints = flat[mask].round().to(torch.int64)
         return torch.cat([flat[~mask].to(wire), ints.view(wire) if ints.numel() else ints.to(wire)])
 
@@ -271,9 +279,9 @@ class FlatLayout:
         if buf.numel() != self.wire_numel(buf.dtype):
             expected = self.wire_numel(buf.dtype)
             raise ValueError(f"a {buf.dtype} buffer of {buf.numel()} values, layout expects {expected}")
-        mask = self._integer_mask
+        mask = self._integer_mask.to(buf.device)
         floats = int((~mask).sum())
-        flat = torch.empty(self.numel, dtype=self.dtype)
+        flat = torch.empty(self.numel, dtype=self.dtype, device=buf.device)
         flat[~mask] = buf[:floats].to(self.dtype)
         flat[mask] = buf[floats:].clone().view(torch.int64).to(self.dtype)
         return flat
@@ -309,12 +317,14 @@ def subnet_layout(
     return FlatLayout(tuple(spec.tensor_axes), tuple(shapes), tuple(dtypes), dtype)
 
 
-def build_subnet(model: nn.Module, spec: SplitSpec, num_subnets: int) -> nn.Module:
+def build_subnet(
+    model: nn.Module, spec: SplitSpec, num_subnets: int, device: Optional[torch.device] = None
+) -> nn.Module:
     """A narrow copy of ``model``: same depth, every hidden width ``d/m``.
 
-    Only the narrow tensors are allocated (``model`` may live on the ``meta``
-    device); their values are zeros until a state is loaded with
-    :func:`load_subnet_state`.
+    Only the narrow tensors are allocated, on ``device`` (default: the
+    model's, or the CPU for a model on the ``meta`` device); their values
+    are zeros until a state is loaded with :func:`load_subnet_state`.
     """
     layout = subnet_layout(model, spec, num_subnets)
     memo: dict[int, object] = {}
@@ -322,8 +332,8 @@ def build_subnet(model: nn.Module, spec: SplitSpec, num_subnets: int) -> nn.Modu
     named.update(dict(model.named_buffers(remove_duplicate=False)))
     for name, shape, dtype in zip(layout.names, layout.shapes, layout.dtypes):
         src = named[name]
-        device = src.device if src.device.type != "meta" else torch.device("cpu")
-        fresh = torch.zeros(shape, dtype=dtype, device=device)
+        where = device if device is not None else src.device if src.device.type != "meta" else torch.device("cpu")
+        fresh = torch.zeros(shape, dtype=dtype, device=where)
         if isinstance(src, nn.Parameter):
             fresh = nn.Parameter(fresh, requires_grad=src.requires_grad)
         memo[id(src)] = fresh

@@ -29,10 +29,10 @@ Ledger conventions (``kind="params"`` unless said otherwise):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .ledger import FROM_WORKER, TO_WORKER, ByteLedger, handshake_header, handshake_reply, record_handshake
 from .transport import WorkerStats
@@ -119,6 +119,24 @@ class Collective(ABC):
 
     @abstractmethod
     def _all_reduce_mean(self, flats: Mapping[int, Tensor]) -> Tensor: ...
+
+    def record_all_reduce(self, round: int, numel: int, element_size: int) -> None:
+        """Count an all-reduce of ``numel`` values that the caller ran itself
+        (``torch.nn.parallel.DistributedDataParallel``'s buckets), as
+        :meth:`all_reduce_mean` counts its own."""
+        self._record_allreduce(round, numel, element_size)
+
+    def data_parallel(self, module: nn.Module) -> Optional[nn.Module]:
+        """``module`` wrapped so that its backward pass averages the gradients
+        over the workers (a real ``DistributedDataParallel`` on
+        ``torch.distributed``); ``None`` where the workers share this process
+        and the caller averages them with :meth:`all_reduce_mean`."""
+        return None
+
+    def watched(self, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, which takes part in collectives (a wrapped model's
+        backward pass): a worker that died or hung meanwhile is named."""
+        return fn()
 
     def broadcast(self, round: int, flat: Tensor, kind: str = "params") -> Tensor:
         """Worker 0's ``flat`` on every process (``flat`` is this process's

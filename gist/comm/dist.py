@@ -20,6 +20,8 @@ in-process simulation records them.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import signal
 import socket
@@ -31,8 +33,9 @@ from typing import Any, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..devices import check_backend, default_backend, resolve_device
 from .collective import Collective
 from .ledger import (
     FROM_WORKER,
@@ -82,6 +85,8 @@ class DistContext:
     backend: str
     timeout_s: float
     liveness: Optional[Liveness] = field(default=None, compare=False, repr=False)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Where this rank computes (:func:`gist.devices.resolve_device`)."""
     """Heartbeats and watched waits; without it a wait is bounded by the
     process group's own timeout."""
 
@@ -95,14 +100,15 @@ class DistContext:
             self.liveness.stop()
 
 
-def default_backend() -> str:
-    """NCCL where CUDA is available, gloo otherwise."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
-
-
-def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
+def init_distributed(
+    backend: Optional[str] = None, timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "auto"
+) -> DistContext:
     """Join the process group described by torchrun's environment variables
     (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
+
+    ``device`` (a ``device`` setting) is where this rank computes; the
+    backend defaults to NCCL for a CUDA device and gloo otherwise, and a CUDA
+    rank makes its device the current one (NCCL's collectives use it).
 
     ``timeout_s`` bounds the rendezvous, and how long a rank waits on a
     peer that is dead (no heartbeat) or hung (alive, but idle and waiting on
@@ -114,7 +120,11 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_T
             f"--backend dist needs the torchrun environment ({', '.join(missing)} not set): start with "
             f"`torchrun --nproc-per-node M -m gist train --backend dist ...` or use `gist train --procs M`"
         )
-    backend = backend or default_backend()
+    where = resolve_device(device)
+    backend = backend or default_backend(where)
+    check_backend(backend, where)
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
     if timeout_s <= 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout_s}")
     if not dist.is_initialized():
@@ -123,12 +133,13 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = DEFAULT_T
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     liveness = Liveness.from_environment(rank, timeout_s)
-    return DistContext(rank, world_size, int(os.environ.get("LOCAL_RANK", 0)), backend, timeout_s, liveness)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    return DistContext(rank, world_size, local_rank, backend, timeout_s, liveness, where)
 
 
 def comm_device(ctx: DistContext) -> torch.device:
-    """Where message buffers live: the local GPU for NCCL, the CPU for gloo."""
-    return torch.device("cuda", ctx.local_rank) if ctx.backend == "nccl" else torch.device("cpu")
+    """Where message buffers live: the rank's GPU for NCCL, the CPU for gloo."""
+    return ctx.device if ctx.backend == "nccl" else torch.device("cpu")
 
 
 def _send(tensor: Tensor, dst: int, ctx: DistContext, what: str) -> None:
@@ -139,13 +150,15 @@ def _send(tensor: Tensor, dst: int, ctx: DistContext, what: str) -> None:
         raise WorkerFailure(dst, what, exc) from exc
 
 
-def _recv(like: Tensor, src: int, ctx: DistContext, what: str) -> Tensor:
+def _recv(like: Tensor, src: int, ctx: DistContext, what: str, on_device: bool = False) -> Tensor:
+    """A message like ``like`` from ``src``: on the CPU, or (``on_device``)
+    where it arrived (a parameter buffer, loaded straight into a model there)."""
     buf = torch.empty_like(like, device=comm_device(ctx))
     try:
         ctx.wait_on([src], lambda: dist.recv(buf, src=src))
     except Exception as exc:  # noqa: BLE001
         raise WorkerFailure(src, what, exc) from exc
-    return buf.cpu()
+    return buf if on_device else buf.cpu()
 
 
 def collective(ctx: DistContext, what: str, fn: Callable[[], T]) -> T:
@@ -218,7 +231,7 @@ class DistTransport(Transport):
         for rank in range(1, self.num_subnets):
             _wait(sends[rank], rank, self.ctx, f"round {round} (sending parameters)")
             _wait(recvs[rank], rank, self.ctx, f"round {round} (waiting for its parameters)")
-            buf = bufs[rank].cpu()
+            buf = bufs[rank]
             reports.append(WorkerReport(buf[:numel], WorkerStats.from_tensor(buf[numel:])))
         stats_bytes = WorkerStats.nbytes(payloads[0].dtype)
         for rank, report in enumerate(reports):
@@ -316,10 +329,11 @@ def serve_worker(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtoco
         worker.set_label_prior(total)
     for round in range(start_round, protocol.rounds):
         like = torch.empty(worker.param_numel_at(round), dtype=worker.param_dtype)
-        params = _recv(like, 0, ctx, f"round {round} (waiting for rank 0)")
+        params = _recv(like, 0, ctx, f"round {round} (waiting for rank 0)", on_device=True)
         inject_fault(ctx.rank, round)
         report = worker.train_round(round, params)
-        reply = torch.cat([report.params, report.stats.to_tensor(report.params.dtype)])
+        stats = report.stats.to_tensor(report.params.dtype).to(report.params.device)
+        reply = torch.cat([report.params, stats])
         _send(reply, 0, ctx, f"round {round} (returning parameters)")
         if protocol.evaluates_after is not None and protocol.evaluates_after(round):
             _serve_evaluation(worker, ctx, protocol, round)
@@ -327,7 +341,7 @@ def serve_worker(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtoco
 
 def _serve_evaluation(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtocol, round: int) -> None:
     full = torch.empty(worker.full_numel, dtype=worker.param_dtype)
-    worker.load_eval_model(_recv(full, 0, ctx, f"round {round} (waiting for the model to evaluate)"))
+    worker.load_eval_model(_recv(full, 0, ctx, f"round {round} (waiting for the model to evaluate)", on_device=True))
     try:
         for k in range(protocol.batch_norms):
             mine = worker.batch_norm_moments(k)
@@ -341,18 +355,16 @@ def _serve_evaluation(worker: SubnetWorker, ctx: DistContext, protocol: WorkerPr
 
 class DistCollective(Collective):
     """This process is worker ``ctx.rank`` of ``ctx.world_size``; every
-    operation is a ``torch.distributed`` collective (CPU tensors over gloo).
+    operation is a ``torch.distributed`` collective on the rank's device
+    (NCCL), or through host memory (gloo).
 
     A collective that fails (a rank died or hung past the timeout) raises
     :class:`CollectiveFailure`."""
 
     def __init__(self, ctx: DistContext, ledger: Optional[ByteLedger] = None) -> None:
-        if ctx.backend != "gloo":
-            raise ValueError(
-                f"the data-parallel methods run on CPU tensors over gloo, not {ctx.backend!r}; use --dist-backend gloo"
-            )
         super().__init__(ctx.world_size, [ctx.rank], ledger)
         self.ctx = ctx
+        self.device = comm_device(ctx)
 
     @property
     def sequential(self) -> bool:
@@ -361,31 +373,36 @@ class DistCollective(Collective):
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         return collective(self.ctx, what, fn)
 
+    def watched(self, what: str, fn: Callable[[], Any]) -> Any:
+        return self._call(what, fn)
+
     def _exchange_handshake(self, header: Tensor, data_bytes: Mapping[int, int]) -> tuple[Tensor, dict[int, Tensor]]:
+        header = header.to(self.device)
         self._call("set-up", lambda: dist.broadcast(header, src=0))
-        gathered = [torch.zeros(1, dtype=torch.int64) for _ in range(self.num_workers)]
-        mine = handshake_reply(data_bytes[self.ctx.rank])
+        gathered = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.num_workers)]
+        mine = handshake_reply(data_bytes[self.ctx.rank]).to(self.device)
         self._call("set-up", lambda: dist.all_gather(gathered, mine))
-        return header, dict(enumerate(gathered))
+        return header.cpu(), {w: t.cpu() for w, t in enumerate(gathered)}
 
     def _all_reduce_mean(self, flats: Mapping[int, Tensor]) -> Tensor:
-        flat = flats[self.ctx.rank].div_(self.num_workers).contiguous()
+        own = flats[self.ctx.rank]
+        flat = own.div_(self.num_workers).to(self.device).contiguous()
         self._call("an all-reduce", lambda: dist.all_reduce(flat))
-        return flat
+        return flat.to(own.device)
 
     def _broadcast(self, flat: Tensor) -> Tensor:
-        flat = flat.contiguous()
-        self._call("a broadcast", lambda: dist.broadcast(flat, src=0))
-        return flat
+        buf = flat.to(self.device).contiguous()
+        self._call("a broadcast", lambda: dist.broadcast(buf, src=0))
+        return buf.to(flat.device)
 
     def _gather_stats(self, stats: Mapping[int, WorkerStats], dtype: Any) -> dict[int, WorkerStats]:
-        mine = stats[self.ctx.rank].to_tensor(dtype)
+        mine = stats[self.ctx.rank].to_tensor(dtype).to(self.device)
         if self.ctx.rank != 0:
             self._call("gathering the stats", lambda: dist.gather(mine, None, dst=0))
-            return {self.ctx.rank: WorkerStats.from_tensor(mine)}
-        out = [torch.zeros(WorkerStats.slots(dtype), dtype=dtype) for _ in range(self.num_workers)]
+            return {self.ctx.rank: WorkerStats.from_tensor(mine.cpu())}
+        out = [torch.zeros(WorkerStats.slots(dtype), dtype=dtype, device=self.device) for _ in range(self.num_workers)]
         self._call("gathering the stats", lambda: dist.gather(mine, out, dst=0))
-        return {w: WorkerStats.from_tensor(t) for w, t in enumerate(out)}
+        return {w: WorkerStats.from_tensor(t.cpu()) for w, t in enumerate(out)}
 
     def round_starts(self, round: int) -> None:
         inject_fault(self.ctx.rank, round)
@@ -400,6 +417,46 @@ class DistCollective(Collective):
         received: list[Any] = [None]
         self._call("restoring a checkpoint", lambda: dist.scatter_object_list(received, inputs, src=0))
         return {self.ctx.rank: received[0]}
+
+    def data_parallel(self, module: nn.Module) -> nn.Module:
+        """``module`` wrapped in ``torch.nn.parallel.DistributedDataParallel``
+        (``device_ids`` on a GPU): every backward pass averages the gradients,
+        bucket by bucket, as this collective's all-reduce does (each bucket
+        divided by ``m``, then summed), so the wrapped model trains exactly as
+        :meth:`all_reduce_mean` of one flat gradient would. The caller counts
+        the bytes (one all-reduce of ``|θ|`` values per step). Buffers are not
+        broadcast (each worker's BatchNorm keeps its own running statistics),
+        and the wrapper does not copy the model at construction: the method
+        broadcasts worker 0's model itself (counted)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.ctx.device] if self.ctx.device.type == "cuda" else None
+        # torch >= 2.13 names "no buffer broadcast before each forward" forward_sync_buffers
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_parameters() else "broadcast_buffers"
+        wrapped = DistributedDataParallel(module, device_ids=device_ids, init_sync=False, **{no_sync: False})
+        wrapped.register_comm_hook(self, _mean_hook)
+        return wrapped
+
+
+@functools.cache
+def _ddp_parameters() -> set[str]:
+    """The keyword arguments ``DistributedDataParallel`` takes in this torch."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return set(inspect.signature(DistributedDataParallel.__init__).parameters)
+
+
+def _mean_hook(collective, bucket):  # noqa: ANN001, ANN202 - DDP checks these annotations, and strings fail
+    """DDP's gradient hook: the bucket divided by ``m``, then all-reduced
+    (summed) through host memory for gloo with CUDA tensors, in place otherwise."""
+    grads = bucket.buffer().div_(collective.num_workers)
+    if grads.device == collective.device:
+        return dist.all_reduce(grads, async_op=True).get_future().then(lambda fut: fut.value()[0])
+    staged = grads.to(collective.device)
+    dist.all_reduce(staged)
+    done: torch.futures.Future = torch.futures.Future()
+    done.set_result(staged.to(grads.device))
+    return done
 
 
 FAULT_ENV = "GIST_INJECT_FAULT"

@@ -32,6 +32,8 @@ from .dist import WorkerFailure, free_port
 
 RANK_ERRORS_ENV = "GIST_RANK_ERROR_DIR"
 INTERRUPTED_EXIT = 130
+LOST_PEER_EXIT = 1
+"""Exit status of a rank that stopped because another rank is gone."""
 INTERRUPT_GRACE_S = 10.0
 """Seconds the processes get after Ctrl-C before they are terminated."""
 OWN, LOST_PEER = "own", "lost-peer"
@@ -63,8 +65,9 @@ def launch_local(target: Callable[..., None], args: tuple[Any, ...], procs: int)
         except KeyboardInterrupt:
             stop_processes(context.processes)
             raise
-        except mp.ProcessRaisedException as exc:
-            cause = root_cause(Path(tmp), procs)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            lost_peer = isinstance(exc, mp.ProcessExitedException) and exc.exit_code == LOST_PEER_EXIT
+            cause = root_cause(Path(tmp), procs) if lost_peer or isinstance(exc, mp.ProcessRaisedException) else None
             if cause is not None:
                 raise LaunchFailure(cause[1]) from exc
             raise
@@ -122,9 +125,19 @@ def _spawned(rank: int, env: dict[str, str], target: Callable[..., None], args: 
         # stopped by the launcher (what the rank had to write is written):
         # leave without the interpreter's teardown, in which gloo's threads,
         # still waiting on the other ranks, would abort the process
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(INTERRUPTED_EXIT)
+        _leave(INTERRUPTED_EXIT)
+    except WorkerFailure:
+        # another rank is gone (the error is noted for the launcher): a
+        # collective may still be pending in a helper thread (a
+        # DistributedDataParallel backward pass), and the interpreter's
+        # teardown would wait on it for ever
+        _leave(LOST_PEER_EXIT)
+
+
+def _leave(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def note_rank_error(rank: int, exc: BaseException) -> None:

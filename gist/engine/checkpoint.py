@@ -43,7 +43,7 @@ class Checkpointer:
         if not self.path.is_file():
             raise ValueError(f"--resume: no checkpoint at {self.path}")
         try:
-            state = torch.load(self.path, weights_only=True)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, wrong file
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise ValueError(

@@ -24,8 +24,8 @@ from torch_geometric.data import Data
 
 
 def label_counts(data: Data, num_classes: int) -> Tensor:
-    """``int64 [num_classes]``: how many of the graph's training nodes hold each label."""
-    return torch.bincount(data.y[data.train_mask].view(-1), minlength=num_classes)[:num_classes]
+    """``int64 [num_classes]`` (on the CPU): how many of the graph's training nodes hold each label."""
+    return torch.bincount(data.y[data.train_mask].view(-1), minlength=num_classes)[:num_classes].cpu()
 
 
 def prior_offset(own_counts: Tensor, total_counts: Tensor) -> Tensor:
@@ -50,7 +50,7 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 def batch_norm_moments(model: nn.Module, index: int, data: Data, adj: Tensor, nodes: Optional[Tensor]) -> Tensor:
     """``float64 [count, sum_1..d, sumsq_1..d]`` of the inputs of the model's
     ``index``-th BatchNorm over ``nodes`` (default all), in an eval-mode
-    forward pass (earlier BatchNorms use their running statistics)."""
+    forward pass (earlier BatchNorms use their running statistics); on the CPU."""
     norm = batch_norms(model)[index]
     captured: list[Tensor] = []
     handle = norm.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
@@ -63,7 +63,8 @@ def batch_norm_moments(model: nn.Module, index: int, data: Data, adj: Tensor, no
         model.train(was_training)
     x = captured[0] if nodes is None else captured[0][nodes]
     x = x.to(torch.float64)
-    return torch.cat([torch.tensor([x.shape[0]], dtype=torch.float64), x.sum(0), x.pow(2).sum(0)])
+    count = torch.tensor([x.shape[0]], dtype=torch.float64, device=x.device)
+    return torch.cat([count, x.sum(0), x.pow(2).sum(0)]).cpu()
 
 
 def pooled_batch_norm_stats(moments: Sequence[Tensor]) -> Tensor:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..comm import FROM_WORKER, TO_WORKER, ByteLedger, WorkerStats
 from ..config import RunConfig
+from ..devices import check_devices
 from .checkpoint import Checkpointer
 from .divergence import check_round
 from .evaluation import Evaluator
@@ -83,6 +84,7 @@ class RoundDriver(ABC):
         """``ValueError`` naming the first setting this method cannot run with:
         the config's own checks, the method's fixed ``m``, :meth:`check_config`."""
         cfg.check()
+        check_devices(cfg, processes=cfg.dist.backend == "dist")
         if cls.fixed_subnets is not None and cfg.subnets != cls.fixed_subnets:
             raise ValueError(
                 f"{cls.name} trains {cls.fixed_subnets} worker(s): m must be {cls.fixed_subnets}, got {cfg.subnets}"
@@ -277,7 +279,7 @@ class RoundDriver(ABC):
             "format": CHECKPOINT_FORMAT,
             "method": self.name,
             "round": self.round,
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
             "history": [asdict(r) for r in self.history],
             "ledger": self.ledger.records(),
             "rng_state": torch.get_rng_state(),

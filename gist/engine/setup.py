@@ -15,6 +15,7 @@ from torch_geometric.data import Data
 from ..comm.dist import DistContext, collective
 from ..config import ModelConfig, RunConfig
 from ..data import NodeDataset, load_dataset
+from ..devices import coordinator_device
 from ..graph.parts import ensure_partitions, load_part, partition_dir, read_meta
 from ..nn.models import build_model
 from .evaluation import Evaluator, accuracy_evaluator, node_evaluator, sampled_view
@@ -37,11 +38,13 @@ def full_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn.Module
     return build_stock_model(cfg.model, num_features, num_classes)
 
 
-def coordinator_evaluator(cfg: RunConfig, data: Data) -> tuple[Evaluator, str]:
+def coordinator_evaluator(cfg: RunConfig, data: Data, device: Optional[torch.device] = None) -> tuple[Evaluator, str]:
     """The evaluator of the full model on ``data`` and what it is called in
     the run log: ``ogb.nodeproppred.Evaluator`` for ``ogbn-*`` datasets, else
     accuracy (the same number); with ``cfg.eval_nodes``, on a seeded sample
-    of that many nodes per split (:func:`~gist.engine.evaluation.sampled_view`)."""
+    of that many nodes per split (:func:`~gist.engine.evaluation.sampled_view`).
+    The graph it scores on is moved to ``device`` (default the coordinator's,
+    :func:`~gist.devices.coordinator_device`), where the model must live."""
     where = ""
     if cfg.eval_nodes is not None:
         view = sampled_view(data, cfg.eval_nodes, cfg.model.layers, cfg.seed)
@@ -50,6 +53,7 @@ def coordinator_evaluator(cfg: RunConfig, data: Data) -> tuple[Evaluator, str]:
             f"{cfg.model.layers + 1}-hop neighbourhood ({view.num_nodes} of {data.num_nodes} nodes)"
         )
         data = view
+    data = data.to(coordinator_device(cfg) if device is None else device)
     ogb = node_evaluator(cfg.data.dataset, data, cfg.data.sparse_adjacency)
     if ogb is not None:
         return _on(ogb, data), f"ogb.nodeproppred.Evaluator({cfg.data.dataset!r}){where}"

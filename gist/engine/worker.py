@@ -26,6 +26,7 @@ from torch_geometric.data import Data
 
 from ..comm import WorkerReport, WorkerStats
 from ..config import LocalConfig, RunConfig, gist_options
+from ..devices import worker_device
 from ..graph import BatchSource, ClusterBatches, FullBatch, adjacency, graph_tensors, partition_nodes, worker_subgraph
 from ..nn.slicing import SplitSpec
 from ..subnets import FlatLayout, SubnetSchedule, build_subnet, load_subnet_state, subnet_layout, subnet_state
@@ -48,20 +49,47 @@ def make_optimizer(params, cfg: LocalConfig) -> torch.optim.Optimizer:
 
 class RNGStream:
     """A worker's own RNG stream, swapped into the global generator around its
-    computation, so it draws the same numbers in a shared process as alone."""
+    computation, so it draws the same numbers in a shared process as alone.
 
-    def __init__(self, state: Tensor) -> None:
+    On a CUDA ``device`` (where dropout draws from that GPU's generator) it
+    holds that generator's state too, seeded from the CPU state's seed."""
+
+    def __init__(self, state: Tensor, device: Optional[torch.device] = None) -> None:
         self.state = state.clone()
+        self.device = torch.device(device) if device is not None and torch.device(device).type == "cuda" else None
+        self.cuda_state: Optional[Tensor] = None
+        if self.device is not None:
+            self.cuda_state = cuda_rng_state(self.state, self.device)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         outer = torch.get_rng_state()
         torch.set_rng_state(self.state)
+        outer_cuda = None
+        if self.device is not None:
+            outer_cuda = torch.cuda.get_rng_state(self.device)
+            torch.cuda.set_rng_state(self.cuda_state, self.device)
         try:
             yield
         finally:
             self.state = torch.get_rng_state()
             torch.set_rng_state(outer)
+            if self.device is not None:
+                self.cuda_state = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(outer_cuda, self.device)
+
+    def reset(self, state: Tensor) -> None:
+        """Start again from the CPU ``state`` (and the CUDA state seeded from it)."""
+        self.state = state.clone()
+        if self.device is not None:
+            self.cuda_state = cuda_rng_state(self.state, self.device)
+
+
+def cuda_rng_state(cpu_state: Tensor, device: torch.device) -> Tensor:
+    """The state of ``device``'s generator seeded from the seed of a CPU
+    generator state (so a worker's CUDA stream is a function of its seed)."""
+    seed = torch.Generator().set_state(cpu_state).initial_seed()
+    return torch.Generator(device=device).manual_seed((seed * 2654435761 + 1) % (2**63)).get_state()
 
 
 def training_loss(
@@ -136,21 +164,30 @@ def worker_graphs(data: Data, cfg: RunConfig) -> list[Data]:
     return [worker_subgraph(data, parts, i, d.halo_hops) for i in range(cfg.subnets)]
 
 
-def make_batch_sources(graphs: dict[int, Data], cfg: RunConfig) -> dict[int, BatchSource]:
-    """Worker ``i``'s batch stream over ``graphs[i]``: full batch, or Cluster-GCN
-    batches whose METIS partition is computed once per distinct graph and
-    whose order is seeded by ``seed + i``."""
+def make_batch_sources(
+    graphs: dict[int, Data], cfg: RunConfig, device: Optional[torch.device] = None
+) -> dict[int, BatchSource]:
+    """Worker ``i``'s batch stream over ``graphs[i]`` moved to ``device``
+    (default :func:`worker_device`; one copy per distinct graph): full batch,
+    or Cluster-GCN batches whose METIS partition is computed once per
+    distinct graph and whose order is seeded by ``seed + i``."""
     sources: dict[int, BatchSource] = {}
     parts_of: dict[int, Tensor] = {}
     full_of: dict[int, FullBatch] = {}
+    on_device: dict[int, Data] = {}
     d = cfg.data
-    for i, g in graphs.items():
+    device = worker_device(cfg) if device is None else device
+    for i, source_graph in graphs.items():
+        if id(source_graph) not in on_device:
+            on_device[id(source_graph)] = source_graph.to(device)
+        g = on_device[id(source_graph)]
         if d.batching == "cluster":
             parts = parts_of.get(id(g))
             if parts is None:
                 if d.num_clusters > g.num_nodes:
                     raise ValueError(f"num_clusters ({d.num_clusters}) exceeds worker {i}'s {g.num_nodes} nodes")
-                parts = parts_of[id(g)] = partition_nodes(g.edge_index, g.num_nodes, d.num_clusters, "metis", cfg.seed)
+                parts = partition_nodes(source_graph.edge_index.cpu(), g.num_nodes, d.num_clusters, "metis", cfg.seed)
+                parts = parts_of[id(g)] = parts.to(device)
             sources[i] = ClusterBatches(
                 g, d.num_clusters, d.clusters_per_batch, cfg.seed + i, parts=parts, sparse=d.sparse_adjacency
             )
@@ -191,15 +228,17 @@ class Worker:
         seed: Optional[int] = None,
         sparse: bool = True,
         wire_dtype: torch.dtype = torch.float32,
+        device: Optional[torch.device] = None,
     ) -> None:
         cfg.check()
+        self.device = torch.device(device) if device is not None else batches.data.x.device
         self.index = index
         self.template = template
         self.spec = spec
         self.schedule = schedule
         self.batches = batches
         self.cfg = cfg
-        self._rng = RNGStream(rng_state)
+        self._rng = RNGStream(rng_state, self.device)
         self.keep_optimizer = keep_optimizer
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.seed = seed
@@ -217,7 +256,7 @@ class Worker:
         """The sub-network (and its flat layout) of width ``d / groups``."""
         if groups not in self._subnets:
             self._subnets[groups] = (
-                build_subnet(self.template, self.spec, groups),
+                build_subnet(self.template, self.spec, groups, self.device),
                 subnet_layout(self.template, self.spec, groups),
             )
         return self._subnets[groups]
@@ -246,13 +285,15 @@ class Worker:
 
     def set_label_prior(self, total_counts: Tensor) -> None:
         """Train from now on with the label-prior correction against ``total_counts``."""
-        self.logit_offset = prior_offset(self.label_counts(total_counts.numel()), total_counts)
+        offset = prior_offset(self.label_counts(total_counts.numel()), total_counts.cpu())
+        self.logit_offset = offset.to(self.device)
 
     # ------------------------------------------------------------ evaluation
 
     def load_eval_model(self, flat_model: Tensor) -> None:
         """Hold the full-width model sent as one flat buffer (the layout of ``m = 1``)."""
-        full, layout = build_subnet(self.template, self.spec, 1), subnet_layout(self.template, self.spec, 1)
+        full = build_subnet(self.template, self.spec, 1, self.device)
+        layout = subnet_layout(self.template, self.spec, 1)
         load_subnet_state(full, layout.unflatten(layout.decode(flat_model)))
         self._eval_model = full
         if self._eval_adj is None:
@@ -292,6 +333,8 @@ class Worker:
         """What a worker must keep to resume exactly: with ``m = 1`` its RNG
         stream, optimizer and batch stream carry over between rounds."""
         state: dict[str, Any] = {"rng_state": self.rng_state.clone()}
+        if self._rng.cuda_state is not None:
+            state["cuda_rng_state"] = self._rng.cuda_state.clone()
         if self.keep_optimizer and self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
         batcher = self.batches.state_dict()
@@ -301,6 +344,8 @@ class Worker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng_state = state["rng_state"].clone()
+        if "cuda_rng_state" in state and self._rng.device is not None:
+            self._rng.cuda_state = state["cuda_rng_state"].clone()
         if "optimizer" in state:
             self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -314,7 +359,7 @@ class Worker:
 
     @rng_state.setter
     def rng_state(self, state: Tensor) -> None:
-        self._rng.state = state.clone()
+        self._rng.reset(state)
 
     # ------------------------------------------------------------ training
 
@@ -379,7 +424,8 @@ def make_workers(
         graphs = dict(enumerate(worker_graphs(data, cfg)))
     first_state = torch.get_rng_state()
     chosen = list(indices) if indices is not None else list(range(cfg.subnets))
-    sources = make_batch_sources({i: graphs[i] for i in chosen}, cfg)
+    device = worker_device(cfg)
+    sources = make_batch_sources({i: graphs[i] for i in chosen}, cfg, device)
     workers = []
     for i in chosen:
         source = sources[i]
@@ -397,6 +443,7 @@ def make_workers(
                 seed=cfg.seed,
                 sparse=cfg.data.sparse_adjacency,
                 wire_dtype=cfg.wire_torch_dtype,
+                device=device,
             )
         )
     return workers

@@ -44,6 +44,7 @@ from torch_geometric.data import Data
 from ..comm import SETUP_ROUND, Collective, InProcessCollective, WorkerStats, tensor_nbytes
 from ..comm.dist import DistCollective
 from ..config import RunConfig
+from ..devices import worker_device
 from ..engine import (
     DriverSetup,
     Evaluator,
@@ -116,6 +117,10 @@ class DataParallelMethod(RoundDriver):
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
+        if cfg.coordinator_device is not None:
+            raise ValueError(
+                f"coordinator_device is gist's: {cls.name} keeps the full model on every worker's device (--device)"
+            )
         if cfg.wire_dtype != "float32":
             raise ValueError(
                 f"wire_dtype {cfg.wire_dtype}: only gist sends its buffers in a narrower dtype so far; "
@@ -134,6 +139,8 @@ class DataParallelMethod(RoundDriver):
     ) -> None:
         first_rng = torch.get_rng_state()
         cfg.check()
+        self.device = worker_device(cfg)
+        model.to(self.device)
         collective = collective if collective is not None else InProcessCollective(cfg.subnets)
         self.collective = collective
         local = collective.local_workers
@@ -149,9 +156,9 @@ class DataParallelMethod(RoundDriver):
         if collective.is_coordinator and evaluator is None:
             if data is None:
                 raise ValueError("worker 0 needs the full graph (data=) to evaluate")
-            evaluator, scored_by = coordinator_evaluator(cfg, data)
-        self._sources = make_batch_sources(graphs, cfg)
-        self._rngs = {i: RNGStream(first_rng if i == 0 else worker_rng_state(cfg.seed, i)) for i in local}
+            evaluator, scored_by = coordinator_evaluator(cfg, data, self.device)
+        self._sources = make_batch_sources(graphs, cfg, self.device)
+        self._rngs = {i: RNGStream(first_rng if i == 0 else worker_rng_state(cfg.seed, i), self.device) for i in local}
         self._warn_empty = {
             i: WarnOnce(f"worker {i}: a batch without training nodes; {self.empty_batch}") for i in local
         }
@@ -233,8 +240,12 @@ class DataParallelMethod(RoundDriver):
     # ------------------------------------------------------------------ checkpoints
 
     def worker_state(self, i: int) -> dict[str, Any]:
-        """Worker ``i``'s RNG stream and batch stream (subclasses add more)."""
-        return {"rng_state": self._rngs[i].state.clone(), "batcher": self._sources[i].state_dict()}
+        """Worker ``i``'s RNG stream (CPU, and CUDA on a GPU) and batch stream (subclasses add more)."""
+        rng = self._rngs[i]
+        state = {"rng_state": rng.state.clone(), "batcher": self._sources[i].state_dict()}
+        if rng.cuda_state is not None:
+            state["cuda_rng_state"] = rng.cuda_state.clone()
+        return state
 
     def shared_state(self) -> dict[str, Any]:
         """State every worker restores the same (worker 0's)."""
@@ -242,6 +253,8 @@ class DataParallelMethod(RoundDriver):
 
     def load_worker_state(self, i: int, own: dict[str, Any], shared: dict[str, Any]) -> None:
         self._rngs[i].state = own["rng_state"].clone()
+        if "cuda_rng_state" in own and self._rngs[i].cuda_state is not None:
+            self._rngs[i].cuda_state = own["cuda_rng_state"].clone()
         self._sources[i].load_state_dict(own["batcher"])
 
     def method_state(self) -> dict[str, Any]:

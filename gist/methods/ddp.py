@@ -4,9 +4,13 @@ Every step each worker computes the gradient on its own batch; the gradients
 are averaged, ``g = Σ_i (g_i / m)``, with one all-reduce of one flat buffer of
 ``|θ|`` values (the parameters that require gradients), and every replica
 takes the same optimizer step, so all replicas stay identical. One
-persistent optimizer per worker (never reset). This is what
-``torch.nn.parallel.DistributedDataParallel`` does with a single gradient
-bucket; per worker per round it moves ``ζ·2·(m-1)/m·|θ|`` values.
+persistent optimizer per worker (never reset). On
+``torch.distributed`` each rank trains a real
+``torch.nn.parallel.DistributedDataParallel`` whose communication hook
+divides each gradient bucket by ``m`` and all-reduces it (NCCL on GPUs,
+gloo on CPUs); in one process the workers run one after another and one
+flat gradient is averaged, with the same arithmetic. Per worker per round
+it moves ``ζ·2·(m-1)/m·|θ|`` values.
 
 A batch without training nodes: the worker still runs the forward pass and
 contributes a zero gradient (``0·Σ out``) to the average, so every worker
@@ -23,7 +27,7 @@ and the buffers are restored after every other worker's pass).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +59,19 @@ class DDP(DataParallelMethod):
     color = "tab:blue"
     shares_replicas = True
     empty_batch = "contributes a zero gradient"
+    _wrapped: Optional[nn.Module] = None
 
     @property
     def num_params(self) -> int:
         return self.grad_numel
 
+    def start(self) -> None:
+        super().start()
+        self._wrapped = self.collective.data_parallel(self.model)
+
     def train_workers(self, round: int) -> tuple[dict[int, list[float]], dict[int, float], float]:
+        if self._wrapped is not None:
+            return self._train_wrapped(round, self._wrapped)
         local = self.local_workers
         losses: dict[int, list[float]] = {i: [] for i in local}
         seconds = {i: 0.0 for i in local}
@@ -104,6 +115,36 @@ class DDP(DataParallelMethod):
             for i in local:
                 seconds[i] += step_seconds
         return losses, seconds, merge_seconds
+
+    def _train_wrapped(self, round: int, wrapped: nn.Module) -> tuple[dict[int, list[float]], dict[int, float], float]:
+        """``ζ`` steps of this process's one worker through
+        ``DistributedDataParallel``: the gradient all-reduces overlap the
+        backward pass, so their time is in the worker's seconds."""
+        (i,) = self.local_workers
+        opt, losses = self._optimizers[i], []
+        start = time.perf_counter()
+        wrapped.train()
+
+        def step() -> tuple[Tensor, bool]:
+            # forward and backward both take part in collectives (the backward
+            # pass's all-reduces; the forward pass of the second step, which
+            # agrees on the gradient buckets), so both are watched
+            batch, adj = self._sources[i].next_batch()
+            opt.zero_grad()
+            loss, real = ddp_loss(wrapped, batch, adj)
+            loss.backward()
+            return loss, real
+
+        for _ in range(self.cfg.local.local_steps):
+            with self._rngs[i].active():
+                loss, real = self.collective.watched("a DistributedDataParallel step (its all-reduces)", step)
+            self.collective.record_all_reduce(round, self.grad_numel, self.dtype.itemsize)
+            if real:
+                losses.append(float(loss.detach()))
+            else:
+                self._warn_empty[i]()
+            opt.step()
+        return {i: losses}, {i: time.perf_counter() - start}, 0.0
 
     def shared_state(self) -> dict[str, Any]:
         """The optimizer state (the same on every worker)."""

@@ -40,6 +40,7 @@ from torch_geometric.data import Data
 from ..comm import InProcessTransport, Transport
 from ..comm.dist import DistTransport, WorkerProtocol, serve_worker
 from ..config import RunConfig, gist_options
+from ..devices import coordinator_device
 from ..engine import (
     DriverSetup,
     Evaluator,
@@ -89,6 +90,8 @@ class GIST(RoundDriver):
         scored_by: str = "correct / total",
     ) -> None:
         cfg.check()
+        self.device = coordinator_device(cfg)
+        model.to(self.device)
         self.options = gist_options(cfg)
         self.spec = build_split_spec(model)
         self.schedule = subnet_schedule(cfg)
@@ -150,7 +153,7 @@ class GIST(RoundDriver):
         start = time.perf_counter()
         plan = self.schedule.at(round)
         layout = self.layouts[plan.groups]
-        partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round)
+        partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round).to(self.device)
         state = self.model.state_dict()
         wire = self.cfg.wire_torch_dtype
         slices = [
@@ -160,7 +163,7 @@ class GIST(RoundDriver):
         split_done = time.perf_counter()
         reports = self.transport.run_round(round, payloads)
         merge_start = time.perf_counter()
-        returned = [layout.unflatten(layout.decode(rep.params)) for rep in reports]
+        returned = [layout.unflatten(layout.decode(rep.params.to(self.device))) for rep in reports]
         groups = [average_states([returned[w] for w in plan.members(g)]) for g in range(plan.groups)]
         merge_states(state, self.spec, partition, groups)
         return RoundWork(

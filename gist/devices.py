@@ -1,0 +1,92 @@
+"""Where a run's tensors live: the ``device`` and ``coordinator_device`` settings.
+
+``auto`` is ``cuda`` where CUDA is available and ``cpu`` otherwise; ``cuda``
+is the process's own GPU (``cuda:LOCAL_RANK`` modulo the GPUs present, so
+ranks of one machine spread over its GPUs); ``cuda:N`` names one. A device
+that does not exist is a ``ValueError`` naming the setting, before anything
+is built.
+
+Which ``torch.distributed`` backend moves the messages follows from the
+device (:func:`default_backend`): NCCL for CUDA tensors, gloo otherwise. NCCL
+needs CUDA tensors (:func:`check_backend`); gloo with a CUDA device moves its
+messages through host memory.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from .config import DEVICE_PATTERN, RunConfig
+
+__all__ = ["check_backend", "check_devices", "coordinator_device", "default_backend", "resolve_device", "worker_device"]
+
+
+def resolve_device(text: str, setting: str = "device", local_rank: Optional[int] = None) -> torch.device:
+    """The ``torch.device`` a ``device`` setting names on this machine.
+
+    Args:
+        text: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        setting: the setting's name, for the error message.
+        local_rank: this process's rank on its machine (``cuda`` then means
+            ``cuda:local_rank`` modulo the GPUs present); default
+            ``$LOCAL_RANK`` or 0.
+    """
+    text = str(text).strip()
+    if not DEVICE_PATTERN.match(text):
+        raise ValueError(f"{setting} must be auto, cpu, cuda or cuda:N, got {text!r}")
+    if text == "cpu" or (text == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ValueError(f"{setting} {text}: CUDA is not available ({why}); use --{_flag(setting)} cpu")
+    count = torch.cuda.device_count()
+    if text in ("auto", "cuda"):
+        rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+        return torch.device("cuda", rank % count)
+    index = int(text.split(":")[1])
+    if index >= count:
+        raise ValueError(f"{setting} {text} does not exist: this machine has {count} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def worker_device(cfg: RunConfig) -> torch.device:
+    """Where this process's workers train (``cfg.device``)."""
+    return resolve_device(cfg.device)
+
+
+def coordinator_device(cfg: RunConfig) -> torch.device:
+    """Where the coordinator keeps the full model: ``cfg.coordinator_device``,
+    else the workers' device."""
+    if cfg.coordinator_device is None:
+        return worker_device(cfg)
+    return resolve_device(cfg.coordinator_device, "coordinator_device")
+
+
+def check_devices(cfg: RunConfig, processes: bool) -> None:
+    """``ValueError`` naming the setting, before anything is built, for a
+    device this machine lacks or a backend that cannot move its tensors
+    (``processes``: the run uses ``torch.distributed``)."""
+    device = worker_device(cfg)
+    coordinator_device(cfg)
+    if processes:
+        check_backend(cfg.dist.dist_backend or default_backend(device), device)
+
+
+def default_backend(device: torch.device) -> str:
+    """NCCL for CUDA tensors, gloo for CPU tensors."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def check_backend(backend: str, device: torch.device) -> None:
+    """``ValueError`` unless ``backend`` can move ``device``'s tensors."""
+    if backend == "nccl" and device.type != "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("dist_backend nccl needs CUDA, which is not available here; use --dist-backend gloo")
+        raise ValueError(f"dist_backend nccl moves CUDA tensors, but device is {device}; use --dist-backend gloo")
+
+
+def _flag(setting: str) -> str:
+    return setting.replace("_", "-")
