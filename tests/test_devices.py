@@ -23,7 +23,9 @@ SMALL = dict(dataset="csbm", hidden=16, layers=3, local_steps=2, rounds=2, threa
 
 def _settings(tmp_path, method: str, device: str, **extra) -> RunConfig:
     m = 1 if method == "full" else 2
-    return RunConfig.from_flat(method=method, subnets=m, root=str(tmp_path), device=device, **SMALL, **extra)
+    return RunConfig.from_flat(
+        **{**SMALL, "method": method, "subnets": m, "root": str(tmp_path), "device": device, **extra}
+    )
 
 
 # ---------------------------------------------------------------- resolving
@@ -123,7 +125,7 @@ def test_every_tensor_a_worker_holds_is_on_the_device(tmp_path, method, device):
 
 @pytest.mark.parametrize("method", ["gist", "ddp", "local-sgd", "full"])
 def test_explicit_cpu_device_through_every_method_in_process_and_with_processes(tmp_path, method):
-    settings = _settings(tmp_path, method, "cpu", rounds=2)
+    settings = _settings(tmp_path, method, "cpu")
     local = run_training(settings, progress=False)
     assert local["environment"]["device"] == "cpu" and local["environment"]["coordinator_device"] == "cpu"
     assert local["summary"]["rounds"] == 2
