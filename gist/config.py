@@ -39,6 +39,8 @@ DIST_BACKENDS = ("gloo", "nccl")
 SCORERS = ("graph", "parts")
 GIST_RECIPES = ("auto", "plain", "partitioned")
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
+EVALUATIONS_PER_RUN = 50
+"""Without ``eval_every``: at most how many evaluations a run makes (besides the one after its last round)."""
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 """The values of the ``device`` settings (resolved by :func:`gist.devices.resolve_device`)."""
 
@@ -330,7 +332,13 @@ class RunConfig:
     method: str = setting("gist", help="training method (see gist.methods)")
     subnets: int = setting(2, minimum=1, help="sub-networks / workers m")
     rounds: int = setting(30, minimum=1, help="rounds to train")
-    eval_every: int = setting(1, minimum=1, help="evaluate every k rounds")
+    eval_every: Optional[int] = setting(
+        None,
+        minimum=1,
+        help="evaluate the full model every k rounds and after the last; default: every round for runs of up "
+        f"to {EVALUATIONS_PER_RUN} rounds, else every ceil(rounds / {EVALUATIONS_PER_RUN}) (at most "
+        f"{EVALUATIONS_PER_RUN} evaluations a run, and the last; see also --eval-nodes for wide models)",
+    )
     wire_dtype: str = setting(
         "float32",
         choices=WIRE_DTYPES,
@@ -396,9 +404,18 @@ class RunConfig:
                 + (f" (--method {self.method} uses m = 1)" if self.subnets == 1 and world_size > 1 else "")
             )
 
+    @property
+    def eval_interval(self) -> int:
+        """Rounds between evaluations: ``eval_every``, else
+        ``ceil(rounds / EVALUATIONS_PER_RUN)`` (every round for runs of up to
+        :data:`EVALUATIONS_PER_RUN` rounds)."""
+        if self.eval_every is not None:
+            return self.eval_every
+        return max(1, -(-self.rounds // EVALUATIONS_PER_RUN))
+
     def is_eval_round(self, round: int) -> bool:
-        """The evaluation schedule: every ``eval_every`` rounds, and the last."""
-        return (round + 1) % self.eval_every == 0 or round + 1 == self.rounds
+        """The evaluation schedule: every :attr:`eval_interval` rounds, and the last."""
+        return (round + 1) % self.eval_interval == 0 or round + 1 == self.rounds
 
     @property
     def wire_torch_dtype(self) -> Any:

@@ -337,3 +337,19 @@ def test_cluster_batcher_errors():
         ClusterBatcher(data, data.num_nodes + 1, 1)
     with pytest.raises(ValueError):
         ClusterBatcher(data, 4, 2, method="nope")
+
+
+def test_partitions_are_computed_once_per_graph(monkeypatch):
+    import gist.graph.partition as partition
+
+    edge_index = to_undirected(torch.randint(0, 200, (2, 1000)), num_nodes=200)
+    calls = []
+    real = partition._partition
+    monkeypatch.setattr(partition, "_partition", lambda *a: calls.append(a) or real(*a))
+    first = partition_nodes(edge_index, 200, 4, "metis", 3)
+    first[:] = -1  # a caller's copy: the cache is untouched
+    again = partition_nodes(edge_index.clone(), 200, 4, "metis", 3)
+    assert len(calls) == 1 and bool((again >= 0).all())
+    partition_nodes(edge_index, 200, 4, "metis", 4)  # another seed, another graph: computed
+    partition_nodes(edge_index[:, :-2], 200, 4, "metis", 3)
+    assert len(calls) == 3

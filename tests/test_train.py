@@ -215,6 +215,15 @@ def test_eval_every(graph):
     assert [r.val is not None for r in trainer.history] == [False, True, False, True, True]
 
 
+@pytest.mark.parametrize("rounds, interval", [(30, 1), (50, 1), (51, 2), (120, 3), (1000, 20)])
+def test_default_eval_every_bounds_the_evaluations(rounds, interval):
+    cfg = RunConfig.from_flat(rounds=rounds)
+    assert cfg.eval_every is None and cfg.eval_interval == interval
+    evaluated = [r for r in range(rounds) if cfg.is_eval_round(r)]
+    assert evaluated[-1] == rounds - 1 and len(evaluated) <= 51
+    assert RunConfig.from_flat(rounds=rounds, eval_every=7).eval_interval == 7
+
+
 def test_bad_config_values(graph):
     for kwargs, match in [
         ({"m": 0}, "subnets"),

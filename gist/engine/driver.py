@@ -260,11 +260,13 @@ class RoundDriver(ABC):
         return self.history
 
     def summary(self) -> dict[str, Any]:
-        """``method``, ``best_val``, ``test_at_best_val``, byte and time totals, ``subnet_params``."""
+        """``method``, ``best_val``, ``test_at_best_val``, byte and time totals,
+        ``subnet_params``, and ``eval_every``, the rounds between evaluations used."""
         return {
             "method": self.name,
             **history_summary(self.history, self.ledger, self.cfg.subnets),
             "subnet_params": self.num_params,
+            "eval_every": self.cfg.eval_interval,
         }
 
     # ------------------------------------------------------------------ checkpoints

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from ..graph import adjacency
+from ..graph import AdjacencyFormat
+from ..nn.models import takes_normalized_adjacency
 
 Evaluator = Callable[[nn.Module, Data], dict[str, float]]
 """``f(model, data) -> {"train", "val", "test"}``."""
@@ -31,10 +32,13 @@ SPLITS = ("train", "val", "test")
 def correct_counts(model: nn.Module, data: Data, adj: Optional[Tensor] = None) -> Tensor:
     """``int64 [correct_train, n_train, correct_val, n_val, correct_test, n_test]``
     of the model's predictions on the graph's masks (``adj``: the graph's
-    :func:`~gist.graph.adjacency`, default ``data.edge_index``)."""
+    :func:`~gist.graph.adjacency`, default ``data.edge_index``, or the
+    normalised adjacency for a :class:`~gist.nn.PrenormalizedGCN`)."""
+    if adj is None:
+        adj = AdjacencyFormat.for_model(model, sparse=takes_normalized_adjacency(model)).of(data)
     was_training = model.training
     model.eval()
-    pred = model(data.x, data.edge_index if adj is None else adj).argmax(dim=-1)
+    pred = model(data.x, adj).argmax(dim=-1)
     model.train(was_training)
     counts = []
     for split in SPLITS:
@@ -58,9 +62,23 @@ def evaluate(model: nn.Module, data: Data, adj: Optional[Tensor] = None) -> dict
 
 
 def accuracy_evaluator(data: Data, sparse_adjacency: bool = True) -> Evaluator:
-    """:func:`evaluate` with ``data``'s adjacency built once."""
-    adj = adjacency(data, sparse_adjacency)
-    return lambda model, graph: evaluate(model, graph, adj)
+    """:func:`evaluate` with ``data``'s adjacency, in the format the model
+    takes (:class:`~gist.graph.AdjacencyFormat`), built once."""
+    adjacency_of = _adjacency_cache(data, sparse_adjacency)
+    return lambda model, graph: evaluate(model, graph, adjacency_of(model))
+
+
+def _adjacency_cache(data: Data, sparse: bool) -> Callable[[nn.Module], Tensor]:
+    """``f(model)``: ``data``'s adjacency in the format ``model`` takes, built once per format."""
+    built: dict[AdjacencyFormat, Tensor] = {}
+
+    def adjacency_of(model: nn.Module) -> Tensor:
+        fmt = AdjacencyFormat.for_model(model, sparse)
+        if fmt not in built:
+            built[fmt] = fmt.of(data)
+        return built[fmt]
+
+    return adjacency_of
 
 
 def sampled_view(data: Data, nodes_per_split: int, layers: int, seed: int) -> Data:
@@ -119,13 +137,13 @@ def node_evaluator(dataset: str, data: Optional[Data], sparse_adjacency: bool = 
     from ogb.nodeproppred import Evaluator as OGBEvaluator
 
     ogb_eval = OGBEvaluator(dataset)
-    adj = adjacency(data, sparse_adjacency)
+    adjacency_of = _adjacency_cache(data, sparse_adjacency)
 
     @torch.no_grad()
     def evaluate(model: nn.Module, graph: Data) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        pred = model(graph.x, adj).argmax(dim=-1, keepdim=True)
+        pred = model(graph.x, adjacency_of(model)).argmax(dim=-1, keepdim=True)
         model.train(was_training)
         y = graph.y.view(-1, 1)
         out = {}

@@ -13,7 +13,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 from ..comm.dist import DistContext, collective
-from ..config import ModelConfig, RunConfig
+from ..config import RunConfig
 from ..data import NodeDataset, load_dataset
 from ..devices import coordinator_device
 from ..graph.parts import ensure_partitions, load_part, partition_dir, read_meta
@@ -26,16 +26,28 @@ def load_run_dataset(cfg: RunConfig) -> NodeDataset:
     return load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.seed)
 
 
-def build_stock_model(cfg: ModelConfig, num_features: int, num_classes: int) -> nn.Module:
-    """The stock PyG model ``cfg`` describes (parameters drawn from the global RNG)."""
-    norm = None if cfg.norm == "none" else cfg.norm
-    return build_model(cfg.kind, num_features, cfg.hidden, num_classes, cfg.layers, dropout=cfg.dropout, norm=norm)
+def build_stock_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn.Module:
+    """The stock PyG model ``cfg.model`` describes (parameters drawn from the
+    global RNG); a GCN takes the normalised graph, computed once per graph
+    (:class:`~gist.nn.PrenormalizedGCN`), where the adjacency is sparse."""
+    m = cfg.model
+    norm = None if m.norm == "none" else m.norm
+    return build_model(
+        m.kind,
+        num_features,
+        m.hidden,
+        num_classes,
+        m.layers,
+        dropout=m.dropout,
+        norm=norm,
+        prenormalized=cfg.data.sparse_adjacency,
+    )
 
 
 def full_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn.Module:
     """The full-width model, initialised under ``torch.manual_seed(cfg.seed)``."""
     torch.manual_seed(cfg.seed)
-    return build_stock_model(cfg.model, num_features, num_classes)
+    return build_stock_model(cfg, num_features, num_classes)
 
 
 def coordinator_evaluator(cfg: RunConfig, data: Data, device: Optional[torch.device] = None) -> tuple[Evaluator, str]:
@@ -132,7 +144,7 @@ class RankSetup:
     def model_shape(self, num_features: int, num_classes: int) -> nn.Module:
         """The full model's structure on the ``meta`` device (no memory)."""
         with torch.device("meta"):
-            return build_stock_model(self.cfg.model, num_features, num_classes)
+            return build_stock_model(self.cfg, num_features, num_classes)
 
     def evaluator(self, data: Optional[Data]) -> tuple[Optional[Evaluator], str]:
         if data is None:

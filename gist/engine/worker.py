@@ -27,7 +27,16 @@ from torch_geometric.data import Data
 from ..comm import WorkerReport, WorkerStats
 from ..config import LocalConfig, RunConfig, gist_options
 from ..devices import worker_device
-from ..graph import BatchSource, ClusterBatches, FullBatch, adjacency, graph_tensors, partition_nodes, worker_subgraph
+from ..graph import (
+    SPARSE,
+    AdjacencyFormat,
+    BatchSource,
+    ClusterBatches,
+    FullBatch,
+    graph_tensors,
+    partition_nodes,
+    worker_subgraph,
+)
 from ..nn.slicing import SplitSpec
 from ..subnets import FlatLayout, SubnetSchedule, build_subnet, load_subnet_state, subnet_layout, subnet_state
 from .corrections import (
@@ -165,10 +174,14 @@ def worker_graphs(data: Data, cfg: RunConfig) -> list[Data]:
 
 
 def make_batch_sources(
-    graphs: dict[int, Data], cfg: RunConfig, device: Optional[torch.device] = None
+    graphs: dict[int, Data],
+    cfg: RunConfig,
+    device: Optional[torch.device] = None,
+    fmt: Optional[AdjacencyFormat] = None,
 ) -> dict[int, BatchSource]:
     """Worker ``i``'s batch stream over ``graphs[i]`` moved to ``device``
-    (default :func:`worker_device`; one copy per distinct graph): full batch,
+    (default :func:`worker_device`; one copy per distinct graph), its
+    adjacency in ``fmt`` (default: the config's, not normalised): full batch,
     or Cluster-GCN batches whose METIS partition is computed once per
     distinct graph and whose order is seeded by ``seed + i``."""
     sources: dict[int, BatchSource] = {}
@@ -177,6 +190,7 @@ def make_batch_sources(
     on_device: dict[int, Data] = {}
     d = cfg.data
     device = worker_device(cfg) if device is None else device
+    fmt = AdjacencyFormat(d.sparse_adjacency) if fmt is None else fmt
     for i, source_graph in graphs.items():
         if id(source_graph) not in on_device:
             on_device[id(source_graph)] = source_graph.to(device)
@@ -188,12 +202,10 @@ def make_batch_sources(
                     raise ValueError(f"num_clusters ({d.num_clusters}) exceeds worker {i}'s {g.num_nodes} nodes")
                 parts = partition_nodes(source_graph.edge_index.cpu(), g.num_nodes, d.num_clusters, "metis", cfg.seed)
                 parts = parts_of[id(g)] = parts.to(device)
-            sources[i] = ClusterBatches(
-                g, d.num_clusters, d.clusters_per_batch, cfg.seed + i, parts=parts, sparse=d.sparse_adjacency
-            )
+            sources[i] = ClusterBatches(g, d.num_clusters, d.clusters_per_batch, cfg.seed + i, parts=parts, fmt=fmt)
         else:  # a full batch is stateless: workers holding the same graph share it
             if id(g) not in full_of:
-                full_of[id(g)] = FullBatch(g, d.sparse_adjacency)
+                full_of[id(g)] = FullBatch(g, fmt)
             sources[i] = full_of[id(g)]
     return sources
 
@@ -226,7 +238,7 @@ class Worker:
         rng_state: Tensor,
         keep_optimizer: bool = False,
         seed: Optional[int] = None,
-        sparse: bool = True,
+        fmt: AdjacencyFormat = SPARSE,
         wire_dtype: torch.dtype = torch.float32,
         device: Optional[torch.device] = None,
     ) -> None:
@@ -242,7 +254,7 @@ class Worker:
         self.keep_optimizer = keep_optimizer
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.seed = seed
-        self.sparse = sparse
+        self.fmt = fmt
         self.wire_dtype = wire_dtype
         self.logit_offset: Optional[Tensor] = None
         self._subnets: dict[int, tuple[nn.Module, FlatLayout]] = {}
@@ -297,7 +309,7 @@ class Worker:
         load_subnet_state(full, layout.unflatten(layout.decode(flat_model)))
         self._eval_model = full
         if self._eval_adj is None:
-            self._eval_adj = adjacency(self.batches.data, self.sparse)
+            self._eval_adj = self.fmt.of(self.batches.data)
 
     def _held_model(self) -> nn.Module:
         if self._eval_model is None:
@@ -425,7 +437,8 @@ def make_workers(
     first_state = torch.get_rng_state()
     chosen = list(indices) if indices is not None else list(range(cfg.subnets))
     device = worker_device(cfg)
-    sources = make_batch_sources({i: graphs[i] for i in chosen}, cfg, device)
+    fmt = AdjacencyFormat.for_model(model, cfg.data.sparse_adjacency)
+    sources = make_batch_sources({i: graphs[i] for i in chosen}, cfg, device, fmt)
     workers = []
     for i in chosen:
         source = sources[i]
@@ -441,7 +454,7 @@ def make_workers(
                 rng,
                 keep_optimizer=cfg.subnets == 1,
                 seed=cfg.seed,
-                sparse=cfg.data.sparse_adjacency,
+                fmt=fmt,
                 wire_dtype=cfg.wire_torch_dtype,
                 device=device,
             )

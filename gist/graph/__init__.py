@@ -8,11 +8,14 @@
   full-batch or Cluster-GCN batch stream.
 """
 
-from .batches import BatchSource, ClusterBatches, FullBatch, adjacency, graph_tensors
+from .batches import SPARSE, AdjacencyFormat, BatchSource, ClusterBatches, FullBatch, adjacency, graph_tensors
 from .partition import PARTITIONERS, ClusterBatcher, partition_nodes, to_csr, worker_subgraph
 
 __all__ = [
     "PARTITIONERS",
+    "SPARSE",
+    "AdjacencyFormat",
+    "AdjacencyFormat",
     "BatchSource",
     "ClusterBatcher",
     "ClusterBatches",

@@ -17,6 +17,7 @@ All randomness comes from explicitly seeded :class:`torch.Generator` objects
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -137,6 +138,10 @@ def partition_nodes(
     METIS may leave a part empty on tiny or disconnected graphs; such parts are
     filled deterministically by moving one node (the highest-id node of the
     currently largest part) into each of them, so every part is non-empty.
+
+    The last :data:`PARTITION_CACHE_SIZE` partitions are kept, keyed by a
+    digest of ``edge_index`` and the arguments: the runs of a sweep, or the
+    set-up and the workers of one run, partition a graph once.
     """
     if isinstance(num_parts, bool) or not isinstance(num_parts, (int, np.integer)):
         raise ValueError(f"num_parts must be an int, got {num_parts!r}")
@@ -152,7 +157,28 @@ def partition_nodes(
     _check_edge_index(edge_index, num_nodes)
     if num_parts == 1:
         return torch.zeros(num_nodes, dtype=torch.long)
+    key = (_fingerprint(edge_index), num_nodes, num_parts, method, int(seed))
+    if key not in _PARTITIONS:
+        _PARTITIONS[key] = _partition(edge_index, num_nodes, num_parts, method, int(seed))
+        while len(_PARTITIONS) > PARTITION_CACHE_SIZE:
+            _PARTITIONS.pop(next(iter(_PARTITIONS)))
+    return _PARTITIONS[key].clone()
 
+
+PARTITION_CACHE_SIZE = 8
+"""How many partitions :func:`partition_nodes` keeps (a partition is a pure
+function of the graph, the part count, the method and the seed: the runs of a
+sweep on one graph compute each one once)."""
+_PARTITIONS: dict[tuple[Any, ...], Tensor] = {}
+
+
+def _fingerprint(edge_index: Tensor) -> str:
+    """A digest of the edge list (``partition_nodes``' cache key)."""
+    return hashlib.blake2b(edge_index.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def _partition(edge_index: Tensor, num_nodes: int, num_parts: int, method: str, seed: int) -> Tensor:
+    """:func:`partition_nodes` without its cache."""
     if method == "random":
         gen = torch.Generator().manual_seed(int(seed))
         perm = torch.randperm(num_nodes, generator=gen)

@@ -60,7 +60,7 @@ from ..engine import (
 )
 from ..engine.setup import coordinator_evaluator
 from ..engine.worker import WarnOnce, mean_or_nan
-from ..graph import graph_tensors
+from ..graph import AdjacencyFormat, graph_tensors
 
 
 def float_state_names(model: nn.Module) -> list[str]:
@@ -157,7 +157,8 @@ class DataParallelMethod(RoundDriver):
             if data is None:
                 raise ValueError("worker 0 needs the full graph (data=) to evaluate")
             evaluator, scored_by = coordinator_evaluator(cfg, data, self.device)
-        self._sources = make_batch_sources(graphs, cfg, self.device)
+        fmt = AdjacencyFormat.for_model(model, cfg.data.sparse_adjacency)
+        self._sources = make_batch_sources(graphs, cfg, self.device, fmt)
         self._rngs = {i: RNGStream(first_rng if i == 0 else worker_rng_state(cfg.seed, i), self.device) for i in local}
         self._warn_empty = {
             i: WarnOnce(f"worker {i}: a batch without training nodes; {self.empty_batch}") for i in local
@@ -284,7 +285,7 @@ class DataParallelMethod(RoundDriver):
             )
         own = setup.own_graph()
         torch.manual_seed(cfg.seed + ctx.rank)  # any initialisation: worker 0's model is broadcast
-        model = build_stock_model(cfg.model, own.num_features, own.num_classes)
+        model = build_stock_model(cfg, own.num_features, own.num_classes)
         return cls(model, None, cfg, collective=collective, graph=own.data)
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """GIST-aware PyG layers and the slicing rules for stock PyG modules."""
 
 from .layers import GISTBatchNorm, GISTGCNConv, GISTLayerNorm, GISTLinear, GISTSAGEConv
-from .models import build_model
+from .models import PrenormalizedGCN, build_model, takes_normalized_adjacency
 from .slicing import (
     SplitError,
     SplitSpec,
@@ -17,6 +17,7 @@ __all__ = [
     "GISTLayerNorm",
     "GISTLinear",
     "GISTSAGEConv",
+    "PrenormalizedGCN",
     "SplitError",
     "SplitSpec",
     "build_model",
@@ -24,4 +25,5 @@ __all__ = [
     "get_groups",
     "register_slicing_rule",
     "set_groups",
+    "takes_normalized_adjacency",
 ]

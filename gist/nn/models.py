@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from torch import nn
 from torch_geometric.nn.models import GCN, GraphSAGE
@@ -13,6 +13,24 @@ MODELS.register("gcn", GCN)
 MODELS.register("sage", GraphSAGE)
 
 
+class PrenormalizedGCN(GCN):
+    r"""PyG's :class:`~torch_geometric.nn.models.GCN` whose convolutions take
+    the graph already normalised, :math:`\hat A = D^{-1/2}(A + I)D^{-1/2}`
+    (``GCNConv(normalize=False)``), so that :math:`\hat A` is computed once
+    per graph (:func:`gist.graph.adjacency` with ``normalized=True``) rather
+    than by every layer at every step. The same parameters, ``state_dict``
+    and outputs as ``GCN`` given the raw graph; what ``gist`` builds for
+    ``--model gcn`` with the (default) sparse adjacency."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, normalize=False, **kwargs)
+
+
+def takes_normalized_adjacency(model: nn.Module) -> bool:
+    """Whether ``model`` expects the GCN-normalised adjacency (a :class:`PrenormalizedGCN`)."""
+    return isinstance(model, PrenormalizedGCN)
+
+
 def build_model(
     kind: str,
     in_channels: int,
@@ -21,6 +39,7 @@ def build_model(
     num_layers: int,
     dropout: float = 0.5,
     norm: Optional[str] = None,
+    prenormalized: bool = False,
 ) -> nn.Module:
     """A stock :class:`~torch_geometric.nn.models.GCN` or
     :class:`~torch_geometric.nn.models.GraphSAGE`, exactly as PyG builds it.
@@ -28,6 +47,8 @@ def build_model(
     Args:
         kind: ``"gcn"`` or ``"sage"``.
         norm: ``None``/``"none"``, ``"batch_norm"`` or ``"layer_norm"``.
+        prenormalized: for ``"gcn"``, a :class:`PrenormalizedGCN` (fed the
+            normalised graph, computed once); ignored for other kinds.
     """
     if kind not in MODELS:
         raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS.names())}")
@@ -37,7 +58,8 @@ def build_model(
         raise ValueError(f"GIST needs at least 2 layers (one hidden width), got num_layers={num_layers}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    return MODELS[kind](
+    model_class = PrenormalizedGCN if prenormalized and kind == "gcn" else MODELS[kind]
+    return model_class(
         in_channels,
         hidden_channels,
         num_layers,
