@@ -5,8 +5,9 @@ own): the seconds to generate the graph (``make_csbm``, mean degree 10), to
 partition it with METIS into ``m`` parts and to cut the workers' induced
 subgraphs, to build GIST's workers (which partitions again), the seconds
 per round of GIST (``m`` simulated workers, partitioned data, 3-layer GCN,
-ζ local steps, evaluation every round on the whole graph) and the child's
-peak resident memory.
+ζ local steps; training, and the evaluation on the whole graph after every
+round) and the child's peak resident memory. GIST's build partitions the
+graph again: :func:`~gist.graph.partition_nodes` returns its cached result.
 
 Usage::
 
@@ -110,8 +111,8 @@ def main() -> int:
             f"whole graph every round, {args.threads} threads, torch {torch.__version__}. Each size runs in a "
             "child process of its own; peak RSS is that child's.",
             "",
-            "| nodes | edges (directed) | generate s | METIS s | subgraphs s | build GIST s | s / round "
-            "| of which eval s | peak RSS GB |",
+            "| nodes | edges (directed) | generate s | METIS s | subgraphs s | build GIST s | train s / round "
+            "| eval s / round | peak RSS GB |",
             "|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",

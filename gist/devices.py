@@ -65,27 +65,46 @@ def coordinator_device(cfg: RunConfig) -> torch.device:
     return resolve_device(cfg.coordinator_device, "coordinator_device")
 
 
-def check_devices(cfg: RunConfig, processes: bool) -> None:
+def check_devices(cfg: RunConfig, processes: bool, procs: Optional[int] = None) -> None:
     """``ValueError`` naming the setting, before anything is built, for a
     device this machine lacks or a backend that cannot move its tensors
-    (``processes``: the run uses ``torch.distributed``)."""
+    (``processes``: the run uses ``torch.distributed``, with ``procs``
+    processes on this machine, default ``$LOCAL_WORLD_SIZE``, else ``m``)."""
     device = worker_device(cfg)
     coordinator_device(cfg)
     if processes:
-        check_backend(cfg.dist.dist_backend or default_backend(device), device)
+        if procs is None:  # gist's launcher, before it starts the m processes of this machine
+            procs = int(os.environ.get("LOCAL_WORLD_SIZE", cfg.subnets))
+        check_backend(cfg.dist.dist_backend or default_backend(device, procs), device, procs)
 
 
-def default_backend(device: torch.device) -> str:
-    """NCCL for CUDA tensors, gloo for CPU tensors."""
-    return "nccl" if device.type == "cuda" else "gloo"
+def default_backend(device: torch.device, local_processes: Optional[int] = None) -> str:
+    """NCCL for CUDA tensors when every process of this machine has a GPU of
+    its own (``local_processes``, default ``$LOCAL_WORLD_SIZE`` or 1), gloo
+    otherwise (CPU tensors, or ranks sharing a GPU, which NCCL refuses)."""
+    if device.type != "cuda":
+        return "gloo"
+    return "nccl" if _local_processes(local_processes) <= torch.cuda.device_count() else "gloo"
 
 
-def check_backend(backend: str, device: torch.device) -> None:
+def check_backend(backend: str, device: torch.device, local_processes: Optional[int] = None) -> None:
     """``ValueError`` unless ``backend`` can move ``device``'s tensors."""
-    if backend == "nccl" and device.type != "cuda":
+    if backend != "nccl":
+        return
+    if device.type != "cuda":
         if not torch.cuda.is_available():
             raise ValueError("dist_backend nccl needs CUDA, which is not available here; use --dist-backend gloo")
         raise ValueError(f"dist_backend nccl moves CUDA tensors, but device is {device}; use --dist-backend gloo")
+    ranks, gpus = _local_processes(local_processes), torch.cuda.device_count()
+    if ranks > gpus:
+        raise ValueError(
+            f"dist_backend nccl needs a GPU per process: {ranks} processes on this machine, {gpus} GPU(s); "
+            f"use --dist-backend gloo (the processes then share the GPUs, their messages through host memory)"
+        )
+
+
+def _local_processes(given: Optional[int]) -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if given is None else given
 
 
 def _flag(setting: str) -> str:

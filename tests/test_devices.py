@@ -12,7 +12,7 @@ from torch import Tensor
 
 from gist.cli import main
 from gist.config import RunConfig
-from gist.devices import check_backend, resolve_device
+from gist.devices import check_backend, default_backend, resolve_device
 from gist.run import build, launch_local, run_training
 
 CUDA = torch.cuda.is_available()
@@ -58,6 +58,15 @@ def test_nccl_needs_cuda_tensors():
     with pytest.raises(ValueError, match="dist_backend nccl .*use --dist-backend gloo"):
         check_backend("nccl", torch.device("cpu"))
     check_backend("gloo", torch.device("cpu"))
+    assert default_backend(torch.device("cpu"), 2) == "gloo"
+
+
+@needs_cuda
+def test_nccl_needs_a_gpu_per_process():
+    gpus, cuda = torch.cuda.device_count(), torch.device("cuda", 0)
+    assert default_backend(cuda, gpus) == "nccl" and default_backend(cuda, gpus + 1) == "gloo"
+    with pytest.raises(ValueError, match="needs a GPU per process"):
+        check_backend("nccl", cuda, gpus + 1)
 
 
 def test_config_rejects_a_malformed_device():

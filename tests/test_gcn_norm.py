@@ -31,6 +31,8 @@ def test_prenormalized_gcn_gives_the_stock_outputs():
     assert AdjacencyFormat.for_model(stock) == AdjacencyFormat(True, False)
     with pytest.raises(ValueError, match="sparse"):
         adjacency(data, sparse=False, normalized=True)
+    with pytest.raises(ValueError, match="not an edge_index"):
+        once(data.x, data.edge_index)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from gist.data import load_dataset
 from gist.engine import full_model, make_optimizer, worker_graphs, worker_rng_state
 from gist.engine.corrections import batch_norms, label_counts, prior_offset
 from gist.engine.worker import training_loss
-from gist.graph import FullBatch
+from gist.graph import AdjacencyFormat, FullBatch
 from gist.methods import GIST
 from gist.run import launch_local, run_training
 from gist.subnets import average_states, subnet_layout
@@ -101,7 +101,7 @@ def test_one_group_is_averaging_full_models_with_a_fresh_optimizer(tmp_path):
     cfg = trainer.cfg
     reference = copy.deepcopy(trainer.model)
     dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.seed)
-    sources = [FullBatch(g) for g in worker_graphs(dataset.data, cfg)]
+    sources = [FullBatch(g, AdjacencyFormat.for_model(reference)) for g in worker_graphs(dataset.data, cfg)]
     for round in range(cfg.rounds):
         copies = []
         for w, source in enumerate(sources):
@@ -185,7 +185,7 @@ def test_batch_norm_reestimation_gives_the_exact_pooled_statistics(tmp_path):
         handle = norm.register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(args[0]))
         with torch.no_grad():
             for g in graphs:
-                model(g.x, g.edge_index)
+                model(g.x, AdjacencyFormat.for_model(model).of(g))
         handle.remove()
         x = torch.cat(seen).double()
         torch.testing.assert_close(norm.running_mean.double(), x.mean(0), rtol=0, atol=1e-5)

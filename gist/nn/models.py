@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch_geometric.nn.models import GCN, GraphSAGE
 
 from ..registry import MODELS, NORMS
@@ -24,6 +25,16 @@ class PrenormalizedGCN(GCN):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, normalize=False, **kwargs)
+
+    def forward(self, x: Tensor, edge_index: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """``GCN.forward`` on the normalised adjacency; an ``edge_index`` (which
+        would train an unnormalised GCN) is an error."""
+        if not edge_index.is_sparse and edge_index.layout == torch.strided and edge_index.dtype == torch.long:
+            raise ValueError(
+                "PrenormalizedGCN takes the GCN-normalised sparse adjacency "
+                "(gist.graph.adjacency(data, normalized=True)), not an edge_index"
+            )
+        return super().forward(x, edge_index, *args, **kwargs)
 
 
 def takes_normalized_adjacency(model: nn.Module) -> bool:
