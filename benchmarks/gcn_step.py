@@ -17,14 +17,13 @@ Reports the median of ``--steps`` timed steps (after 3 warm-up steps) of a
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from _report import emit
+from _report import emit, markdown_table_report
 
 from gist.data import load_dataset
 from gist.graph import adjacency
@@ -68,23 +67,14 @@ def main() -> int:
             cached = step_seconds(ds, hidden, True, args.steps)
             rows.append(f"| {graph} | {hidden} | {stock * 1e3:.1f} | {cached * 1e3:.1f} | {stock / cached:.2f} |")
             print(rows[-1], flush=True)
-    text = "\n".join(
-        [
-            "# A GCN step: normalisation in every layer against once per graph",
-            "",
-            f"Command: `python benchmarks/gcn_step.py {shlex.join(sys.argv[1:])}`",
-            "",
-            f"3-layer GCN, full batch, Adam, {args.threads} threads, torch {torch.__version__}; median of "
-            f"{args.steps} steps after 3 warm-up steps.",
-            "Stock: `GCN` (`GCNConv(normalize=True)`), the normalisation recomputed by each layer at every step. "
-            "Once: `PrenormalizedGCN` on the graph normalised once (what `gist` trains); the same model bit for bit.",
-            "",
-            "| graph | hidden | stock ms / step | normalised once ms / step | speed-up |",
-            "|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
-    )
+    notes = [
+        f"3-layer GCN, full batch, Adam, {args.threads} threads, torch {torch.__version__}; median of "
+        f"{args.steps} steps after 3 warm-up steps.",
+        "Stock: `GCN` (`GCNConv(normalize=True)`), the normalisation recomputed by each layer at every step. "
+        "Once: `PrenormalizedGCN` on the graph normalised once (what `gist` trains); the same model bit for bit.",
+    ]
+    header = ["graph", "hidden", "stock ms / step", "normalised once ms / step", "speed-up"]
+    text = markdown_table_report("A GCN step: normalisation in every layer against once per graph", notes, header, rows)
     emit(text, args.out)
     return 0
 

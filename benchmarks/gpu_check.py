@@ -15,13 +15,12 @@ Usage (on a machine with CUDA; elsewhere it says so and exits with status 2)::
 from __future__ import annotations
 
 import argparse
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from _report import emit
+from _report import emit, markdown_table_report
 
 from gist.config import RunConfig
 from gist.run import launch_local, run_training
@@ -95,23 +94,14 @@ def main() -> int:
             f"{r['peak_gpu_mb']:.0f} | {r['best_val']:.4f} |"
         )
     gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    text = "\n".join(
-        [
-            "# GIST on GPUs: every method, in one process and in two",
-            "",
-            f"Command: `python benchmarks/gpu_check.py {shlex.join(sys.argv[1:])}`",
-            "",
-            f"GPUs: {gpus}; torch {torch.__version__}; {args.dataset}, GCN 3 x {args.hidden}, m = 2 "
-            f"(full: m = 1), ζ = 5, {args.rounds} rounds, seed 0. CUDA tests: {tests}.",
-            "With one GPU the two ranks share it over gloo (NCCL refuses two ranks on one device).",
-            "Peak GPU memory: the coordinator's process (rank 0).",
-            "",
-            "| method | device | backend | processes | s / round | peak GPU MiB | best val |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
-    )
+    notes = [
+        f"GPUs: {gpus}; torch {torch.__version__}; {args.dataset}, GCN 3 x {args.hidden}, m = 2 "
+        f"(full: m = 1), ζ = 5, {args.rounds} rounds, seed 0. CUDA tests: {tests}.",
+        "With one GPU the two ranks share it over gloo (NCCL refuses two ranks on one device).",
+        "Peak GPU memory: the coordinator's process (rank 0).",
+    ]
+    header = ["method", "device", "backend", "processes", "s / round", "peak GPU MiB", "best val"]
+    text = markdown_table_report("GIST on GPUs: every method, in one process and in two", notes, header, rows)
     emit(text, args.out)
     return 0
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import subprocess
 import sys
 import time
 
 import torch
-from _report import emit
+from _report import emit, markdown_table_report
 
 
 def measure(nodes: int, m: int, hidden: int, zeta: int, rounds: int, threads: int) -> dict:
@@ -100,24 +99,15 @@ def main() -> int:
             f"{r['peak_rss_gb']:.2f} |"
         )
         print(rows[-1], flush=True)
-    text = "\n".join(
-        [
-            "# Graph size: csbm from 10k to 1M nodes",
-            "",
-            f"Command: `python benchmarks/graph_scale.py {shlex.join(sys.argv[1:])}`",
-            "",
-            f"csbm (mean degree 10), GIST m = {args.subnets} simulated workers on METIS parts (partitioned), "
-            f"3-layer GCN hidden {args.hidden}, ζ = {args.local_steps}, {args.rounds} rounds, evaluation on the "
-            f"whole graph every round, {args.threads} threads, torch {torch.__version__}. Each size runs in a "
-            "child process of its own; peak RSS is that child's.",
-            "",
-            "| nodes | edges (directed) | generate s | METIS s | subgraphs s | build GIST s | train s / round "
-            "| eval s / round | peak RSS GB |",
-            "|---|---|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
-    )
+    notes = [
+        f"csbm (mean degree 10), GIST m = {args.subnets} simulated workers on METIS parts (partitioned), "
+        f"3-layer GCN hidden {args.hidden}, ζ = {args.local_steps}, {args.rounds} rounds, evaluation on the "
+        f"whole graph every round, {args.threads} threads, torch {torch.__version__}. Each size runs in a "
+        "child process of its own; peak RSS is that child's.",
+    ]
+    header = ["nodes", "edges (directed)", "generate s", "METIS s", "subgraphs s", "build GIST s"]
+    header += ["train s / round", "eval s / round", "peak RSS GB"]
+    text = markdown_table_report("Graph size: csbm from 10k to 1M nodes", notes, header, rows)
     emit(text, args.out)
     return 0
 

@@ -149,8 +149,8 @@ def test_explicit_cpu_device_through_every_method_in_process_and_with_processes(
 
 def test_ddp_trains_through_a_real_distributed_data_parallel(tmp_path):
     """On torch.distributed the ddp method's model is torch's own
-    DistributedDataParallel with the collective's hook (its equality with the
-    in-process simulation, model and ledger, is tested in test_baselines)."""
+    DistributedDataParallel (its equality with the in-process simulation,
+    model and ledger, is tested in test_baselines)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 

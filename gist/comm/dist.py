@@ -421,21 +421,22 @@ class DistCollective(Collective):
     def data_parallel(self, module: nn.Module) -> nn.Module:
         """``module`` wrapped in ``torch.nn.parallel.DistributedDataParallel``
         (``device_ids`` on a GPU): every backward pass averages the gradients,
-        bucket by bucket, as this collective's all-reduce does (each bucket
-        divided by ``m``, then summed), so the wrapped model trains exactly as
-        :meth:`all_reduce_mean` of one flat gradient would. The caller counts
-        the bytes (one all-reduce of ``|θ|`` values per step). Buffers are not
-        broadcast (each worker's BatchNorm keeps its own running statistics),
-        and the wrapper does not copy the model at construction: the method
-        broadcasts worker 0's model itself (counted)."""
+        bucket by bucket, with DDP's own all-reduce, which scales each
+        gradient by ``1/m`` as it copies it into its bucket and then sums the
+        buckets: :meth:`all_reduce_mean`'s arithmetic (exactly so for ``m`` a
+        power of two; otherwise ``x·(1/m)`` and ``x/m`` may differ in the
+        last bit). The caller counts the bytes (one all-reduce of ``|θ|``
+        values per step). Buffers are not broadcast (each worker's BatchNorm
+        keeps its own running statistics), and the wrapper does not copy the
+        model at construction: the method broadcasts worker 0's model itself
+        (counted). No Python communication hook: its callbacks run on gloo's
+        thread and deadlock with the process group's teardown."""
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.ctx.device] if self.ctx.device.type == "cuda" else None
         # torch >= 2.13 names "no buffer broadcast before each forward" forward_sync_buffers
         no_sync = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_parameters() else "broadcast_buffers"
-        wrapped = DistributedDataParallel(module, device_ids=device_ids, init_sync=False, **{no_sync: False})
-        wrapped.register_comm_hook(self, _mean_hook)
-        return wrapped
+        return DistributedDataParallel(module, device_ids=device_ids, init_sync=False, **{no_sync: False})
 
 
 @functools.cache
@@ -444,19 +445,6 @@ def _ddp_parameters() -> set[str]:
     from torch.nn.parallel import DistributedDataParallel
 
     return set(inspect.signature(DistributedDataParallel.__init__).parameters)
-
-
-def _mean_hook(collective, bucket):  # noqa: ANN001, ANN202 - DDP checks these annotations, and strings fail
-    """DDP's gradient hook: the bucket divided by ``m``, then all-reduced
-    (summed) through host memory for gloo with CUDA tensors, in place otherwise."""
-    grads = bucket.buffer().div_(collective.num_workers)
-    if grads.device == collective.device:
-        return dist.all_reduce(grads, async_op=True).get_future().then(lambda fut: fut.value()[0])
-    staged = grads.to(collective.device)
-    dist.all_reduce(staged)
-    done: torch.futures.Future = torch.futures.Future()
-    done.set_result(staged.to(grads.device))
-    return done
 
 
 FAULT_ENV = "GIST_INJECT_FAULT"
