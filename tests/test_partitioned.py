@@ -261,3 +261,25 @@ def test_cli_flags_override_the_recipe(tmp_path, capsys):
     assert options == {"label_prior": True, "groups": 4, "finish_rounds": 0, "bn_reestimate": False}
     assert main([*args, "--subnet-groups", "3"]) == 2
     assert "subnet_groups (3) must divide m (4)" in capsys.readouterr().err
+
+
+def test_workers_here_evaluate_the_coordinators_model_without_copies(tmp_path, monkeypatch):
+    """In one process the workers score (and re-estimate BatchNorm on) the
+    coordinator's own model instead of m full-width copies: the same metrics,
+    statistics and bytes as with copies."""
+    from gist.engine.worker import Worker
+
+    settings = dict(subnets=4, bn_reestimate=True, rounds=2)
+    lent = _trainer(tmp_path, **settings)
+    held = []
+    real_moments = Worker.batch_norm_moments
+    monkeypatch.setattr(Worker, "batch_norm_moments", lambda w, k: held.append(w._held_model()) or real_moments(w, k))
+    lent.fit(progress=False)
+    assert held and all(m is lent.model for m in held)
+    monkeypatch.setattr(Worker, "lend_eval_model", lambda w, model: False)
+    copied = _trainer(tmp_path, **settings)
+    copied.fit(progress=False)
+    a, b = lent.model.state_dict(), copied.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [(r.val, r.parts_val) for r in lent.history] == [(r.val, r.parts_val) for r in copied.history]
+    assert lent.ledger.records() == copied.ledger.records()

@@ -252,7 +252,9 @@ class DistTransport(Transport):
         self.worker0.set_label_prior(total.clone())
         return total
 
-    def evaluate(self, round: int, flat_model: Tensor, batch_norms: int, score: bool) -> Evaluation:
+    def evaluate(
+        self, round: int, flat_model: Tensor, batch_norms: int, score: bool, model: Optional[nn.Module] = None
+    ) -> Evaluation:
         device = comm_device(self.ctx)
         what = f"round {round} (sending the model to evaluate)"
         sends = {}
@@ -260,7 +262,8 @@ class DistTransport(Transport):
             self.ledger.record(round, rank, TO_WORKER, "eval", flat_model)
             sends[rank] = _post(dist.isend, flat_model.to(device), rank, what)
         self.ledger.record(round, 0, TO_WORKER, "eval", flat_model)
-        self.worker0.load_eval_model(flat_model.clone())
+        if model is None or not self.worker0.lend_eval_model(model):
+            self.worker0.load_eval_model(flat_model.clone())
         try:
             for rank in range(1, self.num_subnets):
                 _wait(sends[rank], rank, self.ctx, what)

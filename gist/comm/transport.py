@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .ledger import (
     FROM_WORKER,
@@ -124,6 +124,8 @@ class SubnetWorker(Protocol):
 
     def load_eval_model(self, flat_model: Tensor) -> None: ...
 
+    def lend_eval_model(self, model: nn.Module) -> bool: ...
+
     def batch_norm_moments(self, index: int) -> Tensor: ...
 
     def set_batch_norm_moments(self, index: int, total: Tensor) -> None: ...
@@ -168,13 +170,20 @@ class Transport(ABC):
         (``prior`` bytes). Returns the sum."""
 
     @abstractmethod
-    def evaluate(self, round: int, flat_model: Tensor, batch_norms: int, score: bool) -> Evaluation:
+    def evaluate(
+        self, round: int, flat_model: Tensor, batch_norms: int, score: bool, model: Optional[nn.Module] = None
+    ) -> Evaluation:
         """Send the full model to every worker (``eval`` bytes). Then, for
         each of its first ``batch_norms`` BatchNorm layers in order, every
         worker sends its activation moments and receives their sum
         (``bn_stats`` bytes), from which it sets that layer's statistics.
         With ``score``, each worker returns correct/total counts on its own
-        nodes (``eval`` bytes)."""
+        nodes (``eval`` bytes).
+
+        ``model``: the coordinator's model, exactly what ``flat_model``
+        holds; the workers of this process evaluate it in place (and set its
+        BatchNorm statistics) instead of building a full-width copy each,
+        where it lives on their device. The bytes are counted all the same."""
 
     def close(self) -> None:
         """Release resources (processes, process groups)."""
@@ -232,10 +241,13 @@ class InProcessTransport(Transport):
             worker.set_label_prior(total.clone())
         return total
 
-    def evaluate(self, round: int, flat_model: Tensor, batch_norms: int, score: bool) -> Evaluation:
+    def evaluate(
+        self, round: int, flat_model: Tensor, batch_norms: int, score: bool, model: Optional[nn.Module] = None
+    ) -> Evaluation:
         for worker in self.workers:
             self.ledger.record(round, worker.index, TO_WORKER, "eval", flat_model)
-            worker.load_eval_model(flat_model.clone())
+            if model is None or not worker.lend_eval_model(model):
+                worker.load_eval_model(flat_model.clone())
         try:
             totals = []
             for k in range(batch_norms):

@@ -311,6 +311,16 @@ class Worker:
         if self._eval_adj is None:
             self._eval_adj = self.fmt.of(self.batches.data)
 
+    def lend_eval_model(self, model: nn.Module) -> bool:
+        """Hold the coordinator's own full model to evaluate (no copy), if it
+        lives on this worker's device; ``False`` (nothing held) otherwise."""
+        if next(model.parameters()).device != self.device:
+            return False
+        self._eval_model = model
+        if self._eval_adj is None:
+            self._eval_adj = self.fmt.of(self.batches.data)
+        return True
+
     def _held_model(self) -> nn.Module:
         if self._eval_model is None:
             raise RuntimeError(f"worker {self.index}: no model to evaluate was loaded")

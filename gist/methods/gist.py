@@ -179,8 +179,11 @@ class GIST(RoundDriver):
             return super().evaluate(round)
         state = self.model.state_dict()
         flat = self._full_layout.flatten({k: v for k, v in state.items() if k in self.spec.tensor_axes})
-        flat = self._full_layout.encode(flat, self.cfg.wire_torch_dtype)
-        result = self.transport.evaluate(round, flat, self._batch_norms, self._score_parts)
+        wire = self.cfg.wire_torch_dtype
+        flat = self._full_layout.encode(flat, wire)
+        # the workers here evaluate the model itself unless the wire rounds what the others get
+        lent = self.model if wire == self._full_layout.dtype else None
+        result = self.transport.evaluate(round, flat, self._batch_norms, self._score_parts, lent)
         for k, total in enumerate(result.moment_totals):
             set_batch_norm_stats(self.model, k, pooled_batch_norm_stats([total]))
         parts = accuracy_from_counts(torch.stack(result.counts).sum(0)) if result.counts else None
