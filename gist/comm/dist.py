@@ -421,9 +421,14 @@ class DistCollective(Collective):
         self._call("restoring a checkpoint", lambda: dist.scatter_object_list(received, inputs, src=0))
         return {self.ctx.rank: received[0]}
 
-    def data_parallel(self, module: nn.Module) -> nn.Module:
-        """``module`` wrapped in ``torch.nn.parallel.DistributedDataParallel``
-        (``device_ids`` on a GPU): every backward pass averages the gradients,
+    def data_parallel(self, module: nn.Module) -> Optional[nn.Module]:
+        """On NCCL, ``module`` wrapped in ``torch.nn.parallel.DistributedDataParallel``
+        (``device_ids`` on the rank's GPU); ``None`` on gloo, where the method
+        all-reduces one flat gradient per step itself (:meth:`all_reduce_mean`):
+        DDP's reducer over gloo deadlocked at teardown here (its destructor
+        holds the GIL while a gloo thread finishing a work waits for it).
+
+        With DDP, every backward pass averages the gradients,
         bucket by bucket, with DDP's own all-reduce, which scales each
         gradient by ``1/m`` as it copies it into its bucket and then sums the
         buckets: :meth:`all_reduce_mean`'s arithmetic (exactly so for ``m`` a
@@ -436,6 +441,8 @@ class DistCollective(Collective):
         thread and deadlock with the process group's teardown."""
         from torch.nn.parallel import DistributedDataParallel
 
+        if self.ctx.backend != "nccl":
+            return None
         device_ids = [self.ctx.device] if self.ctx.device.type == "cuda" else None
         # torch >= 2.13 names "no buffer broadcast before each forward" forward_sync_buffers
         no_sync = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_parameters() else "broadcast_buffers"

@@ -5,13 +5,14 @@ are averaged, ``g = Σ_i (g_i / m)``, with one all-reduce of one flat buffer of
 ``|θ|`` values (the parameters that require gradients), and every replica
 takes the same optimizer step, so all replicas stay identical. One
 persistent optimizer per worker (never reset). On
-``torch.distributed`` each rank trains a real
+NCCL each rank trains a real
 ``torch.nn.parallel.DistributedDataParallel``, whose all-reduce scales
-each gradient by ``1/m`` into its bucket and sums the buckets (NCCL on
-GPUs, gloo on CPUs); in one process the workers run one after another and
-one flat gradient is averaged, with the same arithmetic (bit for bit for
-``m`` a power of two). Per worker per round it moves ``ζ·2·(m-1)/m·|θ|``
-values.
+each gradient by ``1/m`` into its bucket and sums the buckets; on gloo each
+rank all-reduces one flat gradient itself (DDP's reducer over gloo
+deadlocked at teardown), and in one process the workers run one after
+another and one flat gradient is averaged: the same arithmetic (bit for
+bit for ``m`` a power of two). Per worker per round it moves
+``ζ·2·(m-1)/m·|θ|`` values.
 
 A batch without training nodes: the worker still runs the forward pass and
 contributes a zero gradient (``0·Σ out``) to the average, so every worker
