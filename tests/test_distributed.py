@@ -363,6 +363,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, procs, wh
     token = uuid.uuid4().hex
     ckpt, log = tmp_path / "ckpt.pt", tmp_path / "run.json"
     cmd = [sys.executable, "-m", "gist", "train", "--hidden", "12", "--local-steps", "1", "--rounds", "2000"]
+    cmd += ["--eval-every", "1"]  # rounds as slow as they were: the signal must find the run going
     cmd += ["--threads", "1", "--no-progress", "--root", str(tmp_path), "--log", str(log)]
     cmd += ["--checkpoint", str(ckpt), "--checkpoint-every", "2"]
     cmd += ["--procs", procs] if procs else []

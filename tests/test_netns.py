@@ -132,6 +132,7 @@ def test_ctrl_c_in_a_shaped_run_removes_the_namespace(tmp_path):
 
     ckpt, log = tmp_path / "ckpt.pt", tmp_path / "run.json"
     cmd = [sys.executable, "-m", "gist", "train", "--hidden", "12", "--local-steps", "1", "--rounds", "2000"]
+    cmd += ["--eval-every", "1"]  # rounds as slow as they were: the signal must find the run going
     cmd += ["--threads", "1", "--no-progress", "--root", str(tmp_path), "--log", str(log), "--procs", "2"]
     cmd += ["--checkpoint", str(ckpt), "--checkpoint-every", "2", "--bandwidth", "1gbit"]
     proc = _interrupt(cmd, dict(os.environ), ckpt, "group")
