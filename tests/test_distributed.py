@@ -333,7 +333,15 @@ def _interrupt(cmd: list[str], env: dict[str, str], ready: Path, whom: str) -> s
     SIGINT (to the whole process group, as a terminal's Ctrl-C does, or to
     the launcher alone) and return the finished process."""
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # as from a terminal: SIGINT handled, even where the suite itself was
+        # started with it ignored (a shell's background job)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 240
