@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from .comm.dist import DistContext, WorkerFailure, init_distributed
+from .comm.dist import DistContext, init_distributed
 from .comm.launch import LaunchFailure, note_rank_error
 from .comm.launch import launch_local as launch_processes
 from .comm.netns import ShapedNamespace
@@ -131,7 +131,6 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
     if not distributed or _rank() == 0:
         check_output_paths(cfg, log_path)
     built: Optional[Built] = None
-    peer_lost = False
     try:
         built = build(cfg, progress)
         driver = built.driver
@@ -165,17 +164,13 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
     except Exception as exc:
         if distributed:  # for the launcher to report the root cause among the ranks' errors
             note_rank_error(_rank(), exc)
-        peer_lost = isinstance(exc, WorkerFailure)
         raise
     finally:
         if built is not None and built.driver is not None:
             built.driver.close()
         if built is not None and built.ctx is not None:
             built.ctx.close()
-        # after a lost peer, a collective may still be pending in another
-        # thread (a DistributedDataParallel backward pass), and tearing the
-        # group down would wait on it: the process is ending anyway
-        if distributed and dist.is_initialized() and not peer_lost:
+        if distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from ..graph import AdjacencyFormat
+from ..graph import AdjacencyFormat, adjacency
 from ..nn.models import takes_normalized_adjacency
 
 Evaluator = Callable[[nn.Module, Data], dict[str, float]]
@@ -35,7 +35,7 @@ def correct_counts(model: nn.Module, data: Data, adj: Optional[Tensor] = None) -
     :func:`~gist.graph.adjacency`, default ``data.edge_index``, or the
     normalised adjacency for a :class:`~gist.nn.PrenormalizedGCN`)."""
     if adj is None:
-        adj = AdjacencyFormat.for_model(model, sparse=takes_normalized_adjacency(model)).of(data)
+        adj = adjacency(data, normalized=True) if takes_normalized_adjacency(model) else data.edge_index
     was_training = model.training
     model.eval()
     pred = model(data.x, adj).argmax(dim=-1)
