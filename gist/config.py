@@ -38,6 +38,7 @@ BACKENDS = ("local", "dist")
 DIST_BACKENDS = ("gloo", "nccl")
 SCORERS = ("graph", "parts")
 GIST_RECIPES = ("auto", "plain", "partitioned")
+COORDINATORS = ("central", "sharded")
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
 EVALUATIONS_PER_RUN = 50
 """Without ``eval_every``: at most how many evaluations a run makes (besides the one after its last round)."""
@@ -268,6 +269,14 @@ class GistConfig:
     ``m > 1`` and ``plain`` otherwise. :func:`gist_options` resolves them.
     """
 
+    coordinator: str = setting(
+        "central",
+        flat="coordinator",
+        choices=COORDINATORS,
+        changes_results=False,
+        help="gist: where the full model lives: central (rank 0 holds it, splits and merges), sharded (unit j "
+        "of every width lives on worker j mod m; sub-networks are assembled with all-to-all exchanges)",
+    )
     recipe: str = setting(
         "auto",
         flat="gist_recipe",

@@ -89,7 +89,7 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
     With ``cfg.dist.backend == "dist"`` this process joins the
     ``torch.distributed`` job described by torchrun's environment and builds
     its part (:meth:`~gist.engine.RoundDriver.distributed`)."""
-    method = get_method(cfg.method)
+    method = get_method(cfg.method).for_config(cfg)
     method.check_run(cfg)
     if cfg.dist.bandwidth != "none" and SHAPED_ENV not in os.environ:
         raise ValueError(
@@ -236,7 +236,7 @@ def finish(
         write_json(log, log_path)
     if cfg.checkpoint.save_model and failure is None:
         Path(cfg.checkpoint.save_model).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.cpu() for k, v in driver.model.state_dict().items()}, cfg.checkpoint.save_model)
+        torch.save(driver.model_state_dict(), cfg.checkpoint.save_model)
     return log
 
 

@@ -129,7 +129,7 @@ def average_states(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     return out
 
 
-def _block_index(tensor: Tensor, split_dims: list[tuple[int, Tensor]]) -> Optional[tuple[Tensor, ...]]:
+def _block_index(tensor: Tensor, split_dims: Sequence[tuple[int, Tensor]]) -> Optional[tuple[Tensor, ...]]:
     """Broadcast indices that pick a block of a matrix split along both of
     its dimensions in one gather or scatter (``None`` for other shapes)."""
     if tensor.dim() != 2 or len(split_dims) != 2:
@@ -138,10 +138,14 @@ def _block_index(tensor: Tensor, split_dims: list[tuple[int, Tensor]]) -> Option
     return rows.view(-1, 1), cols.view(1, -1)
 
 
-def _slice(tensor: Tensor, axes: Axes, partition: WidthPartition, subnet: int) -> Tensor:
-    """A new tensor holding sub-network ``subnet``'s block of ``tensor``
-    (one copy of the block: no full-height intermediate for a matrix)."""
-    split_dims = [(d, partition.indices(a, subnet)) for d, a in enumerate(axes) if a is not None]
+def _split_dims(axes: Axes, partition: WidthPartition, subnet: int) -> list[tuple[int, Tensor]]:
+    return [(d, partition.indices(a, subnet)) for d, a in enumerate(axes) if a is not None]
+
+
+def select_block(tensor: Tensor, split_dims: Sequence[tuple[int, Tensor]]) -> Tensor:
+    """A new tensor holding ``tensor`` indexed by ``idx`` along each ``(dim, idx)``
+    of ``split_dims`` (one copy of the block: no full-height intermediate
+    for a matrix)."""
     if not split_dims:
         return tensor.clone()
     block = _block_index(tensor, split_dims)
@@ -153,9 +157,8 @@ def _slice(tensor: Tensor, axes: Axes, partition: WidthPartition, subnet: int) -
     return out
 
 
-def _write(target: Tensor, value: Tensor, axes: Axes, partition: WidthPartition, subnet: int) -> None:
-    """``target[idx_0][:, idx_1]... = value`` for the split dims, in place."""
-    split_dims = [(d, partition.indices(a, subnet)) for d, a in enumerate(axes) if a is not None]
+def write_block(target: Tensor, value: Tensor, split_dims: Sequence[tuple[int, Tensor]]) -> None:
+    """``target[idx_0][:, idx_1]... = value`` for each ``(dim, idx)`` of ``split_dims``, in place."""
     if not split_dims:
         target.copy_(value)
         return
@@ -168,17 +171,19 @@ def _write(target: Tensor, value: Tensor, axes: Axes, partition: WidthPartition,
     if not rest:
         target.index_copy_(dim, idx, value)
         return
-    block = target.index_select(dim, idx)
-    sub_axes = tuple(a if d != dim else None for d, a in enumerate(axes))
-    _write(block, value, sub_axes, partition, subnet)
-    target.index_copy_(dim, idx, block)
+    inner = target.index_select(dim, idx)
+    write_block(inner, value, [(d, i) for d, i in rest])
+    target.index_copy_(dim, idx, inner)
 
 
 def slice_state(
     state: Mapping[str, Tensor], spec: SplitSpec, partition: WidthPartition, subnet: int
 ) -> dict[str, Tensor]:
     """The tensors of sub-network ``subnet`` (new tensors; ``state`` untouched)."""
-    return {name: _slice(state[name].detach(), axes, partition, subnet) for name, axes in spec.tensor_axes.items()}
+    return {
+        name: select_block(state[name].detach(), _split_dims(axes, partition, subnet))
+        for name, axes in spec.tensor_axes.items()
+    }
 
 
 def merge_states(
@@ -202,7 +207,7 @@ def merge_states(
                 target.copy_(average_states([{name: s[name]} for s in subnet_states])[name].to(target.dtype))
             else:
                 for i, sub in enumerate(subnet_states):
-                    _write(target, sub[name], axes, partition, i)
+                    write_block(target, sub[name], _split_dims(axes, partition, i))
 
 
 # --------------------------------------------------------------------------
@@ -343,14 +348,15 @@ def build_subnet(
         if entry.rule.resize is None:
             continue
         full = model.get_submodule(entry.path) if entry.path else model
-        in_size = _side_size(full, spec, entry.in_group, num_subnets, "in")
-        out_size = _side_size(full, spec, entry.out_group, num_subnets, "out")
+        in_size = side_size(full, spec, entry.in_group, num_subnets, "in")
+        out_size = side_size(full, spec, entry.out_group, num_subnets, "out")
         entry.rule.resize(module, in_size, out_size)
     _resize_basic_gnns(subnet, spec, num_subnets)
     return subnet
 
 
-def _side_size(module: nn.Module, spec: SplitSpec, group: Optional[str], m: int, side: str) -> int:
+def side_size(module: nn.Module, spec: SplitSpec, group: Optional[str], m: int, side: str) -> int:
+    """The width of ``module``'s ``side`` (``"in"``/``"out"``) in a sub-network of ``1/m`` of every hidden width."""
     if group is not None:
         return spec.widths[group] // m
     for attr in (f"{side}_channels", f"{side}_features", "num_features", "in_channels"):

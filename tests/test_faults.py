@@ -53,13 +53,13 @@ def poison_round(monkeypatch, bad_round: int, worker: int = 1) -> None:
 def test_check_round_names_the_workers_and_the_tensor():
     model = torch.nn.Linear(2, 2)
     ok = {0: WorkerStats(0.5, 2, 1.0), 1: WorkerStats(math.nan, 0, 1.0)}  # no steps: NaN by design
-    check_round("gist", 3, ok, [model])
+    check_round("gist", 3, ok, [model.state_dict()])
     with pytest.raises(TrainingDiverged, match=r"gist diverged in round 3: the training loss became nan on worker 1"):
-        check_round("gist", 3, {0: WorkerStats(0.5, 2, 1.0), 1: WorkerStats(math.nan, 2, 1.0)}, [model])
+        check_round("gist", 3, {0: WorkerStats(0.5, 2, 1.0), 1: WorkerStats(math.nan, 2, 1.0)}, [model.state_dict()])
     with torch.no_grad():
         model.bias[1] = math.inf
     with pytest.raises(TrainingDiverged, match="'bias' holds NaN or infinite values") as info:
-        check_round("ddp", 0, ok, [model])
+        check_round("ddp", 0, ok, [model.state_dict()])
     assert info.value.record()["workers"] == [] and info.value.record()["round"] == 0
 
 

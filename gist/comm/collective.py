@@ -157,6 +157,34 @@ class Collective(ABC):
     def _gather_stats(self, stats: Mapping[int, WorkerStats], dtype: Any) -> dict[int, WorkerStats]: ...
 
     @abstractmethod
+    def all_to_all(
+        self, sends: Mapping[int, Mapping[int, Tensor]], recv_numel: Mapping[int, Mapping[int, int]], what: str
+    ) -> dict[int, dict[int, Tensor]]:
+        """Each local worker ``s`` sends ``sends[s][d]`` (one flat buffer) to
+        every worker ``d``; returns, for each local worker ``d``, what every
+        worker sent it (``{d: {s: buffer}}``). ``recv_numel[d][s]`` is the
+        size of each buffer a local worker receives (the senders' dtype).
+        Not recorded: the caller counts what the buffers mean."""
+
+    @abstractmethod
+    def all_gather(self, flats: Mapping[int, Tensor], what: str) -> list[Tensor]:
+        """Every worker's buffer (all of one size), in worker order. Not recorded."""
+
+    @abstractmethod
+    def fetch(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
+        """On the coordinator: ``provide(owner, key)``, computed where ``owner``
+        lives (a buffer of ``like``'s size and dtype). Every other process
+        answers in :meth:`serve_fetches` until :meth:`end_fetches`. Not recorded."""
+
+    def serve_fetches(self, provide: Callable[[int, int], Tensor]) -> None:
+        """On a process without the coordinator: answer the coordinator's
+        :meth:`fetch` calls with ``provide(worker, key)`` until it calls
+        :meth:`end_fetches`."""
+
+    def end_fetches(self) -> None:
+        """On the coordinator: release the processes in :meth:`serve_fetches`."""
+
+    @abstractmethod
     def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:
         """Every worker's object on the coordinator (``{}`` elsewhere); for checkpoints."""
 
@@ -200,6 +228,17 @@ class InProcessCollective(Collective):
     def _gather_stats(self, stats: Mapping[int, WorkerStats], dtype: Any) -> dict[int, WorkerStats]:
         # as they would travel after a buffer of this dtype
         return {w: WorkerStats.from_tensor(stats[w].to_tensor(dtype)) for w in self.local_workers}
+
+    def all_to_all(
+        self, sends: Mapping[int, Mapping[int, Tensor]], recv_numel: Mapping[int, Mapping[int, int]], what: str
+    ) -> dict[int, dict[int, Tensor]]:
+        return {d: {s: sends[s][d] for s in self.local_workers} for d in self.local_workers}
+
+    def all_gather(self, flats: Mapping[int, Tensor], what: str) -> list[Tensor]:
+        return [flats[w] for w in range(self.num_workers)]
+
+    def fetch(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
+        return provide(owner, key)
 
     def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:
         return dict(objects)

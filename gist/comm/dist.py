@@ -410,6 +410,53 @@ class DistCollective(Collective):
     def round_starts(self, round: int) -> None:
         inject_fault(self.ctx.rank, round)
 
+    def all_to_all(
+        self, sends: Mapping[int, Mapping[int, Tensor]], recv_numel: Mapping[int, Mapping[int, int]], what: str
+    ) -> dict[int, dict[int, Tensor]]:
+        me = self.ctx.rank
+        mine = sends[me]
+        dtype = mine[me].dtype
+        # every send and receive posted at once (a pair-wise exchange: gloo has no all-to-all of lists)
+        sends_out, recvs, bufs = {}, {}, {}
+        for peer in range(self.num_workers):
+            if peer == me:
+                continue
+            bufs[peer] = torch.empty(recv_numel[me][peer], dtype=dtype, device=self.device)
+            recvs[peer] = _post(dist.irecv, bufs[peer], peer, what)
+            sends_out[peer] = _post(dist.isend, mine[peer].to(self.device).contiguous(), peer, what)
+        for peer in sends_out:
+            _wait(sends_out[peer], peer, self.ctx, what)
+            _wait(recvs[peer], peer, self.ctx, what)
+        received = {peer: buf.to(mine[me].device) for peer, buf in bufs.items()}
+        received[me] = mine[me]
+        return {me: dict(sorted(received.items()))}
+
+    def all_gather(self, flats: Mapping[int, Tensor], what: str) -> list[Tensor]:
+        own = flats[self.ctx.rank]
+        mine = own.to(self.device).contiguous()
+        out = [torch.empty_like(mine) for _ in range(self.num_workers)]
+        self._call(what, lambda: dist.all_gather(out, mine))
+        return [t.to(own.device) for t in out]
+
+    def fetch(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
+        if owner == self.ctx.rank:
+            return provide(owner, key)
+        what = "evaluation (fetching a shard)"
+        _send(torch.tensor([key], dtype=torch.int64), owner, self.ctx, what)
+        return _recv(like, owner, self.ctx, what, on_device=True).to(like.device)
+
+    def serve_fetches(self, provide: Callable[[int, int], Tensor]) -> None:
+        what = "evaluation (sending a shard)"
+        while True:
+            key = int(_recv(torch.zeros(1, dtype=torch.int64), 0, self.ctx, what)[0])
+            if key < 0:
+                return
+            _send(provide(self.ctx.rank, key), 0, self.ctx, what)
+
+    def end_fetches(self) -> None:
+        for rank in range(1, self.num_workers):
+            _send(torch.tensor([-1], dtype=torch.int64), rank, self.ctx, "evaluation (done)")
+
     def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:
         out: Optional[list[Any]] = [None] * self.num_workers if self.ctx.rank == 0 else None
         self._call("gathering a checkpoint", lambda: dist.gather_object(objects[self.ctx.rank], out, dst=0))

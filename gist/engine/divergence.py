@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import torch
-from torch import nn
+from torch import Tensor
 
 from ..comm import WorkerStats
 
@@ -54,21 +54,23 @@ def non_finite_workers(stats: Mapping[int, WorkerStats]) -> list[int]:
     return sorted(i for i, s in stats.items() if s.steps > 0 and not math.isfinite(s.loss))
 
 
-def first_non_finite(modules: Sequence[nn.Module]) -> Optional[str]:
-    """The name of the first parameter or floating-point buffer of ``modules``
+def first_non_finite(states: Sequence[Mapping[str, Tensor]]) -> Optional[str]:
+    """The name of the first floating-point tensor of ``states`` (``state_dict`` mappings)
     holding a NaN or infinity, ``None`` if all are finite."""
-    for module in modules:
-        for name, tensor in module.state_dict().items():
+    for state in states:
+        for name, tensor in state.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 return name
     return None
 
 
-def check_round(method: str, round: int, stats: Mapping[int, WorkerStats], modules: Sequence[nn.Module]) -> None:
+def check_round(
+    method: str, round: int, stats: Mapping[int, WorkerStats], states: Sequence[Mapping[str, Tensor]]
+) -> None:
     """Raise :class:`TrainingDiverged` if any worker in ``stats`` reported a
-    non-finite loss or any of ``modules`` holds a non-finite value."""
+    non-finite loss or any of ``states`` holds a non-finite value."""
     workers = non_finite_workers(stats)
-    tensor = first_non_finite(modules)
+    tensor = first_non_finite(states)
     if workers:
         losses = ", ".join(f"{stats[i].loss}" for i in workers)
         noun = "loss" if len(workers) == 1 else "losses"

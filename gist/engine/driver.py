@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
@@ -131,6 +131,12 @@ class RoundDriver(ABC):
         raise ValueError(f"method {cls.name!r} has no torch.distributed form; run it with --backend local")
 
     @classmethod
+    def for_config(cls, cfg: RunConfig) -> type[RoundDriver]:
+        """The driver class that runs ``cfg`` (a method may have variants,
+        e.g. GIST's sharded coordinator); ``cls`` itself by default."""
+        return cls
+
+    @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         """Reject, with ``ValueError``, a config this method cannot run, before
         anything is built (sweeps check every grid point with it)."""
@@ -160,6 +166,24 @@ class RoundDriver(ABC):
     @abstractmethod
     def num_params(self) -> int:
         """``|θ|``: values in the buffer a worker exchanges (the summary's ``subnet_params``)."""
+
+    def trained_states(self) -> list[Mapping[str, Tensor]]:
+        """The tensors this process trains (checked for NaN after every round): the model's."""
+        return [self.model.state_dict()]
+
+    def model_state_dict(self) -> dict[str, Tensor]:
+        """The full model's ``state_dict`` on the CPU (a copy), for checkpoints and ``--save-model``.
+        Called on every process of a job at the same time; the coordinator's is the model."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def load_model_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore :meth:`model_state_dict`'s model (on the coordinator, before :meth:`fit`)."""
+        self.model.load_state_dict(state)
+
+    def model_checkpoint(self) -> dict[str, Tensor]:
+        """What a checkpoint keeps of the model: :meth:`model_state_dict`
+        (a method that holds its model in shards writes them itself)."""
+        return self.model_state_dict()
 
     def method_state(self) -> dict[str, Any]:
         """What the method must keep for an exact resume beyond the full model
@@ -193,7 +217,7 @@ class RoundDriver(ABC):
         start = time.perf_counter()
         work = self.train_round(r)
         seconds = time.perf_counter() - start
-        check_round(self.name, r, work.stats, [self.model])
+        check_round(self.name, r, work.stats, self.trained_states())
         worker_seconds = [s.seconds for s in work.stats.values()]
         record = RoundRecord(
             round=r,
@@ -281,7 +305,7 @@ class RoundDriver(ABC):
             "format": CHECKPOINT_FORMAT,
             "method": self.name,
             "round": self.round,
-            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+            "model": self.model_checkpoint(),
             "history": [asdict(r) for r in self.history],
             "ledger": self.ledger.records(),
             "rng_state": torch.get_rng_state(),
@@ -297,7 +321,7 @@ class RoundDriver(ABC):
             raise ValueError(f"the checkpoint was made by method {state['method']!r}, not {self.name!r}")
         if self._started:
             raise RuntimeError("load a checkpoint before the first round")
-        self.model.load_state_dict(state["model"])
+        self.load_model_state_dict(state["model"])
         self.round = int(state["round"])
         self.history = [RoundRecord(**r) for r in state["history"]]
         self.ledger.load_records(state["ledger"])

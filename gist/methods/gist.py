@@ -30,11 +30,12 @@ worker 0; rank ``i > 0`` holds only its sub-network and its own graph data
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from ..comm import InProcessTransport, Transport
@@ -134,6 +135,15 @@ class GIST(RoundDriver):
         return self.layout.numel
 
     @classmethod
+    def for_config(cls, cfg: RunConfig) -> type[RoundDriver]:
+        """:class:`~gist.methods.sharded.ShardedGIST` for ``--coordinator sharded``."""
+        if cfg.gist.coordinator == "sharded":
+            from .sharded import ShardedGIST  # it builds on this module
+
+            return ShardedGIST
+        return cls
+
+    @classmethod
     def evaluates_on_workers(cls, cfg: RunConfig) -> bool:
         return cfg.evaluates_on_workers and cfg.scorer == "parts"
 
@@ -202,6 +212,13 @@ class GIST(RoundDriver):
         if self.cfg.subnets == 1 and worker is not None:
             return {"worker0": worker.state_dict()}
         return {}
+
+    def load_model_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        if not state:
+            raise ValueError(
+                "this checkpoint was written by --coordinator sharded: resume it with --coordinator sharded"
+            )
+        super().load_model_state_dict(state)
 
     def load_method_state(self, state: dict[str, Any]) -> None:
         if "worker0" in state:

@@ -1,0 +1,441 @@
+r"""GIST with a sharded coordinator: no process holds the full model.
+
+``--coordinator sharded`` (:class:`ShardedGIST`) keeps GIST's rounds
+(:mod:`gist.methods.gist`) but not its central model: unit ``j`` of every
+hidden width is owned by worker ``j mod m`` (:mod:`gist.shards`), every
+process holds its own shard, its own copy of the shared tensors and its
+current sub-network. Round ``r``:
+
+1. every process draws the width split of ``(seed, r)``;
+2. *assemble* (one all-to-all): owner ``o`` sends worker ``w`` its piece of
+   sub-network ``w mod s``; worker ``w`` puts the pieces together (its own
+   piece never travels);
+3. worker ``w`` trains its sub-network as in central GIST;
+4. *return* (one all-to-all): worker ``w`` sends each owner the owner's rows
+   of what it trained; an owner averages the copies of each group (``s < m``)
+   and writes them into its shard. The shared tensors are all-gathered and
+   averaged, on every worker alike.
+
+The arithmetic is the central coordinator's, element for element, so both
+train the same model (bit for bit in one process). Ledger (``params``): the
+pieces a worker receives from other owners (``to_worker``), the pieces it
+returns to other owners and its shared tensors to the ``m - 1`` others
+(``from_worker``); the stats, label-prior and set-up messages as central.
+
+Evaluation happens on worker 0 on the whole graph, layer by layer
+(:func:`gist.shards.sharded_eval_model`): it fetches one owner's part of a
+layer at a time (``eval`` bytes, ``from_worker``, for the owner; each request
+8 bytes ``to_worker``). Checkpoints are one file per owner beside the main
+one; ``--save-model`` puts the full model together on worker 0 after the last
+round, as asked.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from ..comm import FROM_WORKER, SETUP_ROUND, TO_WORKER, Collective, InProcessCollective, tensor_nbytes
+from ..comm.dist import DistCollective
+from ..config import RunConfig, gist_options
+from ..devices import coordinator_device
+from ..engine import DriverSetup, Evaluator, RankSetup, RoundDriver, RoundWork, make_workers
+from ..engine.setup import coordinator_evaluator
+from ..engine.worker import subnet_schedule
+from ..files import atomic_write
+from ..nn.slicing import build_split_spec
+from ..shards import Ownership, sharded_eval_model
+from ..subnets import FlatLayout, average_states, draw_partition, subnet_layout
+from .gist import GIST, _num_classes
+
+FULL_SHARD = -2
+"""The fetch key of an owner's whole shard (``--save-model``); layer ``k`` is key ``k``."""
+CENTRAL_CHECKPOINT = "this checkpoint was written by --coordinator central: resume it with --coordinator central"
+REQUEST_BYTES = 8
+"""A fetch request: one int64."""
+
+
+class ShardedGIST(GIST):
+    """GIST whose full model lives in shards, one per worker (module docstring).
+
+    Args:
+        model: the full-width model, initialised (build it under
+            ``torch.manual_seed(cfg.seed)`` right before this call, as for
+            :class:`GIST`). Its values are taken into the shards and it is
+            moved to the ``meta`` device: :meth:`model_state_dict` gives the
+            trained model back.
+        data: the graph scored on (worker 0); in one process also the workers'
+            graphs. ``None`` on a process that does not evaluate.
+        cfg: the run config, with ``gist.coordinator = "sharded"``.
+        collective: default an :class:`~gist.comm.InProcessCollective` of ``m`` workers.
+        graph: the training graph of this process's one worker (a rank that loaded only its own part).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Optional[Data],
+        cfg: RunConfig,
+        collective: Optional[Collective] = None,
+        evaluator: Optional[Evaluator] = None,
+        scored_by: str = "correct / total",
+        graph: Optional[Data] = None,
+    ) -> None:
+        cfg.check()
+        self.collective = collective if collective is not None else InProcessCollective(cfg.subnets)
+        local = self.collective.local_workers
+        self.spec = build_split_spec(model)
+        graphs = {local[0]: graph} if graph is not None else None
+        if graphs is None and data is None:
+            raise ValueError("the workers need their training graph (graph=) or the full graph (data=)")
+        # right after the model was built: worker 0 continues the global RNG stream
+        workers = make_workers(model, self.spec, data if graphs is None else None, cfg, indices=local, graphs=graphs)
+        self.workers = {w.index: w for w in workers}
+        self.device = coordinator_device(cfg)
+        self.options = gist_options(cfg)
+        self.schedule = subnet_schedule(cfg)
+        for groups in self.schedule.group_counts():
+            self.spec.check_subnets(groups)
+        self.layouts = {s: subnet_layout(model, self.spec, s) for s in self.schedule.group_counts()}
+        self.ownership = Ownership(self.spec, cfg.subnets)
+        state = model.state_dict()
+        with torch.no_grad():
+            self.shards = {o: _to(self.ownership.shard(state, o), self.device) for o in local}
+            self.shared = {n: state[n].detach().to(self.device, copy=True) for n in self.ownership.shared}
+        del state
+        model.to("meta")
+        self._shared_layout = FlatLayout(
+            tuple(self.shared),
+            tuple(t.shape for t in self.shared.values()),
+            tuple(t.dtype for t in self.shared.values()),
+            self.layout.dtype,
+        )
+        self.num_classes = _num_classes(model) if self.options.label_prior else None
+        if self.collective.is_coordinator and evaluator is None:
+            if data is None:
+                raise ValueError("worker 0 needs the full graph (data=) to evaluate")
+            evaluator, scored_by = coordinator_evaluator(cfg, data)
+        self._eval_model: Optional[nn.Module] = None
+        self._eval_round = 0
+        self._full_state: Optional[dict[str, Tensor]] = None
+        setup = DriverSetup(
+            ledger=self.collective.ledger,
+            num_workers=self.collective.num_workers,
+            is_coordinator=self.collective.is_coordinator,
+            sequential=self.collective.sequential,
+        )
+        RoundDriver.__init__(self, model, data, cfg, setup, evaluator, scored_by)
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Besides GIST's checks: the sharded coordinator evaluates on worker
+        0 on the whole graph, and sends float32."""
+        super().check_config(cfg)
+        if cfg.wire_dtype != "float32":
+            raise ValueError(f"--coordinator sharded sends float32 for now, not --wire-dtype {cfg.wire_dtype}")
+        if cfg.scorer == "parts":
+            raise ValueError(
+                "--coordinator sharded scores the model on worker 0 on the whole graph: use --scorer graph"
+            )
+        if gist_options(cfg).bn_reestimate and cfg.subnets > 1:
+            raise ValueError(
+                "--coordinator sharded does not re-estimate BatchNorm statistics on the workers yet: "
+                "pass --bn-reestimate false (or use --coordinator central)"
+            )
+
+    @property
+    def label(self) -> str:
+        return "GIST (sharded)"
+
+    @property
+    def local_workers(self) -> tuple[int, ...]:
+        return self.collective.local_workers
+
+    # ------------------------------------------------------------------ set-up
+
+    def start(self) -> None:
+        """The handshake (worker 0 says the round to start from), the label
+        counts for the prior correction, and on resume each owner's shard file."""
+        numel = self.layouts[self.schedule.at(self.round).groups].numel
+        data_bytes = {w: tensor_nbytes(self.workers[w].data_tensors()) for w in self.local_workers}
+        self.round = self.collective.handshake(self.round, numel, data_bytes)
+        for worker in self.workers.values():
+            worker.fast_forward(self.round)
+        if self.round > 0:
+            for owner in self.local_workers:
+                self._load_shard(owner, self.round)
+        if self.num_classes is not None:
+            self._share_label_counts(self.num_classes)
+
+    def _share_label_counts(self, num_classes: int) -> None:
+        counts = {w: self.workers[w].label_counts(num_classes) for w in self.local_workers}
+        total = torch.stack(self.collective.all_gather(counts, "set-up (label counts)")).sum(0)
+        for w in range(self.cfg.subnets):
+            self.ledger.record(SETUP_ROUND, w, FROM_WORKER, "prior", total)  # each worker's counts: same size
+            self.ledger.record(SETUP_ROUND, w, TO_WORKER, "prior", total)
+        for worker in self.workers.values():
+            worker.set_label_prior(total.clone())
+
+    # ------------------------------------------------------------------ rounds
+
+    def train_round(self, round: int) -> RoundWork:
+        self.collective.round_starts(round)
+        start = time.perf_counter()
+        m, local, own = self.cfg.subnets, self.local_workers, self.ownership
+        plan = self.schedule.at(round)
+        layout = self.layouts[plan.groups]
+        shapes = dict(zip(layout.names, layout.shapes))
+        partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round)
+        pieces = {(o, g): own.plan(partition, g, o) for o in range(m) for g in range(plan.groups)}
+        numel = {key: own.piece_numel(p, shapes) for key, p in pieces.items()}
+        size = layout.dtype.itemsize
+
+        # assemble: owner o -> worker w, its piece of group w mod s
+        taken = {(o, g): own.take_from_shard(self.shards[o], pieces[o, g]) for o in local for g in range(plan.groups)}
+        sends = {o: {w: taken[o, plan.group_of(w)] for w in range(m)} for o in local}
+        recv = {w: {o: numel[o, plan.group_of(w)] for o in range(m)} for w in local}
+        got = self.collective.all_to_all(sends, recv, f"round {round} (assembling the sub-networks)")
+        for w in range(m):
+            g = plan.group_of(w)
+            self.ledger.record(round, w, TO_WORKER, "params", sum(numel[o, g] for o in range(m) if o != w) * size)
+        payloads = {}
+        for w in local:
+            g = plan.group_of(w)
+            dtypes = self.shards[local[0]]
+            sub = {n: torch.empty(shapes[n], dtype=dtypes[n].dtype, device=self.device) for n in own.sliced}
+            for o, flat in got[w].items():
+                own.place_in_subnet(sub, own.unflatten(flat, pieces[o, g], shapes), pieces[o, g])
+            sub.update(self.shared)
+            payloads[w] = layout.flatten(sub)
+        del taken, sends, got
+        split_done = time.perf_counter()
+
+        reports = {w: self.workers[w].train_round(round, payloads[w]) for w in local}
+        del payloads
+
+        # return: worker w -> owner o, the owner's rows of what w trained
+        merge_start = time.perf_counter()
+        returned = {w: layout.unflatten(reports[w].params.to(self.device)) for w in local}
+        sends = {
+            w: {o: own.take_from_subnet(returned[w], pieces[o, plan.group_of(w)]) for o in range(m)} for w in local
+        }
+        recv = {o: {w: numel[o, plan.group_of(w)] for w in range(m)} for o in local}
+        got = self.collective.all_to_all(sends, recv, f"round {round} (returning the sub-networks)")
+        shared_bytes = self._shared_layout.nbytes * (m - 1)
+        for w in range(m):
+            g = plan.group_of(w)
+            back = sum(numel[o, g] for o in range(m) if o != w) * size
+            self.ledger.record(round, w, FROM_WORKER, "params", back + shared_bytes)
+        for o in local:
+            for g in range(plan.groups):
+                copies = [own.unflatten(got[o][w], pieces[o, g], shapes) for w in plan.members(g)]
+                own.write_to_shard(self.shards[o], average_states(copies), pieces[o, g])
+        mine = {w: self._shared_layout.flatten({n: returned[w][n] for n in self.shared}) for w in local}
+        every = [self._shared_layout.unflatten(f) for f in self.collective.all_gather(mine, f"round {round} (shared)")]
+        by_group = [average_states([every[w] for w in plan.members(g)]) for g in range(plan.groups)]
+        with torch.no_grad():
+            for n, value in average_states(by_group).items():
+                self.shared[n].copy_(value)
+        stats = {w: reports[w].stats for w in local}
+        merge_seconds = time.perf_counter() - merge_start
+
+        gathered = self.collective.gather_stats(round, stats, layout.dtype)
+        if self.cfg.checkpoint.save_model and round + 1 == self.cfg.rounds and self.is_coordinator:
+            self._full_state = self._gather_full_state()
+        if not self.is_coordinator and self._serves_after(round):
+            self.collective.serve_fetches(self._provide)
+        return RoundWork(stats=gathered, split_seconds=split_done - start, merge_seconds=merge_seconds)
+
+    def _serves_after(self, round: int) -> bool:
+        """Whether worker 0 fetches shards after ``round`` (to evaluate, or to save the model)."""
+        return self.cfg.is_eval_round(round) or (bool(self.cfg.checkpoint.save_model) and round + 1 == self.cfg.rounds)
+
+    def trained_states(self) -> list[Mapping[str, Tensor]]:
+        return [*self.shards.values(), self.shared]
+
+    # ------------------------------------------------------------------ fetching shards
+
+    def _names(self, key: int) -> list[str]:
+        if key == FULL_SHARD:
+            return self.ownership.sliced
+        return self.ownership.layer_names(self.spec.layers[key].path)
+
+    def _provide(self, owner: int, key: int) -> Tensor:
+        """Owner ``owner``'s shard of the tensors of fetch key ``key``, as one flat buffer."""
+        shard = self.shards[owner]
+        parts = [shard[n].reshape(-1) for n in self._names(key)]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=self.layout.dtype, device=self.device)
+
+    def _fetch(self, owner: int, key: int, record: bool) -> dict[str, Tensor]:
+        """Owner ``owner``'s shard of key ``key``'s tensors, on worker 0."""
+        names = self._names(key)
+        like_shard = self.shards[0]
+        numel = sum(like_shard[n].numel() for n in names)
+        like = torch.empty(numel, dtype=self.layout.dtype, device=self.device)
+        flat = self.collective.fetch(owner, key, like, self._provide)
+        if record and owner != 0:
+            self.ledger.record(self._eval_round, owner, TO_WORKER, "eval", REQUEST_BYTES)
+            self.ledger.record(self._eval_round, owner, FROM_WORKER, "eval", flat)
+        out, offset = {}, 0
+        for n in names:
+            t = like_shard[n]
+            out[n] = flat[offset : offset + t.numel()].view(t.shape)
+            offset += t.numel()
+        return out
+
+    def _fetch_layer(self, layer: int, owner: int) -> dict[str, Tensor]:
+        out = self._fetch(owner, layer, record=True)
+        path = self.spec.layers[layer].path
+        prefix = f"{path}." if path else ""
+        out.update({n: t for n, t in self.shared.items() if n.startswith(prefix)})
+        return out
+
+    def _gather_full_state(self) -> dict[str, Tensor]:
+        parts = [self._fetch(o, FULL_SHARD, record=False) for o in range(self.cfg.subnets)]
+        state = self.ownership.assemble(parts)
+        state.update(self.shared)
+        template = self.model.state_dict()
+        return {n: state[n].detach().to("cpu", copy=True) for n in template}
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, round: int) -> dict[str, float]:
+        """The full model's score on worker 0, computed layer by layer from
+        the owners' shards (:func:`gist.shards.sharded_eval_model`)."""
+        if self.evaluator is None:
+            raise RuntimeError("gist (sharded): no evaluator on this process")
+        if self._eval_model is None:
+            self._eval_model = sharded_eval_model(self.model, self.ownership, self._fetch_layer)
+        self._eval_round = round
+        try:
+            with torch.no_grad():
+                return self.evaluator(self._eval_model, self.data)
+        finally:
+            self.collective.end_fetches()
+
+    # ------------------------------------------------------------------ the model, checkpoints
+
+    def model_state_dict(self) -> dict[str, Tensor]:
+        """The full model put together from every shard (on the coordinator:
+        in one process from its shards; in a job, the copy fetched after the
+        last round when ``--save-model`` asked for it)."""
+        if len(self.shards) == self.cfg.subnets:
+            state = self.ownership.assemble([self.shards[o] for o in range(self.cfg.subnets)])
+            state.update(self.shared)
+            return {n: state[n].detach().to("cpu", copy=True) for n in self.model.state_dict()}
+        if self._full_state is None:
+            raise RuntimeError(
+                "the full model is in shards on the workers: it is put together on worker 0 after the last round "
+                "when --save-model is set"
+            )
+        return self._full_state
+
+    def model_checkpoint(self) -> dict[str, Tensor]:
+        return {}  # each owner writes its shard file (method_state)
+
+    def shard_path(self, owner: int, round: int) -> Path:
+        """The checkpoint file of ``owner``'s shard after ``round`` rounds (beside ``--checkpoint``)."""
+        path = Path(self.cfg.checkpoint.path)
+        return path.with_name(f"{path.name}.shard-{owner}-of-{self.cfg.subnets}.round-{round}")
+
+    def method_state(self) -> dict[str, Any]:
+        """Every process writes its owners' shard files (keeping the previous
+        checkpoint's until this one is complete), then waits for the others;
+        the coordinator's state says which round the files hold."""
+        for owner in self.local_workers:
+            target = self.shard_path(owner, self.round)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            payload = {
+                "round": self.round,
+                "owner": owner,
+                "owners": self.cfg.subnets,
+                "shard": {n: t.detach().cpu() for n, t in self.shards[owner].items()},
+                "shared": {n: t.detach().cpu() for n, t in self.shared.items()},
+            }
+            with atomic_write(target) as tmp:
+                torch.save(payload, tmp)
+            self._prune_shards(owner)
+        done = {w: torch.ones(1) for w in self.local_workers}
+        self.collective.all_gather(done, "writing the checkpoint's shards")
+        state: dict[str, Any] = {"sharded": {"owners": self.cfg.subnets, "round": self.round}}
+        if self.cfg.subnets == 1 and 0 in self.workers:  # m = 1: worker 0 keeps its optimizer and streams
+            state["worker0"] = self.workers[0].state_dict()
+        return state
+
+    def _prune_shards(self, owner: int) -> None:
+        """Delete this owner's shard files but the newest two (the main file
+        may still name the previous one until it is replaced)."""
+        path = Path(self.cfg.checkpoint.path)
+        pattern = re.compile(re.escape(f"{path.name}.shard-{owner}-of-{self.cfg.subnets}.round-") + r"(\d+)$")
+        found = sorted(
+            (int(match.group(1)), p)
+            for p in path.parent.glob(f"{path.name}.shard-{owner}-of-*")
+            if (match := pattern.match(p.name))
+        )
+        for _, old in found[:-2]:
+            old.unlink(missing_ok=True)
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        info = state.get("sharded")
+        if info is None:
+            raise ValueError(CENTRAL_CHECKPOINT)
+        if int(info["owners"]) != self.cfg.subnets:
+            raise ValueError(f"this checkpoint holds {info['owners']} shards, but m = {self.cfg.subnets}")
+        if "worker0" in state:
+            self.workers[0].load_state_dict(state["worker0"])
+
+    def load_model_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        if state:
+            raise ValueError(CENTRAL_CHECKPOINT)
+
+    def _load_shard(self, owner: int, round: int) -> None:
+        path = self.shard_path(owner, round)
+        if not path.is_file():
+            raise ValueError(f"--resume: the checkpoint of round {round} has no shard file {path}")
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if int(saved["round"]) != round or int(saved["owners"]) != self.cfg.subnets:
+            raise ValueError(f"--resume: {path} holds round {saved['round']} of {saved['owners']} shards")
+        with torch.no_grad():
+            for n, t in self.shards[owner].items():
+                t.copy_(saved["shard"][n])
+            for n, t in self.shared.items():
+                t.copy_(saved["shared"][n])
+
+    def close(self) -> None:
+        self.collective.close()
+
+    # ------------------------------------------------------------------ processes
+
+    @classmethod
+    def distributed(cls, setup: RankSetup) -> ShardedGIST:
+        """Every rank is a worker and an owner; rank 0 also evaluates (it
+        loads the whole graph). Each rank builds the initial model under the
+        run's seed and keeps only its shard of it."""
+        setup.prepare()
+        cfg, ctx = setup.cfg, setup.ctx
+        own = setup.own_graph()
+        data = own.data if not setup.partitioned else None
+        if ctx.rank == 0 and data is None:
+            data = setup.load_dataset().data
+        model = setup.full_model(own.num_features, own.num_classes)
+        evaluator, scored_by = setup.evaluator(data) if ctx.rank == 0 else (None, "correct / total")
+        return cls(
+            model,
+            data,
+            cfg,
+            collective=DistCollective(ctx),
+            evaluator=evaluator,
+            scored_by=scored_by,
+            graph=own.data,
+        )
+
+
+def _to(tensors: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {n: t.to(device) for n, t in tensors.items()}
