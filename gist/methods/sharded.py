@@ -55,8 +55,9 @@ from ..shards import Ownership, sharded_eval_model
 from ..subnets import FlatLayout, average_states, draw_partition, subnet_layout
 from .gist import GIST, _num_classes
 
-FULL_SHARD = -2
-"""The fetch key of an owner's whole shard (``--save-model``); layer ``k`` is key ``k``."""
+FULL_SHARD = 1 << 30
+"""The fetch key of an owner's whole shard (``--save-model``); layer ``k`` is
+key ``k``, and a negative key ends the fetches."""
 CENTRAL_CHECKPOINT = "this checkpoint was written by --coordinator central: resume it with --coordinator central"
 REQUEST_BYTES = 8
 """A fetch request: one int64."""

@@ -1,0 +1,249 @@
+"""GIST's sharded coordinator: shards and pieces are exact, the layer-by-layer
+evaluation equals the full forward pass, the sharded run trains the central
+run's model with the analytic all-to-all ledger, in one process and in real
+processes, and its per-shard checkpoints resume exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch_geometric.nn.models import GCN, GraphSAGE
+
+from gist.comm import FROM_WORKER, TO_WORKER
+from gist.config import RunConfig
+from gist.engine.setup import full_model, load_run_dataset
+from gist.methods import GIST
+from gist.methods.sharded import ShardedGIST
+from gist.nn.slicing import build_split_spec
+from gist.run import launch_local, run_training
+from gist.shards import Ownership, owning_dim, sharded_eval_model
+from gist.subnets import draw_partition, slice_state, subnet_layout
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _models():
+    torch.manual_seed(0)
+    return {
+        "gcn": GCN(12, 16, 3, 5),
+        "sage-bn": GraphSAGE(12, 16, 3, 5, norm="batch_norm"),
+        "sage-ln": GraphSAGE(12, 16, 3, 5, norm="layer_norm"),
+        "sage-normalize": GraphSAGE(12, 16, 2, 5, normalize=True),
+    }
+
+
+@pytest.mark.parametrize("name", ["gcn", "sage-bn"])
+@pytest.mark.parametrize("groups", [4, 2, 1])
+def test_shards_hold_the_model_and_pieces_assemble_the_subnetworks_exactly(name, groups):
+    model = _models()[name]
+    spec, m = build_split_spec(model), 4
+    own = Ownership(spec, m)
+    state = model.state_dict()
+    shards = [own.shard(state, o) for o in range(m)]
+    assert sum(t.numel() for s in shards for t in s.values()) == sum(state[n].numel() for n in own.sliced)
+    assert all(torch.equal(t, state[n]) for n, t in own.assemble(shards).items())
+    partition = draw_partition(spec.widths, groups, seed=3, round=7)
+    layout = subnet_layout(model, spec, groups)
+    shapes = dict(zip(layout.names, layout.shapes))
+    for g in range(groups):
+        expected = slice_state(state, spec, partition, g)
+        sub = {n: torch.full(shapes[n], float("nan")) for n in own.sliced}
+        for o in range(m):
+            plan = own.plan(partition, g, o)
+            flat = own.take_from_shard(shards[o], plan)
+            assert flat.numel() == own.piece_numel(plan, shapes)
+            own.place_in_subnet(sub, own.unflatten(flat, plan, shapes), plan)
+            # and back: the owner's rows of the sub-network are its piece
+            assert torch.equal(own.take_from_subnet(expected, plan), flat)
+        assert all(torch.equal(sub[n], expected[n]) for n in own.sliced)
+
+
+@pytest.mark.parametrize("name", ["gcn", "sage-bn", "sage-ln", "sage-normalize"])
+def test_layer_by_layer_evaluation_equals_the_full_forward_pass(name):
+    model = _models()[name].eval()
+    spec, m = build_split_spec(model), 4
+    own = Ownership(spec, m)
+    state = model.state_dict()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for k, v in state.items():
+            if "running_var" in k:
+                v.uniform_(0.5, 2.0)
+            elif "running_mean" in k:
+                v.normal_()
+    shards = [own.shard(state, o) for o in range(m)]
+    fetched = []
+
+    def fetch(layer, owner):
+        fetched.append((layer, owner))
+        path = spec.layers[layer].path
+        out = {n: shards[owner][n] for n in own.layer_names(path)}
+        out.update({n: state[n] for n in own.shared if n.startswith(path + ".")})
+        return out
+
+    template = copy.deepcopy(model).to("meta")
+    chunked = sharded_eval_model(template, own, fetch)
+    x, edge_index = torch.randn(40, 12), torch.randint(0, 40, (2, 160))
+    with torch.no_grad():
+        expected, got = model(x, edge_index), chunked(x, edge_index)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert {layer for layer, _ in fetched} == set(range(len(spec.layers)))
+    assert not list(chunked.parameters()) and not list(chunked.buffers())  # it holds nothing itself
+
+
+def _settings(tmp_path, **kw):
+    base = {
+        "dataset": "csbm",
+        "root": str(tmp_path / "data"),
+        "method": "gist",
+        "hidden": 16,
+        "subnets": 4,
+        "local_steps": 2,
+        "rounds": 3,
+        "eval_every": 1,
+        "threads": 1,
+        "timeout": 60,
+    }
+    base.update(kw)
+    return RunConfig.from_flat(**base)
+
+
+def _train(cfg: RunConfig):
+    ds = load_run_dataset(cfg)
+    model = full_model(cfg, ds.num_features, ds.num_classes)
+    driver = GIST.for_config(cfg)(model, ds.data, cfg)
+    driver.fit(progress=False)
+    return driver, driver.model_state_dict()
+
+
+def _piece_bytes(driver: ShardedGIST, round: int, worker: int) -> int:
+    """What worker ``worker`` receives of its sub-network in ``round``: every
+    value of it but those of the units it owns itself (along each tensor's
+    owning width), 4 bytes each."""
+    plan = driver.schedule.at(round)
+    layout = driver.layouts[plan.groups]
+    partition = draw_partition(driver.spec.widths, plan.groups, driver.cfg.seed, round)
+    group = plan.group_of(worker)
+    total = 0
+    for name, shape in zip(layout.names, layout.shapes):
+        axes = driver.spec.tensor_axes[name]
+        dim = owning_dim(axes)
+        if dim is None:
+            continue
+        units = partition.groups[axes[dim]][group]
+        foreign = int((units % driver.cfg.subnets != worker).sum())
+        total += shape.numel() // shape[dim] * foreign * 4
+    return total
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"model": "sage", "norm": "batch_norm", "subnet_groups": 2},
+        {"finish_rounds": 1, "rounds": 4},
+        {"data_mode": "partitioned", "gist_recipe": "partitioned", "bn_reestimate": False, "subnets": 2},
+    ],
+    ids=["plain", "sage-bn-groups", "finishing", "partitioned-recipe"],
+)
+def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, one_thread, kw):
+    central, central_state = _train(_settings(tmp_path, coordinator="central", **kw))
+    sharded, sharded_state = _train(_settings(tmp_path, coordinator="sharded", **kw))
+    assert isinstance(sharded, ShardedGIST) and not isinstance(central, ShardedGIST)
+    assert all(torch.equal(central_state[k], sharded_state[k]) for k in central_state)
+    assert [(r.loss, r.val, r.test) for r in central.history] == [(r.loss, r.val, r.test) for r in sharded.history]
+    assert all(p.device.type == "meta" for p in sharded.model.parameters())  # no full model kept
+    m, ledger = sharded.cfg.subnets, sharded.ledger
+    shared_bytes = 4 * sum(central_state[n].numel() for n in sharded.ownership.shared)
+    for r in range(sharded.cfg.rounds):
+        for w in range(m):
+            pieces = _piece_bytes(sharded, r, w)
+            assert ledger.total(round=r, worker=w, direction=TO_WORKER, kind="params") == pieces
+            assert ledger.total(round=r, worker=w, direction=FROM_WORKER, kind="params") == pieces + shared_bytes * (
+                m - 1
+            )
+    # less than through a coordinator: a worker's own units never travel
+    assert ledger.total(kind="params") < central.ledger.total(kind="params")
+    for kind in ("stats", "control", "prior"):
+        assert ledger.total(kind=kind) == central.ledger.total(kind=kind)
+    # evaluation fetches every other owner's shard of every layer once per evaluation
+    sliced_bytes = 4 * sum(central_state[n].numel() for n in sharded.ownership.sliced)
+    per_eval = (m - 1) * (sliced_bytes // m + 8 * len(sharded.spec.layers))
+    assert ledger.total(kind="eval") == per_eval * sharded.cfg.rounds
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"model": "sage", "subnets": 4},
+        {"data_mode": "partitioned", "gist_recipe": "partitioned", "bn_reestimate": False},
+    ],
+    ids=["sage-m4", "partitioned-m2"],
+)
+def test_sharded_processes_equal_the_simulation(tmp_path, one_thread, kw):
+    kw = {"subnets": 2, **kw}
+    cfg = _settings(tmp_path, coordinator="sharded", **kw)
+    local = run_training(cfg.replace(save_model=str(tmp_path / "local.pt")), progress=False)
+    dist = launch_local(cfg.replace(save_model=str(tmp_path / "dist.pt")), cfg.subnets, progress=False)
+    a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("local.pt", "dist.pt"))
+    assert a.keys() == b.keys()
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-5
+
+    def key(t):
+        return (t["round"], t["worker"], t["direction"], t["kind"])
+
+    assert sorted(local["ledger"], key=key) == sorted(dist["ledger"], key=key)
+    assert [r["val"] for r in local["rounds"]] == pytest.approx([r["val"] for r in dist["rounds"]], abs=1e-6)
+    assert dist["config"]["gist"]["coordinator"] == "sharded"
+
+
+def test_sharded_checkpoints_resume_exactly_across_processes_and_simulation(tmp_path, one_thread):
+    ckpt = tmp_path / "ckpt.pt"
+    cfg = _settings(tmp_path, coordinator="sharded", subnets=2, rounds=5, checkpoint=str(ckpt), checkpoint_every=1)
+    full = run_training(
+        cfg.replace(checkpoint=str(tmp_path / "other" / "c.pt"), save_model=str(tmp_path / "full.pt")), progress=False
+    )
+    # three rounds in real processes, then the rest in one process from their shard files
+    launch_local(cfg.replace(rounds=3), 2, progress=False)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["round"] == 3 and saved["model"] == {}
+    assert sorted(p.name for p in tmp_path.glob("ckpt.pt.shard-*")) == [
+        f"ckpt.pt.shard-{o}-of-2.round-{r}" for o in range(2) for r in (2, 3)
+    ]  # the newest two per owner
+    resumed = run_training(cfg.replace(resume=True, save_model=str(tmp_path / "resumed.pt")), progress=False)
+    a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("full.pt", "resumed.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val"] for r in resumed["rounds"]] == [r["val"] for r in full["rounds"]]
+    assert resumed["summary"]["resumed_from"] == 3
+
+
+def test_a_checkpoint_resumes_only_with_its_own_coordinator(tmp_path):
+    for made, other in (("central", "sharded"), ("sharded", "central")):
+        ckpt = tmp_path / f"{made}.pt"
+        cfg = _settings(tmp_path, coordinator=made, subnets=2, rounds=2, checkpoint=str(ckpt), checkpoint_every=1)
+        run_training(cfg, progress=False)
+        with pytest.raises(ValueError, match=f"written by --coordinator {made}: resume it with --coordinator {made}"):
+            run_training(cfg.replace(coordinator=other, resume=True, rounds=3), progress=False)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"wire_dtype": "bfloat16"}, "sends float32"),
+        ({"data_mode": "partitioned", "scorer": "parts"}, "use --scorer graph"),
+        ({"data_mode": "partitioned"}, "--bn-reestimate false"),
+    ],
+)
+def test_sharded_refuses_what_it_cannot_do_yet(tmp_path, kw, message):
+    cfg = _settings(tmp_path, coordinator="sharded", **kw)
+    with pytest.raises(ValueError, match=message):
+        GIST.for_config(cfg).check_run(cfg)
