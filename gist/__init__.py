@@ -20,7 +20,8 @@ _EXPORTS = {
     "gist.comm": ["ByteLedger", "Collective", "InProcessCollective", "InProcessTransport", "Transport"],
     "gist.config": ["CheckpointConfig", "DataConfig", "DistConfig", "LocalConfig", "ModelConfig", "RunConfig"],
     "gist.engine": ["RoundDriver", "RoundRecord", "RoundWork", "Worker", "evaluate"],
-    "gist.methods": ["DDP", "GIST", "METHODS", "FullModel", "LocalSGD", "get_method", "register_method"],
+    "gist.methods": ["DDP", "GIST", "METHODS", "FullModel", "LocalSGD", "ShardedGIST", "get_method", "register_method"],
+    "gist.shards": ["Ownership", "init_shards"],
     "gist.subnets": [
         "FlatLayout",
         "WidthPartition",
@@ -53,7 +54,8 @@ if TYPE_CHECKING:
     from .comm import ByteLedger, Collective, InProcessCollective, InProcessTransport, Transport
     from .config import CheckpointConfig, DataConfig, DistConfig, LocalConfig, ModelConfig, RunConfig
     from .engine import RoundDriver, RoundRecord, RoundWork, Worker, evaluate
-    from .methods import DDP, GIST, METHODS, FullModel, LocalSGD, get_method, register_method
+    from .methods import DDP, GIST, METHODS, FullModel, LocalSGD, ShardedGIST, get_method, register_method
+    from .shards import Ownership, init_shards
     from .subnets import (
         FlatLayout,
         WidthPartition,
@@ -82,10 +84,12 @@ __all__ = [
     "LocalConfig",
     "LocalSGD",
     "ModelConfig",
+    "Ownership",
     "RoundDriver",
     "RoundRecord",
     "RoundWork",
     "RunConfig",
+    "ShardedGIST",
     "Transport",
     "WidthPartition",
     "Worker",
@@ -93,6 +97,7 @@ __all__ = [
     "draw_partition",
     "evaluate",
     "get_method",
+    "init_shards",
     "merge_states",
     "register_method",
     "slice_state",

@@ -27,11 +27,12 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 from torch_geometric.nn import BatchNorm as PygBatchNorm
 from torch_geometric.nn import GCNConv, SAGEConv
 from torch_geometric.nn.dense.linear import Linear as PygLinear
 
-from .nn.slicing import Axes, SplitError, SplitSpec
+from .nn.slicing import Axes, SplitError, SplitSpec, build_split_spec
 from .subnets import WidthPartition, select_block, side_size, write_block
 
 
@@ -310,3 +311,165 @@ def sharded_eval_model(template: nn.Module, ownership: Ownership, fetch: LayerFe
         parent_path, _, child = entry.path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, child, wrapped)
     return model
+
+
+# --------------------------------------------------------------------------
+# Initialising a model straight into shards
+
+_ALIASES = frozenset({"__get__", "detach"})
+"""Calls that return another view of a tensor (``p.data``, ``p.detach()``)."""
+_COPIES = frozenset({"__deepcopy__", "clone"})
+"""Calls that return a copy of a tensor's values."""
+_INITS = frozenset({"fill_", "zero_", "uniform_", "normal_"})
+_CHUNK_VALUES = 1 << 22
+"""Values drawn at a time while replaying an initialisation; a tensor no
+larger is replayed whole (so that copies of it can be followed)."""
+
+
+class _InitRecorder(TorchFunctionMode):
+    """Records, in order, what sets the values of ``meta`` tensors while a
+    model is built: in-place initialisations (``p.data.uniform_(a, b)``,
+    ``p.zero_()``) and copies (a module deep-copied after its reset)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, Tensor, Any, dict]] = []
+        self._source: dict[int, Tensor] = {}
+        self._alive: list[Tensor] = []  # every tensor seen is kept alive, so that ids stay unique
+
+    def source(self, tensor: Tensor) -> Tensor:
+        return self._source.get(id(tensor), tensor)
+
+    def wrapped(self, parameter: Tensor, data: Tensor) -> None:
+        """``parameter`` wraps ``data`` (``nn.Parameter(data)``: a call the mode does not see)."""
+        self._alive += [parameter, data]
+        self._source[id(parameter)] = self.source(data)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if args and isinstance(args[0], Tensor) and args[0].is_meta:
+            name = getattr(func, "__name__", "")
+            self._alive.append(args[0])
+            if name in _ALIASES and isinstance(out, Tensor):
+                self._alive.append(out)
+                self._source[id(out)] = self.source(args[0])
+            elif name in _COPIES and isinstance(out, Tensor):
+                self._alive.append(out)
+                self.ops.append(("copy", out, self.source(args[0]), {}))
+            elif name.endswith("_") and not name.startswith("_"):
+                self.ops.append((name, self.source(args[0]), tuple(args[1:]), dict(kwargs)))
+        return out
+
+
+def init_shards(
+    build: Callable[[], nn.Module], num_owners: int, owners: Sequence[int]
+) -> tuple[nn.Module, dict[int, dict[str, Tensor]], dict[str, Tensor]]:
+    """Build a model with ``build()`` straight into the shards of ``owners``
+    (of ``num_owners``), without ever holding the whole of it.
+
+    ``build`` runs on the ``meta`` device while what sets its values is
+    recorded; the initialisations are then replayed in order on the CPU
+    from the global RNG stream, a large tensor a few million values at a
+    time, keeping only the owners' parts (``uniform_`` drawn in chunks of
+    rows is drawn value for value as in one go; ``normal_`` is drawn one
+    tensor at a time). The shards equal those of the model ``build()``
+    makes on the CPU, and the global RNG ends where that construction leaves
+    it. A large tensor may only be set by ``uniform_``, ``normal_``,
+    ``fill_`` or ``zero_`` (:class:`~gist.nn.SplitError` otherwise).
+    Initialisers that do nothing on the ``meta`` device (torch's
+    ``orthogonal_``) are not seen: the harness uses this for its stock
+    GCN/GraphSAGE only, whose shards it reproduces exactly (tested).
+
+    Returns the model (on ``meta``: its structure), each owner's shard and the shared tensors.
+    """
+    recorder = _InitRecorder()
+    new_parameter = nn.Parameter.__new__
+    original = nn.Parameter.__dict__["__new__"]
+
+    def parameter(cls, data=None, requires_grad=True):
+        made = new_parameter(cls, data, requires_grad)
+        if isinstance(data, Tensor) and data.is_meta:
+            recorder.wrapped(made, data)
+        return made
+
+    nn.Parameter.__new__ = staticmethod(parameter)  # type: ignore[method-assign]
+    try:
+        with torch.device("meta"), recorder:
+            model = build()
+    finally:
+        nn.Parameter.__new__ = original  # type: ignore[method-assign]
+    own = Ownership(build_split_spec(model), num_owners)
+    final = {n: recorder.source(t) for n, t in model.state_dict(keep_vars=True).items()}
+    names = {id(t): n for n, t in final.items()}
+    shards = {
+        o: {n: torch.empty(_shard_shape(own, n, final[n].shape), dtype=final[n].dtype) for n in own.sliced}
+        for o in owners
+    }
+    shared = {n: torch.empty(final[n].shape, dtype=final[n].dtype) for n in own.shared}
+    whole: dict[int, Tensor] = {}  # the values of small tensors, followed through copies
+    done: set[str] = set()
+    for op, target, args, kwargs in recorder.ops:
+        name = names.get(id(target))
+        if op == "copy":
+            if id(args) not in whole:
+                raise SplitError(f"initialising in shards cannot follow a copy of a large tensor into {name}")
+            whole[id(target)] = whole[id(args)].clone()
+            continue
+        if op not in _INITS:
+            raise SplitError(
+                f"initialising in shards cannot replay {op} on {name or 'a temporary tensor'}; "
+                "use --coordinator central, or initialise with uniform_/normal_/fill_/zero_"
+            )
+        if target.numel() <= _CHUNK_VALUES:
+            whole[id(target)] = getattr(torch.empty(target.shape, dtype=target.dtype), op)(*args, **kwargs)
+            continue
+        rows = target.shape[0]
+        step = rows if op == "normal_" else max(1, _CHUNK_VALUES // (target.numel() // rows))
+        for start in range(0, rows, step):
+            chunk = torch.empty((min(step, rows - start), *target.shape[1:]), dtype=target.dtype)
+            getattr(chunk, op)(*args, **kwargs)
+            if name is not None:
+                _keep(own, name, chunk, start, shards, shared)
+        if name is not None:
+            done.add(name)
+    for name, tensor in final.items():
+        if id(tensor) in whole:
+            _keep(own, name, whole[id(tensor)], 0, shards, shared)
+            done.add(name)
+    missing = sorted(set(final) - done)
+    if missing:
+        raise SplitError(f"initialising in shards: the model's construction never set {missing}")
+    return model, shards, shared
+
+
+def _shard_shape(own: Ownership, name: str, shape: torch.Size) -> torch.Size:
+    dim, width = own._owning(name)
+    out = list(shape)
+    out[dim] = own.spec.widths[width] // own.num_owners
+    return torch.Size(out)
+
+
+def _keep(
+    own: Ownership,
+    name: str,
+    chunk: Tensor,
+    start: int,
+    shards: Mapping[int, dict[str, Tensor]],
+    shared: dict[str, Tensor],
+) -> None:
+    """Write rows ``start ...`` of tensor ``name`` (``chunk``) into the parts kept of it."""
+    if name in shared:
+        if chunk.dim() == 0:
+            shared[name].copy_(chunk)
+        else:
+            shared[name][start : start + len(chunk)] = chunk
+        return
+    dim, width = own._owning(name)
+    for owner, shard in shards.items():
+        units = own.units(width, owner)
+        if dim == 0:
+            mine = units[(units >= start) & (units < start + len(chunk))]
+            shard[name][mine // own.num_owners] = chunk[mine - start]
+        else:
+            shard[name][start : start + len(chunk)] = chunk.index_select(dim, units)

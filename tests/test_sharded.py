@@ -11,14 +11,16 @@ import pytest
 import torch
 from torch_geometric.nn.models import GCN, GraphSAGE
 
+import gist.shards as shards_module
 from gist.comm import FROM_WORKER, TO_WORKER
 from gist.config import RunConfig
 from gist.engine.setup import full_model, load_run_dataset
 from gist.methods import GIST
 from gist.methods.sharded import ShardedGIST
-from gist.nn.slicing import build_split_spec
+from gist.nn.models import build_model
+from gist.nn.slicing import SplitError, build_split_spec
 from gist.run import launch_local, run_training
-from gist.shards import Ownership, owning_dim, sharded_eval_model
+from gist.shards import Ownership, init_shards, owning_dim, sharded_eval_model
 from gist.subnets import draw_partition, slice_state, subnet_layout
 
 pytestmark = pytest.mark.timeout(600)
@@ -66,6 +68,44 @@ def test_shards_hold_the_model_and_pieces_assemble_the_subnetworks_exactly(name,
             # and back: the owner's rows of the sub-network are its piece
             assert torch.equal(own.take_from_subnet(expected, plan), flat)
         assert all(torch.equal(sub[n], expected[n]) for n in own.sliced)
+
+
+@pytest.mark.parametrize("chunk", [None, 50], ids=["whole", "in-chunks"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: GCN(12, 16, 3, 5, norm="batch_norm"),
+        lambda: GraphSAGE(30, 32, 3, 5, norm="layer_norm"),
+        lambda: build_model("gcn", 12, 16, 5, 3, dropout=0.5, norm="batch_norm", prenormalized=True),
+    ],
+    ids=["gcn-bn", "sage-ln", "prenormalized-gcn"],
+)
+def test_initialising_in_shards_gives_the_shards_of_the_built_model(monkeypatch, build, chunk):
+    if chunk is not None:  # replay large tensors a few rows at a time, as a wide model's are
+        monkeypatch.setattr(shards_module, "_CHUNK_VALUES", chunk)
+    torch.manual_seed(3)
+    model = build()
+    after = torch.get_rng_state()
+    own = Ownership(build_split_spec(model), 4)
+    torch.manual_seed(3)
+    template, shards, shared = init_shards(build, 4, [0, 2, 3])
+    assert torch.equal(torch.get_rng_state(), after)  # worker 0 continues the stream as after a real build
+    assert all(t.is_meta for t in template.state_dict().values())
+    for o, shard in shards.items():
+        expected = own.shard(model.state_dict(), o)
+        assert all(torch.equal(shard[n], expected[n]) for n in own.sliced)
+    assert all(torch.equal(shared[n], model.state_dict()[n]) for n in own.shared)
+    assert torch.nn.Parameter(torch.ones(1)).device.type == "cpu"  # the Parameter hook is gone
+
+
+def test_initialising_in_shards_refuses_what_it_cannot_replay():
+    def build():
+        model = GCN(4, 8, 2, 3)
+        model.convs[0].lin.weight.data.mul_(2.0)  # depends on the values before it
+        return model
+
+    with pytest.raises(SplitError, match="cannot replay"):
+        init_shards(build, 2, [0])
 
 
 @pytest.mark.parametrize("name", ["gcn", "sage-bn", "sage-ln", "sage-normalize"])

@@ -153,7 +153,7 @@ def _send(tensor: Tensor, dst: int, ctx: DistContext, what: str) -> None:
 def _recv(like: Tensor, src: int, ctx: DistContext, what: str, on_device: bool = False) -> Tensor:
     """A message like ``like`` from ``src``: on the CPU, or (``on_device``)
     where it arrived (a parameter buffer, loaded straight into a model there)."""
-    buf = torch.empty_like(like, device=comm_device(ctx))
+    buf = torch.empty(like.shape, dtype=like.dtype, device=comm_device(ctx))
     try:
         ctx.wait_on([src], lambda: dist.recv(buf, src=src))
     except Exception as exc:  # noqa: BLE001
@@ -219,20 +219,26 @@ class DistTransport(Transport):
         # Post every send and receive at once, so that one slow or dead
         # worker cannot hold up the others' messages and is the one named.
         sends, recvs, bufs = {}, {}, {}
+        dtype = payloads[0].dtype
         for rank in range(1, self.num_subnets):
             self.ledger.record(round, rank, TO_WORKER, "params", payloads[rank])
             sends[rank] = _post(dist.isend, payloads[rank].to(device), rank, f"round {round} (sending parameters)")
-            size = numel + WorkerStats.slots(payloads[0].dtype)
-            bufs[rank] = torch.empty(size, dtype=payloads[0].dtype, device=device)
-            recvs[rank] = _post(dist.irecv, bufs[rank], rank, f"round {round} (waiting for its parameters)")
+            bufs[rank] = (
+                torch.empty(numel, dtype=dtype, device=device),
+                torch.empty(WorkerStats.slots(dtype), dtype=dtype, device=device),
+            )
+            recvs[rank] = [
+                _post(dist.irecv, buf, rank, f"round {round} (waiting for its parameters)") for buf in bufs[rank]
+            ]
         self.ledger.record(round, 0, TO_WORKER, "params", payloads[0])
         own = self.worker0.train_round(round, payloads[0].clone())
         reports = [WorkerReport(own.params, WorkerStats.from_tensor(own.stats.to_tensor(own.params.dtype)))]
         for rank in range(1, self.num_subnets):
             _wait(sends[rank], rank, self.ctx, f"round {round} (sending parameters)")
-            _wait(recvs[rank], rank, self.ctx, f"round {round} (waiting for its parameters)")
-            buf = bufs[rank]
-            reports.append(WorkerReport(buf[:numel], WorkerStats.from_tensor(buf[numel:])))
+            for work in recvs[rank]:
+                _wait(work, rank, self.ctx, f"round {round} (waiting for its parameters)")
+            params, stats = bufs[rank]
+            reports.append(WorkerReport(params, WorkerStats.from_tensor(stats.cpu())))
         stats_bytes = WorkerStats.nbytes(payloads[0].dtype)
         for rank, report in enumerate(reports):
             self.ledger.record(round, rank, FROM_WORKER, "params", report.params)
@@ -331,13 +337,15 @@ def serve_worker(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtoco
         total = _recv(torch.zeros(protocol.label_classes, dtype=torch.int64), 0, ctx, "set-up (label counts)")
         worker.set_label_prior(total)
     for round in range(start_round, protocol.rounds):
-        like = torch.empty(worker.param_numel_at(round), dtype=worker.param_dtype)
-        params = _recv(like, 0, ctx, f"round {round} (waiting for rank 0)", on_device=True)
+        like = torch.empty(worker.param_numel_at(round), dtype=worker.param_dtype, device="meta")
+        received = [_recv(like, 0, ctx, f"round {round} (waiting for rank 0)", on_device=True)]
         inject_fault(ctx.rank, round)
-        report = worker.train_round(round, params)
-        stats = report.stats.to_tensor(report.params.dtype).to(report.params.device)
-        reply = torch.cat([report.params, stats])
-        _send(reply, 0, ctx, f"round {round} (returning parameters)")
+        # handed over, not kept: the worker frees the buffer once it is loaded
+        report = worker.train_round(round, received.pop())
+        what = f"round {round} (returning parameters)"
+        _send(report.params, 0, ctx, what)
+        _send(report.stats.to_tensor(report.params.dtype).to(report.params.device), 0, ctx, what)
+        del report
         if protocol.evaluates_after is not None and protocol.evaluates_after(round):
             _serve_evaluation(worker, ctx, protocol, round)
 

@@ -395,6 +395,7 @@ class Worker:
         if subnet is not self.subnet:
             self.subnet, self.layout, self.optimizer = subnet, layout, None
         load_subnet_state(self.subnet, self.layout.unflatten(self.layout.decode(flat_params)))
+        del flat_params  # the caller holds no other reference: the buffer is freed before the steps
         if self.optimizer is None or not self.keep_optimizer:
             self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
         losses = local_steps(
@@ -406,6 +407,9 @@ class Worker:
             self._warn_empty,
             self.logit_offset,
         )
+        if not self.keep_optimizer:  # a fresh one next round: free its state and the gradients before sending
+            self.optimizer = None
+            self.subnet.zero_grad(set_to_none=True)
         flat = self.layout.encode(self.layout.flatten(subnet_state(self.subnet, self.spec)), self.wire_dtype)
         return WorkerReport(flat, WorkerStats(mean_or_nan(losses), len(losses), time.perf_counter() - start))
 

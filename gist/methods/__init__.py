@@ -15,7 +15,8 @@ the shipped names without importing torch). The CLI's ``--method`` choices,
 
 Shipped: ``full`` (the full model on one worker: GIST at ``m = 1``, a plain
 PyG training loop), ``ddp`` (gradients averaged every step), ``local-sgd``
-(parameters averaged every ``ζ`` steps), ``gist``.
+(parameters averaged every ``ζ`` steps), ``gist`` (with ``--coordinator sharded``,
+:class:`ShardedGIST`: no process holds the full model).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .ddp import DDP
 from .full import FullModel
 from .gist import GIST
 from .local_sgd import LocalSGD
+from .sharded import ShardedGIST
 
 M = TypeVar("M", bound=type[RoundDriver])
 
@@ -75,6 +77,7 @@ __all__ = [
     "METHODS",
     "FullModel",
     "LocalSGD",
+    "ShardedGIST",
     "default_subnets",
     "get_method",
     "method_names",

@@ -46,12 +46,12 @@ from ..comm import FROM_WORKER, SETUP_ROUND, TO_WORKER, Collective, InProcessCol
 from ..comm.dist import DistCollective
 from ..config import RunConfig, gist_options
 from ..devices import coordinator_device
-from ..engine import DriverSetup, Evaluator, RankSetup, RoundDriver, RoundWork, make_workers
+from ..engine import DriverSetup, Evaluator, RankSetup, RoundDriver, RoundWork, build_stock_model, make_workers
 from ..engine.setup import coordinator_evaluator
 from ..engine.worker import subnet_schedule
 from ..files import atomic_write
 from ..nn.slicing import build_split_spec
-from ..shards import Ownership, sharded_eval_model
+from ..shards import Ownership, init_shards, sharded_eval_model
 from ..subnets import FlatLayout, average_states, draw_partition, subnet_layout
 from .gist import GIST, _num_classes
 
@@ -77,6 +77,9 @@ class ShardedGIST(GIST):
         cfg: the run config, with ``gist.coordinator = "sharded"``.
         collective: default an :class:`~gist.comm.InProcessCollective` of ``m`` workers.
         graph: the training graph of this process's one worker (a rank that loaded only its own part).
+        shards: instead of ``model``'s values, the local owners' shards and
+            the shared tensors (:func:`gist.shards.init_shards`); ``model``
+            is then its structure on the ``meta`` device.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class ShardedGIST(GIST):
         evaluator: Optional[Evaluator] = None,
         scored_by: str = "correct / total",
         graph: Optional[Data] = None,
+        shards: Optional[tuple[dict[int, dict[str, Tensor]], dict[str, Tensor]]] = None,
     ) -> None:
         cfg.check()
         self.collective = collective if collective is not None else InProcessCollective(cfg.subnets)
@@ -106,12 +110,17 @@ class ShardedGIST(GIST):
             self.spec.check_subnets(groups)
         self.layouts = {s: subnet_layout(model, self.spec, s) for s in self.schedule.group_counts()}
         self.ownership = Ownership(self.spec, cfg.subnets)
-        state = model.state_dict()
-        with torch.no_grad():
-            self.shards = {o: _to(self.ownership.shard(state, o), self.device) for o in local}
-            self.shared = {n: state[n].detach().to(self.device, copy=True) for n in self.ownership.shared}
-        del state
-        model.to("meta")
+        if shards is None:
+            state = model.state_dict()
+            with torch.no_grad():
+                owned = {o: self.ownership.shard(state, o) for o in local}
+                shards = (owned, {n: state[n] for n in self.ownership.shared})
+            del state
+            model.to("meta")
+        if sorted(shards[0]) != list(local):
+            raise ValueError(f"shards of owners {sorted(shards[0])} given to workers {list(local)}")
+        self.shards = {o: _to(shard, self.device) for o, shard in shards[0].items()}
+        self.shared = {n: t.detach().to(self.device, copy=True) for n, t in shards[1].items()}
         self._shared_layout = FlatLayout(
             tuple(self.shared),
             tuple(t.shape for t in self.shared.values()),
@@ -215,11 +224,12 @@ class ShardedGIST(GIST):
                 own.place_in_subnet(sub, own.unflatten(flat, pieces[o, g], shapes), pieces[o, g])
             sub.update(self.shared)
             payloads[w] = layout.flatten(sub)
+            del sub
         del taken, sends, got
         split_done = time.perf_counter()
 
-        reports = {w: self.workers[w].train_round(round, payloads[w]) for w in local}
-        del payloads
+        # each payload handed over, not kept: the worker frees it once loaded
+        reports = {w: self.workers[w].train_round(round, payloads.pop(w)) for w in local}
 
         # return: worker w -> owner o, the owner's rows of what w trained
         merge_start = time.perf_counter()
@@ -417,15 +427,19 @@ class ShardedGIST(GIST):
     @classmethod
     def distributed(cls, setup: RankSetup) -> ShardedGIST:
         """Every rank is a worker and an owner; rank 0 also evaluates (it
-        loads the whole graph). Each rank builds the initial model under the
-        run's seed and keeps only its shard of it."""
+        loads the whole graph). Each rank initialises only its own shard of
+        the model the run's seed gives (:func:`gist.shards.init_shards`):
+        no rank ever holds the whole of it."""
         setup.prepare()
         cfg, ctx = setup.cfg, setup.ctx
         own = setup.own_graph()
         data = own.data if not setup.partitioned else None
         if ctx.rank == 0 and data is None:
             data = setup.load_dataset().data
-        model = setup.full_model(own.num_features, own.num_classes)
+        torch.manual_seed(cfg.seed)
+        model, shards, shared = init_shards(
+            lambda: build_stock_model(cfg, own.num_features, own.num_classes), cfg.subnets, [ctx.rank]
+        )
         evaluator, scored_by = setup.evaluator(data) if ctx.rank == 0 else (None, "correct / total")
         return cls(
             model,
@@ -435,6 +449,7 @@ class ShardedGIST(GIST):
             evaluator=evaluator,
             scored_by=scored_by,
             graph=own.data,
+            shards=(shards, shared),
         )
 
 

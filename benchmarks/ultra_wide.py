@@ -1,0 +1,229 @@
+"""Models wider than one process can train: 3-layer GraphSAGE on Cora at hidden 4096 and wider.
+
+For each width, three ways of training it, each a ``gist train`` command
+in its own processes:
+
+* ``full``: the whole model and its Adam state in one process (2 threads);
+* ``central``: GIST, ``m`` real processes (1 thread each), rank 0 holding
+  the full model (``--coordinator central``);
+* ``sharded``: the same with ``--coordinator sharded``: every rank holds
+  ``1/m`` of the model.
+
+Every process is watched by a sampler (every 50 ms) that records its peak
+resident memory; a process above ``--budget-gb`` (the memory of the machine
+it stands for) is killed at once and the attempt recorded as *over budget*
+(an out-of-memory), as is any attempt once the machine's own free memory
+runs low. A way that went over budget is not tried at wider widths.
+
+Reported per attempt and process: peak resident memory, that peak above a
+bare ``import torch, torch_geometric`` process, the parameter bytes the
+process holds (full: ``|θ|``; central rank 0: ``|θ|`` + its sub-network;
+other ranks: their sub-network; sharded: ``|θ|/m`` + the sub-network), and
+from rank 0's run log the seconds per round and their split (the workers'
+local steps, split and merge, the rest: transfers and waiting), the
+evaluation's seconds, and the parameter bytes per round.
+
+Usage::
+
+    python benchmarks/ultra_wide.py --root DATA [--hidden 4096 8192 16384 32768] [--budget-gb 8]
+        [--out results/ultra_wide.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import psutil
+from _report import emit, markdown_table_report
+
+WAYS = ("full", "central", "sharded")
+GB = 1e9
+
+
+def bare_rss() -> int:
+    """Resident bytes of a process that has only imported torch and PyG."""
+    code = "import torch, torch_geometric, psutil; print(psutil.Process().memory_info().rss)"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def param_counts(hidden: int, m: int, features: int = 1433, classes: int = 7) -> tuple[int, int, int]:
+    """``(|θ|, |θ_sub|, |θ| / m)`` of a 3-layer GraphSAGE (two weights per conv, one bias)."""
+    full = 2 * features * hidden + hidden + 2 * hidden * hidden + hidden + 2 * hidden * classes + classes
+    h = hidden // m
+    sub = 2 * features * h + h + 2 * h * h + h + 2 * h * classes + classes
+    return full, sub, (full - classes) // m + classes
+
+
+def command(way: str, args: argparse.Namespace, hidden: int, log: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "gist", "train", "--dataset", "cora", "--root", args.root, "--model", "sage"]
+    cmd += ["--layers", "3", "--hidden", str(hidden), "--local-steps", str(args.local_steps)]
+    cmd += ["--rounds", str(args.rounds), "--eval-every", str(args.rounds), "--log", str(log), "--no-progress"]
+    if way == "full":
+        return cmd + ["--method", "full", "--threads", "2"]
+    return cmd + ["--method", "gist", "--subnets", str(args.m), "--procs", str(args.m), "--threads", "1",
+                  "--coordinator", way, "--timeout", "600"]  # fmt: skip
+
+
+def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
+    """Run ``cmd``, sampling the peak memory of each of its processes."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    parent = psutil.Process(proc.pid)
+    peaks: dict[int, int] = {}
+    outcome = None
+    while proc.poll() is None:
+        try:
+            procs = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                rss = p.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            peaks[p.pid] = max(peaks.get(p.pid, 0), rss)
+            if rss > budget and outcome is None:
+                outcome = f"over budget (a process reached {rss / GB:.1f} GB)"
+        if outcome is None and psutil.virtual_memory().available < 1.0 * GB:
+            outcome = "over the machine's memory"
+        if outcome is None and time.perf_counter() - start > timeout:
+            outcome = f"timed out after {timeout:.0f} s"
+        if outcome is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    output = proc.communicate()[0]
+    ranks = sorted(pid for pid in peaks if pid != proc.pid and _is_rank(pid, peaks))
+    return {
+        "outcome": outcome or ("ok" if proc.returncode == 0 else f"failed ({proc.returncode})"),
+        "seconds": time.perf_counter() - start,
+        "launcher_peak": peaks.get(proc.pid, 0),
+        "rank_peaks": [peaks[p] for p in ranks] if ranks else [peaks.get(proc.pid, 0)],
+        "tail": output[-2000:],
+    }
+
+
+def _is_rank(pid: int, peaks: dict[int, int]) -> bool:
+    """A spawned rank (not Python's resource tracker, which stays small)."""
+    return peaks[pid] > 200e6
+
+
+def summarise_log(path: Path) -> dict:
+    log = json.loads(path.read_text())
+    rounds = log["rounds"]
+    n = len(rounds)
+    mean = lambda key: sum(r[key] or 0.0 for r in rounds) / n  # noqa: E731
+    seconds = mean("seconds")
+    worker = mean("worker_seconds")
+    split_merge = mean("split_seconds") + mean("merge_seconds")
+    return {
+        "round_s": seconds,
+        "train_s": worker,
+        "split_merge_s": split_merge,
+        "other_s": max(0.0, seconds - worker - split_merge),
+        "eval_s": rounds[-1]["eval_seconds"],
+        "mb_per_round": sum(r["bytes_to_workers"] + r["bytes_from_workers"] for r in rounds) / n / 1e6,
+        "val": rounds[-1]["val"],
+    }
+
+
+def held_bytes(way: str, rank: int, hidden: int, m: int) -> int:
+    full, sub, shard = param_counts(hidden, m)
+    if way == "full":
+        return 4 * full
+    if way == "central":
+        return 4 * (full + sub) if rank == 0 else 4 * sub
+    return 4 * (shard + sub)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="data root holding planetoid/Cora")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
+    parser.add_argument("--m", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--local-steps", type=int, default=1)
+    parser.add_argument("--budget-gb", type=float, default=8.0, help="memory of the machine one process stands for")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one attempt may take")
+    parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    bare = bare_rss()
+    budget = args.budget_gb * GB
+    rows, failed_at = [], {}
+    raw: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for hidden in args.hidden:
+            for way in args.ways:
+                full, sub, shard = param_counts(hidden, args.m)
+                if way in failed_at:
+                    rows.append(_row(hidden, way, f"not tried (over budget at {failed_at[way]})", None, None, bare))
+                    continue
+                log = Path(tmp) / f"{way}-{hidden}.json"
+                print(f"hidden {hidden}, {way} ...", file=sys.stderr, flush=True)
+                result = attempt(command(way, args, hidden, log), budget, args.timeout)
+                stats: Optional[dict] = summarise_log(log) if result["outcome"] == "ok" and log.exists() else None
+                if result["outcome"] != "ok":
+                    failed_at[way] = hidden
+                    print(result["tail"], file=sys.stderr)
+                raw.append({"hidden": hidden, "way": way, **result, **(stats or {})})
+                rows.append(_row(hidden, way, result["outcome"], result, stats, bare, args.m))
+    notes = [
+        f"3-layer GraphSAGE on Cora, ζ = {args.local_steps}, {args.rounds} rounds (evaluation after the last), "
+        f"m = {args.m} real processes for GIST (1 thread each), 2 threads for `full`; seed 0. "
+        f"Budget: {args.budget_gb:g} GB per process (a process above it is killed: out of memory on a machine of that "
+        f"size). A bare `import torch, torch_geometric` process holds {bare / GB:.2f} GB.",
+        "",
+        "Columns: peak resident memory per process (rank 0 first); *above bare / held*: (peak − bare) divided by the "
+        "parameter bytes the process holds (full: |θ|; central rank 0: |θ| + its sub-network, other ranks: their "
+        "sub-network; sharded: |θ|/m + its sub-network), the largest over the processes; seconds per round (mean) and "
+        "their split: local steps (slowest worker), split + merge, the rest (transfers, waiting); the evaluation "
+        "after the last round; parameter MB moved per round.",
+        "",
+        "Targets from issue 11: every worker process at most 3× its sub-network's parameter bytes above bare, and "
+        "with `sharded` no process above 2× (|θ|/m + its sub-network).",
+    ]
+    header = ["hidden", "way", "outcome", "|θ| (GB)", "peak per process (GB)", "above bare / held",
+              "s/round", "train", "split+merge", "rest", "eval s", "MB/round", "val"]  # fmt: skip
+    emit(markdown_table_report("Ultra-wide GraphSAGE: memory and time per process", notes, header, rows), args.out)
+    if args.out:
+        Path(args.out).with_suffix(".json").write_text(json.dumps(raw, indent=1))
+
+
+def _row(
+    hidden: int,
+    way: str,
+    outcome: str,
+    result: Optional[dict],
+    stats: Optional[dict],
+    bare: int,
+    m: int = 4,
+) -> str:
+    full = param_counts(hidden, m)[0]
+    cells = [str(hidden), way, outcome, f"{4 * full / GB:.2f}"]
+    if result is None:
+        return "| " + " | ".join(cells + ["—"] * 9) + " |"
+    peaks = result["rank_peaks"]
+    ratio = max((p - bare) / held_bytes(way, r, hidden, m) for r, p in enumerate(peaks))
+    cells += [" / ".join(f"{p / GB:.2f}" for p in peaks), f"{ratio:.1f}×"]
+    if stats is None:
+        cells += ["—"] * 7
+    else:
+        cells += [f"{stats['round_s']:.1f}", f"{stats['train_s']:.1f}", f"{stats['split_merge_s']:.2f}"]
+        cells += [f"{stats['other_s']:.1f}", f"{stats['eval_s']:.1f}", f"{stats['mb_per_round']:.0f}"]
+        cells += [f"{stats['val']:.3f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+if __name__ == "__main__":
+    main()
