@@ -211,7 +211,9 @@ class ShardedGIST(GIST):
         taken = {(o, g): own.take_from_shard(self.shards[o], pieces[o, g]) for o in local for g in range(plan.groups)}
         sends = {o: {w: taken[o, plan.group_of(w)] for w in range(m)} for o in local}
         recv = {w: {o: numel[o, plan.group_of(w)] for o in range(m)} for w in local}
+        exchange = time.perf_counter()
         got = self.collective.all_to_all(sends, recv, f"round {round} (assembling the sub-networks)")
+        waited = time.perf_counter() - exchange
         for w in range(m):
             g = plan.group_of(w)
             self.ledger.record(round, w, TO_WORKER, "params", sum(numel[o, g] for o in range(m) if o != w) * size)
@@ -238,7 +240,9 @@ class ShardedGIST(GIST):
             w: {o: own.take_from_subnet(returned[w], pieces[o, plan.group_of(w)]) for o in range(m)} for w in local
         }
         recv = {o: {w: numel[o, plan.group_of(w)] for w in range(m)} for o in local}
+        exchange = time.perf_counter()
         got = self.collective.all_to_all(sends, recv, f"round {round} (returning the sub-networks)")
+        waited_back = time.perf_counter() - exchange
         shared_bytes = self._shared_layout.nbytes * (m - 1)
         for w in range(m):
             g = plan.group_of(w)
@@ -249,7 +253,10 @@ class ShardedGIST(GIST):
                 copies = [own.unflatten(got[o][w], pieces[o, g], shapes) for w in plan.members(g)]
                 own.write_to_shard(self.shards[o], average_states(copies), pieces[o, g])
         mine = {w: self._shared_layout.flatten({n: returned[w][n] for n in self.shared}) for w in local}
-        every = [self._shared_layout.unflatten(f) for f in self.collective.all_gather(mine, f"round {round} (shared)")]
+        exchange = time.perf_counter()
+        gathered_shared = self.collective.all_gather(mine, f"round {round} (shared)")
+        waited_back += time.perf_counter() - exchange
+        every = [self._shared_layout.unflatten(f) for f in gathered_shared]
         by_group = [average_states([every[w] for w in plan.members(g)]) for g in range(plan.groups)]
         with torch.no_grad():
             for n, value in average_states(by_group).items():
@@ -262,7 +269,10 @@ class ShardedGIST(GIST):
             self._full_state = self._gather_full_state()
         if not self.is_coordinator and self._serves_after(round):
             self.collective.serve_fetches(self._provide)
-        return RoundWork(stats=gathered, split_seconds=split_done - start, merge_seconds=merge_seconds)
+        # split and merge: this process's own work, without the exchanges (waiting on the others, transfers)
+        return RoundWork(
+            stats=gathered, split_seconds=split_done - start - waited, merge_seconds=merge_seconds - waited_back
+        )
 
     def _serves_after(self, round: int) -> bool:
         """Whether worker 0 fetches shards after ``round`` (to evaluate, or to save the model)."""
