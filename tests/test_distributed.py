@@ -26,14 +26,6 @@ from gist.run import launch_local, run_training
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _run_both(settings: RunConfig, tmp_path: Path, procs: int):
     local_model, dist_model = tmp_path / "local.pt", tmp_path / "dist.pt"
     local = run_training(settings.replace(save_model=str(local_model)), progress=False)

@@ -26,14 +26,6 @@ from gist.subnets import draw_partition, slice_state, subnet_layout
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _models():
     torch.manual_seed(0)
     return {
