@@ -172,8 +172,8 @@ class RoundDriver(ABC):
         return [self.model.state_dict()]
 
     def model_state_dict(self) -> dict[str, Tensor]:
-        """The full model's ``state_dict`` on the CPU (a copy), for checkpoints and ``--save-model``.
-        Called on every process of a job at the same time; the coordinator's is the model."""
+        """The full model's ``state_dict`` on the CPU (a copy), for checkpoints
+        and ``--save-model`` (on the coordinator)."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def load_model_state_dict(self, state: Mapping[str, Tensor]) -> None:
