@@ -160,7 +160,7 @@ def _train(cfg: RunConfig):
 def _piece_bytes(driver: ShardedGIST, round: int, worker: int) -> int:
     """What worker ``worker`` receives of its sub-network in ``round``: every
     value of it but those of the units it owns itself (along each tensor's
-    owning width), 4 bytes each."""
+    owning width), each in the wire dtype."""
     plan = driver.schedule.at(round)
     layout = driver.layouts[plan.groups]
     partition = draw_partition(driver.spec.widths, plan.groups, driver.cfg.seed, round)
@@ -173,7 +173,7 @@ def _piece_bytes(driver: ShardedGIST, round: int, worker: int) -> int:
             continue
         units = partition.groups[axes[dim]][group]
         foreign = int((units % driver.cfg.subnets != worker).sum())
-        total += shape.numel() // shape[dim] * foreign * 4
+        total += shape.numel() // shape[dim] * foreign * driver.cfg.wire_torch_dtype.itemsize
     return total
 
 
@@ -184,8 +184,9 @@ def _piece_bytes(driver: ShardedGIST, round: int, worker: int) -> int:
         {"model": "sage", "norm": "batch_norm", "subnet_groups": 2},
         {"finish_rounds": 1, "rounds": 4},
         {"data_mode": "partitioned", "gist_recipe": "partitioned", "bn_reestimate": False, "subnets": 2},
+        {"wire_dtype": "bfloat16", "model": "sage", "norm": "batch_norm", "subnet_groups": 2},
     ],
-    ids=["plain", "sage-bn-groups", "finishing", "partitioned-recipe"],
+    ids=["plain", "sage-bn-groups", "finishing", "partitioned-recipe", "bfloat16-wire"],
 )
 def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, one_thread, kw):
     central, central_state = _train(_settings(tmp_path, coordinator="central", **kw))
@@ -195,7 +196,14 @@ def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, o
     assert [(r.loss, r.val, r.test) for r in central.history] == [(r.loss, r.val, r.test) for r in sharded.history]
     assert all(p.device.type == "meta" for p in sharded.model.parameters())  # no full model kept
     m, ledger = sharded.cfg.subnets, sharded.ledger
-    shared_bytes = 4 * sum(central_state[n].numel() for n in sharded.ownership.shared)
+    wire = sharded.cfg.wire_torch_dtype
+    # the shared tensors travel as in a central buffer: floats in the wire dtype, an integer as one float32
+    # value, or as its 8 bytes in a 16-bit wire dtype
+    int_bytes = 4 if wire == torch.float32 else 8
+    shared_bytes = sum(
+        int_bytes if not central_state[n].is_floating_point() else central_state[n].numel() * wire.itemsize
+        for n in sharded.ownership.shared
+    )
     for r in range(sharded.cfg.rounds):
         for w in range(m):
             pieces = _piece_bytes(sharded, r, w)
@@ -207,19 +215,25 @@ def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, o
     assert ledger.total(kind="params") < central.ledger.total(kind="params")
     for kind in ("stats", "control", "prior"):
         assert ledger.total(kind=kind) == central.ledger.total(kind=kind)
-    # evaluation fetches every other owner's shard of every layer once per evaluation
+    # evaluation: worker 0 fetches every other owner's part of every layer (a request each) to score the
+    # whole graph; each pass on the workers' own parts (one per BatchNorm re-estimated, one to score the
+    # parts) brings every worker every other owner's part; each worker returns 6 counts
     sliced_bytes = 4 * sum(central_state[n].numel() for n in sharded.ownership.sliced)
-    per_eval = (m - 1) * (sliced_bytes // m + 8 * len(sharded.spec.layers))
+    layers, passes = len(sharded.spec.layers), sharded._batch_norms + int(sharded._score_parts)
+    per_eval = (m - 1) * (sliced_bytes // m + 8 * layers) if sharded.evaluator is not None else 0
+    per_eval += passes * m * (m - 1) * (sliced_bytes // m) + (6 * 8 * m if sharded._score_parts else 0)
     assert ledger.total(kind="eval") == per_eval * sharded.cfg.rounds
+    assert ledger.total(kind="bn_stats") == central.ledger.total(kind="bn_stats")
 
 
 @pytest.mark.parametrize(
     "kw",
     [
         {"model": "sage", "subnets": 4},
-        {"data_mode": "partitioned", "gist_recipe": "partitioned", "bn_reestimate": False},
+        {"data_mode": "partitioned", "norm": "batch_norm"},
+        {"data_mode": "partitioned", "norm": "batch_norm", "scorer": "parts", "wire_dtype": "bfloat16"},
     ],
-    ids=["sage-m4", "partitioned-m2"],
+    ids=["sage-m4", "partitioned-recipe-m2", "parts-bfloat16-m2"],
 )
 def test_sharded_processes_equal_the_simulation(tmp_path, one_thread, kw):
     kw = {"subnets": 2, **kw}
@@ -236,6 +250,23 @@ def test_sharded_processes_equal_the_simulation(tmp_path, one_thread, kw):
     assert sorted(local["ledger"], key=key) == sorted(dist["ledger"], key=key)
     assert [r["val"] for r in local["rounds"]] == pytest.approx([r["val"] for r in dist["rounds"]], abs=1e-6)
     assert dist["config"]["gist"]["coordinator"] == "sharded"
+
+
+@pytest.mark.parametrize("scorer", ["graph", "parts"])
+def test_sharded_runs_the_partitioned_recipe_with_batchnorm_reestimation(tmp_path, one_thread, scorer):
+    kw = {"data_mode": "partitioned", "norm": "batch_norm", "scorer": scorer}  # label prior, s = 2, BN re-estimation
+    central, central_state = _train(_settings(tmp_path, coordinator="central", **kw))
+    sharded, sharded_state = _train(_settings(tmp_path, coordinator="sharded", **kw))
+    assert sharded._batch_norms == 2 and sharded._score_parts
+    for name, value in central_state.items():
+        if "running_" in name:  # re-estimated owner by owner: the same statistics to float rounding
+            assert torch.allclose(value, sharded_state[name], rtol=1e-5, atol=1e-6), name
+        else:  # training never reads the running statistics: the parameters bit for bit
+            assert torch.equal(value, sharded_state[name]), name
+    for a, b in zip(central.history, sharded.history):
+        assert a.loss == b.loss
+        assert (a.val, a.test, a.parts_val, a.parts_test) == pytest.approx((b.val, b.test, b.parts_val, b.parts_test))
+    assert sharded.ledger.total(kind="bn_stats") == central.ledger.total(kind="bn_stats")
 
 
 def test_sharded_checkpoints_resume_exactly_across_processes_and_simulation(tmp_path, one_thread):
@@ -265,17 +296,3 @@ def test_a_checkpoint_resumes_only_with_its_own_coordinator(tmp_path):
         run_training(cfg, progress=False)
         with pytest.raises(ValueError, match=f"written by --coordinator {made}: resume it with --coordinator {made}"):
             run_training(cfg.replace(coordinator=other, resume=True, rounds=3), progress=False)
-
-
-@pytest.mark.parametrize(
-    "kw, message",
-    [
-        ({"wire_dtype": "bfloat16"}, "sends float32"),
-        ({"data_mode": "partitioned", "scorer": "parts"}, "use --scorer graph"),
-        ({"data_mode": "partitioned"}, "--bn-reestimate false"),
-    ],
-)
-def test_sharded_refuses_what_it_cannot_do_yet(tmp_path, kw, message):
-    cfg = _settings(tmp_path, coordinator="sharded", **kw)
-    with pytest.raises(ValueError, match=message):
-        GIST.for_config(cfg).check_run(cfg)

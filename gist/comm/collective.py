@@ -176,6 +176,12 @@ class Collective(ABC):
         lives (a buffer of ``like``'s size and dtype). Every other process
         answers in :meth:`serve_fetches` until :meth:`end_fetches`. Not recorded."""
 
+    @abstractmethod
+    def broadcast_from(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
+        """On every process: ``provide(owner, key)``, computed where worker
+        ``owner`` lives and broadcast from there (a buffer of ``like``'s size
+        and dtype); every process calls it in the same order. Not recorded."""
+
     def serve_fetches(self, provide: Callable[[int, int], Tensor]) -> None:
         """On a process without the coordinator: answer the coordinator's
         :meth:`fetch` calls with ``provide(worker, key)`` until it calls
@@ -238,6 +244,9 @@ class InProcessCollective(Collective):
         return [flats[w] for w in range(self.num_workers)]
 
     def fetch(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
+        return provide(owner, key)
+
+    def broadcast_from(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
         return provide(owner, key)
 
     def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:

@@ -453,6 +453,14 @@ class DistCollective(Collective):
         _send(torch.tensor([key], dtype=torch.int64), owner, self.ctx, what)
         return _recv(like, owner, self.ctx, what, on_device=True).to(like.device)
 
+    def broadcast_from(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
+        if owner == self.ctx.rank:
+            buf = provide(owner, key).to(self.device).contiguous()
+        else:
+            buf = torch.empty(like.shape, dtype=like.dtype, device=self.device)
+        self._call("evaluation (sharing a shard)", lambda: dist.broadcast(buf, src=owner))
+        return buf.to(like.device)
+
     def serve_fetches(self, provide: Callable[[int, int], Tensor]) -> None:
         what = "evaluation (sending a shard)"
         while True:

@@ -17,15 +17,21 @@ current sub-network. Round ``r``:
    averaged, on every worker alike.
 
 The arithmetic is the central coordinator's, element for element, so both
-train the same model (bit for bit in one process). Ledger (``params``): the
-pieces a worker receives from other owners (``to_worker``), the pieces it
-returns to other owners and its shared tensors to the ``m - 1`` others
-(``from_worker``); the stats, label-prior and set-up messages as central.
+train the same model (bit for bit in one process; with ``--wire-dtype`` the
+pieces travel rounded as central buffers do). Ledger (``params``, in the
+wire dtype): the pieces a worker receives from other owners
+(``to_worker``), the pieces it returns to other owners and its shared
+tensors to the ``m - 1`` others (``from_worker``); the stats, label-prior
+and set-up messages as central.
 
 Evaluation happens on worker 0 on the whole graph, layer by layer
 (:func:`gist.shards.sharded_eval_model`): it fetches one owner's part of a
 layer at a time (``eval`` bytes, ``from_worker``, for the owner; each request
-8 bytes ``to_worker``). Checkpoints are one file per owner beside the main
+8 bytes ``to_worker``). In ``partitioned`` mode the workers first run the
+same pass on their own parts, every owner's part of a layer broadcast to all
+(``eval`` bytes, ``to_worker``), to re-estimate BatchNorm (moments pooled as
+with the central coordinator; each owner writes its units' statistics) and
+to score their parts. Checkpoints are one file per owner beside the main
 one; ``--save-model`` puts the full model together on worker 0 after the last
 round, as asked.
 """
@@ -47,13 +53,15 @@ from ..comm.dist import DistCollective
 from ..config import RunConfig, gist_options
 from ..devices import coordinator_device
 from ..engine import DriverSetup, Evaluator, RankSetup, RoundDriver, RoundWork, build_stock_model, make_workers
+from ..engine.corrections import pooled_batch_norm_stats
+from ..engine.evaluation import accuracy_from_counts, correct_counts
 from ..engine.setup import coordinator_evaluator
 from ..engine.worker import subnet_schedule
 from ..files import atomic_write
-from ..nn.slicing import build_split_spec
+from ..nn.slicing import SplitSpec, build_split_spec
 from ..shards import Ownership, init_shards, sharded_eval_model
 from ..subnets import FlatLayout, average_states, draw_partition, subnet_layout
-from .gist import GIST, _num_classes
+from .gist import GIST, _num_classes, _reestimated_batch_norms
 
 FULL_SHARD = 1 << 30
 """The fetch key of an owner's whole shard (``--save-model``); layer ``k`` is
@@ -128,11 +136,20 @@ class ShardedGIST(GIST):
             self.layout.dtype,
         )
         self.num_classes = _num_classes(model) if self.options.label_prior else None
-        if self.collective.is_coordinator and evaluator is None:
+        if (
+            self.collective.is_coordinator
+            and evaluator is None
+            and not (cfg.scorer == "parts" and cfg.evaluates_on_workers)
+        ):
             if data is None:
                 raise ValueError("worker 0 needs the full graph (data=) to evaluate")
             evaluator, scored_by = coordinator_evaluator(cfg, data)
         self._eval_model: Optional[nn.Module] = None
+        self._parts_model: Optional[nn.Module] = None
+        self._part_adj: dict[int, Tensor] = {}
+        self._batch_norms = _reestimated_batch_norms(model, cfg)
+        self._score_parts = cfg.evaluates_on_workers
+        self._bn_layers = _batch_norm_layers(model, self.spec)
         self._eval_round = 0
         self._full_state: Optional[dict[str, Tensor]] = None
         setup = DriverSetup(
@@ -142,23 +159,6 @@ class ShardedGIST(GIST):
             sequential=self.collective.sequential,
         )
         RoundDriver.__init__(self, model, data, cfg, setup, evaluator, scored_by)
-
-    @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        """Besides GIST's checks: the sharded coordinator evaluates on worker
-        0 on the whole graph, and sends float32."""
-        super().check_config(cfg)
-        if cfg.wire_dtype != "float32":
-            raise ValueError(f"--coordinator sharded sends float32 for now, not --wire-dtype {cfg.wire_dtype}")
-        if cfg.scorer == "parts":
-            raise ValueError(
-                "--coordinator sharded scores the model on worker 0 on the whole graph: use --scorer graph"
-            )
-        if gist_options(cfg).bn_reestimate and cfg.subnets > 1:
-            raise ValueError(
-                "--coordinator sharded does not re-estimate BatchNorm statistics on the workers yet: "
-                "pass --bn-reestimate false (or use --coordinator central)"
-            )
 
     @property
     def label(self) -> str:
@@ -173,7 +173,7 @@ class ShardedGIST(GIST):
     def start(self) -> None:
         """The handshake (worker 0 says the round to start from), the label
         counts for the prior correction, and on resume each owner's shard file."""
-        numel = self.layouts[self.schedule.at(self.round).groups].numel
+        numel = self.layouts[self.schedule.at(self.round).groups].wire_numel(self.cfg.wire_torch_dtype)
         data_bytes = {w: tensor_nbytes(self.workers[w].data_tensors()) for w in self.local_workers}
         self.round = self.collective.handshake(self.round, numel, data_bytes)
         for worker in self.workers.values():
@@ -205,10 +205,15 @@ class ShardedGIST(GIST):
         partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round)
         pieces = {(o, g): own.plan(partition, g, o) for o in range(m) for g in range(plan.groups)}
         numel = {key: own.piece_numel(p, shapes) for key, p in pieces.items()}
-        size = layout.dtype.itemsize
+        wire = self.cfg.wire_torch_dtype
+        size = wire.itemsize
 
-        # assemble: owner o -> worker w, its piece of group w mod s
-        taken = {(o, g): own.take_from_shard(self.shards[o], pieces[o, g]) for o in local for g in range(plan.groups)}
+        # assemble: owner o -> worker w, its piece of group w mod s (in the wire dtype)
+        taken = {
+            (o, g): own.take_from_shard(self.shards[o], pieces[o, g]).to(wire)
+            for o in local
+            for g in range(plan.groups)
+        }
         sends = {o: {w: taken[o, plan.group_of(w)] for w in range(m)} for o in local}
         recv = {w: {o: numel[o, plan.group_of(w)] for o in range(m)} for w in local}
         exchange = time.perf_counter()
@@ -225,7 +230,7 @@ class ShardedGIST(GIST):
             for o, flat in got[w].items():
                 own.place_in_subnet(sub, own.unflatten(flat, pieces[o, g], shapes), pieces[o, g])
             sub.update(self.shared)
-            payloads[w] = layout.flatten(sub)
+            payloads[w] = layout.encode(layout.flatten(sub), wire)  # as central's payload: shared values rounded too
             del sub
         del taken, sends, got
         split_done = time.perf_counter()
@@ -235,28 +240,30 @@ class ShardedGIST(GIST):
 
         # return: worker w -> owner o, the owner's rows of what w trained
         merge_start = time.perf_counter()
-        returned = {w: layout.unflatten(reports[w].params.to(self.device)) for w in local}
+        returned = {w: layout.unflatten(layout.decode(reports[w].params.to(self.device))) for w in local}
         sends = {
-            w: {o: own.take_from_subnet(returned[w], pieces[o, plan.group_of(w)]) for o in range(m)} for w in local
+            w: {o: own.take_from_subnet(returned[w], pieces[o, plan.group_of(w)]).to(wire) for o in range(m)}
+            for w in local
         }
         recv = {o: {w: numel[o, plan.group_of(w)] for w in range(m)} for o in local}
         exchange = time.perf_counter()
         got = self.collective.all_to_all(sends, recv, f"round {round} (returning the sub-networks)")
         waited_back = time.perf_counter() - exchange
-        shared_bytes = self._shared_layout.nbytes * (m - 1)
+        shared_bytes = self._shared_layout.wire_numel(wire) * size * (m - 1)
         for w in range(m):
             g = plan.group_of(w)
             back = sum(numel[o, g] for o in range(m) if o != w) * size
             self.ledger.record(round, w, FROM_WORKER, "params", back + shared_bytes)
         for o in local:
             for g in range(plan.groups):
-                copies = [own.unflatten(got[o][w], pieces[o, g], shapes) for w in plan.members(g)]
+                copies = [own.unflatten(got[o][w].to(layout.dtype), pieces[o, g], shapes) for w in plan.members(g)]
                 own.write_to_shard(self.shards[o], average_states(copies), pieces[o, g])
-        mine = {w: self._shared_layout.flatten({n: returned[w][n] for n in self.shared}) for w in local}
+        shared = self._shared_layout
+        mine = {w: shared.encode(shared.flatten({n: returned[w][n] for n in self.shared}), wire) for w in local}
         exchange = time.perf_counter()
         gathered_shared = self.collective.all_gather(mine, f"round {round} (shared)")
         waited_back += time.perf_counter() - exchange
-        every = [self._shared_layout.unflatten(f) for f in gathered_shared]
+        every = [shared.unflatten(shared.decode(f)) for f in gathered_shared]
         by_group = [average_states([every[w] for w in plan.members(g)]) for g in range(plan.groups)]
         with torch.no_grad():
             for n, value in average_states(by_group).items():
@@ -264,19 +271,14 @@ class ShardedGIST(GIST):
         stats = {w: reports[w].stats for w in local}
         merge_seconds = time.perf_counter() - merge_start
 
-        gathered = self.collective.gather_stats(round, stats, layout.dtype)
-        if self.cfg.checkpoint.save_model and round + 1 == self.cfg.rounds and self.is_coordinator:
-            self._full_state = self._gather_full_state()
-        if not self.is_coordinator and self._serves_after(round):
+        gathered = self.collective.gather_stats(round, stats, wire)
+        if not self.is_coordinator and self.cfg.is_eval_round(round):  # the last round is one
+            self._evaluate_on_workers(round)
             self.collective.serve_fetches(self._provide)
         # split and merge: this process's own work, without the exchanges (waiting on the others, transfers)
         return RoundWork(
             stats=gathered, split_seconds=split_done - start - waited, merge_seconds=merge_seconds - waited_back
         )
-
-    def _serves_after(self, round: int) -> bool:
-        """Whether worker 0 fetches shards after ``round`` (to evaluate, or to save the model)."""
-        return self.cfg.is_eval_round(round) or (bool(self.cfg.checkpoint.save_model) and round + 1 == self.cfg.rounds)
 
     def trained_states(self) -> list[Mapping[str, Tensor]]:
         return [*self.shards.values(), self.shared]
@@ -297,7 +299,7 @@ class ShardedGIST(GIST):
     def _fetch(self, owner: int, key: int, record: bool) -> dict[str, Tensor]:
         """Owner ``owner``'s shard of key ``key``'s tensors, on worker 0."""
         names = self._names(key)
-        like_shard = self.shards[0]
+        like_shard = self.shards[self.local_workers[0]]
         numel = sum(like_shard[n].numel() for n in names)
         like = torch.empty(numel, dtype=self.layout.dtype, device=self.device)
         flat = self.collective.fetch(owner, key, like, self._provide)
@@ -328,18 +330,116 @@ class ShardedGIST(GIST):
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, round: int) -> dict[str, float]:
-        """The full model's score on worker 0, computed layer by layer from
-        the owners' shards (:func:`gist.shards.sharded_eval_model`)."""
-        if self.evaluator is None:
-            raise RuntimeError("gist (sharded): no evaluator on this process")
-        if self._eval_model is None:
-            self._eval_model = sharded_eval_model(self.model, self.ownership, self._fetch_layer)
+        """The full model's score, computed layer by layer from the owners'
+        shards (:func:`gist.shards.sharded_eval_model`): first, where asked,
+        on the workers (BatchNorm re-estimation over their nodes, then their
+        counts on their own parts: ``parts_val`` / ``parts_test``), then on
+        worker 0 on the whole graph. After the last round, with
+        ``--save-model``, worker 0 also puts the full model together."""
         self._eval_round = round
         try:
-            with torch.no_grad():
-                return self.evaluator(self._eval_model, self.data)
+            parts = self._evaluate_on_workers(round)
+            metrics: dict[str, float] = dict(parts or {})
+            if self.evaluator is not None:
+                if self._eval_model is None:
+                    self._eval_model = sharded_eval_model(self.model, self.ownership, self._fetch_layer)
+                with torch.no_grad():
+                    metrics = self.evaluator(self._eval_model, self.data)
+            if parts is not None:
+                metrics.update(parts_val=parts["val"], parts_test=parts["test"])
+            if self.cfg.checkpoint.save_model and round + 1 == self.cfg.rounds:
+                self._full_state = self._gather_full_state()
+            return metrics
         finally:
             self.collective.end_fetches()
+
+    def _evaluate_on_workers(self, round: int) -> Optional[dict[str, float]]:
+        """On every process: re-estimate the first :attr:`_batch_norms`
+        BatchNorm layers over every worker's own nodes (each owner writes its
+        units' pooled statistics into its shard, layer after layer), then,
+        in ``partitioned`` mode, score the model on each worker's part. Every
+        pass is the layer-by-layer forward pass with each owner's part of a
+        layer broadcast to every worker (``eval`` bytes); the moments and
+        counts travel as with the central coordinator. The summed counts'
+        accuracy on worker 0 (``None`` when the parts are not scored)."""
+        if not self._batch_norms and not self._score_parts:
+            return None
+        model = self._parts_model
+        if model is None:
+            model = self._parts_model = sharded_eval_model(self.model, self.ownership, self._share_layer)
+        m, local = self.cfg.subnets, self.local_workers
+        for w in local:
+            if w not in self._part_adj:
+                worker = self.workers[w]
+                self._part_adj[w] = worker.fmt.of(worker.batches.data)
+        for k in range(self._batch_norms):
+            moments = {w: self._moments(model, w, self._bn_layers[k]) for w in local}
+            total = torch.stack(self.collective.all_gather(moments, f"round {round} (BatchNorm statistics)")).sum(0)
+            self._record_pass(round)
+            for w in range(m):
+                self.ledger.record(round, w, FROM_WORKER, "bn_stats", total)  # each worker's moments: same size
+                self.ledger.record(round, w, TO_WORKER, "bn_stats", total)
+            stats = pooled_batch_norm_stats([total])
+            path = self.spec.layers[self._bn_layers[k]].path
+            width = stats.numel() // 2
+            with torch.no_grad():
+                for o in local:
+                    shard = self.shards[o]
+                    mean, var = _running_stats(shard, path)
+                    units = self.ownership.units(self.spec.layers[self._bn_layers[k]].out_group, o)
+                    shard[mean].copy_(stats[:width][units])
+                    shard[var].copy_(stats[width:][units])
+        if not self._score_parts:
+            return None
+        counts = {w: self._score(model, w) for w in local}
+        every = self.collective.all_gather(counts, f"round {round} (scores on the parts)")
+        self._record_pass(round)
+        for w in range(m):
+            self.ledger.record(round, w, FROM_WORKER, "eval", every[w])
+        return accuracy_from_counts(torch.stack(every).sum(0))
+
+    def _record_pass(self, round: int) -> None:
+        """One layer-by-layer pass on every worker: each receives every other owner's part of every layer."""
+        numel = sum(t.numel() for t in self.shards[self.local_workers[0]].values())
+        nbytes = numel * self.layout.dtype.itemsize * (self.cfg.subnets - 1)
+        for w in range(self.cfg.subnets):
+            self.ledger.record(round, w, TO_WORKER, "eval", nbytes)
+
+    @torch.no_grad()
+    def _moments(self, model: nn.Module, w: int, layer: int) -> Tensor:
+        """The moments of the inputs of layer ``layer`` (a BatchNorm) over worker ``w``'s own nodes."""
+        data = self.workers[w].batches.data
+        captured: list[Tensor] = []
+        wrapped = model.get_submodule(self.spec.layers[layer].path)
+        handle = wrapped.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+        try:
+            model(data.x, self._part_adj[w])
+        finally:
+            handle.remove()
+        x = captured[0] if "owned" not in data else captured[0][data.owned]
+        x = x.to(torch.float64)
+        count = torch.tensor([x.shape[0]], dtype=torch.float64, device=x.device)
+        return torch.cat([count, x.sum(0), x.pow(2).sum(0)]).cpu()
+
+    @torch.no_grad()
+    def _score(self, model: nn.Module, w: int) -> Tensor:
+        return correct_counts(model, self.workers[w].batches.data, self._part_adj[w])
+
+    def _share_layer(self, layer: int, owner: int) -> dict[str, Tensor]:
+        """Owner ``owner``'s part of layer ``layer`` on every process (a broadcast from it)."""
+        names = self._names(layer)
+        like_shard = self.shards[self.local_workers[0]]
+        numel = sum(like_shard[n].numel() for n in names)
+        like = torch.empty(numel, dtype=self.layout.dtype, device=self.device)
+        flat = self.collective.broadcast_from(owner, layer, like, self._provide)
+        out, offset = {}, 0
+        for n in names:
+            out[n] = flat[offset : offset + like_shard[n].numel()].view(like_shard[n].shape)
+            offset += like_shard[n].numel()
+        path = self.spec.layers[layer].path
+        prefix = f"{path}." if path else ""
+        out.update({n: t for n, t in self.shared.items() if n.startswith(prefix)})
+        return out
 
     # ------------------------------------------------------------------ the model, checkpoints
 
@@ -444,7 +544,7 @@ class ShardedGIST(GIST):
         cfg, ctx = setup.cfg, setup.ctx
         own = setup.own_graph()
         data = own.data if not setup.partitioned else None
-        if ctx.rank == 0 and data is None:
+        if ctx.rank == 0 and data is None and cfg.scorer == "graph":
             data = setup.load_dataset().data
         torch.manual_seed(cfg.seed)
         model, shards, shared = init_shards(
@@ -461,6 +561,24 @@ class ShardedGIST(GIST):
             graph=own.data,
             shards=(shards, shared),
         )
+
+
+def _batch_norm_layers(model: nn.Module, spec: SplitSpec) -> list[int]:
+    """For each BatchNorm of ``model`` in definition order, the index of the
+    split-spec layer that holds it (a PyG ``BatchNorm`` wraps a torch one)."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            holders = [i for i, e in enumerate(spec.layers) if name == e.path or name.startswith(f"{e.path}.")]
+            found.append(max(holders, key=lambda i: len(spec.layers[i].path)))
+    return found
+
+
+def _running_stats(shard: Mapping[str, Tensor], path: str) -> tuple[str, str]:
+    """The names of a BatchNorm layer's running mean and variance in a shard."""
+    mean = [n for n in shard if n.startswith(f"{path}.") and n.endswith("running_mean")]
+    var = [n for n in shard if n.startswith(f"{path}.") and n.endswith("running_var")]
+    return mean[0], var[0]
 
 
 def _to(tensors: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
