@@ -33,7 +33,7 @@ same pass on their own parts, every owner's part of a layer broadcast to all
 with the central coordinator; each owner writes its units' statistics) and
 to score their parts. Checkpoints are one file per owner beside the main
 one; ``--save-model`` puts the full model together on worker 0 after the last
-round, as asked.
+evaluation, as asked.
 """
 
 from __future__ import annotations
