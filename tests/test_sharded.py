@@ -6,6 +6,9 @@ processes, and its per-shard checkpoints resume exactly."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -296,3 +299,19 @@ def test_a_checkpoint_resumes_only_with_its_own_coordinator(tmp_path):
         run_training(cfg, progress=False)
         with pytest.raises(ValueError, match=f"written by --coordinator {made}: resume it with --coordinator {made}"):
             run_training(cfg.replace(coordinator=other, resume=True, rounds=3), progress=False)
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("exit", "rank 1 exited with status 17; the other processes were stopped"),
+        ("hang", "rank 1 failed during round 1 (assembling the sub-networks): PeerSilent: rank 1 is alive but hung"),
+    ],
+)
+def test_a_dead_or_hung_sharded_worker_stops_the_run_naming_its_rank(tmp_path, fault, message):
+    env = {**os.environ, "GIST_INJECT_FAULT": f"1:1:{fault}"}
+    cmd = [sys.executable, "-m", "gist", "train", "--procs", "3", "--hidden", "12", "--rounds", "5"]
+    cmd += ["--local-steps", "1", "--timeout", "5", "--threads", "1", "--no-progress", "--root", str(tmp_path)]
+    proc = subprocess.run([*cmd, "--coordinator", "sharded"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
