@@ -291,17 +291,26 @@ class FlatLayout:
         flat[mask] = buf[floats:].clone().view(torch.int64).to(self.dtype)
         return flat
 
-    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+    def views(self, flat: Tensor) -> dict[str, Tensor]:
+        """Each tensor's place in ``flat``, as a view in the layout's dtype
+        (writing into a view writes into the buffer)."""
         if flat.dim() != 1 or flat.numel() != self.numel:
             raise ValueError(f"flat buffer has {flat.numel()} values, layout expects {self.numel}")
         out: dict[str, Tensor] = {}
         offset = 0
-        for name, shape, dtype in zip(self.names, self.shapes, self.dtypes):
+        for name, shape in zip(self.names, self.shapes):
             n = int(torch.Size(shape).numel())
-            chunk = flat[offset : offset + n].view(shape)
-            out[name] = chunk.round().to(dtype) if not dtype.is_floating_point else chunk.to(dtype)
+            out[name] = flat[offset : offset + n].view(shape)
             offset += n
         return out
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """The tensors of ``flat`` in their own dtypes (views where that is the layout's dtype)."""
+        views = self.views(flat)
+        return {
+            name: views[name].round().to(dtype) if not dtype.is_floating_point else views[name].to(dtype)
+            for name, dtype in zip(self.names, self.dtypes)
+        }
 
 
 def subnet_layout(

@@ -225,13 +225,16 @@ class ShardedGIST(GIST):
         payloads = {}
         for w in local:
             g = plan.group_of(w)
-            dtypes = self.shards[local[0]]
-            sub = {n: torch.empty(shapes[n], dtype=dtypes[n].dtype, device=self.device) for n in own.sliced}
-            for o, flat in got[w].items():
-                own.place_in_subnet(sub, own.unflatten(flat, pieces[o, g], shapes), pieces[o, g])
-            sub.update(self.shared)
-            payloads[w] = layout.encode(layout.flatten(sub), wire)  # as central's payload: shared values rounded too
-            del sub
+            # put together in place in the sub-network's flat buffer
+            flat = torch.empty(layout.numel, dtype=layout.dtype, device=self.device)
+            sub = layout.views(flat)
+            for o, piece in got[w].items():
+                own.place_in_subnet(sub, own.unflatten(piece, pieces[o, g], shapes), pieces[o, g])
+            with torch.no_grad():
+                for n, value in self.shared.items():
+                    sub[n].copy_(value)
+            payloads[w] = layout.encode(flat, wire)  # as central's payload: shared values rounded too
+            del sub, flat
         del taken, sends, got
         split_done = time.perf_counter()
 
