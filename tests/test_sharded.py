@@ -18,7 +18,7 @@ import gist.shards as shards_module
 from gist.comm import FROM_WORKER, TO_WORKER
 from gist.config import RunConfig
 from gist.engine.setup import full_model, load_run_dataset
-from gist.methods import GIST
+from gist.methods import GIST, get_method
 from gist.methods.sharded import ShardedGIST
 from gist.nn.models import build_model
 from gist.nn.slicing import SplitError, build_split_spec
@@ -315,3 +315,12 @@ def test_a_dead_or_hung_sharded_worker_stops_the_run_naming_its_rank(tmp_path, f
     proc = subprocess.run([*cmd, "--coordinator", "sharded"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0
     assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("method", ["full", "ddp", "local-sgd"])
+def test_the_sharded_coordinator_is_gists_only(tmp_path, method):
+    cfg = _settings(tmp_path, method=method, coordinator="sharded", subnets=1 if method == "full" else 2)
+    cls = get_method(method).for_config(cfg)
+    assert cls is get_method(method)
+    with pytest.raises(ValueError, match="--coordinator sharded is gist's"):
+        cls.check_run(cfg)

@@ -121,6 +121,8 @@ class DataParallelMethod(RoundDriver):
             raise ValueError(
                 f"coordinator_device is gist's: {cls.name} keeps the full model on every worker's device (--device)"
             )
+        if cfg.gist.coordinator != "central":
+            raise ValueError(f"--coordinator sharded is gist's: {cls.name} keeps the full model on every worker")
         if cfg.wire_dtype != "float32":
             raise ValueError(
                 f"wire_dtype {cfg.wire_dtype}: only gist sends its buffers in a narrower dtype so far; "

@@ -30,3 +30,5 @@ class FullModel(GIST):
             raise ValueError(
                 f"wire_dtype {cfg.wire_dtype}: the full model crosses no network (it is the float32 reference)"
             )
+        if cfg.gist.coordinator != "central":
+            raise ValueError("--coordinator sharded is gist's: the full model trains whole in one process")

@@ -136,8 +136,9 @@ class GIST(RoundDriver):
 
     @classmethod
     def for_config(cls, cfg: RunConfig) -> type[RoundDriver]:
-        """:class:`~gist.methods.sharded.ShardedGIST` for ``--coordinator sharded``."""
-        if cfg.gist.coordinator == "sharded":
+        """:class:`~gist.methods.sharded.ShardedGIST` for ``--coordinator sharded``
+        (GIST itself only: a subclass such as ``full`` decides for itself)."""
+        if cfg.gist.coordinator == "sharded" and cls is GIST:
             from .sharded import ShardedGIST  # it builds on this module
 
             return ShardedGIST
