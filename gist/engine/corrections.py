@@ -61,8 +61,12 @@ def batch_norm_moments(model: nn.Module, index: int, data: Data, adj: Tensor, no
     finally:
         handle.remove()
         model.train(was_training)
-    x = captured[0] if nodes is None else captured[0][nodes]
-    x = x.to(torch.float64)
+    return activation_moments(captured[0], nodes)
+
+
+def activation_moments(x: Tensor, nodes: Optional[Tensor] = None) -> Tensor:
+    """``float64 [count, sum_1..d, sumsq_1..d]`` of the rows ``nodes`` (default all) of ``x``, on the CPU."""
+    x = (x if nodes is None else x[nodes]).to(torch.float64)
     count = torch.tensor([x.shape[0]], dtype=torch.float64, device=x.device)
     return torch.cat([count, x.sum(0), x.pow(2).sum(0)]).cpu()
 

@@ -53,7 +53,7 @@ from ..comm.dist import DistCollective
 from ..config import RunConfig, gist_options
 from ..devices import coordinator_device
 from ..engine import DriverSetup, Evaluator, RankSetup, RoundDriver, RoundWork, build_stock_model, make_workers
-from ..engine.corrections import pooled_batch_norm_stats
+from ..engine.corrections import activation_moments, pooled_batch_norm_stats
 from ..engine.evaluation import accuracy_from_counts, correct_counts
 from ..engine.setup import coordinator_evaluator
 from ..engine.worker import subnet_schedule
@@ -299,29 +299,38 @@ class ShardedGIST(GIST):
         parts = [shard[n].reshape(-1) for n in self._names(key)]
         return torch.cat(parts) if parts else torch.empty(0, dtype=self.layout.dtype, device=self.device)
 
+    def _like(self, key: int) -> Tensor:
+        """An empty buffer of the size of one owner's shard of key ``key``'s tensors (all owners' are equal)."""
+        shard = self.shards[self.local_workers[0]]
+        numel = sum(shard[n].numel() for n in self._names(key))
+        return torch.empty(numel, dtype=self.layout.dtype, device=self.device)
+
+    def _split(self, flat: Tensor, key: int) -> dict[str, Tensor]:
+        """A :meth:`_provide` buffer as ``{name: view}``."""
+        shard = self.shards[self.local_workers[0]]
+        out, offset = {}, 0
+        for n in self._names(key):
+            out[n] = flat[offset : offset + shard[n].numel()].view(shard[n].shape)
+            offset += shard[n].numel()
+        return out
+
+    def _with_shared(self, part: dict[str, Tensor], layer: int) -> dict[str, Tensor]:
+        """An owner's part of layer ``layer`` and the layer's shared tensors: what the layer computes with."""
+        path = self.spec.layers[layer].path
+        prefix = f"{path}." if path else ""
+        part.update({n: t for n, t in self.shared.items() if n.startswith(prefix)})
+        return part
+
     def _fetch(self, owner: int, key: int, record: bool) -> dict[str, Tensor]:
         """Owner ``owner``'s shard of key ``key``'s tensors, on worker 0."""
-        names = self._names(key)
-        like_shard = self.shards[self.local_workers[0]]
-        numel = sum(like_shard[n].numel() for n in names)
-        like = torch.empty(numel, dtype=self.layout.dtype, device=self.device)
-        flat = self.collective.fetch(owner, key, like, self._provide)
+        flat = self.collective.fetch(owner, key, self._like(key), self._provide)
         if record and owner != 0:
             self.ledger.record(self._eval_round, owner, TO_WORKER, "eval", REQUEST_BYTES)
             self.ledger.record(self._eval_round, owner, FROM_WORKER, "eval", flat)
-        out, offset = {}, 0
-        for n in names:
-            t = like_shard[n]
-            out[n] = flat[offset : offset + t.numel()].view(t.shape)
-            offset += t.numel()
-        return out
+        return self._split(flat, key)
 
     def _fetch_layer(self, layer: int, owner: int) -> dict[str, Tensor]:
-        out = self._fetch(owner, layer, record=True)
-        path = self.spec.layers[layer].path
-        prefix = f"{path}." if path else ""
-        out.update({n: t for n, t in self.shared.items() if n.startswith(prefix)})
-        return out
+        return self._with_shared(self._fetch(owner, layer, record=True), layer)
 
     def _gather_full_state(self) -> dict[str, Tensor]:
         parts = [self._fetch(o, FULL_SHARD, record=False) for o in range(self.cfg.subnets)]
@@ -419,10 +428,7 @@ class ShardedGIST(GIST):
             model(data.x, self._part_adj[w])
         finally:
             handle.remove()
-        x = captured[0] if "owned" not in data else captured[0][data.owned]
-        x = x.to(torch.float64)
-        count = torch.tensor([x.shape[0]], dtype=torch.float64, device=x.device)
-        return torch.cat([count, x.sum(0), x.pow(2).sum(0)]).cpu()
+        return activation_moments(captured[0], data.owned if "owned" in data else None)
 
     @torch.no_grad()
     def _score(self, model: nn.Module, w: int) -> Tensor:
@@ -430,19 +436,8 @@ class ShardedGIST(GIST):
 
     def _share_layer(self, layer: int, owner: int) -> dict[str, Tensor]:
         """Owner ``owner``'s part of layer ``layer`` on every process (a broadcast from it)."""
-        names = self._names(layer)
-        like_shard = self.shards[self.local_workers[0]]
-        numel = sum(like_shard[n].numel() for n in names)
-        like = torch.empty(numel, dtype=self.layout.dtype, device=self.device)
-        flat = self.collective.broadcast_from(owner, layer, like, self._provide)
-        out, offset = {}, 0
-        for n in names:
-            out[n] = flat[offset : offset + like_shard[n].numel()].view(like_shard[n].shape)
-            offset += like_shard[n].numel()
-        path = self.spec.layers[layer].path
-        prefix = f"{path}." if path else ""
-        out.update({n: t for n, t in self.shared.items() if n.startswith(prefix)})
-        return out
+        flat = self.collective.broadcast_from(owner, layer, self._like(layer), self._provide)
+        return self._with_shared(self._split(flat, layer), layer)
 
     # ------------------------------------------------------------------ the model, checkpoints
 
