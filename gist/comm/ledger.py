@@ -23,8 +23,13 @@ SETUP_ROUND = -1
 
 
 def tensor_nbytes(tensors: Tensor | Iterable[Tensor]) -> int:
-    """Bytes of a tensor's (or several tensors') elements."""
+    """Bytes of a tensor's (or several tensors') elements; of a sparse
+    tensor, its stored values and indices."""
     if isinstance(tensors, Tensor):
+        if tensors.layout == torch.sparse_coo:
+            return tensor_nbytes([tensors._values(), tensors._indices()])
+        if tensors.layout == torch.sparse_csr:
+            return tensor_nbytes([tensors.values(), tensors.crow_indices(), tensors.col_indices()])
         return tensors.numel() * tensors.element_size()
     return sum(tensor_nbytes(t) for t in tensors)
 

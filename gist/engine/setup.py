@@ -16,8 +16,9 @@ from ..comm.dist import DistContext, collective
 from ..config import RunConfig
 from ..data import NodeDataset, load_dataset
 from ..devices import coordinator_device
+from ..graph import with_sparse_features
 from ..graph.parts import ensure_partitions, load_part, partition_dir, read_meta
-from ..nn.models import build_model
+from ..nn.models import build_model, first_conv, takes_sparse_features
 from .evaluation import Evaluator, accuracy_evaluator, node_evaluator, sampled_view
 
 
@@ -29,10 +30,12 @@ def load_run_dataset(cfg: RunConfig) -> NodeDataset:
 def build_stock_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn.Module:
     """The stock PyG model ``cfg.model`` describes (parameters drawn from the
     global RNG); a GCN takes the normalised graph, computed once per graph
-    (:class:`~gist.nn.PrenormalizedGCN`), where the adjacency is sparse."""
+    (:class:`~gist.nn.PrenormalizedGCN`), where the adjacency is sparse.
+    ``ValueError`` if ``cfg.data.sparse_features`` is set for a model that
+    cannot take sparse features (:func:`~gist.nn.models.takes_sparse_features`)."""
     m = cfg.model
     norm = None if m.norm == "none" else m.norm
-    return build_model(
+    model = build_model(
         m.kind,
         num_features,
         m.hidden,
@@ -42,6 +45,13 @@ def build_stock_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn
         norm=norm,
         prenormalized=cfg.data.sparse_adjacency,
     )
+    if cfg.data.sparse_features and not takes_sparse_features(model):
+        raise ValueError(
+            f"--sparse-features needs a model whose first layer multiplies the node features by a "
+            f"weight (GCNConv: --model gcn); the first layer of --model {m.kind} "
+            f"({type(first_conv(model)).__name__}) aggregates the raw features first"
+        )
+    return model
 
 
 def full_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn.Module:
@@ -66,6 +76,8 @@ def coordinator_evaluator(cfg: RunConfig, data: Data, device: Optional[torch.dev
         )
         data = view
     data = data.to(coordinator_device(cfg) if device is None else device)
+    if cfg.data.sparse_features:
+        data = with_sparse_features(data)
     ogb = node_evaluator(cfg.data.dataset, data, cfg.data.sparse_adjacency)
     if ogb is not None:
         return _on(ogb, data), f"ogb.nodeproppred.Evaluator({cfg.data.dataset!r}){where}"

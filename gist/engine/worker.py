@@ -181,7 +181,8 @@ def make_batch_sources(
 ) -> dict[int, BatchSource]:
     """Worker ``i``'s batch stream over ``graphs[i]`` moved to ``device``
     (default :func:`worker_device`; one copy per distinct graph), its
-    adjacency in ``fmt`` (default: the config's, not normalised): full batch,
+    adjacency in ``fmt`` (default: the config's, not normalised), its
+    features sparse with ``cfg.data.sparse_features``: full batch,
     or Cluster-GCN batches whose METIS partition is computed once per
     distinct graph and whose order is seeded by ``seed + i``."""
     sources: dict[int, BatchSource] = {}
@@ -202,10 +203,18 @@ def make_batch_sources(
                     raise ValueError(f"num_clusters ({d.num_clusters}) exceeds worker {i}'s {g.num_nodes} nodes")
                 parts = partition_nodes(source_graph.edge_index.cpu(), g.num_nodes, d.num_clusters, "metis", cfg.seed)
                 parts = parts_of[id(g)] = parts.to(device)
-            sources[i] = ClusterBatches(g, d.num_clusters, d.clusters_per_batch, cfg.seed + i, parts=parts, fmt=fmt)
+            sources[i] = ClusterBatches(
+                g,
+                d.num_clusters,
+                d.clusters_per_batch,
+                cfg.seed + i,
+                parts=parts,
+                fmt=fmt,
+                sparse_features=d.sparse_features,
+            )
         else:  # a full batch is stateless: workers holding the same graph share it
             if id(g) not in full_of:
-                full_of[id(g)] = FullBatch(g, fmt)
+                full_of[id(g)] = FullBatch(g, fmt, sparse_features=d.sparse_features)
             sources[i] = full_of[id(g)]
     return sources
 

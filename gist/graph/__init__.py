@@ -8,13 +8,21 @@
   full-batch or Cluster-GCN batch stream.
 """
 
-from .batches import SPARSE, AdjacencyFormat, BatchSource, ClusterBatches, FullBatch, adjacency, graph_tensors
+from .batches import (
+    SPARSE,
+    AdjacencyFormat,
+    BatchSource,
+    ClusterBatches,
+    FullBatch,
+    adjacency,
+    graph_tensors,
+    with_sparse_features,
+)
 from .partition import PARTITIONERS, ClusterBatcher, partition_nodes, to_csr, worker_subgraph
 
 __all__ = [
     "PARTITIONERS",
     "SPARSE",
-    "AdjacencyFormat",
     "AdjacencyFormat",
     "BatchSource",
     "ClusterBatcher",
@@ -24,5 +32,6 @@ __all__ = [
     "graph_tensors",
     "partition_nodes",
     "to_csr",
+    "with_sparse_features",
     "worker_subgraph",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
@@ -35,6 +37,20 @@ def adjacency(data: Data, sparse: bool = True, normalized: bool = False) -> Tens
         if normalized:
             adj, _ = gcn_norm(adj, None, data.num_nodes, False, True, "source_to_target", data.x.dtype)
     return adj
+
+
+def with_sparse_features(data: Data) -> Data:
+    r"""``data`` (a shallow copy: the other tensors are shared) whose node
+    features ``x`` are a ``torch.sparse_csr`` matrix. A model whose first
+    layer computes :math:`XW` (``GCNConv``) then runs a sparse-dense product,
+    :math:`O(\mathrm{nnz}(X)\,d)` instead of :math:`O(N F d)`: several times
+    faster for bag-of-words features (Coauthor CS: 0.9% non-zero)."""
+    out = copy.copy(data)
+    if out.x.layout != torch.sparse_csr:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # sparse CSR support is labelled beta
+            out.x = out.x.to_sparse_csr()
+    return out
 
 
 @dataclass(frozen=True)
@@ -83,10 +99,11 @@ class BatchSource(Protocol):
 
 class FullBatch:
     """Every step sees the worker's whole graph (stateless); its adjacency,
-    in ``fmt``, is built once."""
+    in ``fmt``, is built once, and so are its features as a sparse matrix
+    (``sparse_features``, :func:`with_sparse_features`)."""
 
-    def __init__(self, data: Data, fmt: AdjacencyFormat = SPARSE) -> None:
-        self.data = data
+    def __init__(self, data: Data, fmt: AdjacencyFormat = SPARSE, sparse_features: bool = False) -> None:
+        self.data = with_sparse_features(data) if sparse_features else data
         self.adj = fmt.of(data)
 
     def next_batch(self) -> tuple[Data, Tensor]:
@@ -106,7 +123,9 @@ class ClusterBatches:
     """Cluster-GCN mini-batches of the worker's graph (see :class:`~gist.graph.ClusterBatcher`).
 
     ``parts`` is a precomputed METIS partition of ``data`` (shared by workers
-    that hold the same graph); ``seed`` orders this worker's batches.
+    that hold the same graph); ``seed`` orders this worker's batches; with
+    ``sparse_features`` each batch's features are a sparse matrix
+    (:func:`with_sparse_features`).
     """
 
     def __init__(
@@ -117,14 +136,16 @@ class ClusterBatches:
         seed: int,
         parts: Optional[Tensor] = None,
         fmt: AdjacencyFormat = SPARSE,
+        sparse_features: bool = False,
     ) -> None:
         self.data = data
         self.fmt = fmt
+        self.sparse_features = sparse_features
         self.batcher = ClusterBatcher(data, num_parts, parts_per_batch, method="metis", seed=seed, parts=parts)
 
     def next_batch(self) -> tuple[Data, Tensor]:
         batch = self.batcher.next_batch()
-        return batch, self.fmt.of(batch)
+        return with_sparse_features(batch) if self.sparse_features else batch, self.fmt.of(batch)
 
     def skip(self, steps: int) -> None:
         self.batcher.skip(steps)

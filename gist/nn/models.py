@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.nn import GCNConv, MessagePassing
 from torch_geometric.nn.models import GCN, GraphSAGE
 
 from ..registry import MODELS, NORMS
@@ -40,6 +41,20 @@ class PrenormalizedGCN(GCN):
 def takes_normalized_adjacency(model: nn.Module) -> bool:
     """Whether ``model`` expects the GCN-normalised adjacency (a :class:`PrenormalizedGCN`)."""
     return isinstance(model, PrenormalizedGCN)
+
+
+def first_conv(model: nn.Module) -> Optional[MessagePassing]:
+    """The model's first message-passing layer in definition order (the
+    first applied in PyG's ``BasicGNN``); ``None`` if it has none."""
+    return next((m for m in model.modules() if isinstance(m, MessagePassing)), None)
+
+
+def takes_sparse_features(model: nn.Module) -> bool:
+    r"""Whether ``model`` can take its node features as a sparse matrix
+    (:func:`gist.graph.with_sparse_features`): its first layer is a
+    ``GCNConv``, which multiplies them by its weight, :math:`XW`, before
+    anything else. (``SAGEConv`` aggregates the raw features first.)"""
+    return isinstance(first_conv(model), GCNConv)
 
 
 def build_model(
