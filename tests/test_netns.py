@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from gist.cli import main
@@ -156,7 +157,7 @@ rounds = 2
 threads = 1
 
 [sweep]
-methods = ["gist"]
+methods = ["full", "gist"]
 subnets = [2]
 local_steps = [1]
 bandwidth = ["none", "100mbit"]
@@ -171,10 +172,19 @@ def test_bandwidth_is_a_sweep_axis(tmp_path, capsys):
     out = tmp_path / "res"
     assert main(["sweep", str(cfg), "--out", str(out), "--root", str(tmp_path), "--no-progress"]) == 0
     logs = {p.name: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    assert sorted(logs) == ["bandwidth=100mbit_gist_m2_z1_seed0.json", "bandwidth=none_gist_m2_z1_seed0.json"]
+    # full (one process) runs once, unshaped, and stands for both bandwidths
+    assert sorted(logs) == [
+        "bandwidth=100mbit_gist_m2_z1_seed0.json",
+        "bandwidth=none_full_m1_z1_seed0.json",
+        "bandwidth=none_gist_m2_z1_seed0.json",
+    ]
     assert {log["config"]["dist"]["bandwidth"] for log in logs.values()} == {"none", "100mbit"}
+    assert logs["bandwidth=none_full_m1_z1_seed0.json"]["sweep"]["stands_for"] == {"bandwidth": ["none", "100mbit"]}
     table = (out / "table.md").read_text()
     assert "| bandwidth" in table and "100mbit" in table
+    rows = pd.read_csv(out / "table.csv")
+    assert sorted(rows[rows["method"] == "full"]["bandwidth"]) == ["100mbit", "none"]
+    assert "its rows stand for every bandwidth" in table
 
 
 def test_a_shaped_sweep_needs_processes(tmp_path, capsys):

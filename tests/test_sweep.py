@@ -18,6 +18,7 @@ from gist.cli import main
 from gist.harness.curves import first_reach, run_curve, run_table, still_rising
 from gist.harness.sweep import SweepError, load_config, plan, run_sweep
 from gist.harness.tables import summarize, tabulate
+from gist.run import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -502,3 +503,40 @@ def test_sweep_with_real_processes_matches_in_process(tmp_path):
         assert [r["bytes"] for r in procs["rounds"]] == [r["bytes"] for r in sim["rounds"]]
         assert procs["setup_bytes"] == sim["setup_bytes"]
         assert [r["val"] for r in procs["rounds"]] == pytest.approx([r["val"] for r in sim["rounds"]], abs=1e-9)
+
+
+def test_one_process_runs_stand_for_every_bandwidth(tmp_path):
+    """``full`` crosses no link: it runs once per seed, at the first bandwidth,
+    and its rows appear under every bandwidth of the table."""
+    text = TINY.replace("subnets = [2, 4]", "subnets = [2]") + 'bandwidth = ["none", "1gbit"]\nprocesses = true\n'
+    cfg = load_config(write_config(tmp_path, rounds=2, text=text))
+    runs = plan(cfg)
+    full = [r for r in runs if r.method == "full"]
+    assert [r.run_id for r in full] == ["bandwidth=none_full_m1_z2_seed0", "bandwidth=none_full_m1_z2_seed1"]
+    assert all(r.stands_for == {"bandwidth": ["none", "1gbit"]} for r in full)
+    assert len(runs) == 2 + 2 * 3 * 2
+    assert not any(r.stands_for for r in runs if r.method != "full")
+
+    def unshaped(run, processes, progress):  # the shaping is test_netns's; here only the plan and table
+        return run_training(run.settings.replace(bandwidth="none"), progress=False)
+
+    out = tmp_path / "res"
+    run_sweep(cfg, out, progress=False, runner=unshaped, say=lambda _: None)
+    text, table = tabulate(out, "gist sweep tiny.toml", plots=False)
+    rows = table[table["method"] == "full"]
+    assert sorted(rows["bandwidth"]) == ["1gbit", "none"] and set(rows["seeds"]) == {2}
+    assert "its rows stand for every bandwidth" in text
+    # a log written before full was shared learns what it stands for when the sweep resumes
+    first = out / "runs" / "bandwidth=none_full_m1_z2_seed0.json"
+    log = json.loads(first.read_text())
+    del log["sweep"]["stands_for"]
+    first.write_text(json.dumps(log))
+    assert run_sweep(cfg, out, progress=False, runner=None, say=lambda _: None)["ran"] == 0
+    assert json.loads(first.read_text())["sweep"]["stands_for"] == {"bandwidth": ["none", "1gbit"]}
+    # a log left from a plan that ran full at every bandwidth is refused, not counted twice
+    log = json.loads((out / "runs" / "bandwidth=none_full_m1_z2_seed0.json").read_text())
+    del log["sweep"]["stands_for"]
+    log["sweep"]["context"]["bandwidth"] = "1gbit"
+    (out / "runs" / "bandwidth=1gbit_full_m1_z2_seed0.json").write_text(json.dumps(log))
+    with pytest.raises(ValueError, match="runs of the same grid point"):
+        tabulate(out, "gist sweep tiny.toml", plots=False)

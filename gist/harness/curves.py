@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
+from itertools import product
 from pathlib import Path
 from typing import Any, Optional
 
@@ -81,11 +82,39 @@ def still_rising(curve: pd.DataFrame, margin: float = RISING_MARGIN) -> bool:
 
 
 def load_logs(results_dir: str | Path) -> list[dict[str, Any]]:
-    """Every completed run log under ``results_dir/runs``, in name order."""
+    """Every completed run log under ``results_dir/runs``, in name order; the
+    log of a run that stands for several places (a one-process run, see
+    :func:`gist.harness.sweep.plan`) once for each of them."""
     runs = Path(results_dir) / RUNS_DIR
     if not runs.is_dir():
         raise FileNotFoundError(f"{results_dir} has no {RUNS_DIR}/ folder of run logs")
-    return [migrate_log(json.loads(p.read_text())) for p in sorted(runs.glob("*.json"))]
+    logs, seen = [], {}
+    for path in sorted(runs.glob("*.json")):
+        for log in at_every_place(migrate_log(json.loads(path.read_text()))):
+            s = log["sweep"]
+            point = json.dumps([s.get("context", {}), s["method"], s["m"], s["zeta"], s["seed"]], sort_keys=True)
+            if point in seen:
+                raise ValueError(
+                    f"{path.name} and {seen[point]} are runs of the same grid point; move the one "
+                    f"the sweep's config no longer plans out of {runs}"
+                )
+            seen[point] = path.name
+            logs.append(log)
+    return logs
+
+
+def at_every_place(log: dict[str, Any]) -> list[dict[str, Any]]:
+    """``log`` with its place axes set to each combination of the values it
+    stands for (``sweep.stands_for``); ``[log]`` for a run that stands for none."""
+    s = log["sweep"]
+    over = s.get("stands_for")
+    if not over:
+        return [log]
+    placed = []
+    for combo in product(*over.values()):
+        where = dict(zip(over, combo))
+        placed.append({**log, "sweep": {**s, **where, "context": {**s.get("context", {}), **where}}})
+    return placed
 
 
 def context_axes(logs: Sequence[dict[str, Any]]) -> list[str]:

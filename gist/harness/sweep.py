@@ -112,6 +112,9 @@ class PlannedRun:
     seed: int
     context: dict[str, Any]
     settings: RunConfig
+    stands_for: dict[str, list[Any]] = field(default_factory=dict)
+    """Place axes whose every value this run stands for: a one-process run
+    (``full``) crosses no link, so it runs once, at each axis's first value."""
 
     def grid(self) -> dict[str, Any]:
         return {**self.context, "method": self.method, "m": self.subnets, "zeta": self.local_steps, "seed": self.seed}
@@ -256,16 +259,22 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
 
     A method with a fixed ``m`` (``full``: 1) runs once per ``ζ`` and seed
     with it; the other methods run for every ``m > 1`` listed (with ``m = 1``
-    they would repeat ``full``).
+    they would repeat ``full``). A one-process method runs at the first value
+    of each place axis (:data:`PLACE_AXES`: it moves nothing over a link) and
+    stands for the others (:attr:`PlannedRun.stands_for`).
     """
     runs: list[PlannedRun] = []
     names = list(cfg.axes)
+    places = {k: list(cfg.axes[k]) for k in names if k in PLACE_AXES}
     for combo in product(*(cfg.axes[k] for k in names)):
         context = dict(zip(names, combo))
+        elsewhere = any(context[k] != values[0] for k, values in places.items())
         for method in cfg.methods:
             variant = dict(cfg.variants.get(method, {"method": method}))
             base = variant.pop("method")
             fixed = get_method(base).fixed_subnets
+            if fixed == 1 and elsewhere:
+                continue  # the run at the first place stands for this one
             ms = [fixed] if fixed is not None else [m for m in cfg.subnets if m > 1]
             for m, zeta, seed in product(ms, cfg.local_steps, cfg.seeds):
                 try:
@@ -282,7 +291,8 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
                     raise SweepError(f"sweep {cfg.name}: {context} {method} m={m} ζ={zeta}: {exc}") from exc
                 parts = [f"{k}={_id_part(v)}" for k, v in context.items()]
                 parts += [method, f"m{m}", f"z{zeta}", f"seed{seed}"]
-                runs.append(PlannedRun("_".join(parts), method, m, zeta, seed, context, settings))
+                stands_for = places if fixed == 1 and any(len(v) > 1 for v in places.values()) else {}
+                runs.append(PlannedRun("_".join(parts), method, m, zeta, seed, context, settings, stands_for))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise SweepError(f"sweep {cfg.name}: two grid points share a run id; make the axis values distinct")
@@ -308,7 +318,13 @@ def compact_log(log: dict[str, Any], run: PlannedRun, cfg: SweepConfig) -> dict[
     rounds = [{**r, "bytes": per_round.get(r["round"], {})} for r in log["rounds"]]
     return {
         "format": LOG_FORMAT,
-        "sweep": {"name": cfg.name, "run_id": run.run_id, **run.grid(), "context": run.context},
+        "sweep": {
+            "name": cfg.name,
+            "run_id": run.run_id,
+            **run.grid(),
+            "context": run.context,
+            **({"stands_for": run.stands_for} if run.stands_for else {}),
+        },
         "config": log["config"],
         "environment": log["environment"],
         "metric": log.get("metric"),
@@ -390,6 +406,11 @@ def run_sweep(
         stale.unlink(missing_ok=True)
     planned = plan(cfg)
     stored = {r.run_id: stored_log(runs_dir / f"{r.run_id}.json", r) for r in planned}
+    for r in planned:  # a log written before the plan shared it (or shared it otherwise) says what it stands for now
+        log = stored[r.run_id]
+        if log is not None and log["sweep"].get("stands_for", {}) != r.stands_for:
+            log["sweep"]["stands_for"] = r.stands_for
+            write_json(log, runs_dir / f"{r.run_id}.json")
     failed_before = [r.run_id for r in planned if stored[r.run_id] is not None and "failure" in stored[r.run_id]]
     todo = [r for r in planned if stored[r.run_id] is None or (retry_failed and "failure" in stored[r.run_id])]
     counts = {"planned": len(planned), "skipped": len(planned) - len(todo), "ran": 0, "failed": 0}

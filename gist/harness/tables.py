@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pandas as pd
 
@@ -233,6 +233,19 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
     return shown.to_markdown(index=False)
 
 
+def _shared_runs(logs: Sequence[dict[str, Any]]) -> list[str]:
+    """A sentence on the runs that stand for several places, if any (see :func:`gist.harness.sweep.plan`)."""
+    over = {k: v for log in logs for k, v in log["sweep"].get("stands_for", {}).items()}
+    if not over:
+        return []
+    methods = sorted({log["sweep"]["method"] for log in logs if log["sweep"].get("stands_for")})
+    where = ", ".join(f"{k} {v[0]}" for k, v in over.items())
+    return [
+        f"One-process runs ({', '.join(f'`{m}`' for m in methods)}) move nothing over a link: each ran once "
+        f"({where}) and its rows stand for every {' and '.join(over)}."
+    ]
+
+
 def failure_lines(runs: pd.DataFrame) -> list[str]:
     """One line per failed run: its id and the reason."""
     if "failure" not in runs:
@@ -304,6 +317,7 @@ def tabulate(
         "seeds that reach the target, and the 'to target' "
         "columns average over those. 'val at gist's MB' / 'val at gist's s': the best validation a run "
         "reached within the bytes per worker / seconds of the `gist` run at the same m and ζ (mean over seeds).",
+        *_shared_runs(logs),
         "",
         markdown_table(table, axes),
         "",
