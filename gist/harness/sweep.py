@@ -291,7 +291,8 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
                     raise SweepError(f"sweep {cfg.name}: {context} {method} m={m} ζ={zeta}: {exc}") from exc
                 parts = [f"{k}={_id_part(v)}" for k, v in context.items()]
                 parts += [method, f"m{m}", f"z{zeta}", f"seed{seed}"]
-                stands_for = places if fixed == 1 and any(len(v) > 1 for v in places.values()) else {}
+                shared = fixed == 1 and any(len(v) > 1 for v in places.values())
+                stands_for = {k: list(v) for k, v in places.items()} if shared else {}
                 runs.append(PlannedRun("_".join(parts), method, m, zeta, seed, context, settings, stands_for))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
