@@ -150,9 +150,10 @@ class DataConfig:
     )
     sparse_features: bool = setting(
         False,
-        help="give the model its node features as a sparse CSR matrix: for bag-of-words features "
-        "(Coauthor, Amazon, Planetoid) the first layer runs several times faster; the same model up "
-        "to float rounding; for models whose first layer multiplies the features by a weight (gcn)",
+        help="give the model its node features as a sparse CSR matrix: for mostly-zero features "
+        "(Coauthor CS 0.9%%, Cora 1.3%% non-zero) the first layer runs several times faster, for denser "
+        "ones (Amazon Computers, 35%%) slower; the same model up to float rounding; for models whose "
+        "first layer multiplies the features by a weight (gcn)",
     )
 
     def check(self) -> None:
