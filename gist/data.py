@@ -50,6 +50,7 @@ import os
 import shutil
 import socket
 import threading
+import types
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
@@ -809,12 +810,9 @@ def _load_ogb(root: Path, seed: int, *, key: str) -> NodeDataset:
 
 # --------------------------------------------------------------------------- registration
 
-register_dataset("csbm", _load_csbm)
-register_dataset("csbm-clustered", _load_clustered_csbm)
-for _k in _PLANETOID:
-    register_dataset(_k, functools.partial(_load_planetoid, key=_k))
-for _k in (*_COAUTHOR, *_AMAZON):
-    register_dataset(_k, functools.partial(_load_npz_dataset, key=_k))
-for _k in _OGB:
-    register_dataset(_k, functools.partial(_load_ogb, key=_k))
-del _k
+_LOADERS = types.SimpleNamespace(
+    **{k.replace("-", "_"): functools.partial(_load_planetoid, key=k) for k in _PLANETOID},
+    **{k.replace("-", "_"): functools.partial(_load_npz_dataset, key=k) for k in (*_COAUTHOR, *_AMAZON)},
+    **{k.replace("-", "_"): functools.partial(_load_ogb, key=k) for k in _OGB},
+)
+"""The built-in loaders the registry (:data:`gist.registry.DATASETS`) points at."""

@@ -1,42 +1,64 @@
 """The named choices of the package, known without importing torch.
 
-Each registry lists its built-in names here; the module that implements
-them (its *provider*) registers the objects when it is imported, and the
-first lookup of an object imports the provider. So ``gist --help`` and the
-config checks list and validate every choice without loading torch or PyG,
-and plug-ins add their own with ``register``. A provider that fails to
-register a name declared here fails its import (so the lists cannot drift).
+Each registry maps a name to *where its object lives* (``"module:attribute"``)
+and a few facts about it that need no import (a method's options class, a
+dataset's metric). The object is imported on its first lookup. So
+``gist --help`` and the config checks list and validate every choice without
+loading torch or PyG, a shipped choice is one line here (plus the module that
+implements it), and plug-ins add their own objects with
+:meth:`Registry.register`. A declared path that does not resolve fails its
+first lookup, naming it (a test loads every one).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Generic, Optional, TypeVar
 
-__all__ = ["DATASETS", "METHODS", "MODELS", "NORMS", "PARTITIONERS", "Registry"]
+__all__ = ["DATASETS", "METHODS", "MODELS", "NORMS", "PARTITIONERS", "Entry", "Registry", "import_path"]
 
 T = TypeVar("T")
 
 
+def import_path(path: str) -> Any:
+    """The object at ``"package.module:attribute"`` (``attribute`` may be dotted)."""
+    module, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One declared name: where its object lives and what is known of it without importing it."""
+
+    path: str
+    """``"module:attribute"`` of the object."""
+    info: Mapping[str, Any] = field(default_factory=dict)
+    """Facts that need no import (read with :meth:`Registry.info`)."""
+
+
 class Registry(Generic[T]):
-    """Names (in declaration, then registration order) mapped to objects that
-    ``provider`` registers when imported. ``normalize`` maps a name as users
-    spell it to its key (e.g. case-insensitive)."""
+    """Names (in declaration, then registration order) mapped to lazily imported
+    objects. ``normalize`` maps a name as users spell it to its key (e.g.
+    case-insensitive)."""
 
     def __init__(
         self,
         kind: str,
-        provider: str,
-        names: Iterable[str],
+        entries: Mapping[str, Entry | str],
         normalize: Callable[[str], str] = lambda name: name,
     ) -> None:
         self.kind = kind
-        self.provider = provider
         self.normalize = normalize
-        self._declared = [normalize(n) for n in names]
+        self._entries: dict[str, Entry] = {
+            normalize(n): e if isinstance(e, Entry) else Entry(e) for n, e in entries.items()
+        }
         self._objects: dict[str, T] = {}
-        self._order = list(self._declared)
+        self._order = list(self._entries)
 
     def names(self) -> list[str]:
         """Every name, declared or registered, without importing anything."""
@@ -51,31 +73,43 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._order)
 
-    def register(self, name: str, obj: T, replace: bool = True) -> None:
-        """Add (or, with ``replace``, replace) ``name``."""
+    def info(self, name: str) -> Mapping[str, Any]:
+        """What is known of ``name`` without importing it (``{}`` for an unknown name)."""
+        entry = self._entries.get(self.normalize(name))
+        return entry.info if entry is not None else {}
+
+    def register(self, name: str, obj: T, replace: bool = True, **info: Any) -> None:
+        """Add (or, with ``replace``, replace) ``name``; ``info`` as a declared entry's."""
         key = self.normalize(name)
-        if not replace and key in self._objects and self._objects[key] is not obj:
-            raise ValueError(f"a {self.kind} named {key!r} is already registered ({self._objects[key]!r})")
+        current = self._objects.get(key)
+        if not replace and current is not None and current is not obj:
+            raise ValueError(f"a {self.kind} named {key!r} is already registered ({current!r})")
         self._objects[key] = obj
+        if info or key not in self._entries:
+            self._entries[key] = Entry("", dict(info))
         if key not in self._order:
             self._order.append(key)
 
     def unregister(self, name: str) -> None:
-        """Remove a name (tests, plug-ins); a built-in one comes back only with its provider's re-import."""
+        """Remove a name (tests, plug-ins)."""
         key = self.normalize(name)
         self._objects.pop(key, None)
+        self._entries.pop(key, None)
         if key in self._order:
             self._order.remove(key)
 
     def get(self, name: str) -> Optional[T]:
-        """The object registered as ``name``, importing the provider if
-        needed; ``None`` for a name no one registered."""
+        """The object registered as ``name``, imported on first use; ``None`` for a name no one declared."""
         key = self.normalize(name)
         if key not in self._order:
             return None
         if key not in self._objects:
-            self.load()
-        return self._objects.get(key)
+            path = self._entries[key].path
+            try:
+                self._objects[key] = import_path(path)
+            except (ImportError, AttributeError) as exc:
+                raise RuntimeError(f"the {self.kind} {key!r} is declared at {path!r}, which does not import") from exc
+        return self._objects[key]
 
     def __getitem__(self, name: str) -> T:
         obj = self.get(name)
@@ -84,47 +118,50 @@ class Registry(Generic[T]):
         return obj
 
     def items(self) -> list[tuple[str, T]]:
-        """``(name, object)`` pairs in order (imports the provider)."""
-        self.load()
-        return [(n, self._objects[n]) for n in self._order if n in self._objects]
-
-    def load(self) -> None:
-        """Import the provider; ``RuntimeError`` if it left a declared name unregistered."""
-        importlib.import_module(self.provider)
-        missing = [n for n in self._declared if n in self._order and n not in self._objects]
-        if missing:
-            raise RuntimeError(f"{self.provider} did not register the {self.kind}(s) {missing}")
+        """``(name, object)`` pairs in order (imports every object)."""
+        return [(n, self[n]) for n in self._order]
 
 
 def _dataset_key(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-METHODS: Registry[Any] = Registry("method", "gist.methods", ["full", "ddp", "local-sgd", "gist"])
-"""Training methods (:class:`gist.engine.RoundDriver` subclasses), in the order of tables."""
+METHODS: Registry[Any] = Registry(
+    "method",
+    {
+        "full": "gist.methods.full:FullModel",
+        "ddp": "gist.methods.ddp:DDP",
+        "local-sgd": "gist.methods.local_sgd:LocalSGD",
+        "gist": Entry("gist.methods.gist:GIST", {"options": "gist.methods.gist.options:GistConfig"}),
+    },
+)
+"""Training methods (:class:`gist.engine.RoundDriver` subclasses), in the order
+of tables. ``info["options"]``: the method's own settings (a dataclass of
+:func:`gist.settings.setting` fields, importable without torch)."""
 
 DATASETS: Registry[Any] = Registry(
     "dataset",
-    "gist.data",
-    [
-        "csbm",
-        "csbm-clustered",
-        "cora",
-        "citeseer",
-        "pubmed",
-        "coauthor-cs",
-        "coauthor-physics",
-        "amazon-computers",
-        "amazon-photo",
-        "ogbn-arxiv",
-        "ogbn-products",
-    ],
+    {
+        "csbm": "gist.data:_load_csbm",
+        "csbm-clustered": "gist.data:_load_clustered_csbm",
+        "cora": "gist.data:_LOADERS.cora",
+        "citeseer": "gist.data:_LOADERS.citeseer",
+        "pubmed": "gist.data:_LOADERS.pubmed",
+        "coauthor-cs": "gist.data:_LOADERS.coauthor_cs",
+        "coauthor-physics": "gist.data:_LOADERS.coauthor_physics",
+        "amazon-computers": "gist.data:_LOADERS.amazon_computers",
+        "amazon-photo": "gist.data:_LOADERS.amazon_photo",
+        "ogbn-arxiv": "gist.data:_LOADERS.ogbn_arxiv",
+        "ogbn-products": "gist.data:_LOADERS.ogbn_products",
+    },
     normalize=_dataset_key,
 )
 """Dataset loaders ``loader(root, seed, **kwargs) -> gist.data.NodeDataset``;
 names are case-insensitive and ``_`` reads as ``-``."""
 
-MODELS: Registry[Any] = Registry("model", "gist.nn.models", ["gcn", "sage"])
+MODELS: Registry[Any] = Registry(
+    "model", {"gcn": "torch_geometric.nn.models:GCN", "sage": "torch_geometric.nn.models:GraphSAGE"}
+)
 """Stock PyG model classes the harness builds (:func:`gist.nn.build_model`)."""
 
 NORMS: dict[str, Optional[str]] = {"none": None, "batch_norm": "batch_norm", "layer_norm": "layer_norm"}

@@ -11,9 +11,6 @@ from torch_geometric.nn.models import GCN, GraphSAGE
 
 from ..registry import MODELS, NORMS
 
-MODELS.register("gcn", GCN)
-MODELS.register("sage", GraphSAGE)
-
 
 class PrenormalizedGCN(GCN):
     r"""PyG's :class:`~torch_geometric.nn.models.GCN` whose convolutions take
