@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, MessagePassing
-from torch_geometric.nn.models import GCN, GraphSAGE
+from torch_geometric.nn.models import GCN
 
 from ..registry import MODELS, NORMS
 
