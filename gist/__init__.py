@@ -14,14 +14,24 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 _EXPORTS = {
-    "gist.comm": ["ByteLedger", "Collective", "InProcessCollective", "InProcessTransport", "Transport"],
+    "gist.comm": ["ByteLedger", "Collective", "InProcessCollective"],
     "gist.config": ["CheckpointConfig", "DataConfig", "DistConfig", "LocalConfig", "ModelConfig", "RunConfig"],
-    "gist.engine": ["RoundDriver", "RoundRecord", "RoundWork", "Worker", "evaluate"],
-    "gist.methods": ["DDP", "GIST", "METHODS", "FullModel", "LocalSGD", "ShardedGIST", "get_method", "register_method"],
-    "gist.shards": ["Ownership", "init_shards"],
+    "gist.engine": ["RoundDriver", "RoundRecord", "RoundWork", "evaluate"],
+    "gist.errors": ["ConfigError", "GistError"],
+    "gist.methods": ["METHODS", "get_method", "register_method"],
+    "gist.methods.gist": [
+        "CentralGIST",
+        "GistConfig",
+        "InProcessTransport",
+        "Ownership",
+        "ShardedGIST",
+        "Transport",
+        "Worker",
+        "init_shards",
+    ],
     "gist.subnets": [
         "FlatLayout",
         "WidthPartition",
@@ -35,71 +45,34 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
+def _method_classes() -> dict[str, str]:
+    """The shipped methods' classes (``GIST``, ``DDP``, ...) and where they live, from the method registry."""
+    from .registry import METHODS
+
+    paths = (METHODS.path(name) for name in METHODS.names())
+    return {path.rpartition(":")[2]: path for path in paths if path}
+
+
 def __getattr__(name: str) -> Any:
     """Import the public names on first use, so that ``import gist`` (and
     ``gist --help``) does not load torch."""
     module = _WHERE.get(name)
-    if module is None:
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif name in _method_classes():
+        from .registry import import_path
+
+        value = import_path(_method_classes()[name])
+    else:
         raise AttributeError(f"module 'gist' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+    return sorted([*globals(), *_WHERE, *_method_classes()])
 
-
-if TYPE_CHECKING:
-    from .comm import ByteLedger, Collective, InProcessCollective, InProcessTransport, Transport
-    from .config import CheckpointConfig, DataConfig, DistConfig, LocalConfig, ModelConfig, RunConfig
-    from .engine import RoundDriver, RoundRecord, RoundWork, Worker, evaluate
-    from .methods import DDP, GIST, METHODS, FullModel, LocalSGD, ShardedGIST, get_method, register_method
-    from .shards import Ownership, init_shards
-    from .subnets import (
-        FlatLayout,
-        WidthPartition,
-        build_subnet,
-        draw_partition,
-        merge_states,
-        slice_state,
-        subnet_layout,
-    )
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DDP",
-    "GIST",
-    "METHODS",
-    "ByteLedger",
-    "CheckpointConfig",
-    "Collective",
-    "DataConfig",
-    "DistConfig",
-    "FlatLayout",
-    "FullModel",
-    "InProcessCollective",
-    "InProcessTransport",
-    "LocalConfig",
-    "LocalSGD",
-    "ModelConfig",
-    "Ownership",
-    "RoundDriver",
-    "RoundRecord",
-    "RoundWork",
-    "RunConfig",
-    "ShardedGIST",
-    "Transport",
-    "WidthPartition",
-    "Worker",
-    "build_subnet",
-    "draw_partition",
-    "evaluate",
-    "get_method",
-    "init_shards",
-    "merge_states",
-    "register_method",
-    "slice_state",
-    "subnet_layout",
-]
+__all__ = sorted([*_WHERE, *_method_classes()])

@@ -14,24 +14,23 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-from .config import RunConfig, choices_of, setting_fields
+from .config import RunConfig, setting_fields
+from .errors import GistError
 from .files import private_tempdir
 from .registry import DATASETS, METHODS, PARTITIONERS
-
-if TYPE_CHECKING:
-    import torch.multiprocessing as mp
+from .settings import choices_of
 
 TRAIN_GROUPS = {
     None: "training",
     "data": "data",
     "model": "model",
     "local": "local training (each round, on each worker)",
-    "gist": "GIST on partitioned data (unset options follow --gist-recipe)",
     "checkpoint": "checkpoints and outputs",
     "dist": "distributed",
 }
+"""The argument groups of the settings every run has; each method's own settings follow in a group of their own."""
 DEFAULT_SUBNETS = RunConfig().subnets
 INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
@@ -60,7 +59,17 @@ def _int_at_least(low: int):
     return parse
 
 
-def _add_setting(group: argparse._ArgumentGroup, name: str, field: Any, default: Any) -> None:
+def _annotation(field: Any) -> str:
+    """A field's annotation as written (``Optional[bool]``), whether or not its module postpones annotations."""
+    if isinstance(field.type, str):
+        return field.type
+    text = repr(field.type).replace("typing.", "")
+    return text if "[" in text else getattr(field.type, "__name__", text)
+
+
+def _add_setting(group: argparse._ArgumentGroup, name: str, field: Any, default: Any, owner: Optional[str]) -> None:
+    """The flag of setting ``name``; a method's own setting (``owner``) is left
+    out of the parsed arguments unless given, so that giving it to another method is an error."""
     meta = field.metadata
     flag = "--" + name.replace("_", "-")
     kwargs: dict[str, Any] = {"dest": name, "default": default, "help": meta["help"]}
@@ -73,10 +82,10 @@ def _add_setting(group: argparse._ArgumentGroup, name: str, field: Any, default:
         kwargs["choices"] = choices_of(field)
     if isinstance(default, bool):
         kwargs["action"] = "store_true"
-    elif field.type.startswith("Optional[bool"):
+    elif _annotation(field).startswith("Optional[bool"):
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
-        kind = type(default) if default is not None else (str if field.type.startswith("Optional[str") else int)
+        kind = type(default) if default is not None else (str if _annotation(field).startswith("Optional[str") else int)
         if kind is int and meta.get("minimum") is not None:
             kind = _int_at_least(int(meta["minimum"]))
         kwargs["type"] = kind
@@ -84,6 +93,10 @@ def _add_setting(group: argparse._ArgumentGroup, name: str, field: Any, default:
     if name == "subnets":
         kwargs["default"] = None
         kwargs["help"] += f" (default: --procs, the torchrun world size, or {DEFAULT_SUBNETS}; 1 for --method full)"
+    if owner is not None:
+        if default not in (None, False) and "(default" not in kwargs["help"]:
+            kwargs["help"] += f" (default: {default})"
+        kwargs["default"] = argparse.SUPPRESS
     group.add_argument(*flags, **kwargs)
 
 
@@ -96,10 +109,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     groups = {key: p.add_argument_group(title) for key, title in TRAIN_GROUPS.items()}
-    defaults = RunConfig().flat()
+    for method in METHODS.names():
+        groups.setdefault(method, p.add_argument_group(f"{method}'s own settings (only with --method {method})"))
     for name, group, field in setting_fields():
         if field.metadata["cli"]:
-            _add_setting(groups[group], name, field, defaults[name])
+            owner = group if group in METHODS else None
+            _add_setting(groups[group], name, field, field.default, owner)
     out = groups["checkpoint"]
     out.add_argument(
         "--log",
@@ -121,49 +136,39 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
-def _train(args: argparse.Namespace) -> int:
-    import torch.multiprocessing as mp
-
-    from .comm.dist import WorkerFailure
-    from .comm.launch import LaunchFailure
-    from .comm.netns import ShapingUnavailable
-    from .data import DatasetNotFoundError
+def _train_config(args: argparse.Namespace) -> RunConfig:
+    """The run's config from the parsed flags: every run's settings, then the
+    method's own; a setting of another method is a :class:`~gist.errors.ConfigError` naming it."""
     from .methods import default_subnets
-    from .nn.slicing import SplitError
-    from .run import SHAPED_ENV, RunFailed, launch_local, run_training
 
     if args.procs is not None:
         args.backend = "dist"
     if args.subnets is None:
         world = os.environ.get("WORLD_SIZE") if args.backend == "dist" else None
         args.subnets = default_subnets(args.method, args.procs or (int(world) if world else DEFAULT_SUBNETS))
-    cfg = RunConfig.from_flat(**{name: getattr(args, name) for name in RunConfig().flat() if hasattr(args, name)})
+    given = {name: getattr(args, name) for name, _, f in setting_fields() if f.metadata["cli"] and hasattr(args, name)}
+    return RunConfig.from_flat(**given)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .run import SHAPED_ENV, RunFailed, launch_local, run_training
+
     progress = not args.no_progress
+    cfg: Optional[RunConfig] = None
     try:
+        cfg = _train_config(args)
         if args.procs is not None:
             log = launch_local(cfg, args.procs, progress=progress, log_path=args.log)
         else:
             log = run_training(cfg, progress=progress, log_path=args.log)
-    except RunFailed as exc:
-        kept = f"; the log of the rounds before it is in {args.log}" if args.log else ""
-        print(f"gist train: error: {exc}{kept}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt as exc:
-        if SHAPED_ENV not in os.environ:  # (inside a shaped namespace, the launcher outside says it)
+        if SHAPED_ENV not in os.environ and cfg is not None:  # (in a shaped namespace, the launcher outside says it)
             print(f"gist train: {_interrupted(exc, cfg, args.log)}", file=sys.stderr)
         return INTERRUPTED
-    except (DatasetNotFoundError, SplitError, ValueError, WorkerFailure, LaunchFailure, ShapingUnavailable) as exc:
-        print(f"gist train: error: {exc}", file=sys.stderr)
-        return 2
-    except mp.ProcessExitedException as exc:
-        print(f"gist train: error: {_exited(exc)}", file=sys.stderr)
-        return 1
-    except mp.ProcessRaisedException as exc:
-        # a spawned process failed: its traceback is already on stderr
-        lines = [line.strip("- ") for line in str(exc).splitlines() if line.strip()]
-        head = next((line for line in lines if "terminated" in line), "")
-        print(f"gist train: error: {': '.join(dict.fromkeys(x for x in (head, lines[-1]) if x))}", file=sys.stderr)
-        return 1
+    except GistError as exc:
+        kept = f"; the log of the rounds before it is in {args.log}" if isinstance(exc, RunFailed) and args.log else ""
+        print(f"gist train: error: {exc}{kept}", file=sys.stderr)
+        return exc.exit_status
     if not log:  # a worker rank of a torchrun job: rank 0 reports
         return 0
     s, m = log["summary"], cfg.model
@@ -183,15 +188,6 @@ def _train(args: argparse.Namespace) -> int:
     if args.log:
         print(f"log written to {args.log}")
     return 0
-
-
-def _exited(exc: mp.ProcessExitedException) -> str:
-    """A spawned process that died without a Python error."""
-    rank = exc.error_index
-    if exc.signal_name:
-        hint = " (on Linux, often the out-of-memory killer)" if exc.signal_name == "SIGKILL" else ""
-        return f"rank {rank} was killed by {exc.signal_name}{hint}; the other processes were stopped"
-    return f"rank {rank} exited with status {exc.exit_code}; the other processes were stopped"
 
 
 def _interrupted(exc: KeyboardInterrupt, cfg: RunConfig, log_path: Optional[str]) -> str:
@@ -261,7 +257,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .harness.sweep import SweepError, command_line, describe, load_config, results_dir_for, run_sweep
+    from .harness.sweep import command_line, describe, load_config, results_dir_for, run_sweep
     from .harness.tables import tabulate
 
     try:
@@ -290,7 +286,7 @@ def _sweep(args: argparse.Namespace) -> int:
         failed = f" ({counts['failed']} failed)" if counts["failed"] else ""
         print(f"sweep {cfg.name}: ran {counts['ran']}{failed}, skipped {counts['skipped']} already done; logs in {out}")
         text, _ = tabulate(out, command_line(_argv(args)), cfg)
-    except (SweepError, FileNotFoundError) as exc:
+    except (GistError, FileNotFoundError) as exc:
         print(f"gist sweep: error: {exc}", file=sys.stderr)
         return 2
     print(text)
@@ -299,7 +295,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from .harness.sweep import SweepError, command_line
+    from .harness.sweep import command_line
     from .harness.tables import tabulate
 
     try:
@@ -310,7 +306,7 @@ def _table(args: argparse.Namespace) -> int:
             target=args.target,
             plots=not args.no_plots,
         )
-    except (SweepError, FileNotFoundError) as exc:
+    except (GistError, FileNotFoundError) as exc:
         print(f"gist table: error: {exc}", file=sys.stderr)
         return 2
     print(text)
@@ -343,7 +339,6 @@ def _add_partition_parser(sub: argparse._SubParsersAction) -> None:
 
 def _partition(args: argparse.Namespace) -> int:
     """Write (or reuse) the parts and print a per-part summary."""
-    from .data import DatasetNotFoundError
     from .graph.parts import prepare_partitions, read_meta
 
     try:
@@ -358,7 +353,7 @@ def _partition(args: argparse.Namespace) -> int:
             force=args.force,
         )
         info = read_meta(d)
-    except (DatasetNotFoundError, ValueError) as exc:
+    except GistError as exc:
         print(f"gist partition: error: {exc}", file=sys.stderr)
         return 2
     state = "wrote" if wrote else "reused existing"

@@ -17,6 +17,9 @@ class GistError(Exception):
     """Something a user of gist can act on: a bad setting, missing data, a failed
     worker, a diverged run. The message says what happened and what to do."""
 
+    exit_status: int = 2
+    """The ``gist`` command's exit status for it (2: it could not run; 1: it ran and failed)."""
+
 
 class ConfigError(GistError, ValueError):
     """A setting, an argument or an input file that gist cannot run with; the

@@ -78,11 +78,29 @@ class Registry(Generic[T]):
         entry = self._entries.get(self.normalize(name))
         return entry.info if entry is not None else {}
 
+    def path(self, name: str) -> str:
+        """Where ``name``'s object lives (``"module:attribute"``; ``""`` for one registered as an object)."""
+        entry = self._entries.get(self.normalize(name))
+        return entry.path if entry is not None else ""
+
+    def loaded(self, name: str) -> Optional[T]:
+        """``name``'s object if it was registered or already imported, without importing anything."""
+        return self._objects.get(self.normalize(name))
+
+    def declare(self, name: str, path: str, **info: Any) -> None:
+        """Add ``name`` as living at ``path`` (``"module:attribute"``, imported on
+        first use), as the built-in entries are; ``info`` as theirs."""
+        key = self.normalize(name)
+        if key in self._order:
+            raise ValueError(f"a {self.kind} named {key!r} is already declared")
+        self._entries[key] = Entry(path, dict(info))
+        self._order.append(key)
+
     def register(self, name: str, obj: T, replace: bool = True, **info: Any) -> None:
         """Add (or, with ``replace``, replace) ``name``; ``info`` as a declared entry's."""
         key = self.normalize(name)
-        current = self._objects.get(key)
-        if not replace and current is not None and current is not obj:
+        current = self.get(key) if not replace and key in self._order else None
+        if current is not None and current is not obj:
             raise ValueError(f"a {self.kind} named {key!r} is already registered ({current!r})")
         self._objects[key] = obj
         if info or key not in self._entries:
@@ -151,8 +169,8 @@ DATASETS: Registry[Any] = Registry(
         "coauthor-physics": "gist.data:_LOADERS.coauthor_physics",
         "amazon-computers": "gist.data:_LOADERS.amazon_computers",
         "amazon-photo": "gist.data:_LOADERS.amazon_photo",
-        "ogbn-arxiv": "gist.data:_LOADERS.ogbn_arxiv",
-        "ogbn-products": "gist.data:_LOADERS.ogbn_products",
+        "ogbn-arxiv": Entry("gist.data:_LOADERS.ogbn_arxiv", {"metric": "ogb:ogbn-arxiv"}),
+        "ogbn-products": Entry("gist.data:_LOADERS.ogbn_products", {"metric": "ogb:ogbn-products"}),
     },
     normalize=_dataset_key,
 )

@@ -25,30 +25,24 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from .comm.dist import DistContext, init_distributed
+from .comm.group import DistContext, init_distributed
 from .comm.launch import LaunchFailure, note_rank_error
 from .comm.launch import launch_local as launch_processes
 from .comm.netns import ShapedNamespace
 from .config import RunConfig
-from .devices import coordinator_device, worker_device
-from .engine import (
-    Checkpointer,
-    RankSetup,
-    RoundDriver,
-    TrainingDiverged,
-    full_model,
-    load_run_dataset,
-    ogb_metric,
-)
-from .engine.setup import coordinator_evaluator
+from .devices import worker_device
+from .engine import Checkpointer, RankSetup, RoundDriver, TrainingDiverged, dataset_metric, full_model, load_run_dataset
+from .errors import ConfigError, GistError
 from .files import atomic_write
 from .methods import get_method
 
 
-class RunFailed(RuntimeError):
+class RunFailed(GistError, RuntimeError):
     """The run stopped before its last round (it diverged). ``log`` is the
     run log of the rounds before, with the reason under ``failure``; it was
     written to the log path, if any, and the last checkpoint is untouched."""
+
+    exit_status = 1
 
     def __init__(self, message: str, log: dict[str, Any]) -> None:
         super().__init__(message)
@@ -89,14 +83,14 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
     With ``cfg.dist.backend == "dist"`` this process joins the
     ``torch.distributed`` job described by torchrun's environment and builds
     its part (:meth:`~gist.engine.RoundDriver.distributed`)."""
-    method = get_method(cfg.method).for_config(cfg)
+    method = get_method(cfg.method)
     method.check_run(cfg)
     if cfg.dist.bandwidth != "none" and SHAPED_ENV not in os.environ:
-        raise ValueError(
+        raise ConfigError(
             "--bandwidth shapes the link between the processes gist's launcher starts: use --procs "
             "(or processes = true in a sweep); under torchrun, start it inside a shaped network namespace yourself"
         )
-    ogb_metric(cfg.data.dataset)  # fail early for a dataset not scored by accuracy
+    dataset_metric(cfg.data.dataset)  # fail early for a dataset not scored by accuracy
     started = time.perf_counter()
     if cfg.dist.backend == "dist":
         ctx = init_distributed(cfg.dist.dist_backend, cfg.dist.timeout, cfg.device)
@@ -105,10 +99,7 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
         return Built(driver, setup.split, f"torch.distributed ({ctx.backend})", time.perf_counter() - started, ctx)
     dataset = load_run_dataset(cfg)
     model = full_model(cfg, dataset.num_features, dataset.num_classes)
-    evaluator, scored_by = (
-        (None, "correct / total") if method.evaluates_on_workers(cfg) else coordinator_evaluator(cfg, dataset.data)
-    )
-    driver = method(model, dataset.data, cfg, evaluator=evaluator, scored_by=scored_by)
+    driver = method(model, dataset.data, cfg)
     return Built(driver, dataset.split, "in-process", time.perf_counter() - started)
 
 
@@ -123,7 +114,7 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
 
     Every output path (``log_path``, the checkpoint when checkpoints are due,
     ``save_model``) is checked to be writable before anything is built
-    (``ValueError`` naming the flag). A run that diverges raises
+    (:class:`~gist.errors.ConfigError` naming the flag). A run that diverges raises
     :class:`RunFailed` carrying the log of the rounds before it."""
     if cfg.dist.threads:
         torch.set_num_threads(cfg.dist.threads)
@@ -179,7 +170,7 @@ def _rank() -> int:
 
 
 def check_output_paths(cfg: RunConfig, log_path: Optional[str | Path]) -> None:
-    """``ValueError`` naming the flag and the path if a file the run will
+    """:class:`~gist.errors.ConfigError` naming the flag and the path if a file the run will
     write (``--log``, ``--checkpoint`` when ``--checkpoint-every`` is set,
     ``--save-model``) cannot be written; missing parent folders are created."""
     outputs = [("--log", log_path), ("--save-model", cfg.checkpoint.save_model)]
@@ -201,7 +192,7 @@ def _check_writable(flag: str, path: Path) -> None:
             raise PermissionError(f"{path} is read-only")
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ValueError(f"{flag} {path}: cannot write there ({reason}); choose another path") from exc
+        raise ConfigError(f"{flag} {path}: cannot write there ({reason}); choose another path") from exc
 
 
 def finish(
@@ -223,7 +214,7 @@ def finish(
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
-            **device_environment(cfg),
+            **device_environment(cfg, driver),
         },
         "metric": {"name": "acc", "scored_by": driver.scored_by},
         "rounds": [asdict(r) for r in driver.history],
@@ -240,12 +231,12 @@ def finish(
     return log
 
 
-def device_environment(cfg: RunConfig) -> dict[str, Any]:
+def device_environment(cfg: RunConfig, driver: RoundDriver) -> dict[str, Any]:
     """Where the run computed (for the log): the workers' and the
     coordinator's device and, on CUDA, the GPU's name and the peak memory
     this process allocated on it."""
-    device, coordinator = worker_device(cfg), coordinator_device(cfg)
-    out: dict[str, Any] = {"device": str(device), "coordinator_device": str(coordinator)}
+    device = worker_device(cfg)
+    out: dict[str, Any] = {"device": str(device), "coordinator_device": str(driver.device)}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
         out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
@@ -292,14 +283,14 @@ SHAPED_ENV = "GIST_SHAPED_NETNS"
 
 def _launch_shaped(cfg: RunConfig, procs: int, progress: bool, log_path: Optional[str | Path]) -> dict[str, Any]:
     """:func:`launch_local` inside a namespace shaped to ``cfg.dist.bandwidth``:
-    ``gist train --procs`` runs there as a child process (its output passes
+    a child process runs it there (:func:`shaped_child`, its output passing
     through), and the namespace is removed whatever happens."""
-    argv = [sys.executable, "-m", "gist", "train", *cfg.train_flags(), "--procs", str(procs)]
-    argv += [] if progress else ["--no-progress"]
     with tempfile.TemporaryDirectory() as tmp, ShapedNamespace(cfg.dist.bandwidth) as ns:
-        target = Path(tmp) / "log.json"
+        target, config = Path(tmp) / "log.json", Path(tmp) / "config.json"
+        write_json(cfg.to_dict(), config)
+        argv = [sys.executable, "-c", SHAPED_CHILD, str(config), str(procs), str(target), str(int(progress))]
         child = subprocess.Popen(
-            ns.command([*argv, "--log", str(target)]),
+            ns.command(argv),
             env={**os.environ, SHAPED_ENV: ns.name},
             stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches it once, from here
@@ -342,7 +333,29 @@ def _pass_through(child: subprocess.Popen) -> str:
     child.wait()
     lines = [line.strip() for line in tail.decode(errors="replace").splitlines() if line.strip()]
     last = lines[-1] if lines else f"exit status {child.returncode}"
-    return last.removeprefix("gist train: error: ")
+    return last.removeprefix(CHILD_ERROR)
+
+
+SHAPED_CHILD = "import sys; from gist.run import shaped_child; sys.exit(shaped_child(sys.argv[1:]))"
+"""The command a shaped launch runs inside its namespace."""
+CHILD_ERROR = "error: "
+
+
+def shaped_child(argv: list[str]) -> int:
+    """Inside a shaped namespace: ``argv = [config JSON, procs, log path,
+    progress 0/1]``; run :func:`launch_local` there and return the exit
+    status (1: the run failed and its log says why; 2: it could not run, the
+    reason on the last line of stderr; 130: interrupted)."""
+    config, procs, log_path, progress = argv
+    cfg = RunConfig.from_dict(json.loads(Path(config).read_text()))
+    try:
+        launch_local(cfg, int(procs), progress=progress == "1", log_path=log_path)
+    except KeyboardInterrupt:
+        return 130
+    except GistError as exc:
+        print(f"{CHILD_ERROR}{exc}", file=sys.stderr)
+        return exc.exit_status
+    return 0
 
 
 def _run_rank(rank: int, cfg: RunConfig, progress: bool, log_path: str) -> None:

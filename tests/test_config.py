@@ -3,6 +3,7 @@ old flat run logs still read; committed sweep results still re-tabulate."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from gist.cli import build_parser, main
 from gist.config import RunConfig, flat_names, setting_fields
+from gist.registry import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,16 +59,42 @@ def test_bad_values_are_named_by_their_flag(flat, message):
 def test_every_setting_has_its_flag_with_the_config_default():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     by_dest = {a.dest: a for a in train._actions}
-    defaults = RunConfig().flat()
-    for name, _, field in setting_fields():
+    for name, group, field in setting_fields():
         if not field.metadata["cli"]:
             assert name not in by_dest
             continue
         action = by_dest[name]
         assert action.option_strings[0] == "--" + name.replace("_", "-")
-        if name != "subnets":  # resolved from --procs / the torchrun world size / the method
-            assert action.default == defaults[name], name
+        if group in METHODS:  # a method's own: absent unless given, so another method can refuse it
+            assert action.default == argparse.SUPPRESS, name
+        elif name != "subnets":  # resolved from --procs / the torchrun world size / the method
+            assert action.default == field.default, name
     assert by_dest["method"].choices == ["full", "ddp", "local-sgd", "gist"]
+
+
+def test_a_method_never_sees_another_methods_settings():
+    gist = RunConfig.from_flat(method="gist", label_prior=True, wire_dtype="bfloat16")
+    assert gist.options.label_prior is True and gist.to_dict()["gist"]["wire_dtype"] == "bfloat16"
+    ddp = RunConfig.from_flat(method="ddp")
+    assert not {"label_prior", "wire_dtype", "gist_recipe", "coordinator"} & set(ddp.flat())
+    assert "gist" not in ddp.to_dict()
+    with pytest.raises(ValueError, match="--label-prior is a setting of --method gist, not of --method ddp"):
+        ddp.replace(label_prior=True)
+    with pytest.raises(ValueError, match="--wire-dtype is a setting of --method gist, not of --method full"):
+        RunConfig.from_flat(method="full", wire_dtype="bfloat16")
+    assert gist.replace(method="ddp") == ddp  # a new method starts from its own defaults
+    # a ddp log written when every run recorded GIST's options (and the flat scorer) reads the same
+    old = {**ddp.to_dict(), "scorer": "graph", "wire_dtype": "float32", "gist": {"recipe": "auto", "label_prior": None}}
+    assert RunConfig.from_dict(old) == ddp and RunConfig.from_dict(old).results() == ddp.results()
+    with pytest.raises(ValueError, match="--label-prior is a setting of --method gist"):
+        RunConfig.from_dict({**old, "gist": {"label_prior": True}})  # a value it could not have used
+    assert RunConfig.from_dict({**old, "gist": {"label_prior": True}}, strict=False) == ddp
+
+
+def test_train_refuses_another_methods_flag_naming_its_owner(capsys):
+    assert main(["train", "--method", "ddp", "--label-prior", "--rounds", "1", "--no-progress"]) == 2
+    said = capsys.readouterr().err
+    assert "gist train: error: --label-prior is a setting of --method gist, not of --method ddp" in said
 
 
 def test_committed_results_rerun_nothing_and_retabulate_identically(tmp_path, monkeypatch, capsys):

@@ -78,7 +78,7 @@ def test_config_rejects_a_malformed_device():
     "flags, message",
     [
         (["--dist-backend", "nccl", "--procs", "2", "--device", "cpu"], "dist_backend nccl"),
-        (["--method", "ddp", "--coordinator-device", "cpu"], "coordinator_device is gist's"),
+        (["--method", "ddp", "--coordinator-device", "cpu"], "--coordinator-device is a setting of --method gist"),
     ]
     + ([] if CUDA else [(["--device", "cuda"], "device cuda: CUDA is not available")]),
 )
@@ -150,10 +150,14 @@ def test_explicit_cpu_device_through_every_method_in_process_and_with_processes(
 def test_ddp_wraps_the_model_in_distributed_data_parallel_on_nccl_only():
     """On NCCL the ddp method trains torch's own DistributedDataParallel; on
     gloo (whose reducer deadlocked at teardown) it all-reduces itself."""
-    from gist.comm.dist import DistCollective, DistContext
+    from gist.comm import InProcessCollective
+    from gist.comm.dist_collective import DistCollective
+    from gist.comm.group import DistContext
+    from gist.methods.ddp import wrap_for_nccl
 
     gloo = DistCollective(DistContext(0, 1, 0, "gloo", 30.0))
-    assert gloo.data_parallel(torch.nn.Linear(4, 3)) is None
+    assert wrap_for_nccl(torch.nn.Linear(4, 3), gloo) is None
+    assert wrap_for_nccl(torch.nn.Linear(4, 3), InProcessCollective(2)) is None
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices for NCCL (none here; CI has none)")

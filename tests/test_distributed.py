@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from faults import fault_env
 
 from gist.config import RunConfig
 from gist.run import launch_local, run_training
@@ -112,7 +113,7 @@ def test_torchrun_launch_matches_spawned_processes(tmp_path):
         "--root",
         str(tmp_path / "data"),
     ]
-    port = str(__import__("gist.comm.dist", fromlist=["free_port"]).free_port())
+    port = str(__import__("gist.comm.group", fromlist=["free_port"]).free_port())
     torchrun = [
         sys.executable,
         "-m",
@@ -177,7 +178,7 @@ def _train_with_fault(tmp_path: Path, fault: str, timeout: int, *extra: str, rou
     (start-up excluded), and the worker processes it left behind."""
     token = uuid.uuid4().hex
     stamp = tmp_path / "fault-time"
-    env = {**os.environ, "GIST_INJECT_FAULT": f"1:1:{fault}", "GIST_FAULT_STAMP": str(stamp), "GIST_TEST_TOKEN": token}
+    env = fault_env(f"1:1:{fault}", GIST_FAULT_STAMP=str(stamp), GIST_TEST_TOKEN=token)
     cmd = [sys.executable, "-m", "gist", "train", "--procs", "3", "--hidden", "12", "--rounds", str(rounds)]
     cmd += ["--local-steps", "1", "--timeout", str(timeout), "--threads", "1", "--no-progress", "--root", str(tmp_path)]
     proc = subprocess.run([*cmd, *extra], capture_output=True, text=True, env=env, timeout=300)
@@ -227,7 +228,7 @@ def test_a_hung_data_parallel_worker_is_named(tmp_path):
     assert leftovers == []
 
 
-def test_resume_after_a_killed_run_gives_the_uninterrupted_model(tmp_path, one_thread):
+def test_resume_after_a_killed_run_gives_the_uninterrupted_model(tmp_path, one_thread, monkeypatch):
     base = RunConfig.from_flat(
         dataset="csbm",
         root=str(tmp_path / "data"),
@@ -247,12 +248,11 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_model(tmp_path, one_t
         base.replace(checkpoint=str(tmp_path / "other.pt"), save_model=str(tmp_path / "full.pt")), 2, progress=False
     )
     # a run whose worker 1 dies in round 4, after the checkpoint of round 3
-    os.environ["GIST_INJECT_FAULT"] = "1:4:exit"
-    try:
-        with pytest.raises(Exception, match="terminated"):
+    with monkeypatch.context() as patch:
+        for name, value in fault_env("1:4:exit").items():
+            patch.setenv(name, value)
+        with pytest.raises(Exception, match="exited with status 17"):
             launch_local(base, 2, progress=False)
-    finally:
-        del os.environ["GIST_INJECT_FAULT"]
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert saved["round"] == 4
     resumed = launch_local(base.replace(resume=True, save_model=str(tmp_path / "resumed.pt")), 2, progress=False)

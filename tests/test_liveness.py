@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
-from gist.comm.dist import free_port
+from gist.comm.group import free_port
 from gist.comm.liveness import MIN_CPU_S, Beat, Liveness, PeerSilent, PeerWatch
 
 TIMEOUT = 10.0

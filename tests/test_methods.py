@@ -197,3 +197,76 @@ def test_full_is_gist_with_one_worker(tmp_path):
     assert full["summary"]["bytes_total"] == gist["summary"]["bytes_total"]
     with pytest.raises(ValueError, match="m must be 1"):
         run_training(cfg.replace(method="full", subnets=2), progress=False)
+
+
+PLUGIN = '''
+"""A method in a module of its own, declared in the registry like a shipped one."""
+from dataclasses import dataclass
+
+from gist.methods.data_parallel import DataParallelMethod
+from gist.methods.local_sgd import LocalSGD
+from gist.settings import setting
+
+
+@dataclass
+class HalfAveragingOptions:
+    keep: float = setting(0.5, help="share of its own model a worker keeps when the models are averaged")
+
+    def check(self, cfg):
+        if not 0.0 <= self.keep <= 1.0:
+            raise ValueError(f"keep must be in [0, 1], got {self.keep}")
+
+
+class HalfAveraging(LocalSGD):
+    name = "half-averaging"
+    color = "tab:purple"
+    Options = HalfAveragingOptions
+'''
+
+
+@pytest.fixture
+def declared_method(tmp_path, monkeypatch):
+    """``half-averaging``: one module (on ``sys.path``) and one registry line, as a shipped method is added."""
+    (tmp_path / "gist_plugin_method.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    METHODS.declare(
+        "half-averaging",
+        "gist_plugin_method:HalfAveraging",
+        options="gist_plugin_method:HalfAveragingOptions",
+    )
+    yield "half-averaging"
+    unregister_method("half-averaging")
+
+
+def test_a_method_declared_in_one_line_reaches_the_cli_sweeps_tables_and_exports(declared_method, tmp_path, capsys):
+    import gist
+    import gist.methods
+
+    # the CLI: its --method choice, and its own settings, which no other method takes
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    helped = capsys.readouterr().out
+    assert "half-averaging" in helped and "--keep" in helped and "half-averaging's own settings" in helped
+    args = ["train", "--method", declared_method, "--subnets", "2", "--hidden", "16", "--layers", "2"]
+    args += ["--rounds", "2", "--local-steps", "2", "--root", str(tmp_path), "--no-progress", "--keep", "0.25"]
+    assert main(args) == 0 and capsys.readouterr().out.startswith("half-averaging csbm")
+    assert main(["train", "--method", "ddp", "--keep", "0.25", "--rounds", "1", "--no-progress"]) == 2
+    assert "--keep is a setting of --method half-averaging" in capsys.readouterr().err
+    cfg = RunConfig.from_flat(method=declared_method, keep=0.25)
+    assert cfg.to_dict()["half-averaging"] == {"keep": 0.25} and cfg.results()["keep"] == 0.25
+    # the package's names
+    assert gist.HalfAveraging is gist.methods.HalfAveraging is get_method(declared_method)
+    # a sweep whose [settings] hold its own setting, applied to its runs only, and its table
+    cfg_path = tmp_path / "plugin.toml"
+    cfg_path.write_text(
+        'name = "plugin"\n[settings]\ndataset = "csbm"\nhidden = 16\nlayers = 2\nrounds = 2\nkeep = 0.25\n'
+        f'root = "{tmp_path}"\n[sweep]\nmethods = ["full", "half-averaging"]\nsubnets = [2]\n'
+        "local_steps = [2]\nseeds = [0]\n"
+    )
+    sweep = load_config(cfg_path)
+    planned = {r.method: r.settings for r in plan(sweep)}
+    assert planned["half-averaging"].options.keep == 0.25 and "keep" not in planned["full"].flat()
+    out = tmp_path / "results"
+    assert run_sweep(sweep, out, progress=False, say=lambda _: None)["ran"] == 2
+    text, table = tabulate(out, "gist sweep plugin.toml", sweep, plots=True)
+    assert list(table["method"]) == ["full", "half-averaging"] and "half-averaging" in text

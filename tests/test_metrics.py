@@ -10,16 +10,21 @@ from test_data import write_tiny_ogb
 import gist.data as gd
 from gist.config import RunConfig
 from gist.data import load_dataset
-from gist.engine.evaluation import evaluate, node_evaluator, ogb_metric
+from gist.engine.evaluation import dataset_metric, evaluate, ogb_evaluator
 from gist.nn.models import build_model
+from gist.registry import DATASETS
 from gist.run import run_training
 
 
-def test_ogb_metric_names():
-    assert ogb_metric("ogbn-arxiv") == "acc" and ogb_metric("ogbn-products") == "acc"
-    assert ogb_metric("cora") is None
-    with pytest.raises(ValueError, match="rocauc"):
-        ogb_metric("ogbn-proteins")
+def test_the_metric_comes_from_the_dataset_registry():
+    assert dataset_metric("ogbn-arxiv") == "ogb:ogbn-arxiv" and dataset_metric("ogbn-products") == "ogb:ogbn-products"
+    assert dataset_metric("cora") == "accuracy" and dataset_metric("csbm") == "accuracy"
+    DATASETS.register("proteins-like", lambda root, seed: None, metric="ogb:ogbn-proteins")
+    try:
+        with pytest.raises(ValueError, match="rocauc"):  # a model predicting one class per node cannot be scored so
+            dataset_metric("proteins-like")
+    finally:
+        DATASETS.unregister("proteins-like")
 
 
 def test_node_evaluator_calls_ogb_and_matches_accuracy(tmp_path, monkeypatch):
@@ -31,10 +36,9 @@ def test_node_evaluator_calls_ogb_and_matches_accuracy(tmp_path, monkeypatch):
     monkeypatch.setattr(Evaluator, "eval", lambda self, d: calls.append(self.name) or real_eval(self, d))
     torch.manual_seed(0)
     model = build_model("gcn", 8, 16, 3, 2)
-    scores = node_evaluator("ogbn-arxiv", data)(model, data)
+    scores = ogb_evaluator("ogbn-arxiv", data)(model, data)
     assert calls == ["ogbn-arxiv"] * 3
     assert scores == pytest.approx(evaluate(model, data))
-    assert node_evaluator("cora", data) is None
 
 
 def test_ogb_run_log_names_the_evaluator(tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ import pytest
 
 from gist.cli import main
 from gist.comm.netns import ShapedNamespace, ShapingUnavailable, check_can_shape
-from gist.config import RunConfig, parse_rate
+from gist.config import RunConfig
+from gist.settings import parse_rate
 
 
 def _can_shape() -> str:
@@ -115,16 +116,14 @@ def test_without_root_the_error_says_so(monkeypatch, capsys):
     assert err.startswith("gist train: error: a shaped network needs root") and len(err.splitlines()) == 1
 
 
-def test_train_flags_give_back_the_config():
-    from gist.cli import build_parser
-
-    cfg = RunConfig.from_flat(
-        method="ddp", subnets=4, lr=5e-4, label_prior=False, data_mode="partitioned", bandwidth="1gbit", resume=True
-    )
-    args = build_parser().parse_args(["train", *cfg.train_flags()])
-    assert RunConfig.from_flat(**{n: getattr(args, n) for n in cfg.flat() if hasattr(args, n)}) == cfg
-    with pytest.raises(ValueError, match="sparse_adjacency"):
-        RunConfig.from_flat(sparse_adjacency=False).train_flags()
+def test_the_config_a_shaped_child_reads_is_the_config(tmp_path):
+    """A shaped launch hands its config to the process in the namespace as JSON (no CLI flags in between)."""
+    for cfg in (
+        RunConfig.from_flat(method="ddp", subnets=4, lr=5e-4, data_mode="partitioned", bandwidth="1gbit", resume=True),
+        RunConfig.from_flat(method="gist", label_prior=False, wire_dtype="bfloat16", sparse_adjacency=False),
+    ):
+        (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+        assert RunConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == cfg
 
 
 @needs_shaping

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from gist.cli import main
-from gist.config import GistOptions, RunConfig, gist_options
+from gist.config import RunConfig
 from gist.data import load_dataset
 from gist.engine import full_model, make_optimizer, worker_graphs, worker_rng_state
-from gist.engine.corrections import batch_norms, label_counts, prior_offset
-from gist.engine.worker import training_loss
+from gist.engine.training import training_loss
 from gist.graph import AdjacencyFormat, FullBatch
 from gist.methods import GIST
+from gist.methods.gist.corrections import batch_norms, label_counts, prior_offset
+from gist.methods.gist.options import GistOptions, gist_options
 from gist.run import launch_local, run_training
 from gist.subnets import average_states, subnet_layout
 
@@ -75,9 +76,11 @@ def test_bad_options_are_clear_errors(flat, message):
 
 
 def test_scorer_parts_is_refused_where_no_worker_scores(tmp_path):
-    cfg = RunConfig.from_flat(method="ddp", scorer="parts", root=str(tmp_path), **{**SMALL, "gist_recipe": "auto"})
-    with pytest.raises(ValueError, match="scorer 'parts' is for --method gist"):
-        run_training(cfg.replace(subnets=2), progress=False)
+    with pytest.raises(ValueError, match="--scorer is a setting of --method gist, not of --method ddp"):
+        RunConfig.from_flat(method="ddp", scorer="parts")
+    cfg = RunConfig.from_flat(scorer="parts", root=str(tmp_path), **{**SMALL, "data_mode": "replicated"})
+    with pytest.raises(ValueError, match="scorer 'parts' is for --data-mode partitioned with m > 1"):
+        run_training(cfg, progress=False)
 
 
 # ---------------------------------------------------------------- grouped sub-networks
@@ -154,7 +157,7 @@ def test_label_prior_changes_only_the_loss(tmp_path):
     trainer = _trainer(tmp_path, subnets=4, label_prior=True, rounds=1)
     trainer.fit(progress=False)
     workers = trainer.transport.workers
-    counts = [label_counts(w.batches.data, trainer.num_classes) for w in workers]
+    counts = [label_counts(w.batches.data, trainer.label_classes) for w in workers]
     total = torch.stack(counts).sum(0)
     for w, own in zip(workers, counts):
         torch.testing.assert_close(w.logit_offset, prior_offset(own, total))
@@ -163,7 +166,7 @@ def test_label_prior_changes_only_the_loss(tmp_path):
         logits = w.subnet(batch.x, adj)[batch.train_mask]
         corrected = torch.nn.functional.cross_entropy(logits + w.logit_offset, batch.y[batch.train_mask])
         torch.testing.assert_close(training_loss(w.subnet, batch, adj, w.logit_offset), corrected)
-    c = trainer.num_classes
+    c = trainer.label_classes
     assert trainer.ledger.total(kind="prior") == 4 * 2 * c * 8  # int64 counts out and the sum back, per worker
     plain = _trainer(tmp_path, subnets=4, rounds=1)
     plain.fit(progress=False)
@@ -267,16 +270,16 @@ def test_workers_here_evaluate_the_coordinators_model_without_copies(tmp_path, m
     """In one process the workers score (and re-estimate BatchNorm on) the
     coordinator's own model instead of m full-width copies: the same metrics,
     statistics and bytes as with copies."""
-    from gist.engine.worker import Worker
+    from gist.methods.gist.worker import PartScorer
 
     settings = dict(subnets=4, bn_reestimate=True, rounds=2)
     lent = _trainer(tmp_path, **settings)
     held = []
-    real_moments = Worker.batch_norm_moments
-    monkeypatch.setattr(Worker, "batch_norm_moments", lambda w, k: held.append(w._held_model()) or real_moments(w, k))
+    real_moments = PartScorer.batch_norm_moments
+    monkeypatch.setattr(PartScorer, "batch_norm_moments", lambda s, k: held.append(s.model) or real_moments(s, k))
     lent.fit(progress=False)
     assert held and all(m is lent.model for m in held)
-    monkeypatch.setattr(Worker, "lend_eval_model", lambda w, model: False)
+    monkeypatch.setattr(PartScorer, "lend", lambda s, model: False)
     copied = _trainer(tmp_path, **settings)
     copied.fit(progress=False)
     a, b = lent.model.state_dict(), copied.model.state_dict()

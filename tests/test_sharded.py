@@ -6,24 +6,24 @@ processes, and its per-shard checkpoints resume exactly."""
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from faults import fault_env
 from torch_geometric.nn.models import GCN, GraphSAGE
 
-import gist.shards as shards_module
+import gist.methods.gist.shards as shards_module
 from gist.comm import FROM_WORKER, TO_WORKER
 from gist.config import RunConfig
 from gist.engine.setup import full_model, load_run_dataset
-from gist.methods import GIST, get_method
-from gist.methods.sharded import ShardedGIST
+from gist.methods import GIST
+from gist.methods.gist.sharded import ShardedGIST
+from gist.methods.gist.shards import Ownership, init_shards, owning_dim, sharded_eval_model
 from gist.nn.models import build_model
 from gist.nn.slicing import SplitError, build_split_spec
 from gist.run import launch_local, run_training
-from gist.shards import Ownership, init_shards, owning_dim, sharded_eval_model
 from gist.subnets import draw_partition, slice_state, subnet_layout
 
 pytestmark = pytest.mark.timeout(600)
@@ -155,7 +155,8 @@ def _settings(tmp_path, **kw):
 def _train(cfg: RunConfig):
     ds = load_run_dataset(cfg)
     model = full_model(cfg, ds.num_features, ds.num_classes)
-    driver = GIST.for_config(cfg)(model, ds.data, cfg)
+    driver = GIST(model, ds.data, cfg)
+    assert type(driver) is GIST.coordinator_class(cfg) and isinstance(driver, GIST)
     driver.fit(progress=False)
     return driver, driver.model_state_dict()
 
@@ -176,7 +177,7 @@ def _piece_bytes(driver: ShardedGIST, round: int, worker: int) -> int:
             continue
         units = partition.groups[axes[dim]][group]
         foreign = int((units % driver.cfg.subnets != worker).sum())
-        total += shape.numel() // shape[dim] * foreign * driver.cfg.wire_torch_dtype.itemsize
+        total += shape.numel() // shape[dim] * foreign * driver.wire.itemsize
     return total
 
 
@@ -199,7 +200,7 @@ def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, o
     assert [(r.loss, r.val, r.test) for r in central.history] == [(r.loss, r.val, r.test) for r in sharded.history]
     assert all(p.device.type == "meta" for p in sharded.model.parameters())  # no full model kept
     m, ledger = sharded.cfg.subnets, sharded.ledger
-    wire = sharded.cfg.wire_torch_dtype
+    wire = sharded.wire
     # the shared tensors travel as in a central buffer: floats in the wire dtype, an integer as one float32
     # value, or as its 8 bytes in a 16-bit wire dtype
     int_bytes = 4 if wire == torch.float32 else 8
@@ -222,9 +223,9 @@ def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, o
     # whole graph; each pass on the workers' own parts (one per BatchNorm re-estimated, one to score the
     # parts) brings every worker every other owner's part; each worker returns 6 counts
     sliced_bytes = 4 * sum(central_state[n].numel() for n in sharded.ownership.sliced)
-    layers, passes = len(sharded.spec.layers), sharded._batch_norms + int(sharded._score_parts)
+    layers, passes = len(sharded.spec.layers), sharded.batch_norms_reestimated + int(sharded.scores_parts)
     per_eval = (m - 1) * (sliced_bytes // m + 8 * layers) if sharded.evaluator is not None else 0
-    per_eval += passes * m * (m - 1) * (sliced_bytes // m) + (6 * 8 * m if sharded._score_parts else 0)
+    per_eval += passes * m * (m - 1) * (sliced_bytes // m) + (6 * 8 * m if sharded.scores_parts else 0)
     assert ledger.total(kind="eval") == per_eval * sharded.cfg.rounds
     assert ledger.total(kind="bn_stats") == central.ledger.total(kind="bn_stats")
 
@@ -260,7 +261,7 @@ def test_sharded_runs_the_partitioned_recipe_with_batchnorm_reestimation(tmp_pat
     kw = {"data_mode": "partitioned", "norm": "batch_norm", "scorer": scorer}  # label prior, s = 2, BN re-estimation
     central, central_state = _train(_settings(tmp_path, coordinator="central", **kw))
     sharded, sharded_state = _train(_settings(tmp_path, coordinator="sharded", **kw))
-    assert sharded._batch_norms == 2 and sharded._score_parts
+    assert sharded.batch_norms_reestimated == 2 and sharded.scores_parts
     for name, value in central_state.items():
         if "running_" in name:  # re-estimated owner by owner: the same statistics to float rounding
             assert torch.allclose(value, sharded_state[name], rtol=1e-5, atol=1e-6), name
@@ -309,7 +310,7 @@ def test_a_checkpoint_resumes_only_with_its_own_coordinator(tmp_path):
     ],
 )
 def test_a_dead_or_hung_sharded_worker_stops_the_run_naming_its_rank(tmp_path, fault, message):
-    env = {**os.environ, "GIST_INJECT_FAULT": f"1:1:{fault}"}
+    env = fault_env(f"1:1:{fault}")
     cmd = [sys.executable, "-m", "gist", "train", "--procs", "3", "--hidden", "12", "--rounds", "5"]
     cmd += ["--local-steps", "1", "--timeout", "5", "--threads", "1", "--no-progress", "--root", str(tmp_path)]
     proc = subprocess.run([*cmd, "--coordinator", "sharded"], capture_output=True, text=True, env=env, timeout=300)
@@ -319,8 +320,5 @@ def test_a_dead_or_hung_sharded_worker_stops_the_run_naming_its_rank(tmp_path, f
 
 @pytest.mark.parametrize("method", ["full", "ddp", "local-sgd"])
 def test_the_sharded_coordinator_is_gists_only(tmp_path, method):
-    cfg = _settings(tmp_path, method=method, coordinator="sharded", subnets=1 if method == "full" else 2)
-    cls = get_method(method).for_config(cfg)
-    assert cls is get_method(method)
-    with pytest.raises(ValueError, match="--coordinator sharded is gist's"):
-        cls.check_run(cfg)
+    with pytest.raises(ValueError, match=f"--coordinator is a setting of --method gist, not of --method {method}"):
+        _settings(tmp_path, method=method, coordinator="sharded", subnets=1 if method == "full" else 2)

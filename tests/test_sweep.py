@@ -297,8 +297,8 @@ def test_variants_are_rows_of_their_own(tmp_path):
     runs = plan(load_config(write_config(tmp_path, text=text)))
     plain = [r for r in runs if r.method == "gist-plain"]
     assert len(plain) == 2 * 2 and plain[0].run_id == "gist-plain_m2_z2_seed0"
-    assert all(r.settings.method == "gist" and r.settings.gist.recipe == "plain" for r in plain)
-    assert all(r.settings.gist.recipe == "auto" for r in runs if r.method == "gist")
+    assert all(r.settings.method == "gist" and r.settings.options.recipe == "plain" for r in plain)
+    assert all(r.settings.options.recipe == "auto" for r in runs if r.method == "gist")
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from gist import GIST, InProcessTransport, RunConfig, draw_partition
 from gist.data import make_csbm
-from gist.engine import make_workers
+from gist.methods.gist.worker import make_workers
 from gist.nn import build_model, build_split_spec
 
 

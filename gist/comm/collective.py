@@ -1,9 +1,9 @@
-r"""The data-parallel methods' communication seam: collectives among ``m`` workers.
+r"""Collectives among ``m`` workers: the seam every method that is not GIST's central coordinator talks through.
 
 A :class:`Collective` knows which workers live in this process
 (:attr:`~Collective.local_workers`): all ``m`` for :class:`InProcessCollective`
 (a deterministic simulation that runs them one after another), one for
-:class:`gist.comm.dist.DistCollective` (a rank of a ``torch.distributed``
+:class:`gist.comm.dist_collective.DistCollective` (a rank of a ``torch.distributed``
 job). A method hands it one tensor per local worker and gets the collective's
 result, so the method's code is the same on both.
 
@@ -32,10 +32,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .ledger import FROM_WORKER, TO_WORKER, ByteLedger, handshake_header, handshake_reply, record_handshake
-from .transport import WorkerStats
+from .stats import WorkerStats
 
 
 def ring_allreduce_bytes(numel: int, element_size: int, num_workers: int) -> int:
@@ -126,13 +126,6 @@ class Collective(ABC):
         :meth:`all_reduce_mean` counts its own."""
         self._record_allreduce(round, numel, element_size)
 
-    def data_parallel(self, module: nn.Module) -> Optional[nn.Module]:
-        """``module`` wrapped so that its backward pass averages the gradients
-        over the workers (a real ``DistributedDataParallel`` on
-        ``torch.distributed``); ``None`` where the workers share this process
-        and the caller averages them with :meth:`all_reduce_mean`."""
-        return None
-
     def watched(self, what: str, fn: Callable[[], Any]) -> Any:
         """``fn()``, which takes part in collectives (a wrapped model's
         backward pass): a worker that died or hung meanwhile is named."""
@@ -171,24 +164,10 @@ class Collective(ABC):
         """Every worker's buffer (all of one size), in worker order. Not recorded."""
 
     @abstractmethod
-    def fetch(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
-        """On the coordinator: ``provide(owner, key)``, computed where ``owner``
-        lives (a buffer of ``like``'s size and dtype). Every other process
-        answers in :meth:`serve_fetches` until :meth:`end_fetches`. Not recorded."""
-
-    @abstractmethod
-    def broadcast_from(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
-        """On every process: ``provide(owner, key)``, computed where worker
-        ``owner`` lives and broadcast from there (a buffer of ``like``'s size
-        and dtype); every process calls it in the same order. Not recorded."""
-
-    def serve_fetches(self, provide: Callable[[int, int], Tensor]) -> None:
-        """On a process without the coordinator: answer the coordinator's
-        :meth:`fetch` calls with ``provide(worker, key)`` until it calls
-        :meth:`end_fetches`."""
-
-    def end_fetches(self) -> None:
-        """On the coordinator: release the processes in :meth:`serve_fetches`."""
+    def broadcast_from(self, src: int, flat: Tensor, what: str) -> Tensor:
+        """Worker ``src``'s ``flat`` on every process, every process calling it
+        in the same order (``flat``: the buffer where ``src`` is local, else
+        one of its size and dtype to receive into). Not recorded."""
 
     @abstractmethod
     def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:
@@ -202,8 +181,8 @@ class Collective(ABC):
         """Release resources (the process group is the caller's)."""
 
     def round_starts(self, round: int) -> None:
-        """Called by every worker as it starts ``round`` (where a test may
-        inject a fault into a real process)."""
+        """Called by every worker as it starts ``round``: a real process runs
+        the round hook there (:mod:`gist.comm.hooks`)."""
 
 
 class InProcessCollective(Collective):
@@ -243,11 +222,8 @@ class InProcessCollective(Collective):
     def all_gather(self, flats: Mapping[int, Tensor], what: str) -> list[Tensor]:
         return [flats[w] for w in range(self.num_workers)]
 
-    def fetch(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
-        return provide(owner, key)
-
-    def broadcast_from(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
-        return provide(owner, key)
+    def broadcast_from(self, src: int, flat: Tensor, what: str) -> Tensor:
+        return flat
 
     def gather_objects(self, objects: Mapping[int, Any]) -> dict[int, Any]:
         return dict(objects)

@@ -28,7 +28,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tqdm.auto import tqdm
 
-from .dist import WorkerFailure, free_port
+from ..errors import ConfigError, GistError
+from .group import WorkerFailure, free_port
 
 RANK_ERRORS_ENV = "GIST_RANK_ERROR_DIR"
 INTERRUPTED_EXIT = 130
@@ -40,14 +41,20 @@ OWN, LOST_PEER = "own", "lost-peer"
 """How a rank failed: on its own, or because another rank stopped answering."""
 
 
-class LaunchFailure(RuntimeError):
-    """A process of :func:`launch_local` failed; the message is the root cause's error."""
+class LaunchFailure(GistError, RuntimeError):
+    """A process of :func:`launch_local` failed; the message is the root cause's
+    error, or how the process ended (``exit_status`` 1: it died or raised
+    something no rank explained)."""
+
+    def __init__(self, message: str, exit_status: int = 2) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def launch_local(target: Callable[..., None], args: tuple[Any, ...], procs: int) -> None:
     """Run ``target(rank, *args)`` in ``procs`` spawned processes and wait for all."""
     if procs < 1:
-        raise ValueError(f"procs must be >= 1, got {procs}")
+        raise ConfigError(f"procs must be >= 1, got {procs}")
     with tempfile.TemporaryDirectory() as tmp:
         env = {
             "MASTER_ADDR": "127.0.0.1",
@@ -70,10 +77,23 @@ def launch_local(target: Callable[..., None], args: tuple[Any, ...], procs: int)
             cause = root_cause(Path(tmp), procs) if lost_peer or isinstance(exc, mp.ProcessRaisedException) else None
             if cause is not None:
                 raise LaunchFailure(cause[1]) from exc
-            raise
+            raise LaunchFailure(_ended(exc), exit_status=1) from exc
         finally:  # the files in which a failed process left its traceback
             for path in context.error_files:
                 Path(path).unlink(missing_ok=True)
+
+
+def _ended(exc: mp.ProcessRaisedException | mp.ProcessExitedException) -> str:
+    """How a spawned process ended that left no note of its own (its traceback is already on stderr)."""
+    if isinstance(exc, mp.ProcessExitedException):
+        rank = exc.error_index
+        if exc.signal_name:
+            hint = " (on Linux, often the out-of-memory killer)" if exc.signal_name == "SIGKILL" else ""
+            return f"rank {rank} was killed by {exc.signal_name}{hint}; the other processes were stopped"
+        return f"rank {rank} exited with status {exc.exit_code}; the other processes were stopped"
+    lines = [line.strip("- ") for line in str(exc).splitlines() if line.strip()]
+    head = next((line for line in lines if "terminated" in line), "")
+    return ": ".join(dict.fromkeys(x for x in (head, lines[-1] if lines else "") if x))
 
 
 def stop_processes(processes: list[Any], grace_s: float = INTERRUPT_GRACE_S) -> None:

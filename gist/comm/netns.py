@@ -19,7 +19,8 @@ import uuid
 from types import TracebackType
 from typing import Optional
 
-from ..config import parse_rate
+from ..errors import GistError
+from ..settings import parse_rate
 
 __all__ = ["ShapedNamespace", "ShapingUnavailable", "check_can_shape"]
 
@@ -28,7 +29,7 @@ BURST_SECONDS = 0.01
 LOOPBACK_MTU = 9000
 
 
-class ShapingUnavailable(RuntimeError):
+class ShapingUnavailable(GistError, RuntimeError):
     """This machine or user cannot make a shaped namespace (the message says what is missing)."""
 
 

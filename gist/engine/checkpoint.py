@@ -1,17 +1,35 @@
-"""Checkpoint files: when to write them, how, and which settings a resume must keep."""
+"""Checkpoint files: when to write them, how, what they hold, and which settings a resume must keep.
+
+Every method checkpoints through its driver's ``state_dict`` /
+``load_state_dict`` (:class:`~gist.engine.RoundDriver`); this module writes and
+reads the files. The main file holds the driver's state and the run's config;
+a method that keeps its model in pieces on several processes (GIST's sharded
+coordinator) writes each piece as a *side file* beside it
+(:meth:`Checkpointer.write_side`), the newest two kept.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..files import atomic_write
 
+CHECKPOINT_FORMAT = 3
+"""The layout of :meth:`~gist.engine.RoundDriver.state_dict` (format 2, GIST only, is read too)."""
+SIDE_FILES_KEPT = 2
+"""Side files kept per name: the newest two (the main file may still name the previous one)."""
 NOT_COMPARED_ON_RESUME = ("rounds",)
 """Settings that change results but may differ on ``--resume`` (``rounds`` may grow)."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed: missing, unreadable, or made with other settings."""
 
 
 class Checkpointer:
@@ -41,17 +59,17 @@ class Checkpointer:
         change results differently from this run's, or if it holds more
         rounds than this run asks for."""
         if not self.path.is_file():
-            raise ValueError(f"--resume: no checkpoint at {self.path}")
+            raise CheckpointError(f"--resume: no checkpoint at {self.path}")
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, wrong file
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise ValueError(
+            raise CheckpointError(
                 f"--checkpoint {self.path} is corrupt or incomplete ({type(exc).__name__}: {first}); "
                 "delete it to start over, or point --checkpoint at another checkpoint"
             ) from exc
         if not isinstance(state, dict):
-            raise ValueError(f"--checkpoint {self.path} is not a gist checkpoint; point --checkpoint elsewhere")
+            raise CheckpointError(f"--checkpoint {self.path} is not a gist checkpoint; point --checkpoint elsewhere")
         saved = RunConfig.from_dict(state.get("config", state.get("settings", {})), strict=False).results()
         now = self.cfg.results()
         wrong = [
@@ -60,11 +78,53 @@ class Checkpointer:
             if k not in NOT_COMPARED_ON_RESUME and saved.get(k) != v
         ]
         if wrong:
-            raise ValueError("--resume with different settings than the checkpoint: " + "; ".join(wrong))
+            raise CheckpointError("--resume with different settings than the checkpoint: " + "; ".join(wrong))
         done = int(state.get("round", 0))
         if done > self.cfg.rounds:
-            raise ValueError(
+            raise CheckpointError(
                 f"--resume: {self.path} already holds {done} rounds, more than --rounds {self.cfg.rounds}; "
                 f"pass --rounds {done} or more to continue it"
             )
         return state
+
+    def side_path(self, name: str, round: int) -> Path:
+        """The side file ``name`` of the checkpoint after ``round`` rounds: ``<path>.<name>.round-<round>``."""
+        return self.path.with_name(f"{self.path.name}.{name}.round-{round}")
+
+    def write_side(self, name: str, round: int, payload: dict[str, Any]) -> Path:
+        """Write side file ``name`` of ``round`` atomically, then delete that
+        name's files but the newest :data:`SIDE_FILES_KEPT`."""
+        target = self.side_path(name, round)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(target) as tmp:
+            torch.save(payload, tmp)
+        pattern = re.compile(re.escape(f"{self.path.name}.{name}.round-") + r"(\d+)$")
+        found = sorted(
+            (int(match.group(1)), p)
+            for p in self.path.parent.glob(f"{self.path.name}.{name}.round-*")
+            if (match := pattern.match(p.name))
+        )
+        for _, old in found[:-SIDE_FILES_KEPT]:
+            old.unlink(missing_ok=True)
+        return target
+
+    def read_side(self, name: str, round: int) -> dict[str, Any]:
+        """Side file ``name`` of ``round``; :class:`CheckpointError` if it is missing."""
+        path = self.side_path(name, round)
+        if not path.is_file():
+            raise CheckpointError(f"--resume: the checkpoint of round {round} has no file {path}")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def upgrade_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """Read a format-2 checkpoint (GIST only, worker 0's state at the top level) as format 3."""
+    if state.get("format") != 2:
+        return state
+    old = dict(state)
+    worker0 = old.pop("worker0", None)
+    return {
+        **old,
+        "format": CHECKPOINT_FORMAT,
+        "method": None,
+        "method_state": {"worker0": worker0} if worker0 is not None else {},
+    }

@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 
 from ..comm import WorkerStats
+from ..errors import GistError
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(GistError, RuntimeError):
     """A round ended with a non-finite (NaN or infinite) loss or parameter.
 
     Attributes: ``method``, ``round``, ``workers`` (the workers, i.e. ranks

@@ -9,7 +9,7 @@ schedule, the progress bar, the summary, checkpoints
 (:meth:`~RoundDriver.state_dict` / :meth:`~RoundDriver.load_state_dict`) and
 the set-up before the first round (:meth:`~RoundDriver.start`).
 
-Methods register themselves in :mod:`gist.methods`; the CLI, sweeps and
+Methods are listed in :data:`gist.registry.METHODS`; the CLI, sweeps and
 tables read that registry.
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Optional
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -27,16 +27,18 @@ from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from ..comm import FROM_WORKER, TO_WORKER, ByteLedger, WorkerStats
-from ..config import RunConfig
-from ..devices import check_devices
-from .checkpoint import Checkpointer
+from ..config import NoOptions, RunConfig
+from ..devices import check_devices, worker_device
+from ..errors import ConfigError
+from .checkpoint import CHECKPOINT_FORMAT, Checkpointer, CheckpointError, upgrade_checkpoint
 from .divergence import check_round
-from .evaluation import Evaluator
+from .evaluation import Evaluator, graph_evaluator
 from .records import RoundRecord, history_summary, parallel_round_seconds
 from .setup import RankSetup
-from .worker import mean_or_nan
+from .training import mean_or_nan
 
-CHECKPOINT_FORMAT = 3
+ROLES = ("target", "bytes", "budget")
+"""The roles a method can play in the tables (:attr:`RoundDriver.role`)."""
 
 
 @dataclass
@@ -51,22 +53,28 @@ class RoundWork:
     """Time spent combining what they return."""
 
 
-@dataclass
-class DriverSetup:
-    """What the driver needs besides the model, data and config."""
+class WorkerGroup(Protocol):
+    """The workers a driver trains through (a :class:`~gist.comm.Collective`, GIST's transport)."""
 
-    ledger: ByteLedger = field(default_factory=ByteLedger)
-    num_workers: int = 1
-    is_coordinator: bool = True
-    """Whether this process holds worker 0: it evaluates and keeps the log."""
-    sequential: bool = True
-    """Whether this process runs its workers one after another (a simulation)."""
+    ledger: ByteLedger
+    num_workers: int
+
+    @property
+    def is_coordinator(self) -> bool:
+        """Whether this process holds worker 0: it evaluates and keeps the log."""
+        ...
+
+    @property
+    def sequential(self) -> bool:
+        """Whether this process runs its workers one after another (a simulation)."""
+        ...
 
 
 class RoundDriver(ABC):
     """Rounds of a training method over ``m`` workers (see the module docstring).
 
     Attributes: :attr:`model` (the full model, trained in place),
+    :attr:`device` (where it lives),
     :attr:`data` (the graph evaluated on, ``None`` where this process does not
     hold it), :attr:`cfg`, :attr:`ledger`, :attr:`history`, :attr:`round`
     (the next round to train).
@@ -78,6 +86,17 @@ class RoundDriver(ABC):
     """The number of workers the method always uses (``full``: 1), if fixed."""
     color: ClassVar[Optional[str]] = None
     """Its colour in plots (``None``: one is picked)."""
+    label: ClassVar[str] = ""
+    """Its name on the progress bar (default :attr:`name`)."""
+    Options: ClassVar[type] = NoOptions
+    """Its own settings (``cfg.options`` of its runs): a dataclass of
+    :func:`gist.settings.setting` fields importable without torch; a shipped
+    method also names it in :data:`gist.registry.METHODS`."""
+    role: ClassVar[Optional[str]] = None
+    """What the tables compare with it (:data:`ROLES`): ``target`` (the
+    reference whose best validation sets the target), ``bytes`` (the
+    baseline of the bytes-to-target ratio), ``budget`` (the method whose
+    bytes and seconds are the equal-budget columns' budget)."""
 
     @classmethod
     def check_run(cls, cfg: RunConfig) -> None:
@@ -86,13 +105,8 @@ class RoundDriver(ABC):
         cfg.check()
         check_devices(cfg, processes=cfg.dist.backend == "dist")
         if cls.fixed_subnets is not None and cfg.subnets != cls.fixed_subnets:
-            raise ValueError(
+            raise ConfigError(
                 f"{cls.name} trains {cls.fixed_subnets} worker(s): m must be {cls.fixed_subnets}, got {cfg.subnets}"
-            )
-        if cfg.scorer == "parts" and not cls.evaluates_on_workers(cfg):
-            raise ValueError(
-                "scorer 'parts' is for --method gist with --data-mode partitioned and m > 1 "
-                "(its workers score their own parts); use --scorer graph"
             )
         cls.check_config(cfg)
 
@@ -101,19 +115,30 @@ class RoundDriver(ABC):
         model: nn.Module,
         data: Optional[Data],
         cfg: RunConfig,
-        setup: DriverSetup,
+        group: WorkerGroup,
         evaluator: Optional[Evaluator] = None,
         scored_by: str = "correct / total",
+        device: Optional[torch.device] = None,
     ) -> None:
+        """``device``: where the (coordinator's) model lives, default the
+        workers' (``cfg.device``). ``evaluator`` default: where this process is
+        the coordinator and the method scores on the graph
+        (:meth:`scores_on_graph`), the run's one evaluator of ``data``
+        (:func:`~gist.engine.evaluation.graph_evaluator`) on ``device``."""
         self.check_run(cfg)
-        if setup.num_workers != cfg.subnets:
-            raise ValueError(f"{setup.num_workers} workers given but the config asks m={cfg.subnets}")
+        if group.num_workers != cfg.subnets:
+            raise ConfigError(f"{group.num_workers} workers given but the config asks m={cfg.subnets}")
+        self.device = device if device is not None else worker_device(cfg)
+        if evaluator is None and group.is_coordinator and self.scores_on_graph(cfg):
+            if data is None:
+                raise ConfigError(f"{self.name}: worker 0 needs the full graph (data=) to evaluate")
+            evaluator, scored_by = graph_evaluator(cfg, data, self.device)
         self.model = model
         self.data = data
         self.cfg = cfg
-        self.ledger = setup.ledger
-        self.is_coordinator = setup.is_coordinator
-        self.sequential = setup.sequential
+        self.ledger = group.ledger
+        self.is_coordinator = group.is_coordinator
+        self.sequential = group.sequential
         self.evaluator = evaluator
         self.scored_by = scored_by
         """How metrics are computed (written to the run log)."""
@@ -131,21 +156,16 @@ class RoundDriver(ABC):
         raise ValueError(f"method {cls.name!r} has no torch.distributed form; run it with --backend local")
 
     @classmethod
-    def for_config(cls, cfg: RunConfig) -> type[RoundDriver]:
-        """The driver class that runs ``cfg`` (a method may have variants,
-        e.g. GIST's sharded coordinator); ``cls`` itself by default."""
-        return cls
-
-    @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
-        """Reject, with ``ValueError``, a config this method cannot run, before
-        anything is built (sweeps check every grid point with it)."""
+        """Reject, with :class:`~gist.errors.ConfigError`, a config this method
+        cannot run, before anything is built (sweeps check every grid point
+        with it; the method's own options check themselves)."""
 
     @classmethod
-    def evaluates_on_workers(cls, cfg: RunConfig) -> bool:
-        """Whether the workers score the model on their own data (no process
-        holds the whole graph); otherwise the coordinator evaluates."""
-        return False
+    def scores_on_graph(cls, cfg: RunConfig) -> bool:
+        """Whether the coordinator scores the model on the whole graph (else
+        the workers score it on their own parts and no process loads the graph)."""
+        return True
 
     def start(self) -> None:
         """Set-up before the first round this process trains (handshakes,
@@ -199,11 +219,6 @@ class RoundDriver(ABC):
 
     # ------------------------------------------------------------------ driver
 
-    @property
-    def label(self) -> str:
-        """The progress bar's name for the method."""
-        return self.name
-
     def run_round(self) -> RoundRecord:
         """Train one round, evaluate it if scheduled, record it.
 
@@ -255,7 +270,7 @@ class RoundDriver(ABC):
         bar = tqdm(
             total=self.cfg.rounds,
             initial=self.round,
-            desc=f"{self.label} rounds",
+            desc=f"{self.label or self.name} rounds",
             unit="round",
             disable=not progress,
             dynamic_ncols=True,
@@ -316,9 +331,9 @@ class RoundDriver(ABC):
         """Continue from :meth:`state_dict` (on the coordinator, before :meth:`fit`)."""
         state = upgrade_checkpoint(state)
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
         if state.get("method") not in (None, self.name):
-            raise ValueError(f"the checkpoint was made by method {state['method']!r}, not {self.name!r}")
+            raise CheckpointError(f"the checkpoint was made by method {state['method']!r}, not {self.name!r}")
         if self._started:
             raise RuntimeError("load a checkpoint before the first round")
         self.load_model_state_dict(state["model"])
@@ -327,17 +342,3 @@ class RoundDriver(ABC):
         self.ledger.load_records(state["ledger"])
         torch.set_rng_state(state["rng_state"])
         self.load_method_state(state["method_state"])
-
-
-def upgrade_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
-    """Read a format-2 checkpoint (GIST only, worker 0's state at the top level)."""
-    if state.get("format") != 2:
-        return state
-    old = dict(state)
-    worker0 = old.pop("worker0", None)
-    return {
-        **old,
-        "format": CHECKPOINT_FORMAT,
-        "method": None,
-        "method_state": {"worker0": worker0} if worker0 is not None else {},
-    }

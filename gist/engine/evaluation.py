@@ -1,13 +1,12 @@
 """Evaluation: accuracy of the full-width model, and ``ogb.nodeproppred.Evaluator`` for OGB data.
 
-OGB node-property datasets are scored by OGB's own ``Evaluator(name)``;
-every dataset we train here (ogbn-arxiv, ogbn-products, the PyG ones and the
-synthetic one) is scored by accuracy, the mean of ``y_pred == y_true``. For
-``ogbn-*`` datasets :func:`node_evaluator` calls the ``Evaluator`` itself;
-for the others accuracy is :func:`evaluate`, which computes the
-same number. The workers of ``partitioned`` runs score their own nodes as
-correct/total counts that are summed: the same accuracy, without moving
-predictions.
+How a dataset is scored is its registry entry's ``metric``
+(:func:`dataset_metric`): OGB node-property datasets by OGB's own
+``Evaluator(name)`` (:func:`ogb_evaluator`), the others by accuracy, the mean
+of ``y_pred == y_true`` (:func:`evaluate`), which is the same number.
+The workers of ``partitioned`` runs score their own nodes as correct/total
+counts that are summed: the same accuracy, without moving predictions.
+:func:`graph_evaluator` is the one place that picks a run's evaluator.
 """
 
 from __future__ import annotations
@@ -19,8 +18,12 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from ..graph import AdjacencyFormat, adjacency
+from ..config import RunConfig
+from ..devices import resolve_device
+from ..errors import ConfigError
+from ..graph import AdjacencyFormat, adjacency, with_sparse_features
 from ..nn.models import takes_normalized_adjacency
+from ..registry import DATASETS
 
 Evaluator = Callable[[nn.Module, Data], dict[str, float]]
 """``f(model, data) -> {"train", "val", "test"}``."""
@@ -109,34 +112,31 @@ def sampled_view(data: Data, nodes_per_split: int, layers: int, seed: int) -> Da
     return view
 
 
-def ogb_metric(dataset: str) -> Optional[str]:
-    """``Evaluator(dataset).eval_metric`` for ``ogbn-*`` names, else ``None``.
+def dataset_metric(dataset: str) -> str:
+    """How ``dataset`` is scored, as its registry entry says
+    (:data:`gist.registry.DATASETS`): ``"accuracy"``, or ``"ogb:<name>"`` for
+    ``ogb.nodeproppred.Evaluator(<name>)``. Raises
+    :class:`~gist.errors.ConfigError` for an OGB dataset not scored by
+    accuracy: the models here predict one class per node."""
+    metric = str(DATASETS.info(dataset).get("metric", "accuracy"))
+    if metric.startswith("ogb:"):
+        from ogb.nodeproppred import Evaluator as OGBEvaluator  # heavy (pulls in scikit-learn): OGB runs only
 
-    Raises ``ValueError`` for an OGB dataset not scored by accuracy: the
-    models here predict one class per node."""
-    if not dataset.startswith("ogbn-"):
-        return None
-    from ogb.nodeproppred import Evaluator as OGBEvaluator  # heavy (pulls in scikit-learn): OGB runs only
-
-    metric = OGBEvaluator(dataset).eval_metric
-    if metric != "acc":
-        raise ValueError(
-            f"{dataset} is scored by {metric!r}; GIST's models here predict one class per node "
-            f"and are scored by accuracy"
-        )
+        name = metric.removeprefix("ogb:")
+        if OGBEvaluator(name).eval_metric != "acc":
+            raise ConfigError(
+                f"{dataset} is scored by {OGBEvaluator(name).eval_metric!r}; GIST's models here predict one class "
+                f"per node and are scored by accuracy"
+            )
     return metric
 
 
-def node_evaluator(dataset: str, data: Optional[Data], sparse_adjacency: bool = True) -> Optional[Evaluator]:
-    """For ``ogbn-*`` datasets: ``f(model, data) -> {"train", "val", "test"}``
-    scoring the full model's predictions with ``ogb.nodeproppred.Evaluator``.
-    ``None`` for other datasets (or without the graph): the trainers' default
-    accuracy applies."""
-    if ogb_metric(dataset) is None or data is None:
-        return None
+def ogb_evaluator(name: str, data: Data, sparse_adjacency: bool = True) -> Evaluator:
+    """``f(model, data) -> {"train", "val", "test"}`` scoring the full model's
+    predictions on ``data`` with ``ogb.nodeproppred.Evaluator(name)``."""
     from ogb.nodeproppred import Evaluator as OGBEvaluator
 
-    ogb_eval = OGBEvaluator(dataset)
+    ogb_eval = OGBEvaluator(name)
     adjacency_of = _adjacency_cache(data, sparse_adjacency)
 
     @torch.no_grad()
@@ -157,3 +157,29 @@ def node_evaluator(dataset: str, data: Optional[Data], sparse_adjacency: bool = 
         return out
 
     return evaluate
+
+
+def graph_evaluator(cfg: RunConfig, data: Data, device: Optional[torch.device] = None) -> tuple[Evaluator, str]:
+    """The evaluator of the full model on ``data`` for the run ``cfg``, and
+    what it is called in the run log: the dataset's metric
+    (:func:`dataset_metric`); with ``cfg.eval_nodes``, on a seeded sample of
+    that many nodes per split (:func:`sampled_view`). The graph it scores on
+    is moved to ``device`` (default the coordinator's), where the model must live."""
+    where = ""
+    if cfg.eval_nodes is not None:
+        view = sampled_view(data, cfg.eval_nodes, cfg.model.layers, cfg.seed)
+        where = (
+            f" on {cfg.eval_nodes} sampled nodes per split (seed {cfg.seed}), computed on their "
+            f"{cfg.model.layers + 1}-hop neighbourhood ({view.num_nodes} of {data.num_nodes} nodes)"
+        )
+        data = view
+    data = data.to(device if device is not None else resolve_device(cfg.device))
+    if cfg.data.sparse_features:
+        data = with_sparse_features(data)
+    metric = dataset_metric(cfg.data.dataset)
+    if metric.startswith("ogb:"):
+        name = metric.removeprefix("ogb:")
+        score, scored_by = ogb_evaluator(name, data, cfg.data.sparse_adjacency), f"ogb.nodeproppred.Evaluator({name!r})"
+    else:
+        score, scored_by = accuracy_evaluator(data, cfg.data.sparse_adjacency), "correct / total"
+    return (lambda model, _: score(model, data)), scored_by + where

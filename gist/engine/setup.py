@@ -1,5 +1,5 @@
-"""What a run builds from its config: the dataset, the model, the evaluator,
-and, in a ``torch.distributed`` job, the graph this process holds."""
+"""What a run builds from its config: the dataset, the model and, in a
+``torch.distributed`` job, the graph this process holds."""
 
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ import torch.distributed as dist
 from torch import nn
 from torch_geometric.data import Data
 
-from ..comm.dist import DistContext, collective
+from ..comm.group import DistContext, run_collective
 from ..config import RunConfig
 from ..data import NodeDataset, load_dataset
-from ..devices import coordinator_device
-from ..graph import with_sparse_features
+from ..errors import ConfigError
 from ..graph.parts import ensure_partitions, load_part, partition_dir, read_meta
 from ..nn.models import build_model, first_conv, takes_sparse_features
-from .evaluation import Evaluator, accuracy_evaluator, node_evaluator, sampled_view
 
 
 def load_run_dataset(cfg: RunConfig) -> NodeDataset:
@@ -46,7 +44,7 @@ def build_stock_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn
         prenormalized=cfg.data.sparse_adjacency,
     )
     if cfg.data.sparse_features and not takes_sparse_features(model):
-        raise ValueError(
+        raise ConfigError(
             f"--sparse-features needs a model whose first layer multiplies the node features by a "
             f"weight (GCNConv: --model gcn); the first layer of --model {m.kind} "
             f"({type(first_conv(model)).__name__}) aggregates the raw features first"
@@ -58,35 +56,6 @@ def full_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn.Module
     """The full-width model, initialised under ``torch.manual_seed(cfg.seed)``."""
     torch.manual_seed(cfg.seed)
     return build_stock_model(cfg, num_features, num_classes)
-
-
-def coordinator_evaluator(cfg: RunConfig, data: Data, device: Optional[torch.device] = None) -> tuple[Evaluator, str]:
-    """The evaluator of the full model on ``data`` and what it is called in
-    the run log: ``ogb.nodeproppred.Evaluator`` for ``ogbn-*`` datasets, else
-    accuracy (the same number); with ``cfg.eval_nodes``, on a seeded sample
-    of that many nodes per split (:func:`~gist.engine.evaluation.sampled_view`).
-    The graph it scores on is moved to ``device`` (default the coordinator's,
-    :func:`~gist.devices.coordinator_device`), where the model must live."""
-    where = ""
-    if cfg.eval_nodes is not None:
-        view = sampled_view(data, cfg.eval_nodes, cfg.model.layers, cfg.seed)
-        where = (
-            f" on {cfg.eval_nodes} sampled nodes per split (seed {cfg.seed}), computed on their "
-            f"{cfg.model.layers + 1}-hop neighbourhood ({view.num_nodes} of {data.num_nodes} nodes)"
-        )
-        data = view
-    data = data.to(coordinator_device(cfg) if device is None else device)
-    if cfg.data.sparse_features:
-        data = with_sparse_features(data)
-    ogb = node_evaluator(cfg.data.dataset, data, cfg.data.sparse_adjacency)
-    if ogb is not None:
-        return _on(ogb, data), f"ogb.nodeproppred.Evaluator({cfg.data.dataset!r}){where}"
-    return _on(accuracy_evaluator(data, cfg.data.sparse_adjacency), data), f"correct / total{where}"
-
-
-def _on(evaluator: Evaluator, graph: Data) -> Evaluator:
-    """``evaluator`` scoring on ``graph`` whatever graph the caller passes."""
-    return lambda model, _: evaluator(model, graph)
 
 
 @dataclass
@@ -104,7 +73,7 @@ class RankSetup:
     """One process of a ``torch.distributed`` job: its context and what it may load.
 
     Methods build their part of the job from it
-    (:meth:`gist.methods.Method.distributed`)."""
+    (:meth:`gist.engine.RoundDriver.distributed`)."""
 
     cfg: RunConfig
     ctx: DistContext
@@ -114,7 +83,7 @@ class RankSetup:
 
     @property
     def partitioned(self) -> bool:
-        return self.cfg.evaluates_on_workers
+        return self.cfg.workers_hold_parts
 
     def prepare(self) -> None:
         """Check the world size; in ``partitioned`` mode rank 0 writes the
@@ -131,7 +100,7 @@ class RankSetup:
             ensure_partitions(
                 d.root, d.dataset, self.cfg.subnets, d.partitioner, self.cfg.seed, d.halo_hops, progress=self.progress
             )
-        collective(self.ctx, "set-up (rank 0 writing the part files)", dist.barrier)
+        run_collective(self.ctx, "set-up (rank 0 writing the part files)", dist.barrier)
 
     def load_dataset(self) -> NodeDataset:
         dataset = load_run_dataset(self.cfg)
@@ -157,8 +126,3 @@ class RankSetup:
         """The full model's structure on the ``meta`` device (no memory)."""
         with torch.device("meta"):
             return build_stock_model(self.cfg, num_features, num_classes)
-
-    def evaluator(self, data: Optional[Data]) -> tuple[Optional[Evaluator], str]:
-        if data is None:
-            return None, "correct / total"
-        return coordinator_evaluator(self.cfg, data)

@@ -23,6 +23,10 @@ A config names the settings every run shares and the grid to sweep::
     [variants]                         # optional: named settings of a method, listed in methods
     gist-plain = { method = "gist", gist_recipe = "plain" }
 
+A method's own settings (``gist_recipe``, ``label_prior``, ...: see
+:mod:`gist.config`) may stand in ``[settings]``: they apply to that
+method's runs (and its variants'), and no other method sees them.
+
     [table]
     target_drop = 0.01                 # target = full model's best val - this
     # target = 0.80                    # or an absolute target
@@ -57,7 +61,8 @@ from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, flat_names
+from ..config import RUN_SETTINGS, RunConfig, flat_names, setting_fields
+from ..errors import ConfigError
 from ..methods import get_method, method_names
 from ..run import RunFailed, launch_local, run_training, write_json
 
@@ -76,7 +81,7 @@ RUNS_DIR = "runs"
 LOG_FORMAT = 1
 
 
-class SweepError(ValueError):
+class SweepError(ConfigError):
     """A config that cannot be run, or results that do not match it."""
 
 
@@ -86,6 +91,7 @@ class SweepConfig:
 
     name: str
     settings: RunConfig
+    """The settings every run has (the method's own options are in :attr:`method_settings`)."""
     methods: list[str]
     subnets: list[int]
     local_steps: list[int]
@@ -99,6 +105,13 @@ class SweepConfig:
     target_drop: float = 0.01
     target: Optional[float] = None
     path: Optional[Path] = None
+    method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``[settings]`` that belong to one method: ``{"gist": {"gist_recipe": "plain"}}``."""
+
+    def settings_of(self, method: str) -> RunConfig:
+        """The shared settings with ``method``'s own (a method or a variant's method)."""
+        base = self.variants.get(method, {}).get("method", method)
+        return self.settings.replace(method=base, **self.method_settings.get(base, {}))
 
 
 @dataclass(frozen=True)
@@ -156,12 +169,15 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
             f"{where}: unknown top-level keys {sorted(unknown)}; expected name, description, "
             f"[settings], [sweep], [variants], [table]"
         )
-    defaults = RunConfig().flat()
+    defaults = {name: f.default for name, _, f in setting_fields()}
+    owners = {name: group for name, group, _ in setting_fields() if group in method_names()}
     harness_owned = flat_names(per_run=True)
     settings_table = dict(raw.get("settings", {}))
     for key in settings_table:
         if key not in defaults:
             raise SweepError(f"{where}: [settings] {key!r} is not a run setting; choose from {sorted(defaults)}")
+        if key == "method":
+            raise SweepError(f"{where}: [settings] 'method' is set by the sweep; list it in [sweep] methods instead")
         if key in SWEPT:
             raise SweepError(f"{where}: [settings] {key!r} is set by the sweep; list it in [sweep] instead")
         if key in harness_owned:
@@ -172,7 +188,15 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
             settings_table[key] = float(value)
         elif expected is not None and not isinstance(value, expected):
             raise SweepError(f"{where}: [settings] {key} must be {expected.__name__}, got {value!r}")
-    settings = RunConfig.from_flat(**settings_table)
+    method_settings: dict[str, dict[str, Any]] = {}
+    for key in [k for k in settings_table if k in owners]:
+        method_settings.setdefault(owners[key], {})[key] = settings_table.pop(key)
+    try:
+        settings = RunConfig.from_flat(**settings_table)
+        for method, values in method_settings.items():
+            RunConfig.from_flat(method=method, **values)  # the names and values of each method's own
+    except ConfigError as exc:
+        raise SweepError(f"{where}: [settings] {exc}") from exc
 
     variants = _parse_variants(raw.get("variants", {}), where)
     sweep = dict(raw.get("sweep", {}))
@@ -183,6 +207,12 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
     bad = [m for m in methods if m not in known]
     if bad or not methods:
         raise SweepError(f"{where}: [sweep] methods must be drawn from {known}, got {methods!r}")
+    swept_bases = {variants.get(m, {}).get("method", m) for m in methods}
+    for owner, values in method_settings.items():
+        if owner not in swept_bases:
+            raise SweepError(
+                f"{where}: [settings] {sorted(values)} are settings of --method {owner}, which the sweep does not run"
+            )
     subnets = _int_list(sweep, "subnets", [2, 4, 8])
     local_steps = _int_list(sweep, "local_steps", [settings.local.local_steps])
     seeds = _int_list(sweep, "seeds", [0])
@@ -196,6 +226,11 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
     axes: dict[str, list[Any]] = {}
     sweepable = (set(flat_names(changes_results=True)) | set(PLACE_AXES)) - set(SWEPT)
     for key, values in sweep.items():
+        if key in owners and swept_bases != {owners[key]}:
+            raise SweepError(
+                f"{where}: [sweep] {key!r} is a setting of --method {owners[key]}: sweep it with [variants] "
+                f"(or sweep only {owners[key]})"
+            )
         if key not in sweepable:
             raise SweepError(
                 f"{where}: [sweep] {key!r} cannot be swept; sweep methods, subnets, local_steps, "
@@ -225,6 +260,7 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
         target_drop=target_drop,
         target=float(target) if target is not None else None,
         path=path,
+        method_settings=method_settings,
     )
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.name):
         raise SweepError(f"{where}: name {cfg.name!r} must use only letters, digits, '.', '_' and '-'")
@@ -233,16 +269,16 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
 
 
 def _parse_variants(table: Any, where: str) -> dict[str, dict[str, Any]]:
-    """``[variants]``: each a registered ``method`` plus run settings."""
+    """``[variants]``: each a registered ``method`` plus run settings (its own included)."""
     if not isinstance(table, dict):
         raise SweepError(f"{where}: [variants] must be a table of named settings")
-    sweepable = set(flat_names(changes_results=True)) - set(SWEPT)
     out: dict[str, dict[str, Any]] = {}
     for name, values in table.items():
         if name in method_names():
             raise SweepError(f"{where}: variant {name!r} has the name of a method; name it otherwise")
         if not isinstance(values, dict) or values.get("method") not in method_names():
             raise SweepError(f"{where}: variant {name!r} needs method = one of {method_names()}")
+        sweepable = set(flat_names(changes_results=True, method=values["method"])) - set(SWEPT)
         bad = [k for k in values if k != "method" and k not in sweepable]
         if bad:
             raise SweepError(f"{where}: variant {name!r}: {bad} cannot be set per variant; use run settings")
@@ -278,8 +314,8 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
             ms = [fixed] if fixed is not None else [m for m in cfg.subnets if m > 1]
             for m, zeta, seed in product(ms, cfg.local_steps, cfg.seeds):
                 try:
-                    settings = cfg.settings.replace(
-                        **context, **variant, method=base, subnets=m, local_steps=zeta, seed=seed
+                    settings = cfg.settings_of(base).replace(
+                        **context, **variant, subnets=m, local_steps=zeta, seed=seed
                     )
                     get_method(base).check_run(settings)
                     if settings.dist.bandwidth != "none" and not cfg.processes:
@@ -458,6 +494,8 @@ def _save_config(cfg: SweepConfig, out: Path) -> None:
     if target.is_file() and target.read_text() != text:
         old = parse_config(tomllib.loads(target.read_text()), name=cfg.name)
         diff = _differences(old.settings, cfg.settings)
+        if old.method_settings != cfg.method_settings:
+            diff.append(f"methods' own settings: stored {old.method_settings}, config {cfg.method_settings}")
         if diff:
             raise SweepError(
                 f"{out} holds results of a config with other settings ({'; '.join(diff)}; "
@@ -484,8 +522,16 @@ def describe(cfg: SweepConfig) -> str:
     ]
     lines += [f"  {k} {v}" for k, v in cfg.axes.items()]
     per_run = flat_names(per_run=True)
-    shared = {k: v for k, v in cfg.settings.flat().items() if k not in SWEPT and k not in per_run and k not in cfg.axes}
+    shared = {
+        k: v
+        for k, v in cfg.settings.flat().items()
+        if k in RUN_SETTINGS and k not in SWEPT and k not in per_run and k not in cfg.axes
+    }
     lines.append("  settings " + ", ".join(f"{k}={v}" for k, v in shared.items()))
+    lines += [
+        f"  {m}'s own settings " + ", ".join(f"{k}={v}" for k, v in own.items())
+        for m, own in cfg.method_settings.items()
+    ]
     return "\n".join(lines)
 
 

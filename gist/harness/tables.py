@@ -40,10 +40,18 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from ..methods import method_names
+from ..methods import method_names, methods_with_role
 from .curves import GROUP, RISING_MARGIN, axes_label, context_axes, first_reach, load_logs, match_axes, run_table
 from .plots import write_plots
 from .sweep import RUNS_DIR, SweepConfig, load_results_config
+
+
+def role_holder(role: str) -> str:
+    """The method that plays ``role`` in the tables (:data:`gist.engine.ROLES`): the first registered one."""
+    holders = methods_with_role(role)
+    if not holders:
+        raise ValueError(f"no registered method plays the role {role!r} in the tables")
+    return holders[0]
 
 
 def targets(
@@ -56,7 +64,7 @@ def targets(
         if target is not None:
             out[tuple(key)] = target
             continue
-        sel = runs[match_axes(runs, axes, key) & (runs["method"] == "full")]
+        sel = runs[match_axes(runs, axes, key) & (runs["method"] == role_holder("target"))]
         if sel.empty:
             out[tuple(key)] = math.nan
             continue
@@ -70,7 +78,8 @@ def summarize(
     """A row per extra-axes value, method, ``m`` and ``ζ``: seeds, best val and
     test at best val (mean, std), bytes per worker, bytes and seconds to the
     target (mean over the seeds that reach it; ``reached`` counts them), and
-    the ratio of bytes to target against ``ddp`` at the same ``m`` and ``ζ``.
+    the ratio of bytes to target against the ``bytes`` baseline (``ddp``) at
+    the same ``m`` and ``ζ`` (column ``bytes_vs_<baseline>``).
 
     Failed (diverged) runs are counted in ``failed`` and left out of every
     other column, the target included."""
@@ -116,25 +125,21 @@ def summarize(
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    ratios = []
+    ratios, baseline = [], role_holder("bytes")
     for _, row in table.iterrows():
-        ddp = table[
+        same = table[
             match_axes(table, axes, [row[a] for a in axes])
-            & (table["method"] == "ddp")
+            & (table["method"] == baseline)
             & (table["m"] == row["m"])
             & (table["zeta"] == row["zeta"])
         ]
-        base = ddp["mb_to_target"].iloc[0] if len(ddp) else math.nan
+        base = same["mb_to_target"].iloc[0] if len(same) else math.nan
         ratios.append(row["mb_to_target"] / base if base and not math.isnan(base) else math.nan)
-    table["bytes_vs_ddp"] = ratios
+    table[f"bytes_vs_{baseline}"] = ratios
     _add_budget_columns(table, runs[runs["failure"].isna()], axes)
     table["_order"] = table["method"].map(lambda name: order.get(name, len(order)))
     table = table.sort_values([*axes, "_order", "m", "zeta"], kind="stable").drop(columns="_order")
     return table.reset_index(drop=True)
-
-
-BUDGET_METHOD = "gist"
-"""The method whose bytes and time are the budget of the equal-bytes and equal-time columns."""
 
 
 def best_within(curve: pd.DataFrame, column: str, budget: float) -> float:
@@ -145,15 +150,15 @@ def best_within(curve: pd.DataFrame, column: str, budget: float) -> float:
 
 
 def _add_budget_columns(table: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> None:
-    """``val_at_gist_bytes`` / ``val_at_gist_seconds``: each row's best
+    """``val_at_<budget>_bytes`` / ``val_at_<budget>_seconds``: each row's best
     validation (mean over seeds) within the bytes per worker / seconds that
-    ``gist`` used over its whole run at the same ``m`` and ``ζ``."""
-    at_bytes, at_seconds = [], []
+    the ``budget`` method (``gist``) used over its whole run at the same ``m`` and ``ζ``."""
+    at_bytes, at_seconds, budget_method = [], [], role_holder("budget")
     for _, row in table.iterrows():
         key = [row[a] for a in axes]
         budget = table[
             match_axes(table, axes, key)
-            & (table["method"] == BUDGET_METHOD)
+            & (table["method"] == budget_method)
             & (table["m"] == row["m"])
             & (table["zeta"] == row["zeta"])
         ]
@@ -170,8 +175,14 @@ def _add_budget_columns(table: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[
         max_bytes, max_seconds = budget["mb_per_worker"].iloc[0] * 1e6, budget["seconds"].iloc[0]
         at_bytes.append(float(pd.Series([best_within(c, "bytes_per_worker", max_bytes) for c in sel["curve"]]).mean()))
         at_seconds.append(float(pd.Series([best_within(c, "seconds", max_seconds) for c in sel["curve"]]).mean()))
-    table["val_at_gist_bytes"] = at_bytes
-    table["val_at_gist_seconds"] = at_seconds
+    table[f"val_at_{budget_method}_bytes"] = at_bytes
+    table[f"val_at_{budget_method}_seconds"] = at_seconds
+
+
+def _scorer(cfg: SweepConfig) -> str:
+    """``parts`` where a swept method's own settings score on the workers' parts, else ``graph``."""
+    scorers = {getattr(cfg.settings_of(m).options, "scorer", "graph") for m in cfg.methods}
+    return "parts" if "parts" in scorers else "graph"
 
 
 def _scored(scorer: str, table: pd.DataFrame) -> str:
@@ -205,6 +216,7 @@ def _num(value: float, fmt: str) -> str:
 
 def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
     """The summary as a Markdown table with human-readable cells."""
+    baseline, budget = role_holder("bytes"), role_holder("budget")
     shown = pd.DataFrame(
         {
             **{a: table[a] for a in axes},
@@ -221,9 +233,9 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
             "reached": [f"{r}/{s}" for r, s in zip(table["reached"], table["seeds"])],
             "MB/worker to target": [_num(v, ".3g") for v in table["mb_to_target"]],
             "s to target": [_num(v, ".1f") for v in table["seconds_to_target"]],
-            "bytes vs ddp": [_num(v, ".3f") for v in table["bytes_vs_ddp"]],
-            "val at gist's MB": [_num(v, ".4f") for v in table["val_at_gist_bytes"]],
-            "val at gist's s": [_num(v, ".4f") for v in table["val_at_gist_seconds"]],
+            f"bytes vs {baseline}": [_num(v, ".3f") for v in table[f"bytes_vs_{baseline}"]],
+            f"val at {budget}'s MB": [_num(v, ".4f") for v in table[f"val_at_{budget}_bytes"]],
+            f"val at {budget}'s s": [_num(v, ".4f") for v in table[f"val_at_{budget}_seconds"]],
         }
     )
     if table["best_parts_val"].notna().any():
@@ -286,6 +298,7 @@ def tabulate(
     goals = "; ".join(f"{axes_label(axes, k) or 'all runs'}: {v:.4f}" for k, v in goal.items())
     s = cfg.settings
     d, model = s.data, s.model
+    reference, budget = role_holder("target"), role_holder("budget")
     transports = sorted({str(log.get("config", {}).get("transport", "in-process")) for log in logs})
     lines = [
         f"# {cfg.name}: accuracy versus communication",
@@ -303,9 +316,9 @@ def tabulate(
         f"batching `{d.batching}`, "
         f"transport: {', '.join(transports)}.",
         f"Target: {how} ({goals}).",
-        "Metric: accuracy (for ogbn-* datasets through `ogb.nodeproppred.Evaluator`), " + _scored(s.scorer, table),
+        "Metric: accuracy (for ogbn-* datasets through `ogb.nodeproppred.Evaluator`), " + _scored(_scorer(cfg), table),
         "MB/worker: training bytes sent or received per worker (parameters, loss reports, set-up), "
-        "divided by m; for `full` that is the model handed to its one worker each round. Graph data is "
+        f"divided by m; for `{reference}` that is the model handed to its one worker each round. Graph data is "
         "loaded where it lives and is not counted; eval MB/worker is the full model sent to each worker "
         "of a partitioned GIST run to score its own nodes or re-estimate BatchNorm statistics there (the "
         "baselines score on rank 0); the statistics themselves (bn_stats) and the label counts (prior) "
@@ -315,8 +328,8 @@ def tabulate(
         f"'still rising' counts the seeds whose best validation in the last quarter of rounds beats the "
         f"best before it by more than {RISING_MARGIN} (not converged when the run stopped); 'reached' counts the "
         "seeds that reach the target, and the 'to target' "
-        "columns average over those. 'val at gist's MB' / 'val at gist's s': the best validation a run "
-        "reached within the bytes per worker / seconds of the `gist` run at the same m and ζ (mean over seeds).",
+        f"columns average over those. 'val at {budget}'s MB' / 'val at {budget}'s s': the best validation a run "
+        f"reached within the bytes per worker / seconds of the `{budget}` run at the same m and ζ (mean over seeds).",
         *_shared_runs(logs),
         "",
         markdown_table(table, axes),

@@ -8,7 +8,7 @@ optimizer steps per worker, recorded like GIST's rounds.
 
 Communication goes through a :class:`~gist.comm.Collective`: an
 :class:`~gist.comm.InProcessCollective` runs all ``m`` workers in this
-process, one after another; a :class:`~gist.comm.dist.DistCollective` makes
+process, one after another; a :class:`~gist.comm.dist_collective.DistCollective` makes
 this process worker ``rank`` of a ``torch.distributed`` job, every rank
 running the same driver (worker 0 evaluates and keeps the log). The method
 code is the same for both: it loops over the collective's local workers. For
@@ -42,11 +42,10 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from ..comm import SETUP_ROUND, Collective, InProcessCollective, WorkerStats, tensor_nbytes
-from ..comm.dist import DistCollective
+from ..comm.dist_collective import DistCollective
 from ..config import RunConfig
 from ..devices import worker_device
 from ..engine import (
-    DriverSetup,
     Evaluator,
     RankSetup,
     RNGStream,
@@ -58,8 +57,8 @@ from ..engine import (
     worker_graphs,
     worker_rng_state,
 )
-from ..engine.setup import coordinator_evaluator
-from ..engine.worker import WarnOnce, mean_or_nan
+from ..engine.training import WarnOnce, mean_or_nan
+from ..errors import ConfigError
 from ..graph import AdjacencyFormat, graph_tensors
 
 
@@ -115,20 +114,6 @@ class DataParallelMethod(RoundDriver):
     """Whether the local workers of one process train one shared replica
     (their replicas are identical after every step)."""
 
-    @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        if cfg.coordinator_device is not None:
-            raise ValueError(
-                f"coordinator_device is gist's: {cls.name} keeps the full model on every worker's device (--device)"
-            )
-        if cfg.gist.coordinator != "central":
-            raise ValueError(f"--coordinator sharded is gist's: {cls.name} keeps the full model on every worker")
-        if cfg.wire_dtype != "float32":
-            raise ValueError(
-                f"wire_dtype {cfg.wire_dtype}: only gist sends its buffers in a narrower dtype so far; "
-                f"{cls.name} all-reduces float32"
-            )
-
     def __init__(
         self,
         model: nn.Module,
@@ -148,17 +133,13 @@ class DataParallelMethod(RoundDriver):
         local = collective.local_workers
         if graph is not None:
             if len(local) != 1:
-                raise ValueError("graph= is the training graph of a process holding one worker")
+                raise ConfigError("graph= is the training graph of a process holding one worker")
             graphs = {local[0]: graph}
         else:
             if data is None:
-                raise ValueError(f"workers {local} need their training graph (graph=) or the full graph (data=)")
+                raise ConfigError(f"workers {local} need their training graph (graph=) or the full graph (data=)")
             all_graphs = worker_graphs(data, cfg)
             graphs = {i: all_graphs[i] for i in local}
-        if collective.is_coordinator and evaluator is None:
-            if data is None:
-                raise ValueError("worker 0 needs the full graph (data=) to evaluate")
-            evaluator, scored_by = coordinator_evaluator(cfg, data, self.device)
         fmt = AdjacencyFormat.for_model(model, cfg.data.sparse_adjacency)
         self._sources = make_batch_sources(graphs, cfg, self.device, fmt)
         self._rngs = {i: RNGStream(first_rng if i == 0 else worker_rng_state(cfg.seed, i), self.device) for i in local}
@@ -170,7 +151,7 @@ class DataParallelMethod(RoundDriver):
         state = model.state_dict()
         dtypes = {state[k].dtype for k in self._state_names}
         if len(dtypes) != 1:
-            raise ValueError(f"the model's floating-point state mixes dtypes {sorted(map(str, dtypes))}")
+            raise ConfigError(f"the model's floating-point state mixes dtypes {sorted(map(str, dtypes))}")
         self.dtype = dtypes.pop()
         self.state_numel = sum(state[k].numel() for k in self._state_names)
         self.grad_numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -189,13 +170,7 @@ class DataParallelMethod(RoundDriver):
             self._optimizers[i] = optimizers[id(rep)]
         self._resume: Optional[dict[str, Any]] = None
 
-        setup = DriverSetup(
-            ledger=collective.ledger,
-            num_workers=collective.num_workers,
-            is_coordinator=collective.is_coordinator,
-            sequential=collective.sequential,
-        )
-        super().__init__(model, data, cfg, setup, evaluator, scored_by)
+        super().__init__(model, data, cfg, collective, evaluator, scored_by, device=self.device)
 
     empty_batch = "step skipped"
     """What a worker does with a batch without training nodes (for the warning)."""
@@ -281,10 +256,7 @@ class DataParallelMethod(RoundDriver):
             dataset = setup.load_dataset()
             graph = setup.own_graph().data if setup.partitioned else dataset.data
             model = setup.full_model(dataset.num_features, dataset.num_classes)
-            evaluator, scored_by = setup.evaluator(dataset.data)
-            return cls(
-                model, dataset.data, cfg, collective=collective, graph=graph, evaluator=evaluator, scored_by=scored_by
-            )
+            return cls(model, dataset.data, cfg, collective=collective, graph=graph)
         own = setup.own_graph()
         torch.manual_seed(cfg.seed + ctx.rank)  # any initialisation: worker 0's model is broadcast
         model = build_stock_model(cfg, own.num_features, own.num_classes)

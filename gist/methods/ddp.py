@@ -28,6 +28,8 @@ and the buffers are restored after every other worker's pass).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from typing import Any, Optional
 
@@ -36,6 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from ..comm import Collective
+from ..comm.dist_collective import DistCollective
 from .data_parallel import DataParallelMethod
 
 
@@ -67,9 +71,11 @@ class DDP(DataParallelMethod):
     def num_params(self) -> int:
         return self.grad_numel
 
+    role = "bytes"
+
     def start(self) -> None:
         super().start()
-        self._wrapped = self.collective.data_parallel(self.model)
+        self._wrapped = wrap_for_nccl(self.model, self.collective)
 
     def train_workers(self, round: int) -> tuple[dict[int, list[float]], dict[int, float], float]:
         if self._wrapped is not None:
@@ -155,3 +161,41 @@ class DDP(DataParallelMethod):
     def load_worker_state(self, i: int, own: dict[str, Any], shared: dict[str, Any]) -> None:
         super().load_worker_state(i, own, shared)
         self._optimizers[i].load_state_dict(shared["optimizer"])
+
+
+def wrap_for_nccl(module: nn.Module, collective: Collective) -> Optional[nn.Module]:
+    """On NCCL (a :class:`~gist.comm.dist_collective.DistCollective` whose
+    backend is ``nccl``), ``module`` wrapped in ``torch.nn.parallel.DistributedDataParallel``
+    (``device_ids`` on the rank's GPU); ``None`` on gloo, where the method
+    all-reduces one flat gradient per step itself (:meth:`all_reduce_mean`):
+    DDP's reducer over gloo deadlocked at teardown here (its destructor
+    holds the GIL while a gloo thread finishing a work waits for it).
+
+    With DDP, every backward pass averages the gradients,
+    bucket by bucket, with DDP's own all-reduce, which scales each
+    gradient by ``1/m`` as it copies it into its bucket and then sums the
+    buckets: :meth:`all_reduce_mean`'s arithmetic (exactly so for ``m`` a
+    power of two; otherwise ``x·(1/m)`` and ``x/m`` may differ in the
+    last bit). The caller counts the bytes (one all-reduce of ``|θ|``
+    values per step). Buffers are not broadcast (each worker's BatchNorm
+    keeps its own running statistics), and the wrapper does not copy the
+    model at construction: the method broadcasts worker 0's model itself
+    (counted). No Python communication hook: its callbacks run on gloo's
+    thread and deadlock with the process group's teardown."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(collective, DistCollective) or collective.ctx.backend != "nccl":
+        return None
+    ctx = collective.ctx
+    device_ids = [ctx.device] if ctx.device.type == "cuda" else None
+    # torch >= 2.13 names "no buffer broadcast before each forward" forward_sync_buffers
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_parameters() else "broadcast_buffers"
+    return DistributedDataParallel(module, device_ids=device_ids, init_sync=False, **{no_sync: False})
+
+
+@functools.cache
+def _ddp_parameters() -> set[str]:
+    """The keyword arguments ``DistributedDataParallel`` takes in this torch."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return set(inspect.signature(DistributedDataParallel.__init__).parameters)

@@ -33,13 +33,15 @@ from torch_geometric.nn import LayerNorm as PygLayerNorm
 from torch_geometric.nn.dense.linear import Linear as PygLinear
 from torch_geometric.nn.models.basic_gnn import BasicGNN
 
+from ..errors import ConfigError
+
 Axes = tuple[Optional[str], ...]
 """One width name (or ``None``: not split) per tensor dimension."""
 
 GROUP_ATTR = "_gist_groups"
 
 
-class SplitError(ValueError):
+class SplitError(ConfigError):
     """The model cannot be split as asked (unknown layer, bad widths, ...)."""
 
 

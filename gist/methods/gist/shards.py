@@ -32,8 +32,8 @@ from torch_geometric.nn import BatchNorm as PygBatchNorm
 from torch_geometric.nn import GCNConv, SAGEConv
 from torch_geometric.nn.dense.linear import Linear as PygLinear
 
-from .nn.slicing import Axes, SplitError, SplitSpec, build_split_spec
-from .subnets import WidthPartition, select_block, side_size, write_block
+from ...nn.slicing import Axes, SplitError, SplitSpec, build_split_spec
+from ...subnets import WidthPartition, select_block, side_size, write_block
 
 
 def owned_units(size: int, num_owners: int, owner: int) -> Tensor:

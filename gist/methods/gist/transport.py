@@ -5,96 +5,29 @@ parameter buffer per worker and gets one :class:`WorkerReport` per worker
 back. How the buffers travel is the transport's business:
 :class:`InProcessTransport` calls the workers one after another in this
 process (a deterministic simulation of ``m`` machines);
-:class:`gist.comm.dist.DistTransport` sends the same buffers to real
-processes. Every transport records what it moves in a :class:`ByteLedger`.
+:class:`~gist.methods.gist.processes.DistTransport` sends the same buffers
+to real processes. Every transport records what it moves in a :class:`ByteLedger`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from .ledger import (
-    FROM_WORKER,
-    SETUP_ROUND,
-    TO_WORKER,
-    ByteLedger,
-    handshake_header,
-    handshake_reply,
-    record_handshake,
-    tensor_nbytes,
-)
+from ...comm import FROM_WORKER, SETUP_ROUND, TO_WORKER, ByteLedger, WorkerStats, tensor_nbytes
+from ...comm.ledger import handshake_header, handshake_reply, record_handshake
+from .messages import Evaluation, WorkerReport
 
-EVAL_COUNTS = 6
-"""Values a worker returns from an evaluation: correct and total per split."""
-
-
-@dataclass(frozen=True)
-class WorkerStats:
-    """A worker's report on its local steps of one round."""
-
-    loss: float
-    """Mean training loss over the steps taken (NaN if none)."""
-    steps: int
-    """Optimizer steps taken (steps on batches without training nodes are skipped)."""
-    seconds: float
-    """Wall time of the worker's round."""
-
-    NUM_VALUES = 3
-    """Values reported: ``[loss, steps, seconds]``, in the buffer dtype, or,
-    for a 16-bit buffer, as the bits of three float32 values (exact)."""
-
-    def to_tensor(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The report as it travels after a buffer of ``dtype`` (:meth:`slots` values)."""
-        narrow = dtype.itemsize < 4
-        values = torch.tensor([self.loss, float(self.steps), self.seconds], dtype=torch.float32 if narrow else dtype)
-        return values.view(dtype) if narrow else values
-
-    @classmethod
-    def from_tensor(cls, values: Tensor) -> WorkerStats:
-        if values.element_size() < 4:
-            values = values.clone().view(torch.float32)
-        if values.numel() != cls.NUM_VALUES:
-            raise ValueError(f"a stats report has {cls.NUM_VALUES} values, got {values.numel()}")
-        loss, steps, seconds = (float(v) for v in values)
-        return cls(loss, int(round(steps)), seconds)
-
-    @staticmethod
-    def slots(dtype: torch.dtype = torch.float32) -> int:
-        """Values of ``dtype`` a report takes on the wire."""
-        return WorkerStats.NUM_VALUES * max(1, 4 // dtype.itemsize)
-
-    @staticmethod
-    def nbytes(dtype: torch.dtype = torch.float32) -> int:
-        return WorkerStats.slots(dtype) * dtype.itemsize
-
-
-@dataclass
-class WorkerReport:
-    """What a GIST worker sends back after its local steps."""
-
-    params: Tensor
-    """The trained sub-network, as one flat buffer in the round's layout."""
-    stats: WorkerStats
-
-
-@dataclass
-class Evaluation:
-    """What the workers return from :meth:`Transport.evaluate`."""
-
-    moment_totals: list[Tensor]
-    """Per BatchNorm layer: every worker's activation moments summed."""
-    counts: list[Tensor]
-    """Per worker: correct/total counts on its own nodes (empty unless asked)."""
+if TYPE_CHECKING:
+    from .worker import PartScorer
 
 
 class SubnetWorker(Protocol):
-    """What a transport needs of a GIST worker (see :class:`gist.engine.Worker`)."""
+    """What a transport needs of a GIST worker (:class:`~gist.methods.gist.worker.Worker`)."""
 
     index: int
 
@@ -122,24 +55,20 @@ class SubnetWorker(Protocol):
 
     def set_label_prior(self, total_counts: Tensor) -> None: ...
 
-    def load_eval_model(self, flat_model: Tensor) -> None: ...
-
-    def lend_eval_model(self, model: nn.Module) -> bool: ...
-
-    def batch_norm_moments(self, index: int) -> Tensor: ...
-
-    def set_batch_norm_moments(self, index: int, total: Tensor) -> None: ...
-
-    def score(self) -> Tensor: ...
-
-    def drop_eval_model(self) -> None: ...
+    @property
+    def scorer(self) -> PartScorer:
+        """Evaluates the merged model on the worker's own part."""
+        ...
 
 
 class Transport(ABC):
     """Moves one flat buffer per worker per direction each round."""
 
-    def __init__(self, num_subnets: int, ledger: Optional[ByteLedger] = None) -> None:
-        self.num_subnets = num_subnets
+    is_coordinator = True
+    """The transport is the coordinator's side (which evaluates and keeps the log)."""
+
+    def __init__(self, num_workers: int, ledger: Optional[ByteLedger] = None) -> None:
+        self.num_workers = num_workers
         self.ledger = ledger if ledger is not None else ByteLedger()
 
     def start(self, start_round: int, numel: int) -> None:
@@ -219,8 +148,8 @@ class InProcessTransport(Transport):
             )
 
     def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
-        if len(payloads) != self.num_subnets:
-            raise ValueError(f"expected {self.num_subnets} payloads, got {len(payloads)}")
+        if len(payloads) != self.num_workers:
+            raise ValueError(f"expected {self.num_workers} payloads, got {len(payloads)}")
         reports = []
         for worker, payload in zip(self.workers, payloads):
             self.ledger.record(round, worker.index, TO_WORKER, "params", payload)
@@ -246,25 +175,25 @@ class InProcessTransport(Transport):
     ) -> Evaluation:
         for worker in self.workers:
             self.ledger.record(round, worker.index, TO_WORKER, "eval", flat_model)
-            if model is None or not worker.lend_eval_model(model):
-                worker.load_eval_model(flat_model.clone())
+            if model is None or not worker.scorer.lend(model):
+                worker.scorer.load(flat_model.clone())
         try:
             totals = []
             for k in range(batch_norms):
-                moments = [worker.batch_norm_moments(k).clone() for worker in self.workers]
+                moments = [worker.scorer.batch_norm_moments(k).clone() for worker in self.workers]
                 total = torch.stack(moments).sum(0)
                 for worker, mine in zip(self.workers, moments):
                     self.ledger.record(round, worker.index, FROM_WORKER, "bn_stats", mine)
                     self.ledger.record(round, worker.index, TO_WORKER, "bn_stats", total)
-                    worker.set_batch_norm_moments(k, total.clone())
+                    worker.scorer.set_batch_norm_moments(k, total.clone())
                 totals.append(total)
             counts = []
             if score:
                 for worker in self.workers:
-                    c = worker.score().clone()
+                    c = worker.scorer.score().clone()
                     self.ledger.record(round, worker.index, FROM_WORKER, "eval", c)
                     counts.append(c)
         finally:
             for worker in self.workers:
-                worker.drop_eval_model()
+                worker.scorer.drop()
         return Evaluation(totals, counts)

@@ -1,0 +1,96 @@
+"""The shards one process holds of a model no process holds whole.
+
+:class:`ShardStore` keeps, for each owner local to this process, the rows of
+every sliced tensor that owner holds (:class:`~.shards.Ownership`), and one
+copy of the shared tensors. It hands them out as flat buffers by *key*: a
+split-spec layer's index (what evaluation needs, layer by layer) or
+:data:`FULL_SHARD` (the whole shard: ``--save-model``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ...nn.slicing import SplitSpec
+from .shards import Ownership
+
+FULL_SHARD = 1 << 30
+"""The key of an owner's whole shard; layer ``k`` is key ``k``."""
+
+
+class ShardStore:
+    """The local owners' shards (``{owner: {name: rows}}``) and the shared tensors, on ``device``."""
+
+    def __init__(
+        self,
+        ownership: Ownership,
+        spec: SplitSpec,
+        shards: Mapping[int, Mapping[str, Tensor]],
+        shared: Mapping[str, Tensor],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.ownership, self.spec, self.device, self.dtype = ownership, spec, device, dtype
+        self.shards = {o: {n: t.to(device) for n, t in shard.items()} for o, shard in shards.items()}
+        self.shared = {n: t.detach().to(device, copy=True) for n, t in shared.items()}
+
+    @property
+    def owners(self) -> list[int]:
+        return sorted(self.shards)
+
+    def names(self, key: int) -> list[str]:
+        """The sliced tensors of key ``key``."""
+        if key == FULL_SHARD:
+            return self.ownership.sliced
+        return self.ownership.layer_names(self.spec.layers[key].path)
+
+    def provide(self, owner: int, key: int) -> Tensor:
+        """Owner ``owner``'s rows of key ``key``'s tensors, as one flat buffer."""
+        shard = self.shards[owner]
+        parts = [shard[n].reshape(-1) for n in self.names(key)]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=self.dtype, device=self.device)
+
+    def like(self, key: int) -> Tensor:
+        """An empty buffer of the size of one owner's :meth:`provide` of ``key`` (all owners' are equal)."""
+        shard = self.shards[self.owners[0]]
+        return torch.empty(sum(shard[n].numel() for n in self.names(key)), dtype=self.dtype, device=self.device)
+
+    def split(self, flat: Tensor, key: int) -> dict[str, Tensor]:
+        """A :meth:`provide` buffer as ``{name: view}``."""
+        shard = self.shards[self.owners[0]]
+        out, offset = {}, 0
+        for n in self.names(key):
+            out[n] = flat[offset : offset + shard[n].numel()].view(shard[n].shape)
+            offset += shard[n].numel()
+        return out
+
+    def with_shared(self, part: dict[str, Tensor], layer: int) -> dict[str, Tensor]:
+        """An owner's part of layer ``layer`` and the layer's shared tensors: what the layer computes with."""
+        path = self.spec.layers[layer].path
+        prefix = f"{path}." if path else ""
+        part.update({n: t for n, t in self.shared.items() if n.startswith(prefix)})
+        return part
+
+    def assemble(self, parts: list[Mapping[str, Tensor]], names: list[str]) -> dict[str, Tensor]:
+        """The full model's ``state_dict`` (on the CPU, in the order of ``names``) from every owner's shard."""
+        state = self.ownership.assemble(parts)
+        state.update(self.shared)
+        return {n: state[n].detach().to("cpu", copy=True) for n in names}
+
+    def checkpoint(self, owner: int) -> dict[str, Tensor | dict[str, Tensor]]:
+        """Owner ``owner``'s shard and the shared tensors, on the CPU."""
+        return {
+            "shard": {n: t.detach().cpu() for n, t in self.shards[owner].items()},
+            "shared": {n: t.detach().cpu() for n, t in self.shared.items()},
+        }
+
+    @torch.no_grad()
+    def restore(self, owner: int, saved: Mapping[str, Mapping[str, Tensor]]) -> None:
+        """Load :meth:`checkpoint`'s values into owner ``owner``'s shard and the shared tensors."""
+        for n, t in self.shards[owner].items():
+            t.copy_(saved["shard"][n])
+        for n, t in self.shared.items():
+            t.copy_(saved["shared"][n])

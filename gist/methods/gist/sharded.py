@@ -1,0 +1,352 @@
+r"""GIST with a sharded coordinator: no process holds the full model.
+
+``--coordinator sharded`` (:class:`ShardedGIST`) keeps GIST's rounds
+(:mod:`~.base`) but not its central model: unit ``j`` of every hidden width
+is owned by worker ``j mod m`` (:mod:`~.shards`), every process holds its own
+shard, its own copy of the shared tensors and its current sub-network
+(:class:`~.shard_store.ShardStore`). Round ``r``:
+
+1. every process draws the width split of ``(seed, r)``;
+2. *assemble* (one all-to-all): owner ``o`` sends worker ``w`` its piece of
+   sub-network ``w mod s``; worker ``w`` puts the pieces together (its own
+   piece never travels);
+3. worker ``w`` trains its sub-network as with the central coordinator;
+4. *return* (one all-to-all): worker ``w`` sends each owner the owner's rows
+   of what it trained; an owner averages the copies of each group (``s < m``)
+   and writes them into its shard. The shared tensors are all-gathered and
+   averaged, on every worker alike.
+
+The arithmetic is the central coordinator's, element for element, so both
+train the same model (bit for bit in one process; with ``--wire-dtype`` the
+pieces travel rounded as central buffers do). Ledger (``params``, in the
+wire dtype): the pieces a worker receives from other owners
+(``to_worker``), the pieces it returns to other owners and its shared
+tensors to the ``m - 1`` others (``from_worker``); the stats, label-prior
+and set-up messages as central. Evaluation: :mod:`~.sharded_eval`.
+Checkpoints are one side file per owner beside the main one
+(:meth:`gist.engine.Checkpointer.write_side`); ``--save-model`` puts the full
+model together on worker 0 after the last evaluation, as asked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from ...comm import FROM_WORKER, SETUP_ROUND, TO_WORKER, Collective, InProcessCollective, tensor_nbytes
+from ...comm.dist_collective import DistCollective
+from ...config import RunConfig
+from ...engine import Checkpointer, CheckpointError, Evaluator, RankSetup, RoundWork, build_stock_model
+from ...errors import ConfigError
+from ...subnets import FlatLayout, average_states, draw_partition
+from .base import GIST
+from .shard_store import ShardStore
+from .sharded_eval import ShardedEvaluation
+from .shards import Ownership, init_shards
+from .worker import make_workers
+
+Shards = tuple[dict[int, dict[str, Tensor]], dict[str, Tensor]]
+"""The local owners' shards and the shared tensors (:func:`~.shards.init_shards`)."""
+
+
+class ShardedGIST(GIST):
+    """GIST whose full model lives in shards, one per worker (module docstring).
+
+    Args:
+        model: the full-width model, initialised (build it under
+            ``torch.manual_seed(cfg.seed)`` right before this call, as for
+            :class:`~.central.CentralGIST`). Its values are taken into the
+            shards and it is moved to the ``meta`` device:
+            :meth:`model_state_dict` gives the trained model back.
+        data: the graph scored on (worker 0); in one process also the workers'
+            graphs. ``None`` on a process that does not evaluate.
+        cfg: the run config, with ``options.coordinator = "sharded"``.
+        collective: default an :class:`~gist.comm.InProcessCollective` of ``m`` workers.
+        graph: the training graph of this process's one worker (a rank that loaded only its own part).
+        shards: instead of ``model``'s values, the local owners' shards and
+            the shared tensors (:func:`~.shards.init_shards`); ``model``
+            is then its structure on the ``meta`` device.
+    """
+
+    coordinator = "sharded"
+    label = "GIST (sharded)"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Optional[Data],
+        cfg: RunConfig,
+        collective: Optional[Collective] = None,
+        evaluator: Optional[Evaluator] = None,
+        scored_by: str = "correct / total",
+        graph: Optional[Data] = None,
+        shards: Optional[Shards] = None,
+    ) -> None:
+        self._setup(model, cfg)
+        self.collective = collective if collective is not None else InProcessCollective(cfg.subnets)
+        local = self.collective.local_workers
+        graphs = {local[0]: graph} if graph is not None else None
+        if graphs is None and data is None:
+            raise ConfigError("the workers need their training graph (graph=) or the full graph (data=)")
+        # right after the model was built: worker 0 continues the global RNG stream
+        workers = make_workers(model, self.spec, data if graphs is None else None, cfg, indices=local, graphs=graphs)
+        self.workers = {w.index: w for w in workers}
+        self.ownership = Ownership(self.spec, cfg.subnets)
+        if shards is None:
+            shards = self._take_shards(model, local)
+        if sorted(shards[0]) != list(local):
+            raise ConfigError(f"shards of owners {sorted(shards[0])} given to workers {list(local)}")
+        self.store = ShardStore(self.ownership, self.spec, shards[0], shards[1], self.device, self.layout.dtype)
+        shared = self.store.shared
+        self._shared_layout = FlatLayout(
+            tuple(shared),
+            tuple(t.shape for t in shared.values()),
+            tuple(t.dtype for t in shared.values()),
+            self.layout.dtype,
+        )
+        self.evaluation = ShardedEvaluation(
+            model, self.store, self.collective, self.workers, cfg, self.batch_norms_reestimated, self.scores_parts
+        )
+        self._full_state: Optional[dict[str, Tensor]] = None
+        super().__init__(model, data, cfg, self.collective, evaluator, scored_by, device=self.device)
+
+    def _take_shards(self, model: nn.Module, owners: tuple[int, ...]) -> Shards:
+        """The local owners' rows of ``model``'s values; ``model`` is left on the ``meta`` device."""
+        state = model.state_dict()
+        with torch.no_grad():
+            out = ({o: self.ownership.shard(state, o) for o in owners}, {n: state[n] for n in self.ownership.shared})
+        del state
+        model.to("meta")
+        return out
+
+    @property
+    def local_workers(self) -> tuple[int, ...]:
+        return self.collective.local_workers
+
+    # ------------------------------------------------------------------ set-up
+
+    def start(self) -> None:
+        """The handshake (worker 0 says the round to start from), the label
+        counts for the prior correction, and on resume each owner's shard file."""
+        numel = self.layouts[self.schedule.at(self.round).groups].wire_numel(self.wire)
+        data_bytes = {w: tensor_nbytes(self.workers[w].data_tensors()) for w in self.local_workers}
+        self.round = self.collective.handshake(self.round, numel, data_bytes)
+        for worker in self.workers.values():
+            worker.fast_forward(self.round)
+        if self.round > 0:
+            for owner in self.local_workers:
+                self._load_shard(owner, self.round)
+        if self.label_classes is not None:
+            self._share_label_counts(self.label_classes)
+
+    def _share_label_counts(self, num_classes: int) -> None:
+        counts = {w: self.workers[w].label_counts(num_classes) for w in self.local_workers}
+        total = torch.stack(self.collective.all_gather(counts, "set-up (label counts)")).sum(0)
+        for w in range(self.cfg.subnets):
+            self.ledger.record(SETUP_ROUND, w, FROM_WORKER, "prior", total)  # each worker's counts: same size
+            self.ledger.record(SETUP_ROUND, w, TO_WORKER, "prior", total)
+        for worker in self.workers.values():
+            worker.set_label_prior(total.clone())
+
+    # ------------------------------------------------------------------ rounds
+
+    def train_round(self, round: int) -> RoundWork:
+        self.collective.round_starts(round)
+        start = time.perf_counter()
+        plan = self.schedule.at(round)
+        layout = self.layouts[plan.groups]
+        shapes = dict(zip(layout.names, layout.shapes))
+        partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round)
+        m, own = self.cfg.subnets, self.ownership
+        pieces = {(o, g): own.plan(partition, g, o) for o in range(m) for g in range(plan.groups)}
+        numel = {key: own.piece_numel(p, shapes) for key, p in pieces.items()}
+        payloads, waited = self._assemble(round, plan, layout, pieces, numel, shapes)
+        split_done = time.perf_counter()
+        # each payload handed over, not kept: the worker frees it once loaded
+        reports = {w: self.workers[w].train_round(round, payloads.pop(w)) for w in self.local_workers}
+        merge_start = time.perf_counter()
+        waited_back = self._return(round, plan, layout, pieces, numel, shapes, reports)
+        merge_seconds = time.perf_counter() - merge_start
+        gathered = self.collective.gather_stats(round, {w: reports[w].stats for w in self.local_workers}, self.wire)
+        if not self.is_coordinator and self.cfg.is_eval_round(round):  # the last round is one
+            self.evaluation.on_parts(round)
+            self.evaluation.serve()
+        # split and merge: this process's own work, without the exchanges (waiting on the others, transfers)
+        return RoundWork(
+            stats=gathered, split_seconds=split_done - start - waited, merge_seconds=merge_seconds - waited_back
+        )
+
+    def _assemble(self, round, plan, layout, pieces, numel, shapes) -> tuple[dict[int, Tensor], float]:
+        """Owner ``o`` -> worker ``w``: its piece of group ``w mod s``, in the
+        wire dtype; each local worker's sub-network put together in place in
+        its flat buffer. The payloads, and the seconds spent in the exchange."""
+        m, local, own, wire = self.cfg.subnets, self.local_workers, self.ownership, self.wire
+        shards = self.store.shards
+        taken = {
+            (o, g): own.take_from_shard(shards[o], pieces[o, g]).to(wire) for o in local for g in range(plan.groups)
+        }
+        sends = {o: {w: taken[o, plan.group_of(w)] for w in range(m)} for o in local}
+        recv = {w: {o: numel[o, plan.group_of(w)] for o in range(m)} for w in local}
+        exchange = time.perf_counter()
+        got = self.collective.all_to_all(sends, recv, f"round {round} (assembling the sub-networks)")
+        waited = time.perf_counter() - exchange
+        for w in range(m):
+            g = plan.group_of(w)
+            nbytes = sum(numel[o, g] for o in range(m) if o != w) * wire.itemsize
+            self.ledger.record(round, w, TO_WORKER, "params", nbytes)
+        payloads = {}
+        for w in local:
+            g = plan.group_of(w)
+            flat = torch.empty(layout.numel, dtype=layout.dtype, device=self.device)
+            sub = layout.views(flat)
+            for o, piece in got[w].items():
+                own.place_in_subnet(sub, own.unflatten(piece, pieces[o, g], shapes), pieces[o, g])
+            with torch.no_grad():
+                for n, value in self.store.shared.items():
+                    sub[n].copy_(value)
+            payloads[w] = layout.encode(flat, wire)  # as central's payload: shared values rounded too
+            del sub, flat
+        return payloads, waited
+
+    def _return(self, round, plan, layout, pieces, numel, shapes, reports) -> float:
+        """Worker ``w`` -> owner ``o``: the owner's rows of what ``w`` trained,
+        averaged per group into the shard; the shared tensors all-gathered and
+        averaged. The seconds spent in the exchanges."""
+        m, local, own, wire = self.cfg.subnets, self.local_workers, self.ownership, self.wire
+        returned = {w: layout.unflatten(layout.decode(reports[w].params.to(self.device))) for w in local}
+        sends = {
+            w: {o: own.take_from_subnet(returned[w], pieces[o, plan.group_of(w)]).to(wire) for o in range(m)}
+            for w in local
+        }
+        recv = {o: {w: numel[o, plan.group_of(w)] for w in range(m)} for o in local}
+        exchange = time.perf_counter()
+        got = self.collective.all_to_all(sends, recv, f"round {round} (returning the sub-networks)")
+        waited = time.perf_counter() - exchange
+        shared_bytes = self._shared_layout.wire_numel(wire) * wire.itemsize * (m - 1)
+        for w in range(m):
+            g = plan.group_of(w)
+            back = sum(numel[o, g] for o in range(m) if o != w) * wire.itemsize
+            self.ledger.record(round, w, FROM_WORKER, "params", back + shared_bytes)
+        for o in local:
+            for g in range(plan.groups):
+                copies = [own.unflatten(got[o][w].to(layout.dtype), pieces[o, g], shapes) for w in plan.members(g)]
+                own.write_to_shard(self.store.shards[o], average_states(copies), pieces[o, g])
+        shared = self._shared_layout
+        mine = {w: shared.encode(shared.flatten({n: returned[w][n] for n in self.store.shared}), wire) for w in local}
+        exchange = time.perf_counter()
+        gathered = self.collective.all_gather(mine, f"round {round} (shared)")
+        waited += time.perf_counter() - exchange
+        every = [shared.unflatten(shared.decode(f)) for f in gathered]
+        by_group = [average_states([every[w] for w in plan.members(g)]) for g in range(plan.groups)]
+        with torch.no_grad():
+            for n, value in average_states(by_group).items():
+                self.store.shared[n].copy_(value)
+        return waited
+
+    def trained_states(self) -> list[Mapping[str, Tensor]]:
+        return [*self.store.shards.values(), self.store.shared]
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, round: int) -> dict[str, float]:
+        """The full model's score, computed layer by layer from the owners'
+        shards (:mod:`~.sharded_eval`): first, where asked, on the workers
+        (BatchNorm re-estimation over their nodes, then their counts on their
+        own parts: ``parts_val`` / ``parts_test``), then on worker 0 on the
+        whole graph. After the last round, with ``--save-model``, worker 0 also
+        puts the full model together."""
+        try:
+            parts = self.evaluation.on_parts(round)
+            metrics: dict[str, float] = dict(parts or {})
+            if self.evaluator is not None:
+                metrics = self.evaluation.on_graph(round, self.evaluator, self.data)
+            if parts is not None:
+                metrics.update(parts_val=parts["val"], parts_test=parts["test"])
+            if self.cfg.checkpoint.save_model and round + 1 == self.cfg.rounds:
+                self._full_state = self.evaluation.full_state()
+            return metrics
+        finally:
+            self.evaluation.end()
+
+    # ------------------------------------------------------------------ the model, checkpoints
+
+    def model_state_dict(self) -> dict[str, Tensor]:
+        """The full model put together from every shard (in one process from
+        its shards; in a job, the copy fetched after the last round when
+        ``--save-model`` asked for it)."""
+        if len(self.store.shards) == self.cfg.subnets:
+            parts = [self.store.shards[o] for o in range(self.cfg.subnets)]
+            return self.store.assemble(parts, list(self.model.state_dict()))
+        if self._full_state is None:
+            raise RuntimeError(
+                "the full model is in shards on the workers: it is put together on worker 0 after the last round "
+                "when --save-model is set"
+            )
+        return self._full_state
+
+    def model_checkpoint(self) -> dict[str, Tensor]:
+        return {}  # each owner writes its shard file (method_state)
+
+    def _shard_file(self, owner: int) -> str:
+        return f"shard-{owner}-of-{self.cfg.subnets}"
+
+    def method_state(self) -> dict[str, Any]:
+        """Every process writes its owners' shard files (keeping the previous
+        checkpoint's until this one is complete), then waits for the others;
+        the coordinator's state says which round the files hold."""
+        checkpointer = Checkpointer(self.cfg)
+        for owner in self.local_workers:
+            payload = {"round": self.round, "owner": owner, "owners": self.cfg.subnets, **self.store.checkpoint(owner)}
+            checkpointer.write_side(self._shard_file(owner), self.round, payload)
+        self.collective.all_gather({w: torch.ones(1) for w in self.local_workers}, "writing the checkpoint's shards")
+        state = {**super().method_state(), "sharded": {"owners": self.cfg.subnets, "round": self.round}}
+        if self.cfg.subnets == 1 and 0 in self.workers:  # m = 1: worker 0 keeps its optimizer and streams
+            state["worker0"] = self.workers[0].state_dict()
+        return state
+
+    def load_method_state(self, state: dict[str, Any]) -> None:
+        owners = int(state["sharded"]["owners"])
+        if owners != self.cfg.subnets:
+            raise CheckpointError(f"this checkpoint holds {owners} shards, but m = {self.cfg.subnets}")
+        if "worker0" in state:
+            self.workers[0].load_state_dict(state["worker0"])
+
+    def load_model_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Nothing: each owner reads its own shard file when the run starts."""
+
+    def _load_shard(self, owner: int, round: int) -> None:
+        checkpointer = Checkpointer(self.cfg)
+        saved = checkpointer.read_side(self._shard_file(owner), round)
+        if int(saved["round"]) != round or int(saved["owners"]) != self.cfg.subnets:
+            path = checkpointer.side_path(self._shard_file(owner), round)
+            raise CheckpointError(f"--resume: {path} holds round {saved['round']} of {saved['owners']} shards")
+        self.store.restore(owner, saved)
+
+    def close(self) -> None:
+        self.collective.close()
+
+    # ------------------------------------------------------------------ processes
+
+    @classmethod
+    def distributed(cls, setup: RankSetup) -> ShardedGIST:
+        """Every rank is a worker and an owner; rank 0 also evaluates (it
+        loads the whole graph). Each rank initialises only its own shard of
+        the model the run's seed gives (:func:`~.shards.init_shards`):
+        no rank ever holds the whole of it."""
+        setup.prepare()
+        cfg, ctx = setup.cfg, setup.ctx
+        own = setup.own_graph()
+        data = own.data if not setup.partitioned else None
+        if ctx.rank == 0 and data is None and cls.scores_on_graph(cfg):
+            data = setup.load_dataset().data
+        torch.manual_seed(cfg.seed)
+        model, shards, shared = init_shards(
+            lambda: build_stock_model(cfg, own.num_features, own.num_classes), cfg.subnets, [ctx.rank]
+        )
+        collective = DistCollective(ctx)
+        return cls(model, data, cfg, collective=collective, graph=own.data, shards=(shards, shared))

@@ -1,0 +1,105 @@
+"""Settings: dataclass fields that carry their flag, choices, checks and whether they change results.
+
+Every run setting, in :class:`gist.config.RunConfig` and in a method's own
+options (``gist.methods.gist.options.GistConfig``), is a field made by
+:func:`setting`. Its metadata is said once and read everywhere: the
+``gist train`` flag and its help, the sweep key, the check of its value, and
+whether it belongs in a run's fingerprint (:meth:`gist.config.RunConfig.results`).
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import field, fields
+from typing import Any, Optional, Union
+
+from .errors import ConfigError
+
+Choices = Union[tuple[str, ...], Callable[[], list[str]]]
+
+__all__ = ["Choices", "check_fields", "choices_of", "flat_name", "leaf_fields", "parse_rate", "setting"]
+
+
+def setting(
+    default: Any,
+    *,
+    flat: Optional[str] = None,
+    choices: Optional[Choices] = None,
+    changes_results: bool = True,
+    per_run: bool = False,
+    minimum: Optional[float] = None,
+    cli: bool = True,
+    help: str = "",
+) -> Any:
+    """A config field with its metadata.
+
+    Args:
+        default: the default value.
+        flat: the field's flat name (CLI flag, sweep key) when it is not the
+            field's own name; flat names are unique across every group and method.
+        choices: allowed values (or a function returning them, for registries).
+        changes_results: ``False`` for fields that only say where or how to run.
+        per_run: set for each run by the entry point (CLI flag or the sweep
+            harness), never shared by the runs of a sweep.
+        minimum: the smallest allowed value (numbers).
+        cli: whether ``gist train`` has a flag for it.
+        help: one line for ``gist train --help``.
+    """
+    meta = {
+        "flat": flat,
+        "choices": choices,
+        "changes_results": changes_results,
+        "per_run": per_run,
+        "minimum": minimum,
+        "cli": cli,
+        "help": help,
+    }
+    return field(default=default, metadata=meta)
+
+
+def choices_of(f: dataclasses.Field) -> Optional[list[str]]:
+    """The allowed values of field ``f`` (``None``: any value of its type)."""
+    choices = f.metadata.get("choices")
+    if choices is None:
+        return None
+    return list(choices() if callable(choices) else choices)
+
+
+def flat_name(f: dataclasses.Field) -> str:
+    """The field's flat name: its flag without ``--`` (``_`` for ``-``) and its sweep key."""
+    return f.metadata.get("flat") or f.name
+
+
+def leaf_fields(group: Any) -> Iterator[dataclasses.Field]:
+    """The fields of a settings dataclass (or instance) made by :func:`setting`."""
+    for f in fields(group):
+        if "changes_results" in f.metadata:
+            yield f
+
+
+def check_fields(group: Any) -> None:
+    """:class:`~gist.errors.ConfigError` naming the first field whose value breaks its choices or minimum."""
+    for f in leaf_fields(group):
+        value = getattr(group, f.name)
+        allowed = choices_of(f)
+        if allowed is not None and value is not None and value not in allowed:
+            raise ConfigError(f"{flat_name(f)} must be one of {allowed}, got {value!r}")
+        low = f.metadata.get("minimum")
+        if low is not None and value is not None and value < low:
+            raise ConfigError(f"{flat_name(f)} must be >= {low}, got {value}")
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)\s*$", re.IGNORECASE)
+_RATE_UNITS = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+
+
+def parse_rate(text: str) -> float:
+    """Bits per second of a ``tc`` rate such as ``100mbit`` or ``1gbit``
+    (units ``bit``, ``kbit``, ``mbit``, ``gbit``; decimal, as ``tc`` reads them)."""
+    match = _RATE.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"bandwidth must look like 100mbit or 1gbit (units bit, kbit, mbit, gbit), got {text!r}")
+    return float(match.group(1)) * _RATE_UNITS[match.group(2).lower()]
