@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Optional, TypeVar
 
+from .errors import ConfigError
+
 __all__ = ["DATASETS", "METHODS", "MODELS", "NORMS", "PARTITIONERS", "Entry", "Registry", "import_path"]
 
 T = TypeVar("T")
@@ -92,7 +94,7 @@ class Registry(Generic[T]):
         first use), as the built-in entries are; ``info`` as theirs."""
         key = self.normalize(name)
         if key in self._order:
-            raise ValueError(f"a {self.kind} named {key!r} is already declared")
+            raise ConfigError(f"a {self.kind} named {key!r} is already declared")
         self._entries[key] = Entry(path, dict(info))
         self._order.append(key)
 
@@ -101,7 +103,7 @@ class Registry(Generic[T]):
         key = self.normalize(name)
         current = self.get(key) if not replace and key in self._order else None
         if current is not None and current is not obj:
-            raise ValueError(f"a {self.kind} named {key!r} is already registered ({current!r})")
+            raise ConfigError(f"a {self.kind} named {key!r} is already registered ({current!r})")
         self._objects[key] = obj
         if info or key not in self._entries:
             self._entries[key] = Entry("", dict(info))

@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 from torch import Tensor
 
+from ..errors import ConfigError
 from .ledger import FROM_WORKER, TO_WORKER, ByteLedger, handshake_header, handshake_reply, record_handshake
 from .stats import WorkerStats
 
@@ -54,7 +55,7 @@ class Collective(ABC):
 
     def __init__(self, num_workers: int, local_workers: Sequence[int], ledger: Optional[ByteLedger] = None) -> None:
         if num_workers < 1:
-            raise ValueError(f"a collective needs at least one worker, got {num_workers}")
+            raise ConfigError(f"a collective needs at least one worker, got {num_workers}")
         self.num_workers = num_workers
         self.local_workers = tuple(local_workers)
         self.ledger = ledger if ledger is not None else ByteLedger()
@@ -95,7 +96,7 @@ class Collective(ABC):
         header = handshake_header(start_round, numel)
         header, replies = self._exchange_handshake(header, data_bytes)
         if int(header[1]) != numel:
-            raise RuntimeError(
+            raise ConfigError(
                 f"worker {self.local_workers[0]}: worker 0's buffer has {int(header[1])} values, this one's "
                 f"{numel}: the workers were started with different settings"
             )

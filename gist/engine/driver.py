@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Protocol
 
 import torch
@@ -26,16 +26,15 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from ..comm import FROM_WORKER, TO_WORKER, ByteLedger, WorkerStats
+from ..comm import ByteLedger, WorkerStats
 from ..config import NoOptions, RunConfig
 from ..devices import check_devices, worker_device
 from ..errors import ConfigError
-from .checkpoint import CHECKPOINT_FORMAT, Checkpointer, CheckpointError, upgrade_checkpoint
+from .checkpoint import Checkpointer, driver_state, load_driver_state
 from .divergence import check_round
 from .evaluation import Evaluator, graph_evaluator
-from .records import RoundRecord, history_summary, parallel_round_seconds
+from .records import RoundRecord, history_summary
 from .setup import RankSetup
-from .training import mean_or_nan
 
 ROLES = ("target", "bytes", "budget")
 """The roles a method can play in the tables (:attr:`RoundDriver.role`)."""
@@ -153,7 +152,7 @@ class RoundDriver(ABC):
         """This process's part of a ``torch.distributed`` job: the driver to
         :meth:`fit` here, or ``None`` once the process has served as a worker
         of a driver elsewhere."""
-        raise ValueError(f"method {cls.name!r} has no torch.distributed form; run it with --backend local")
+        raise ConfigError(f"method {cls.name!r} has no torch.distributed form; run it with --backend local")
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -233,20 +232,7 @@ class RoundDriver(ABC):
         work = self.train_round(r)
         seconds = time.perf_counter() - start
         check_round(self.name, r, work.stats, self.trained_states())
-        worker_seconds = [s.seconds for s in work.stats.values()]
-        record = RoundRecord(
-            round=r,
-            local_steps=self.cfg.local.local_steps,
-            seconds=seconds,
-            split_seconds=work.split_seconds,
-            merge_seconds=work.merge_seconds,
-            worker_seconds=max(worker_seconds),
-            parallel_seconds=parallel_round_seconds(seconds, worker_seconds, self.sequential),
-            bytes_to_workers=self.ledger.total(round=r, direction=TO_WORKER, kind="params"),
-            bytes_from_workers=self.ledger.total(round=r, direction=FROM_WORKER, kind="params"),
-            stats_bytes=self.ledger.total(round=r, kind="stats"),
-            loss=mean_or_nan([s.loss for s in work.stats.values() if s.loss == s.loss]),
-        )
+        record = RoundRecord.of_round(r, self.cfg.local.local_steps, seconds, work, self.ledger, self.sequential)
         if self.is_coordinator and self.cfg.is_eval_round(r):
             eval_start = time.perf_counter()
             metrics = self.evaluate(r)
@@ -311,34 +297,12 @@ class RoundDriver(ABC):
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly: the full model, the
-        next round, the history, the ledger, the coordinator's RNG state and
-        :meth:`method_state`. Plain tensors, numbers and strings only:
-        loadable with ``torch.load(weights_only=True)``. Called on every
-        process of a job at the same round."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "method": self.name,
-            "round": self.round,
-            "model": self.model_checkpoint(),
-            "history": [asdict(r) for r in self.history],
-            "ledger": self.ledger.records(),
-            "rng_state": torch.get_rng_state(),
-            "method_state": self.method_state(),
-        }
+        """Everything needed to continue this run exactly (:func:`~gist.engine.checkpoint.driver_state`).
+        Called on every process of a job at the same round."""
+        return driver_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (on the coordinator, before :meth:`fit`)."""
-        state = upgrade_checkpoint(state)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
-        if state.get("method") not in (None, self.name):
-            raise CheckpointError(f"the checkpoint was made by method {state['method']!r}, not {self.name!r}")
         if self._started:
             raise RuntimeError("load a checkpoint before the first round")
-        self.load_model_state_dict(state["model"])
-        self.round = int(state["round"])
-        self.history = [RoundRecord(**r) for r in state["history"]]
-        self.ledger.load_records(state["ledger"])
-        torch.set_rng_state(state["rng_state"])
-        self.load_method_state(state["method_state"])
+        load_driver_state(self, state)

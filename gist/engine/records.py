@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..comm import ByteLedger
+from ..comm import FROM_WORKER, TO_WORKER, ByteLedger
 
 
 @dataclass
@@ -38,6 +38,30 @@ class RoundRecord:
     the wall time with real processes; in the in-process simulation, which
     runs workers one after another, the wall time less every worker's time
     plus the slowest worker's."""
+
+    @classmethod
+    def of_round(
+        cls, round: int, local_steps: int, seconds: float, work: Any, ledger: ByteLedger, sequential: bool
+    ) -> RoundRecord:
+        """The record of round ``round``, which took ``seconds``: its
+        :class:`~gist.engine.RoundWork` ``work`` (the workers' reports, split
+        and merge seconds) and its parameter and stats bytes in ``ledger``;
+        its metrics are set where it is evaluated."""
+        worker_seconds = [s.seconds for s in work.stats.values()]
+        losses = [s.loss for s in work.stats.values() if s.loss == s.loss]
+        return cls(
+            round=round,
+            local_steps=local_steps,
+            seconds=seconds,
+            split_seconds=work.split_seconds,
+            merge_seconds=work.merge_seconds,
+            worker_seconds=max(worker_seconds),
+            parallel_seconds=parallel_round_seconds(seconds, worker_seconds, sequential),
+            bytes_to_workers=ledger.total(round=round, direction=TO_WORKER, kind="params"),
+            bytes_from_workers=ledger.total(round=round, direction=FROM_WORKER, kind="params"),
+            stats_bytes=ledger.total(round=round, kind="stats"),
+            loss=sum(losses) / len(losses) if losses else float("nan"),
+        )
 
 
 def parallel_round_seconds(seconds: float, worker_seconds: Sequence[float], sequential: bool) -> float:

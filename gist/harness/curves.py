@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from ..errors import ConfigError
 from .sweep import RUNS_DIR, migrate_log
 
 NOT_TRAINING_KINDS = ("data", "eval")
@@ -94,7 +95,7 @@ def load_logs(results_dir: str | Path) -> list[dict[str, Any]]:
             s = log["sweep"]
             point = json.dumps([s.get("context", {}), s["method"], s["m"], s["zeta"], s["seed"]], sort_keys=True)
             if point in seen:
-                raise ValueError(
+                raise ConfigError(
                     f"{path.name} and {seen[point]} are runs of the same grid point; move the one "
                     f"the sweep's config no longer plans out of {runs}"
                 )

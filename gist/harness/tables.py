@@ -40,6 +40,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from ..errors import ConfigError
 from ..methods import method_names, methods_with_role
 from .curves import GROUP, RISING_MARGIN, axes_label, context_axes, first_reach, load_logs, match_axes, run_table
 from .plots import write_plots
@@ -50,7 +51,7 @@ def role_holder(role: str) -> str:
     """The method that plays ``role`` in the tables (:data:`gist.engine.ROLES`): the first registered one."""
     holders = methods_with_role(role)
     if not holders:
-        raise ValueError(f"no registered method plays the role {role!r} in the tables")
+        raise ConfigError(f"no registered method plays the role {role!r} in the tables")
     return holders[0]
 
 

@@ -24,6 +24,7 @@ from ...comm.group import DistContext, comm_device
 from ...comm.hooks import round_starts
 from ...comm.ledger import handshake_header, handshake_reply, record_handshake
 from ...comm.p2p import post, recv, send, wait
+from ...errors import ConfigError
 from .messages import EVAL_COUNTS, Evaluation, WorkerReport
 from .transport import SubnetWorker, Transport
 
@@ -167,7 +168,7 @@ def serve_worker(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtoco
     header = recv(torch.zeros(2, dtype=torch.int64), 0, ctx, "set-up (waiting for rank 0)")
     start_round, numel = int(header[0]), int(header[1])
     if numel != worker.param_numel_at(start_round):
-        raise RuntimeError(
+        raise ConfigError(
             f"rank {ctx.rank}: rank 0 sends sub-networks of {numel} values but this rank's model has "
             f"{worker.param_numel_at(start_round)}: the ranks were started with different settings"
         )

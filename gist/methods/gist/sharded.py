@@ -139,8 +139,7 @@ class ShardedGIST(GIST):
         for worker in self.workers.values():
             worker.fast_forward(self.round)
         if self.round > 0:
-            for owner in self.local_workers:
-                self._load_shard(owner, self.round)
+            self.store.read_checkpoint(Checkpointer(self.cfg), self.round)
         if self.label_classes is not None:
             self._share_label_counts(self.label_classes)
 
@@ -292,17 +291,11 @@ class ShardedGIST(GIST):
     def model_checkpoint(self) -> dict[str, Tensor]:
         return {}  # each owner writes its shard file (method_state)
 
-    def _shard_file(self, owner: int) -> str:
-        return f"shard-{owner}-of-{self.cfg.subnets}"
-
     def method_state(self) -> dict[str, Any]:
         """Every process writes its owners' shard files (keeping the previous
         checkpoint's until this one is complete), then waits for the others;
         the coordinator's state says which round the files hold."""
-        checkpointer = Checkpointer(self.cfg)
-        for owner in self.local_workers:
-            payload = {"round": self.round, "owner": owner, "owners": self.cfg.subnets, **self.store.checkpoint(owner)}
-            checkpointer.write_side(self._shard_file(owner), self.round, payload)
+        self.store.write_checkpoint(Checkpointer(self.cfg), self.round)
         self.collective.all_gather({w: torch.ones(1) for w in self.local_workers}, "writing the checkpoint's shards")
         state = {**super().method_state(), "sharded": {"owners": self.cfg.subnets, "round": self.round}}
         if self.cfg.subnets == 1 and 0 in self.workers:  # m = 1: worker 0 keeps its optimizer and streams
@@ -318,14 +311,6 @@ class ShardedGIST(GIST):
 
     def load_model_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Nothing: each owner reads its own shard file when the run starts."""
-
-    def _load_shard(self, owner: int, round: int) -> None:
-        checkpointer = Checkpointer(self.cfg)
-        saved = checkpointer.read_side(self._shard_file(owner), round)
-        if int(saved["round"]) != round or int(saved["owners"]) != self.cfg.subnets:
-            path = checkpointer.side_path(self._shard_file(owner), round)
-            raise CheckpointError(f"--resume: {path} holds round {saved['round']} of {saved['owners']} shards")
-        self.store.restore(owner, saved)
 
     def close(self) -> None:
         self.collective.close()
