@@ -305,7 +305,7 @@ def test_missing_files_raise_fast(name, offline, tmp_path, monkeypatch, no_promp
 def test_failed_download_attempt_is_converted_and_cleaned(name, tmp_path, monkeypatch, no_prompt):
     """Force the loader's own download (host 'resolves') so its failure path runs."""
     monkeypatch.delenv(gd.OFFLINE_ENV, raising=False)
-    monkeypatch.setattr(gd, "_host_resolves", lambda *a, **k: True)
+    monkeypatch.setattr(gd.offline, "_host_resolves", lambda *a, **k: True)
     root = tmp_path / "data"
     root.mkdir()
     t = time.perf_counter()
@@ -327,7 +327,7 @@ def test_hanging_server_times_out(tmp_path, monkeypatch, no_prompt):
     try:
         port = srv.getsockname()[1]
         monkeypatch.delenv(gd.OFFLINE_ENV, raising=False)
-        monkeypatch.setattr(gd, "_DOWNLOAD_SOCKET_TIMEOUT", 1.0)
+        monkeypatch.setattr(gd.offline, "_DOWNLOAD_SOCKET_TIMEOUT", 1.0)
         monkeypatch.setattr(Planetoid, "url", f"http://127.0.0.1:{port}/p")
         monkeypatch.setattr(Coauthor, "url", f"http://127.0.0.1:{port}/c/")
         for name in ["cora", "coauthor-cs"]:
