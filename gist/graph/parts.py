@@ -36,7 +36,8 @@ from torch import Tensor
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from ..data import NodeDataset, default_root, load_dataset
+from .. import data as datasets
+from ..data import NodeDataset, default_root
 from ..files import atomic_write, exclusive_lock, fsync_dir
 from .partition import PARTITIONERS, partition_nodes, worker_subgraph
 
@@ -298,7 +299,7 @@ def prepare_partitions(
         if not force and (d / META_NAME).is_file():  # another process finished meanwhile
             _check_matches(read_meta(d), d, num_parts, partitioner, seed, halo_hops)
             return d, False
-        ds = load_dataset(dataset_name, root=_root_path(root), seed=seed)
+        ds = datasets.load_dataset(dataset_name, root=_root_path(root), seed=seed)
         write_partitions(ds, d, num_parts, partitioner, seed, halo_hops, progress)
         return d, True
 
