@@ -286,7 +286,7 @@ def _sweep(args: argparse.Namespace) -> int:
         failed = f" ({counts['failed']} failed)" if counts["failed"] else ""
         print(f"sweep {cfg.name}: ran {counts['ran']}{failed}, skipped {counts['skipped']} already done; logs in {out}")
         text, _ = tabulate(out, command_line(_argv(args)), cfg)
-    except (GistError, FileNotFoundError) as exc:
+    except GistError as exc:
         print(f"gist sweep: error: {exc}", file=sys.stderr)
         return 2
     print(text)
@@ -306,7 +306,7 @@ def _table(args: argparse.Namespace) -> int:
             target=args.target,
             plots=not args.no_plots,
         )
-    except (GistError, FileNotFoundError) as exc:
+    except GistError as exc:
         print(f"gist table: error: {exc}", file=sys.stderr)
         return 2
     print(text)

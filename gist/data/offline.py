@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, GistError
+from ..errors import ConfigError, MissingFileError
 from ..files import exclusive_lock
 
 __all__ = [
@@ -61,7 +61,7 @@ def offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-class DatasetNotFoundError(GistError, FileNotFoundError):
+class DatasetNotFoundError(MissingFileError):
     """Dataset files are missing and could not be downloaded.
 
     Attributes: ``dataset`` (registry name), ``folder`` (where files belong),

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .. import data as datasets
 from ..data import NodeDataset, default_root
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingFileError
 from ..files import atomic_write, exclusive_lock, fsync_dir
 from .partition import PARTITIONERS, partition_nodes, worker_subgraph
 
@@ -481,7 +481,7 @@ def _meta_dict(part_dir: Path) -> dict[str, Any]:
             state = f"is incomplete (no {META_NAME}: an interrupted write?)"
         else:
             state = f"has no {META_NAME}"
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"partition folder {part_dir} {state}; expected {path}. "
             f"Create it with: {_create_command(part_dir, force=part_dir.is_dir())}"
         )
