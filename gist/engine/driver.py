@@ -91,6 +91,8 @@ class RoundDriver(ABC):
     """Its own settings (``cfg.options`` of its runs): a dataclass of
     :func:`gist.settings.setting` fields importable without torch; a shipped
     method also names it in :data:`gist.registry.METHODS`."""
+    optimizer_states: ClassVar[tuple[str, ...]] = ("kept",)
+    """The ``optimizer_state`` policies the method offers (:data:`gist.config.OPTIMIZER_STATES`), its default first."""
     role: ClassVar[Optional[str]] = None
     """What the tables compare with it (:data:`ROLES`): ``target`` (the
     reference whose best validation sets the target), ``bytes`` (the
@@ -107,6 +109,14 @@ class RoundDriver(ABC):
             raise ConfigError(
                 f"{cls.name} trains {cls.fixed_subnets} worker(s): m must be {cls.fixed_subnets}, got {cfg.subnets}"
             )
+        policy = cfg.local.optimizer_state
+        if policy is not None and policy not in cls.optimizer_states:
+            raise ConfigError(
+                f"optimizer_state {policy}: {cls.name}'s optimizer starts each round from "
+                f"{' or '.join(cls.optimizer_states)}"
+            )
+        if policy == "carried" and cfg.local.optimizer != "adam":
+            raise ConfigError("optimizer_state carried moves Adam's moments: use --optimizer adam (SGD keeps none)")
         cls.check_config(cfg)
 
     def __init__(
@@ -153,6 +163,11 @@ class RoundDriver(ABC):
         :meth:`fit` here, or ``None`` once the process has served as a worker
         of a driver elsewhere."""
         raise ConfigError(f"method {cls.name!r} has no torch.distributed form; run it with --backend local")
+
+    @classmethod
+    def optimizer_state(cls, cfg: RunConfig) -> str:
+        """The run's ``optimizer_state`` policy: the setting, else the method's default."""
+        return cfg.local.optimizer_state or cls.optimizer_states[0]
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -286,12 +301,14 @@ class RoundDriver(ABC):
 
     def summary(self) -> dict[str, Any]:
         """``method``, ``best_val``, ``test_at_best_val``, byte and time totals,
-        ``subnet_params``, and ``eval_every``, the rounds between evaluations used."""
+        ``subnet_params``, ``eval_every`` (the rounds between evaluations used)
+        and ``optimizer_state`` (what a worker's optimizer started each round from)."""
         return {
             "method": self.name,
             **history_summary(self.history, self.ledger, self.cfg.subnets),
             "subnet_params": self.num_params,
             "eval_every": self.cfg.eval_interval,
+            "optimizer_state": self.optimizer_state(self.cfg),
         }
 
     # ------------------------------------------------------------------ checkpoints
