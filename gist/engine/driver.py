@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from .checkpoint import Checkpointer, driver_state, load_driver_state
 from .divergence import check_round
 from .evaluation import Evaluator, graph_evaluator
+from .optim import check_optimizer_state
 from .records import RoundRecord, history_summary
 from .setup import RankSetup
 
@@ -109,14 +110,7 @@ class RoundDriver(ABC):
             raise ConfigError(
                 f"{cls.name} trains {cls.fixed_subnets} worker(s): m must be {cls.fixed_subnets}, got {cfg.subnets}"
             )
-        policy = cfg.local.optimizer_state
-        if policy is not None and policy not in cls.optimizer_states:
-            raise ConfigError(
-                f"optimizer_state {policy}: {cls.name}'s optimizer starts each round from "
-                f"{' or '.join(cls.optimizer_states)}"
-            )
-        if policy == "carried" and cfg.local.optimizer != "adam":
-            raise ConfigError("optimizer_state carried moves Adam's moments: use --optimizer adam (SGD keeps none)")
+        check_optimizer_state(cls.name, cls.optimizer_states, cfg.local)
         cls.check_config(cfg)
 
     def __init__(

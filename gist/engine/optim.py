@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..config import LocalConfig
+from ..errors import ConfigError
 from ..subnets import FlatLayout
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "step")
@@ -112,3 +114,15 @@ def state_layout(layout: FlatLayout, params: Sequence[str]) -> FlatLayout:
     return FlatLayout(
         names, tuple(shapes[n.rpartition(".")[0]] for n in names), (torch.float32,) * len(names), layout.dtype
     )
+
+
+def check_optimizer_state(method: str, offered: Sequence[str], cfg: LocalConfig) -> None:
+    """:class:`~gist.errors.ConfigError` unless ``method`` offers ``cfg.optimizer_state``
+    (``offered``: its policies) and, to carry state, the optimizer is Adam."""
+    policy = cfg.optimizer_state
+    if policy is not None and policy not in offered:
+        raise ConfigError(
+            f"optimizer_state {policy}: {method}'s optimizer starts each round from {' or '.join(offered)}"
+        )
+    if policy == "carried" and cfg.optimizer != "adam":
+        raise ConfigError("optimizer_state carried moves Adam's moments: use --optimizer adam (SGD keeps none)")
