@@ -286,7 +286,7 @@ def _sweep(args: argparse.Namespace) -> int:
         failed = f" ({counts['failed']} failed)" if counts["failed"] else ""
         print(f"sweep {cfg.name}: ran {counts['ran']}{failed}, skipped {counts['skipped']} already done; logs in {out}")
         text, _ = tabulate(out, command_line(_argv(args)), cfg)
-    except (GistError, FileNotFoundError) as exc:
+    except GistError as exc:
         print(f"gist sweep: error: {exc}", file=sys.stderr)
         return 2
     print(text)
@@ -306,7 +306,7 @@ def _table(args: argparse.Namespace) -> int:
             target=args.target,
             plots=not args.no_plots,
         )
-    except (GistError, FileNotFoundError) as exc:
+    except GistError as exc:
         print(f"gist table: error: {exc}", file=sys.stderr)
         return 2
     print(text)
@@ -319,7 +319,9 @@ def _add_partition_parser(sub: argparse._SubParsersAction) -> None:
         help="split a dataset once into per-part files for --data-mode partitioned",
         description="Split a dataset into P parts (METIS or random) and write one file per part "
         "under <root>/partitions/, so that worker i of a partitioned run reads part i "
-        "alone. Existing complete partitions are reused unless --force.",
+        "alone. Existing complete partitions are reused unless --force. Prints, per part, its "
+        "nodes, the edges inside it and those it cuts, its boundary nodes, the connected "
+        "components of its subgraph and the label mix of its training nodes.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--dataset", default="csbm", help="dataset name (as for gist train)")
@@ -339,7 +341,7 @@ def _add_partition_parser(sub: argparse._SubParsersAction) -> None:
 
 def _partition(args: argparse.Namespace) -> int:
     """Write (or reuse) the parts and print a per-part summary."""
-    from .graph.parts import prepare_partitions, read_meta
+    from .graph.parts import describe_parts, prepare_partitions, read_meta
 
     try:
         d, wrote = prepare_partitions(
@@ -361,11 +363,8 @@ def _partition(args: argparse.Namespace) -> int:
         f"{state} {info.num_parts} parts of {info.dataset} ({info.num_nodes} nodes, "
         f"{info.partitioner}, seed {info.seed}, halo {info.halo_hops}) in {d}"
     )
-    for part in info.parts:
-        print(
-            f"  part {part['index']}: {part['num_nodes']} nodes ({part['num_owned']} owned), "
-            f"{part['num_edges']} edges, {part['num_train']} train nodes"
-        )
+    for line in describe_parts(info):
+        print(line)
     return 0
 
 

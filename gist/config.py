@@ -44,6 +44,7 @@ from .settings import check_fields, flat_name, leaf_fields, parse_rate, setting
 DATA_MODES = ("replicated", "partitioned")
 BATCHING = ("full", "cluster")
 OPTIMIZERS = ("adam", "sgd")
+OPTIMIZER_STATES = ("fresh", "kept", "carried")
 BACKENDS = ("local", "dist")
 DIST_BACKENDS = ("gloo", "nccl")
 EVALUATIONS_PER_RUN = 50
@@ -113,7 +114,14 @@ class LocalConfig:
     local_steps: int = setting(10, minimum=1, help="local steps ζ per round")
     lr: float = setting(0.01, help="learning rate")
     weight_decay: float = setting(0.0, minimum=0.0, help="weight decay")
-    optimizer: str = setting("adam", choices=OPTIMIZERS, help="optimizer (fresh each round for m > 1)")
+    optimizer: str = setting("adam", choices=OPTIMIZERS, help="optimizer")
+    optimizer_state: Optional[str] = setting(
+        None,
+        choices=OPTIMIZER_STATES,
+        help="what a worker's optimizer starts each round from: fresh (new state: GIST's default), kept (the "
+        "worker's own from its last round: local SGD's and DDP's), carried (the state of the parameters it is "
+        "sent, which travels with them: gist and local-sgd, Adam only); default: the method's",
+    )
 
     def check(self) -> None:
         check_fields(self)

@@ -10,7 +10,7 @@ a ``FileNotFoundError``), so code that catches those keeps working.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "GistError"]
+__all__ = ["ConfigError", "GistError", "MissingFileError"]
 
 
 class GistError(Exception):
@@ -24,3 +24,8 @@ class GistError(Exception):
 class ConfigError(GistError, ValueError):
     """A setting, an argument or an input file that gist cannot run with; the
     message names the setting (or flag) and the allowed values."""
+
+
+class MissingFileError(GistError, FileNotFoundError):
+    """A file a command needs is not where it should be (a dataset, a part
+    file, a run log); the message names the path and how to make it."""

@@ -17,7 +17,19 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Optional, TypeVar
 
-__all__ = ["DATASETS", "METHODS", "MODELS", "NORMS", "PARTITIONERS", "Entry", "Registry", "import_path"]
+from .errors import ConfigError
+
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "MODELS",
+    "NORMS",
+    "PARTITIONERS",
+    "Entry",
+    "Registry",
+    "dataset_metric",
+    "import_path",
+]
 
 T = TypeVar("T")
 
@@ -92,7 +104,7 @@ class Registry(Generic[T]):
         first use), as the built-in entries are; ``info`` as theirs."""
         key = self.normalize(name)
         if key in self._order:
-            raise ValueError(f"a {self.kind} named {key!r} is already declared")
+            raise ConfigError(f"a {self.kind} named {key!r} is already declared")
         self._entries[key] = Entry(path, dict(info))
         self._order.append(key)
 
@@ -101,7 +113,7 @@ class Registry(Generic[T]):
         key = self.normalize(name)
         current = self.get(key) if not replace and key in self._order else None
         if current is not None and current is not obj:
-            raise ValueError(f"a {self.kind} named {key!r} is already registered ({current!r})")
+            raise ConfigError(f"a {self.kind} named {key!r} is already registered ({current!r})")
         self._objects[key] = obj
         if info or key not in self._entries:
             self._entries[key] = Entry("", dict(info))
@@ -157,25 +169,100 @@ METHODS: Registry[Any] = Registry(
 of tables. ``info["options"]``: the method's own settings (a dataclass of
 :func:`gist.settings.setting` fields, importable without torch)."""
 
+
+def _dataset(path: str, metric: str, family: str, description: str) -> Entry:
+    return Entry(path, {"metric": metric, "family": family, "description": description})
+
+
 DATASETS: Registry[Any] = Registry(
     "dataset",
     {
-        "csbm": "gist.data:_load_csbm",
-        "csbm-clustered": "gist.data:_load_clustered_csbm",
-        "cora": "gist.data:_LOADERS.cora",
-        "citeseer": "gist.data:_LOADERS.citeseer",
-        "pubmed": "gist.data:_LOADERS.pubmed",
-        "coauthor-cs": "gist.data:_LOADERS.coauthor_cs",
-        "coauthor-physics": "gist.data:_LOADERS.coauthor_physics",
-        "amazon-computers": "gist.data:_LOADERS.amazon_computers",
-        "amazon-photo": "gist.data:_LOADERS.amazon_photo",
-        "ogbn-arxiv": Entry("gist.data:_LOADERS.ogbn_arxiv", {"metric": "ogb:ogbn-arxiv"}),
-        "ogbn-products": Entry("gist.data:_LOADERS.ogbn_products", {"metric": "ogb:ogbn-products"}),
+        "csbm": _dataset(
+            "gist.data.synthetic:load_csbm",
+            "accuracy",
+            "synthetic",
+            "contextual SBM drawn from the seed (default 3,000 nodes, 5 classes, 128 features); no files",
+        ),
+        "csbm-clustered": _dataset(
+            "gist.data.synthetic:load_clustered_csbm",
+            "accuracy",
+            "synthetic",
+            "the contextual SBM with 32 communities holding 90% of the edges (METIS cuts few); no files",
+        ),
+        "cora": _dataset(
+            "gist.data.planetoid:load_cora",
+            "accuracy",
+            "planetoid",
+            "Cora citations: 2,708 nodes, 7 classes, public split; PyG Planetoid files in <root>/planetoid/Cora",
+        ),
+        "citeseer": _dataset(
+            "gist.data.planetoid:load_citeseer",
+            "accuracy",
+            "planetoid",
+            "CiteSeer citations: 3,327 nodes, 6 classes, public split; PyG Planetoid files in "
+            "<root>/planetoid/CiteSeer",
+        ),
+        "pubmed": _dataset(
+            "gist.data.planetoid:load_pubmed",
+            "accuracy",
+            "planetoid",
+            "PubMed citations: 19,717 nodes, 3 classes, public split; PyG Planetoid files in <root>/planetoid/PubMed",
+        ),
+        "coauthor-cs": _dataset(
+            "gist.data.npz:load_coauthor_cs",
+            "accuracy",
+            "coauthor",
+            "Coauthor CS co-authorship: 18,333 nodes, 15 classes, seeded 60/20/20; PyG npz in <root>/coauthor/CS",
+        ),
+        "coauthor-physics": _dataset(
+            "gist.data.npz:load_coauthor_physics",
+            "accuracy",
+            "coauthor",
+            "Coauthor Physics co-authorship: 34,493 nodes, 5 classes, seeded 60/20/20; PyG npz in "
+            "<root>/coauthor/Physics",
+        ),
+        "amazon-computers": _dataset(
+            "gist.data.npz:load_amazon_computers",
+            "accuracy",
+            "amazon",
+            "Amazon Computers co-purchases: 13,752 nodes, 10 classes, seeded 60/20/20; PyG npz in "
+            "<root>/amazon/Computers",
+        ),
+        "amazon-photo": _dataset(
+            "gist.data.npz:load_amazon_photo",
+            "accuracy",
+            "amazon",
+            "Amazon Photo co-purchases: 7,650 nodes, 8 classes, seeded 60/20/20; PyG npz in <root>/amazon/Photo",
+        ),
+        "ogbn-arxiv": _dataset(
+            "gist.data.ogb:load_ogbn_arxiv",
+            "ogb:ogbn-arxiv",
+            "ogb",
+            "OGB arXiv citations (made undirected): 169,343 nodes, 40 classes, time split; OGB files in "
+            "<root>/ogbn_arxiv",
+        ),
+        "ogbn-products": _dataset(
+            "gist.data.ogb:load_ogbn_products",
+            "ogb:ogbn-products",
+            "ogb",
+            "OGB Amazon co-purchases: 2,449,029 nodes, 47 classes, sales-rank split; OGB files in <root>/ogbn_products",
+        ),
     },
     normalize=_dataset_key,
 )
 """Dataset loaders ``loader(root, seed, **kwargs) -> gist.data.NodeDataset``;
-names are case-insensitive and ``_`` reads as ``-``."""
+names are case-insensitive and ``_`` reads as ``-``. ``info``: ``metric``
+(``"accuracy"``, or ``"ogb:<name>"``: scored by ``ogb.nodeproppred.Evaluator(name)``;
+the loader's datasets carry the same), ``family`` (``synthetic``,
+``planetoid``, ``coauthor``, ``amazon``, ``ogb``, or ``plug-in``) and a
+one-line ``description``. A shipped dataset is one entry here."""
+
+
+def dataset_metric(name: str) -> str:
+    """How the dataset ``name`` is scored: ``"accuracy"`` or ``"ogb:<evaluator name>"``
+    (``"accuracy"`` for a dataset registered without one); no import."""
+    return str(DATASETS.info(name).get("metric", "accuracy"))
+
 
 MODELS: Registry[Any] = Registry(
     "model", {"gcn": "torch_geometric.nn.models:GCN", "sage": "torch_geometric.nn.models:GraphSAGE"}

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn.models.basic_gnn import BasicGNN
 
+from .errors import ConfigError
 from .nn.slicing import Axes, SplitSpec
 
 _ROUND_STRIDE = 1_000_003
@@ -58,13 +59,13 @@ def draw_partition(widths: Mapping[str, int], num_subnets: int, seed: int, round
     touches the global RNG. Widths are drawn in sorted-name order.
     """
     if num_subnets < 1:
-        raise ValueError(f"num_subnets must be >= 1, got {num_subnets}")
+        raise ConfigError(f"num_subnets must be >= 1, got {num_subnets}")
     gen = torch.Generator().manual_seed(int(seed) * _ROUND_STRIDE + int(round))
     groups: dict[str, tuple[Tensor, ...]] = {}
     for name in sorted(widths):
         size = widths[name]
         if size % num_subnets != 0 or num_subnets > size:
-            raise ValueError(f"hidden width '{name}' ({size}) does not split into {num_subnets} equal groups")
+            raise ConfigError(f"hidden width '{name}' ({size}) does not split into {num_subnets} equal groups")
         perm = torch.randperm(size, generator=gen)
         groups[name] = tuple(g.sort().values for g in perm.view(num_subnets, -1))
     return WidthPartition(groups, num_subnets, seed, round)
@@ -100,7 +101,7 @@ class SubnetSchedule:
 
     def __post_init__(self) -> None:
         if self.groups < 1 or self.num_workers % self.groups != 0:
-            raise ValueError(f"the number of groups ({self.groups}) must divide m ({self.num_workers})")
+            raise ConfigError(f"the number of groups ({self.groups}) must divide m ({self.num_workers})")
 
     def at(self, round: int) -> RoundPlan:
         finishing = self.finish_rounds > 0 and round >= self.rounds - self.finish_rounds

@@ -305,7 +305,7 @@ def test_missing_files_raise_fast(name, offline, tmp_path, monkeypatch, no_promp
 def test_failed_download_attempt_is_converted_and_cleaned(name, tmp_path, monkeypatch, no_prompt):
     """Force the loader's own download (host 'resolves') so its failure path runs."""
     monkeypatch.delenv(gd.OFFLINE_ENV, raising=False)
-    monkeypatch.setattr(gd, "_host_resolves", lambda *a, **k: True)
+    monkeypatch.setattr(gd.offline, "_host_resolves", lambda *a, **k: True)
     root = tmp_path / "data"
     root.mkdir()
     t = time.perf_counter()
@@ -327,7 +327,7 @@ def test_hanging_server_times_out(tmp_path, monkeypatch, no_prompt):
     try:
         port = srv.getsockname()[1]
         monkeypatch.delenv(gd.OFFLINE_ENV, raising=False)
-        monkeypatch.setattr(gd, "_DOWNLOAD_SOCKET_TIMEOUT", 1.0)
+        monkeypatch.setattr(gd.offline, "_DOWNLOAD_SOCKET_TIMEOUT", 1.0)
         monkeypatch.setattr(Planetoid, "url", f"http://127.0.0.1:{port}/p")
         monkeypatch.setattr(Coauthor, "url", f"http://127.0.0.1:{port}/c/")
         for name in ["cora", "coauthor-cs"]:
@@ -482,3 +482,110 @@ def test_real_datasets_from_copy(name, folder, n, e, f, c, tmp_path, monkeypatch
         ds1 = load_dataset(name, root=tmp_path, seed=1)  # processed now; new split only
         assert torch.equal(ds1.data.x, d.x)
         assert not torch.equal(ds1.data.train_mask, d.train_mask)
+
+
+# --------------------------------------------------------------------------- registry facts and errors
+
+_FAMILY_MODULE = {
+    "synthetic": "gist.data.synthetic",
+    "planetoid": "gist.data.planetoid",
+    "coauthor": "gist.data.npz",
+    "amazon": "gist.data.npz",
+    "ogb": "gist.data.ogb",
+}
+
+
+@pytest.mark.parametrize("name", gd.DATASETS.names())
+def test_every_shipped_dataset_declares_its_facts(name):
+    from gist.registry import Entry, dataset_metric
+
+    info = gd.DATASETS.info(name)
+    assert set(info) >= {"metric", "family", "description"}
+    assert info["family"] in _FAMILY_MODULE
+    expected = f"ogb:{name}" if info["family"] == "ogb" else "accuracy"
+    assert info["metric"] == expected == dataset_metric(name)
+    assert info["description"] and "\n" not in info["description"]
+    entry = gd.DATASETS._entries[name]
+    assert isinstance(entry, Entry) and entry.path.startswith(_FAMILY_MODULE[info["family"]] + ":")
+    module, _, attr = entry.path.partition(":")
+    assert "." not in attr and callable(gd.DATASETS[name])  # a real module-level loader
+
+
+def test_ogb_metrics_name_an_accuracy_evaluator():
+    from ogb.nodeproppred import Evaluator
+
+    for name in gd.DATASETS.names():
+        metric = gd.DATASETS.info(name)["metric"]
+        if metric.startswith("ogb:"):
+            assert Evaluator(metric.removeprefix("ogb:")).eval_metric == "acc"
+
+
+@pytest.mark.parametrize("name", ["csbm", "csbm-clustered"])
+def test_synthetic_loaders_carry_the_registry_metric(name):
+    ds = load_dataset(name, num_nodes=200, num_features=4)
+    assert ds.name == name and ds.metric == gd.DATASETS.info(name)["metric"]
+
+
+def test_cora_carries_the_registry_metric(real_data_root, monkeypatch, no_prompt):
+    monkeypatch.setenv(gd.OFFLINE_ENV, "1")
+    ds = load_dataset("cora", root=real_data_root("planetoid/Cora"))
+    assert ds.metric == gd.DATASETS.info("cora")["metric"] == "accuracy"
+
+
+@pytest.mark.parametrize("name", ["ogbn-arxiv", "ogbn-products"])
+def test_tiny_ogb_carries_the_registry_metric(name, tmp_path, monkeypatch, no_prompt):
+    monkeypatch.setenv(gd.OFFLINE_ENV, "1")
+    write_tiny_ogb(tmp_path, name)
+    assert load_dataset(name, root=tmp_path).metric == gd.DATASETS.info(name)["metric"] == f"ogb:{name}"
+
+
+def test_registered_loader_facts_and_metric_check():
+    from gist.errors import ConfigError
+
+    register_dataset("test-facts", lambda root, seed: make_csbm(num_nodes=40, num_features=4, seed=seed))
+    try:
+        assert dict(gd.DATASETS.info("test-facts")) == {"metric": "accuracy", "family": "plug-in", "description": ""}
+        register_dataset(
+            "test-facts",
+            lambda root, seed: make_csbm(num_nodes=40, num_features=4, seed=seed),
+            metric="ogb:ogbn-arxiv",
+            description="a graph whose loader forgets its metric",
+        )
+        with pytest.raises(ConfigError, match="scored by 'accuracy'.*declares 'ogb:ogbn-arxiv'"):
+            load_dataset("test-facts")
+    finally:
+        gd.DATASETS.unregister("test-facts")
+    assert "test-facts" not in available_datasets()
+
+
+def test_errors_sit_under_gist_error(tmp_path, monkeypatch):
+    from gist.errors import ConfigError, GistError
+
+    with pytest.raises(ConfigError, match="unknown dataset 'no-such-graph'"):
+        load_dataset("no-such-graph")
+    with pytest.raises(ConfigError, match="non-empty string"):
+        register_dataset("", lambda root, seed: None)
+    with pytest.raises(ConfigError, match="must be callable"):
+        register_dataset("x-not-callable", 3)
+    with pytest.raises(ConfigError):
+        make_csbm(num_nodes=1)
+    monkeypatch.setenv(gd.OFFLINE_ENV, "1")
+    with pytest.raises(GistError) as err:
+        load_dataset("cora", root=tmp_path)
+    assert isinstance(err.value, DatasetNotFoundError) and isinstance(err.value, FileNotFoundError)
+    assert issubclass(gd.DatasetCorruptError, ConfigError) and issubclass(gd.DatasetCorruptError, ValueError)
+
+
+def test_dataset_facts_need_no_torch():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from gist.registry import DATASETS, dataset_metric\n"
+        "facts = [(n, dataset_metric(n), DATASETS.info(n)['family']) for n in DATASETS.names()]\n"
+        "print(len(facts), sorted(m for m in ('torch', 'torch_geometric') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(None, 1) == [str(len(gd.DATASETS)), "[]\n"]

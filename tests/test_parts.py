@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import gist.graph.parts as gp
-from gist.cli import build_parser
+from gist.cli import build_parser, main
 from gist.data import load_dataset, make_csbm
 from gist.graph import partition_nodes, worker_subgraph
 from gist.graph.parts import (
@@ -279,3 +279,149 @@ def test_concurrent_ensure(tmp_path):
 
 def _child_main(root, log, barrier, results) -> None:
     results.put(_ensure_in_child(root, log, barrier))
+
+
+# --------------------------------------------------------------------------- per-part statistics
+
+
+def _direct_statistics(data, parts, num_parts, num_classes):
+    """The statistics of part_statistics, computed edge by edge in plain Python."""
+    src, dst = data.edge_index.tolist()
+    owner = parts.tolist()
+    y, train = data.y.tolist(), data.train_mask.tolist()
+    neighbours = {v: set() for v in range(len(owner))}
+    for u, v in zip(src, dst):
+        neighbours[u].add(v)
+        neighbours[v].add(u)
+    whole = [0] * num_classes
+    for v, is_train in enumerate(train):
+        whole[y[v]] += is_train
+    out = []
+    for i in range(num_parts):
+        nodes = [v for v in range(len(owner)) if owner[v] == i]
+        inside = sum(owner[u] == i and owner[v] == i for u, v in zip(src, dst))
+        cut = sum(owner[u] == i and owner[v] != i for u, v in zip(src, dst))
+        boundary = sum(any(owner[w] != i for w in neighbours[v]) for v in nodes)
+        seen, components = set(), 0
+        for v in nodes:  # depth-first search inside the part
+            if v in seen:
+                continue
+            components += 1
+            stack = [v]
+            seen.add(v)
+            while stack:
+                for w in neighbours[stack.pop()]:
+                    if owner[w] == i and w not in seen:
+                        seen.add(w)
+                        stack.append(w)
+        counts = [0] * num_classes
+        for v in nodes:
+            counts[y[v]] += train[v]
+        total = sum(counts)
+        tv = sum(abs(c / total - w / sum(whole)) for c, w in zip(counts, whole)) / 2 if total else None
+        out.append(
+            dict(
+                owned=len(nodes), inside=inside, cut=cut, boundary=boundary, components=components, counts=counts, tv=tv
+            )
+        )
+    return out
+
+
+def _check_statistics(got, want):
+    for g, w in zip(got, want, strict=True):
+        assert (g["num_owned"], g["edges_inside"], g["edges_cut"], g["num_boundary"], g["components"]) == (
+            w["owned"],
+            w["inside"],
+            w["cut"],
+            w["boundary"],
+            w["components"],
+        )
+        assert g["train_label_counts"] == w["counts"]
+        if w["tv"] is None:
+            assert g["train_label_tv"] is None and g["train_label_top"] == []
+        else:
+            assert g["train_label_tv"] == pytest.approx(w["tv"], abs=1e-4)
+            shares = [share for _, share in g["train_label_top"]]
+            assert shares == sorted(shares, reverse=True) and len(shares) <= gp.TOP_LABELS
+            for label, share in g["train_label_top"]:
+                assert share == pytest.approx(w["counts"][label] / sum(w["counts"]), abs=1e-4)
+
+
+def test_part_statistics_match_a_direct_count():
+    """A hand-made graph (two triangles, a path, isolated nodes) and a CSBM."""
+    from torch_geometric.data import Data
+
+    from gist.graph.parts import part_statistics
+
+    pairs = [(0, 1), (1, 2), (2, 0), (3, 4), (4, 5), (5, 3), (2, 3), (6, 7), (7, 8), (1, 7)]
+    ei = torch.tensor(pairs + [(b, a) for a, b in pairs]).t()
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2, 0, 1])
+    train = torch.tensor([1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 0], dtype=torch.bool)
+    data = Data(edge_index=ei, y=y, train_mask=train, num_nodes=11)
+    parts = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 1])
+    got = part_statistics(data, parts, 3, 3)
+    assert [g["components"] for g in got] == [1, 2, 2]  # node 10 is alone in part 1, node 9 in part 2
+    assert [g["edges_cut"] for g in got] == [2, 1, 1]
+    _check_statistics(got, _direct_statistics(data, parts, 3, 3))
+
+    ds = make_csbm(num_nodes=300, num_classes=4, num_features=4, avg_degree=4, seed=2)
+    for partitioner, k in (("metis", 4), ("random", 5)):
+        parts = partition_nodes(ds.data.edge_index, 300, k, partitioner, 0)
+        _check_statistics(part_statistics(ds.data, parts, k, 4), _direct_statistics(ds.data, parts, k, 4))
+    skipped = part_statistics(ds.data, parts, 5, 4, nx_limit=10)
+    assert [g["components"] for g in skipped] == [None] * 5
+    assert part_statistics(ds.data, parts, 5, 4, nx_graph_limit=10)[0]["components"] is None
+
+
+def test_meta_holds_the_statistics_and_old_meta_still_reads(small, tmp_path, capsys):
+    out = write_partitions(small, tmp_path / "p", 3, "metis", seed=1, halo_hops=1, progress=False)
+    parts = partition_nodes(small.data.edge_index, small.num_nodes, 3, "metis", 1)
+    info = read_meta(out)
+    _check_statistics(info.parts, _direct_statistics(small.data, parts, 3, small.num_classes))
+    lines = gp.describe_parts(info)
+    assert len(lines) == 4 and "edges between parts" in lines[-1] and "—" not in "".join(lines)
+
+    meta = json.loads((out / "meta.json").read_text())
+    for key in ("nx_limit", "nx_graph_limit"):
+        meta.pop(key)
+    new_fields = ("edges_inside", "edges_cut", "num_boundary", "components", "train_label_counts")
+    for part in meta["parts"]:
+        for key in (*new_fields, "train_label_top", "train_label_tv"):
+            part.pop(key)
+    (out / "meta.json").write_text(json.dumps(meta))
+    old = read_meta(out)
+    assert [p["num_owned"] for p in old.parts] == [p["num_owned"] for p in info.parts]
+    load_part(out, 2)
+    lines = gp.describe_parts(old)
+    assert lines[0].endswith(f"{old.parts[0]['num_edges']} edges, {old.parts[0]['num_train']} train nodes")
+    assert "--force" in lines[-1] and len(lines) == 4
+
+
+def test_cli_marks_parts_whose_components_are_not_counted(small, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gp, "NX_LIMIT", 50)  # every part of 300 nodes in 2 is "large"
+    args = ["partition", "--root", str(tmp_path), "--parts", "2", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("— components") == 2 and "networkx is skipped above 50 owned nodes" in out
+    assert all(p["components"] is None for p in read_meta(partition_dir(tmp_path, "csbm", 2)).parts)
+
+
+def test_cora_statistics_are_sane(real_data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GIST_OFFLINE", "1")
+    root = real_data_root("planetoid/Cora")
+    assert main(["partition", "--dataset", "cora", "--root", str(root), "--parts", "4", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    info = read_meta(partition_dir(root, "cora", 4))
+    ds = load_dataset("cora", root=root)
+    ei = ds.data.edge_index
+    parts = partition_nodes(ei, ds.num_nodes, 4, "metis", 0)
+    between = int((parts[ei[0]] != parts[ei[1]]).sum())
+    assert sum(p["edges_cut"] for p in info.parts) == between > 0
+    assert sum(p["edges_cut"] + p["edges_inside"] for p in info.parts) == ei.size(1) == 10556
+    assert f"edges between parts: {between} of 10556" in out
+    for p in info.parts:
+        assert p["components"] >= 1 and 0 < p["num_boundary"] <= p["num_owned"]
+        assert sum(p["train_label_counts"]) == p["num_train"] and len(p["train_label_counts"]) == 7
+        assert 0.0 <= p["train_label_tv"] <= 1.0
+    assert sum(sum(p["train_label_counts"]) for p in info.parts) == 140
+    assert out.count("TV ") == 4 and "—" not in out

@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 from torch import Tensor
 
+from ..errors import ConfigError
 from .ledger import FROM_WORKER, TO_WORKER, ByteLedger, handshake_header, handshake_reply, record_handshake
 from .stats import WorkerStats
 
@@ -54,7 +55,7 @@ class Collective(ABC):
 
     def __init__(self, num_workers: int, local_workers: Sequence[int], ledger: Optional[ByteLedger] = None) -> None:
         if num_workers < 1:
-            raise ValueError(f"a collective needs at least one worker, got {num_workers}")
+            raise ConfigError(f"a collective needs at least one worker, got {num_workers}")
         self.num_workers = num_workers
         self.local_workers = tuple(local_workers)
         self.ledger = ledger if ledger is not None else ByteLedger()
@@ -71,11 +72,11 @@ class Collective(ABC):
 
     # ---------------------------------------------------------- recording
 
-    def _record_allreduce(self, round: int, numel: int, element_size: int) -> None:
+    def _record_allreduce(self, round: int, numel: int, element_size: int, kind: str = "params") -> None:
         nbytes = ring_allreduce_bytes(numel, element_size, self.num_workers)
         for w in range(self.num_workers):
-            self.ledger.record(round, w, TO_WORKER, "params", nbytes)
-            self.ledger.record(round, w, FROM_WORKER, "params", nbytes)
+            self.ledger.record(round, w, TO_WORKER, kind, nbytes)
+            self.ledger.record(round, w, FROM_WORKER, kind, nbytes)
 
     def _record_broadcast(self, round: int, nbytes: int, kind: str) -> None:
         for w in range(1, self.num_workers):
@@ -95,7 +96,7 @@ class Collective(ABC):
         header = handshake_header(start_round, numel)
         header, replies = self._exchange_handshake(header, data_bytes)
         if int(header[1]) != numel:
-            raise RuntimeError(
+            raise ConfigError(
                 f"worker {self.local_workers[0]}: worker 0's buffer has {int(header[1])} values, this one's "
                 f"{numel}: the workers were started with different settings"
             )
@@ -107,14 +108,14 @@ class Collective(ABC):
     def _exchange_handshake(self, header: Tensor, data_bytes: Mapping[int, int]) -> tuple[Tensor, dict[int, Tensor]]:
         """Worker 0's header, and every worker's ``int64 [data bytes]`` reply."""
 
-    def all_reduce_mean(self, round: int, flats: Mapping[int, Tensor]) -> Tensor:
+    def all_reduce_mean(self, round: int, flats: Mapping[int, Tensor], kind: str = "params") -> Tensor:
         r"""``Σ_i flats_i / m`` over all ``m`` workers (each local worker gives
         its own flat buffer; ``flats`` may be modified). Recorded as a ring
-        all-reduce for every worker."""
+        all-reduce of ``kind`` for every worker."""
         if set(flats) != set(self.local_workers):
             raise ValueError(f"all_reduce_mean needs a buffer from each local worker {self.local_workers}")
         first = flats[self.local_workers[0]]
-        self._record_allreduce(round, first.numel(), first.element_size())
+        self._record_allreduce(round, first.numel(), first.element_size(), kind)
         return self._all_reduce_mean(flats)
 
     @abstractmethod

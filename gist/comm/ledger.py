@@ -18,7 +18,7 @@ from torch import Tensor
 TO_WORKER = "to_worker"
 FROM_WORKER = "from_worker"
 DIRECTIONS = (TO_WORKER, FROM_WORKER)
-KINDS = ("params", "data", "stats", "control", "eval", "prior", "bn_stats")
+KINDS = ("params", "data", "stats", "control", "eval", "prior", "bn_stats", "optim")
 SETUP_ROUND = -1
 
 

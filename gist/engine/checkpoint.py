@@ -11,14 +11,19 @@ coordinator) writes each piece as a *side file* beside it
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..files import atomic_write
+from .records import RoundRecord
+
+if TYPE_CHECKING:
+    from .driver import RoundDriver
 
 CHECKPOINT_FORMAT = 3
 """The layout of :meth:`~gist.engine.RoundDriver.state_dict` (format 2, GIST only, is read too)."""
@@ -114,6 +119,39 @@ class Checkpointer:
         if not path.is_file():
             raise CheckpointError(f"--resume: the checkpoint of round {round} has no file {path}")
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def driver_state(driver: RoundDriver) -> dict[str, Any]:
+    """Everything needed to continue ``driver``'s run exactly: the full model
+    (its :meth:`~gist.engine.RoundDriver.model_checkpoint`), the next round,
+    the history, the ledger, the coordinator's RNG state and the method's
+    :meth:`~gist.engine.RoundDriver.method_state`. Plain tensors, numbers and
+    strings only: loadable with ``torch.load(weights_only=True)``."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "method": driver.name,
+        "round": driver.round,
+        "model": driver.model_checkpoint(),
+        "history": [asdict(r) for r in driver.history],
+        "ledger": driver.ledger.records(),
+        "rng_state": torch.get_rng_state(),
+        "method_state": driver.method_state(),
+    }
+
+
+def load_driver_state(driver: RoundDriver, state: dict[str, Any]) -> None:
+    """Continue ``driver`` from :func:`driver_state` (on the coordinator, before it trains)."""
+    state = upgrade_checkpoint(state)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+    if state.get("method") not in (None, driver.name):
+        raise CheckpointError(f"the checkpoint was made by method {state['method']!r}, not {driver.name!r}")
+    driver.load_model_state_dict(state["model"])
+    driver.round = int(state["round"])
+    driver.history = [RoundRecord(**r) for r in state["history"]]
+    driver.ledger.load_records(state["ledger"])
+    torch.set_rng_state(state["rng_state"])
+    driver.load_method_state(state["method_state"])
 
 
 def upgrade_checkpoint(state: dict[str, Any]) -> dict[str, Any]:

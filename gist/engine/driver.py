@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Protocol
 
 import torch
@@ -26,16 +26,16 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from ..comm import FROM_WORKER, TO_WORKER, ByteLedger, WorkerStats
+from ..comm import ByteLedger, WorkerStats
 from ..config import NoOptions, RunConfig
 from ..devices import check_devices, worker_device
 from ..errors import ConfigError
-from .checkpoint import CHECKPOINT_FORMAT, Checkpointer, CheckpointError, upgrade_checkpoint
+from .checkpoint import Checkpointer, driver_state, load_driver_state
 from .divergence import check_round
 from .evaluation import Evaluator, graph_evaluator
-from .records import RoundRecord, history_summary, parallel_round_seconds
+from .optim import check_optimizer_state
+from .records import RoundRecord, history_summary
 from .setup import RankSetup
-from .training import mean_or_nan
 
 ROLES = ("target", "bytes", "budget")
 """The roles a method can play in the tables (:attr:`RoundDriver.role`)."""
@@ -92,6 +92,8 @@ class RoundDriver(ABC):
     """Its own settings (``cfg.options`` of its runs): a dataclass of
     :func:`gist.settings.setting` fields importable without torch; a shipped
     method also names it in :data:`gist.registry.METHODS`."""
+    optimizer_states: ClassVar[tuple[str, ...]] = ("kept",)
+    """The ``optimizer_state`` policies the method offers (:data:`gist.config.OPTIMIZER_STATES`), its default first."""
     role: ClassVar[Optional[str]] = None
     """What the tables compare with it (:data:`ROLES`): ``target`` (the
     reference whose best validation sets the target), ``bytes`` (the
@@ -108,6 +110,7 @@ class RoundDriver(ABC):
             raise ConfigError(
                 f"{cls.name} trains {cls.fixed_subnets} worker(s): m must be {cls.fixed_subnets}, got {cfg.subnets}"
             )
+        check_optimizer_state(cls.name, cls.optimizer_states, cfg.local)
         cls.check_config(cfg)
 
     def __init__(
@@ -153,7 +156,12 @@ class RoundDriver(ABC):
         """This process's part of a ``torch.distributed`` job: the driver to
         :meth:`fit` here, or ``None`` once the process has served as a worker
         of a driver elsewhere."""
-        raise ValueError(f"method {cls.name!r} has no torch.distributed form; run it with --backend local")
+        raise ConfigError(f"method {cls.name!r} has no torch.distributed form; run it with --backend local")
+
+    @classmethod
+    def optimizer_state(cls, cfg: RunConfig) -> str:
+        """The run's ``optimizer_state`` policy: the setting, else the method's default."""
+        return cfg.local.optimizer_state or cls.optimizer_states[0]
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -233,20 +241,7 @@ class RoundDriver(ABC):
         work = self.train_round(r)
         seconds = time.perf_counter() - start
         check_round(self.name, r, work.stats, self.trained_states())
-        worker_seconds = [s.seconds for s in work.stats.values()]
-        record = RoundRecord(
-            round=r,
-            local_steps=self.cfg.local.local_steps,
-            seconds=seconds,
-            split_seconds=work.split_seconds,
-            merge_seconds=work.merge_seconds,
-            worker_seconds=max(worker_seconds),
-            parallel_seconds=parallel_round_seconds(seconds, worker_seconds, self.sequential),
-            bytes_to_workers=self.ledger.total(round=r, direction=TO_WORKER, kind="params"),
-            bytes_from_workers=self.ledger.total(round=r, direction=FROM_WORKER, kind="params"),
-            stats_bytes=self.ledger.total(round=r, kind="stats"),
-            loss=mean_or_nan([s.loss for s in work.stats.values() if s.loss == s.loss]),
-        )
+        record = RoundRecord.of_round(r, self.cfg.local.local_steps, seconds, work, self.ledger, self.sequential)
         if self.is_coordinator and self.cfg.is_eval_round(r):
             eval_start = time.perf_counter()
             metrics = self.evaluate(r)
@@ -300,45 +295,25 @@ class RoundDriver(ABC):
 
     def summary(self) -> dict[str, Any]:
         """``method``, ``best_val``, ``test_at_best_val``, byte and time totals,
-        ``subnet_params``, and ``eval_every``, the rounds between evaluations used."""
+        ``subnet_params``, ``eval_every`` (the rounds between evaluations used)
+        and ``optimizer_state`` (what a worker's optimizer started each round from)."""
         return {
             "method": self.name,
             **history_summary(self.history, self.ledger, self.cfg.subnets),
             "subnet_params": self.num_params,
             "eval_every": self.cfg.eval_interval,
+            "optimizer_state": self.optimizer_state(self.cfg),
         }
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly: the full model, the
-        next round, the history, the ledger, the coordinator's RNG state and
-        :meth:`method_state`. Plain tensors, numbers and strings only:
-        loadable with ``torch.load(weights_only=True)``. Called on every
-        process of a job at the same round."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "method": self.name,
-            "round": self.round,
-            "model": self.model_checkpoint(),
-            "history": [asdict(r) for r in self.history],
-            "ledger": self.ledger.records(),
-            "rng_state": torch.get_rng_state(),
-            "method_state": self.method_state(),
-        }
+        """Everything needed to continue this run exactly (:func:`~gist.engine.checkpoint.driver_state`).
+        Called on every process of a job at the same round."""
+        return driver_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (on the coordinator, before :meth:`fit`)."""
-        state = upgrade_checkpoint(state)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
-        if state.get("method") not in (None, self.name):
-            raise CheckpointError(f"the checkpoint was made by method {state['method']!r}, not {self.name!r}")
         if self._started:
             raise RuntimeError("load a checkpoint before the first round")
-        self.load_model_state_dict(state["model"])
-        self.round = int(state["round"])
-        self.history = [RoundRecord(**r) for r in state["history"]]
-        self.ledger.load_records(state["ledger"])
-        torch.set_rng_state(state["rng_state"])
-        self.load_method_state(state["method_state"])
+        load_driver_state(self, state)

@@ -23,7 +23,7 @@ from ..devices import resolve_device
 from ..errors import ConfigError
 from ..graph import AdjacencyFormat, adjacency, with_sparse_features
 from ..nn.models import takes_normalized_adjacency
-from ..registry import DATASETS
+from ..registry import dataset_metric as declared_metric
 
 Evaluator = Callable[[nn.Module, Data], dict[str, float]]
 """``f(model, data) -> {"train", "val", "test"}``."""
@@ -118,7 +118,7 @@ def dataset_metric(dataset: str) -> str:
     ``ogb.nodeproppred.Evaluator(<name>)``. Raises
     :class:`~gist.errors.ConfigError` for an OGB dataset not scored by
     accuracy: the models here predict one class per node."""
-    metric = str(DATASETS.info(dataset).get("metric", "accuracy"))
+    metric = declared_metric(dataset)
     if metric.startswith("ogb:"):
         from ogb.nodeproppred import Evaluator as OGBEvaluator  # heavy (pulls in scikit-learn): OGB runs only
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..comm import ByteLedger
+from ..comm import FROM_WORKER, TO_WORKER, ByteLedger
 
 
 @dataclass
@@ -39,6 +39,30 @@ class RoundRecord:
     runs workers one after another, the wall time less every worker's time
     plus the slowest worker's."""
 
+    @classmethod
+    def of_round(
+        cls, round: int, local_steps: int, seconds: float, work: Any, ledger: ByteLedger, sequential: bool
+    ) -> RoundRecord:
+        """The record of round ``round``, which took ``seconds``: its
+        :class:`~gist.engine.RoundWork` ``work`` (the workers' reports, split
+        and merge seconds) and its parameter and stats bytes in ``ledger``;
+        its metrics are set where it is evaluated."""
+        worker_seconds = [s.seconds for s in work.stats.values()]
+        losses = [s.loss for s in work.stats.values() if s.loss == s.loss]
+        return cls(
+            round=round,
+            local_steps=local_steps,
+            seconds=seconds,
+            split_seconds=work.split_seconds,
+            merge_seconds=work.merge_seconds,
+            worker_seconds=max(worker_seconds),
+            parallel_seconds=parallel_round_seconds(seconds, worker_seconds, sequential),
+            bytes_to_workers=ledger.total(round=round, direction=TO_WORKER, kind="params"),
+            bytes_from_workers=ledger.total(round=round, direction=FROM_WORKER, kind="params"),
+            stats_bytes=ledger.total(round=round, kind="stats"),
+            loss=sum(losses) / len(losses) if losses else float("nan"),
+        )
+
 
 def parallel_round_seconds(seconds: float, worker_seconds: Sequence[float], sequential: bool) -> float:
     """:attr:`RoundRecord.parallel_seconds` of a round that took ``seconds``
@@ -50,12 +74,13 @@ def parallel_round_seconds(seconds: float, worker_seconds: Sequence[float], sequ
 
 def history_summary(history: Sequence[RoundRecord], ledger: ByteLedger, num_workers: int) -> dict[str, Any]:
     """The summary every method shares: best validation and test there,
-    final metrics, parameter bytes (total and per worker), other byte kinds,
+    final metrics, parameter bytes (total and per worker; the optimizer state
+    carried with them included, also on its own as ``optim_bytes_total``), other byte kinds,
     seconds, and ``parallel_seconds``: the rounds' time with each round's
     workers in parallel (:attr:`RoundRecord.parallel_seconds`), evaluation included."""
     evaluated = [r for r in history if r.val is not None]
     best = max(evaluated, key=lambda r: r.val) if evaluated else None
-    params_bytes = ledger.total(kind="params")
+    params_bytes = ledger.total(kind="params") + ledger.total(kind="optim")
     seconds = sum(r.seconds + (r.eval_seconds or 0.0) for r in history)
     parallel = sum(
         (r.seconds if r.parallel_seconds is None else r.parallel_seconds) + (r.eval_seconds or 0.0) for r in history
@@ -71,6 +96,7 @@ def history_summary(history: Sequence[RoundRecord], ledger: ByteLedger, num_work
         "data_bytes_total": ledger.total(kind="data"),
         "stats_bytes_total": ledger.total(kind="stats"),
         "eval_bytes_total": ledger.total(kind="eval"),
+        "optim_bytes_total": ledger.total(kind="optim"),
         "rounds": len(history),
         "seconds": seconds,
         "parallel_seconds": parallel,

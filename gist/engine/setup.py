@@ -12,9 +12,10 @@ import torch.distributed as dist
 from torch import nn
 from torch_geometric.data import Data
 
+from .. import data as datasets
 from ..comm.group import DistContext, run_collective
 from ..config import RunConfig
-from ..data import NodeDataset, load_dataset
+from ..data import NodeDataset
 from ..errors import ConfigError
 from ..graph.parts import ensure_partitions, load_part, partition_dir, read_meta
 from ..nn.models import build_model, first_conv, takes_sparse_features
@@ -22,7 +23,7 @@ from ..nn.models import build_model, first_conv, takes_sparse_features
 
 def load_run_dataset(cfg: RunConfig) -> NodeDataset:
     """The whole dataset of ``cfg`` (its split seeded by ``cfg.seed``)."""
-    return load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.seed)
+    return datasets.load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.seed)
 
 
 def build_stock_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn.Module:

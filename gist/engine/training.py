@@ -21,6 +21,7 @@ from torch_geometric.data import Data
 
 from ..config import LocalConfig, RunConfig
 from ..devices import worker_device
+from ..errors import ConfigError
 from ..graph import (
     AdjacencyFormat,
     BatchSource,
@@ -182,7 +183,7 @@ def make_batch_sources(
             parts = parts_of.get(id(g))
             if parts is None:
                 if d.num_clusters > g.num_nodes:
-                    raise ValueError(f"num_clusters ({d.num_clusters}) exceeds worker {i}'s {g.num_nodes} nodes")
+                    raise ConfigError(f"num_clusters ({d.num_clusters}) exceeds worker {i}'s {g.num_nodes} nodes")
                 parts = partition_nodes(source_graph.edge_index.cpu(), g.num_nodes, d.num_clusters, "metis", cfg.seed)
                 parts = parts_of[id(g)] = parts.to(device)
             sources[i] = ClusterBatches(

@@ -13,6 +13,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor
 
+from ..errors import ConfigError
 from ..nn.models import takes_normalized_adjacency
 from .partition import ClusterBatcher
 
@@ -28,7 +29,7 @@ def adjacency(data: Data, sparse: bool = True, normalized: bool = False) -> Tens
     tensor (PyG's own ``gcn_norm``, as ``GCNConv`` computes it), for a
     :class:`~gist.nn.PrenormalizedGCN`."""
     if normalized and not sparse:
-        raise ValueError("the normalised adjacency is a sparse CSR matrix: it needs sparse_adjacency")
+        raise ConfigError("the normalised adjacency is a sparse CSR matrix: it needs sparse_adjacency")
     if not sparse:
         return data.edge_index
     with warnings.catch_warnings():

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from ..errors import ConfigError
 from ..registry import PARTITIONERS
 
 __all__ = [
@@ -45,16 +46,16 @@ _MASK_KEYS = ("train_mask", "val_mask", "test_mask")
 # --------------------------------------------------------------------------- #
 def _check_edge_index(edge_index: Tensor, num_nodes: int) -> None:
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(
+        raise ConfigError(
             f"edge_index must be a tensor of shape [2, num_edges], got "
             f"{tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index)}"
         )
     if num_nodes < 0:
-        raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
+        raise ConfigError(f"num_nodes must be >= 0, got {num_nodes}")
     if edge_index.numel() > 0:
         lo, hi = int(edge_index.min()), int(edge_index.max())
         if lo < 0 or hi >= num_nodes:
-            raise ValueError(f"edge_index contains node ids outside [0, {num_nodes}): min={lo}, max={hi}")
+            raise ConfigError(f"edge_index contains node ids outside [0, {num_nodes}): min={lo}, max={hi}")
 
 
 def to_csr(edge_index: Tensor, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,14 +145,14 @@ def partition_nodes(
     set-up and the workers of one run, partition a graph once.
     """
     if isinstance(num_parts, bool) or not isinstance(num_parts, (int, np.integer)):
-        raise ValueError(f"num_parts must be an int, got {num_parts!r}")
+        raise ConfigError(f"num_parts must be an int, got {num_parts!r}")
     num_parts, num_nodes = int(num_parts), int(num_nodes)
     if method not in PARTITIONERS:
-        raise ValueError(f"unknown partition method {method!r}; expected one of {', '.join(PARTITIONERS)}")
+        raise ConfigError(f"unknown partition method {method!r}; expected one of {', '.join(PARTITIONERS)}")
     if num_parts < 1:
-        raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+        raise ConfigError(f"num_parts must be >= 1, got {num_parts}")
     if num_parts > num_nodes:
-        raise ValueError(
+        raise ConfigError(
             f"num_parts ({num_parts}) must not exceed num_nodes ({num_nodes}): every part must hold at least one node"
         )
     _check_edge_index(edge_index, num_nodes)
@@ -267,19 +268,19 @@ def worker_subgraph(data: Data, parts: Tensor, part: int, halo_hops: int = 0) ->
     ``halo_hops == 0``).
     """
     if data.edge_index is None:
-        raise ValueError("data has no edge_index")
+        raise ConfigError("data has no edge_index")
     num_nodes = int(data.num_nodes)
     edge_index = data.edge_index
     device = edge_index.device
     parts = torch.as_tensor(parts, device=device)
     if parts.dim() != 1 or parts.numel() != num_nodes:
-        raise ValueError(f"parts must have shape [{num_nodes}], got {tuple(parts.shape)}")
+        raise ConfigError(f"parts must have shape [{num_nodes}], got {tuple(parts.shape)}")
     if isinstance(halo_hops, bool) or not isinstance(halo_hops, (int, np.integer)) or halo_hops < 0:
-        raise ValueError(f"halo_hops must be an int >= 0, got {halo_hops!r}")
+        raise ConfigError(f"halo_hops must be an int >= 0, got {halo_hops!r}")
     part = int(part)
     own_mask = parts == part
     if part < 0 or not bool(own_mask.any()):
-        raise ValueError(f"part {part} has no nodes (part ids present: 0..{int(parts.max())})")
+        raise ConfigError(f"part {part} has no nodes (part ids present: 0..{int(parts.max())})")
 
     keep = own_mask.clone()
     row, col = edge_index[0], edge_index[1]
@@ -359,12 +360,12 @@ class ClusterBatcher:
         parts: Optional[Tensor] = None,
     ) -> None:
         if data.edge_index is None:
-            raise ValueError("data has no edge_index")
+            raise ConfigError("data has no edge_index")
         for name, v in (("num_parts", num_parts), ("parts_per_batch", parts_per_batch)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+                raise ConfigError(f"{name} must be an int >= 1, got {v!r}")
         if parts_per_batch > num_parts:
-            raise ValueError(f"parts_per_batch ({parts_per_batch}) must not exceed num_parts ({num_parts})")
+            raise ConfigError(f"parts_per_batch ({parts_per_batch}) must not exceed num_parts ({num_parts})")
         self.data = data
         self.num_parts = int(num_parts)
         self.parts_per_batch = int(parts_per_batch)
@@ -378,7 +379,7 @@ class ClusterBatcher:
         if parts is None:
             parts = partition_nodes(edge_index, num_nodes, self.num_parts, method, self.seed)
         elif parts.shape != (num_nodes,) or int(parts.min()) < 0 or int(parts.max()) >= self.num_parts:
-            raise ValueError(f"parts must be a [num_nodes] tensor of ids in [0, {self.num_parts})")
+            raise ConfigError(f"parts must be a [num_nodes] tensor of ids in [0, {self.num_parts})")
         self.parts = parts.to(device=device, dtype=torch.long)
 
         # Nodes grouped by part (ascending id within a part) and each node's rank in its part.
@@ -451,7 +452,7 @@ class ClusterBatcher:
         selected = torch.zeros(self.num_parts, dtype=torch.bool, device=device)
         selected[sel] = True
         if int(selected.sum()) != sel.numel():
-            raise ValueError("parts in a batch must be distinct")
+            raise ConfigError("parts in a batch must be distinct")
         sizes = self._node_ptr[sel + 1] - self._node_ptr[sel]
         offset = torch.zeros(self.num_parts, dtype=torch.long, device=device)
         offset[sel] = torch.cumsum(sizes, 0) - sizes
@@ -482,7 +483,7 @@ class ClusterBatcher:
         """Restore a :meth:`state_dict` (from a batcher with the same configuration)."""
         for key in ("num_parts", "parts_per_batch", "method", "seed"):
             if key in state and state[key] != getattr(self, key):
-                raise ValueError(
+                raise ConfigError(
                     f"state_dict {key}={state[key]!r} does not match this batcher's {getattr(self, key)!r}"
                 )
         self._generator.set_state(state["generator"].clone())

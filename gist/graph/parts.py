@@ -12,6 +12,13 @@ for ``parts = partition_nodes(edge_index, N, P, partitioner, seed)``, restricted
 calls :func:`load_part` ``(dir, i)``, which opens ``part_<i>.pt`` (and
 ``meta.json``) only, so the full graph never exists in a worker process.
 
+``meta.json`` also describes each part (:func:`part_statistics`): its owned
+nodes, the edges inside it and those it cuts, its boundary nodes, the
+connected components of its induced subgraph (counted with networkx up to
+:data:`NX_LIMIT` nodes or edges) and the label mix of its training nodes.
+``gist partition`` prints them. Meta files written before these fields
+existed still read; their parts simply lack them.
+
 Every file is written to a temporary name and moved into place with
 :func:`os.replace`; ``meta.json`` (with the sha256 of every part) comes last, so
 an interrupted run never looks complete and a damaged part is detected on load.
@@ -36,7 +43,9 @@ from torch import Tensor
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from ..data import NodeDataset, default_root, load_dataset
+from .. import data as datasets
+from ..data import NodeDataset, default_root
+from ..errors import ConfigError, MissingFileError
 from ..files import atomic_write, exclusive_lock, fsync_dir
 from .partition import PARTITIONERS, partition_nodes, worker_subgraph
 
@@ -45,6 +54,10 @@ __all__ = [
     "PART_KEYS",
     "PartInfo",
     "PartitionError",
+    "NX_GRAPH_LIMIT",
+    "NX_LIMIT",
+    "part_statistics",
+    "describe_parts",
     "partition_dir",
     "write_partitions",
     "ensure_partitions",
@@ -58,11 +71,20 @@ FORMAT_VERSION = 1
 #: Tensors stored in every part file, in this order.
 PART_KEYS = ("x", "edge_index", "y", "train_mask", "val_mask", "test_mask", "n_id", "owned")
 META_NAME = "meta.json"
+#: Largest part (owned nodes, or edges inside it) whose connected components
+#: :func:`part_statistics` counts with networkx (about 1 s per 200k edges);
+#: larger parts get ``None``.
+NX_LIMIT = 200_000
+#: Largest graph (edges) in which :func:`part_statistics` counts components at all.
+NX_GRAPH_LIMIT = 2_000_000
+#: Classes named in a part's ``train_label_top`` (its most common training labels).
+TOP_LABELS = 3
+_EDGE_CHUNK = 1 << 24  # edges per step of the cut counts (bounds temporary memory)
 _FORMAT_TAG = "gist-partitions"
 _DIR_RE = re.compile(r"^(?P<dataset>.+)-(?P<partitioner>metis|random)-p(?P<parts>\d+)-s(?P<seed>-?\d+)-h(?P<halo>\d+)$")
 
 
-class PartitionError(ValueError):
+class PartitionError(ConfigError):
     """A partition directory or part file is incomplete, corrupt or inconsistent."""
 
 
@@ -73,7 +95,8 @@ class PartInfo:
     ``num_nodes`` is the full graph's node count. ``metric`` is the dataset's
     metric (``"accuracy"`` or ``"ogb:<name>"``); ``parts`` holds one summary
     dict per part (``num_nodes``, ``num_owned``, ``num_edges``, ``num_train``,
-    ``file``, ``sha256``, ``bytes``).
+    ``file``, ``sha256``, ``bytes``; and, from files written since they
+    exist, the fields of :func:`part_statistics`).
     """
 
     num_nodes: int
@@ -187,6 +210,115 @@ def _locked(part_dir: Path) -> contextlib.AbstractContextManager[None]:
     return exclusive_lock(lock)
 
 
+# --------------------------------------------------------------------------- statistics
+
+
+def part_statistics(
+    data: Data,
+    parts: Tensor,
+    num_parts: int,
+    num_classes: int,
+    nx_limit: int | None = None,
+    nx_graph_limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """What each part of the node partition ``parts`` holds, one dict per part.
+
+    Edges are counted as ``edge_index`` stores them (each undirected edge in
+    both directions, as ``num_edges`` is), so over all parts
+    ``edges_inside + edges_cut`` sums to every edge, and ``edges_cut`` to the
+    edges between parts:
+
+    * ``edges_inside``: edges with both ends owned by the part;
+    * ``edges_cut``: edges from the part's owned nodes to another part's;
+    * ``num_boundary``: owned nodes with a neighbour in another part;
+    * ``components``: connected components of the subgraph induced by the
+      owned nodes (networkx), ``None`` for a part with more than ``nx_limit``
+      (default :data:`NX_LIMIT`) owned nodes or edges inside, or in a graph
+      of more than ``nx_graph_limit`` (:data:`NX_GRAPH_LIMIT`) edges (too
+      slow to be worth it);
+    * ``train_label_counts``: training nodes per class (``num_classes`` long);
+    * ``train_label_top``: the :data:`TOP_LABELS` most common training labels
+      as ``[label, share]`` pairs;
+    * ``train_label_tv``: total-variation distance of the part's
+      training-label distribution from the whole graph's (0 = the same mix,
+      1 = disjoint labels; ``None`` without training nodes).
+    """
+    n = int(data.num_nodes)
+    parts = parts.to(torch.long)
+    edge_index = data.edge_index
+    inside = torch.zeros(num_parts, dtype=torch.long)
+    cut = torch.zeros(num_parts, dtype=torch.long)
+    boundary = torch.zeros(n, dtype=torch.bool)
+    for start in range(0, edge_index.size(1), _EDGE_CHUNK):
+        src, dst = edge_index[0, start : start + _EDGE_CHUNK], edge_index[1, start : start + _EDGE_CHUNK]
+        ps, pd = parts[src], parts[dst]
+        crossing = ps != pd
+        inside += torch.bincount(ps[~crossing], minlength=num_parts)
+        cut += torch.bincount(ps[crossing], minlength=num_parts)
+        boundary[src[crossing]] = True
+        boundary[dst[crossing]] = True
+    owned = torch.bincount(parts, minlength=num_parts)
+    num_boundary = torch.bincount(parts[boundary], minlength=num_parts)
+
+    train = data.train_mask & (data.y >= 0) & (data.y < num_classes)
+    label_counts = torch.zeros(num_parts, num_classes, dtype=torch.long)
+    label_counts.view(-1).index_add_(
+        0, parts[train] * num_classes + data.y[train], torch.ones(int(train.sum()), dtype=torch.long)
+    )
+    whole = label_counts.sum(0).double()
+    whole = whole / whole.sum().clamp_min(1)
+
+    nx_limit = NX_LIMIT if nx_limit is None else nx_limit
+    nx_graph_limit = NX_GRAPH_LIMIT if nx_graph_limit is None else nx_graph_limit
+    small = [i for i in range(num_parts) if max(int(owned[i]), int(inside[i])) <= nx_limit]
+    if edge_index.size(1) > nx_graph_limit:
+        small = []
+    components = _components(edge_index, parts, small)
+    stats = []
+    for i in range(num_parts):
+        counts = label_counts[i]
+        total = int(counts.sum())
+        share = counts.double() / max(total, 1)
+        top = torch.argsort(counts, descending=True, stable=True)[: min(TOP_LABELS, num_classes)]
+        stats.append(
+            {
+                "num_owned": int(owned[i]),
+                "edges_inside": int(inside[i]),
+                "edges_cut": int(cut[i]),
+                "num_boundary": int(num_boundary[i]),
+                "components": components.get(i),
+                "train_label_counts": counts.tolist(),
+                "train_label_top": [[int(k), round(float(share[k]), 4)] for k in top if int(counts[k]) > 0],
+                "train_label_tv": round(float((share - whole).abs().sum() / 2), 4) if total else None,
+            }
+        )
+    return stats
+
+
+def _components(edge_index: Tensor, parts: Tensor, which: list[int]) -> dict[int, int]:
+    """Connected components of the subgraph each part in ``which`` induces (networkx)."""
+    if not which:
+        return {}
+    import networkx as nx
+
+    chosen = torch.zeros(int(parts.max()) + 1, dtype=torch.bool)
+    chosen[which] = True
+    ps = parts[edge_index[0]]
+    keep = (ps == parts[edge_index[1]]) & chosen[ps]
+    edges, edge_part = edge_index[:, keep], ps[keep]
+    node_order = torch.argsort(parts, stable=True)
+    nodes_of = torch.split(node_order, torch.bincount(parts, minlength=chosen.numel()).tolist())
+    edge_order = torch.argsort(edge_part, stable=True)
+    edges_of = torch.split(edges[:, edge_order], torch.bincount(edge_part, minlength=chosen.numel()).tolist(), dim=1)
+    out = {}
+    for i in which:
+        graph = nx.Graph()
+        graph.add_nodes_from(nodes_of[i].tolist())
+        graph.add_edges_from(edges_of[i].t().tolist())
+        out[i] = nx.number_connected_components(graph)
+    return out
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -227,6 +359,7 @@ def write_partitions(
         stale.unlink(missing_ok=True)
 
     parts = partition_nodes(data.edge_index, num_nodes, num_parts, partitioner, seed)
+    stats = part_statistics(data, parts, num_parts, int(dataset.num_classes))
     summaries: list[dict[str, Any]] = []
     bar = tqdm(range(num_parts), desc=f"partition {dataset.name}", unit="part", disable=not progress, leave=False)
     for i in bar:
@@ -249,6 +382,7 @@ def write_partitions(
                 "num_test": int(payload["test_mask"].sum()),
                 "bytes": path.stat().st_size,
                 "sha256": digest,
+                **stats[i],
             }
         )
         del payload
@@ -269,6 +403,8 @@ def write_partitions(
         "seed": seed,
         "halo_hops": halo_hops,
         "keys": list(PART_KEYS),
+        "nx_limit": NX_LIMIT,
+        "nx_graph_limit": NX_GRAPH_LIMIT,
         "parts": summaries,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "torch_version": torch.__version__,
@@ -298,7 +434,7 @@ def prepare_partitions(
         if not force and (d / META_NAME).is_file():  # another process finished meanwhile
             _check_matches(read_meta(d), d, num_parts, partitioner, seed, halo_hops)
             return d, False
-        ds = load_dataset(dataset_name, root=_root_path(root), seed=seed)
+        ds = datasets.load_dataset(dataset_name, root=_root_path(root), seed=seed)
         write_partitions(ds, d, num_parts, partitioner, seed, halo_hops, progress)
         return d, True
 
@@ -345,7 +481,7 @@ def _meta_dict(part_dir: Path) -> dict[str, Any]:
             state = f"is incomplete (no {META_NAME}: an interrupted write?)"
         else:
             state = f"has no {META_NAME}"
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"partition folder {part_dir} {state}; expected {path}. "
             f"Create it with: {_create_command(part_dir, force=part_dir.is_dir())}"
         )
@@ -451,3 +587,41 @@ def load_part(part_dir: Path | str, index: int, verify: bool = True) -> Data:
     data = Data(**{k: payload[k] for k in PART_KEYS})
     data.num_nodes = n
     return data
+
+
+def describe_parts(info: PartInfo) -> list[str]:
+    """``gist partition``'s summary of ``info``: one line per part, then the
+    edges between parts (edges counted as ``edge_index`` stores them, both
+    directions). Parts written before :func:`part_statistics` existed get the
+    old line and a note that ``--force`` adds the rest."""
+    lines, skipped = [], False
+    for part in info.parts:
+        line = f"  part {part['index']}: {part['num_nodes']} nodes ({part['num_owned']} owned"
+        if "edges_cut" not in part:
+            lines.append(f"{line}), {part['num_edges']} edges, {part['num_train']} train nodes")
+            continue
+        components = part["components"]
+        skipped |= components is None
+        counted = "—" if components is None else components
+        tv = part["train_label_tv"]
+        labels = ", ".join(f"{label}: {share:.0%}" for label, share in part["train_label_top"])
+        lines.append(
+            f"{line}, {part['num_boundary']} on the boundary), {part['edges_inside']} edges inside, "
+            f"{part['edges_cut']} cut, {counted} component{'' if components == 1 else 's'}; "
+            f"{part['num_train']} train nodes"
+            + ("" if tv is None else f" (labels {labels}; TV {tv:.3f} from all train nodes)")
+        )
+    if not info.parts:
+        return lines
+    if all("edges_cut" in p for p in info.parts):
+        cut = sum(p["edges_cut"] for p in info.parts)
+        total = cut + sum(p["edges_inside"] for p in info.parts)
+        lines.append(f"edges between parts: {cut} of {total} ({cut / max(total, 1):.1%})")
+    else:
+        lines.append("(written by an older gist: --force rewrites them with cut edges, boundary nodes and components)")
+    if skipped:
+        lines.append(
+            f"—: components not counted (networkx is skipped above {NX_LIMIT:,} owned nodes or edges "
+            f"inside one part, or {NX_GRAPH_LIMIT:,} edges in the graph)"
+        )
+    return lines

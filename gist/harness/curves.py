@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from ..errors import ConfigError, MissingFileError
 from .sweep import RUNS_DIR, migrate_log
 
 NOT_TRAINING_KINDS = ("data", "eval")
@@ -87,14 +88,14 @@ def load_logs(results_dir: str | Path) -> list[dict[str, Any]]:
     :func:`gist.harness.sweep.plan`) once for each of them."""
     runs = Path(results_dir) / RUNS_DIR
     if not runs.is_dir():
-        raise FileNotFoundError(f"{results_dir} has no {RUNS_DIR}/ folder of run logs")
+        raise MissingFileError(f"{results_dir} has no {RUNS_DIR}/ folder of run logs")
     logs, seen = [], {}
     for path in sorted(runs.glob("*.json")):
         for log in at_every_place(migrate_log(json.loads(path.read_text()))):
             s = log["sweep"]
             point = json.dumps([s.get("context", {}), s["method"], s["m"], s["zeta"], s["seed"]], sort_keys=True)
             if point in seen:
-                raise ValueError(
+                raise ConfigError(
                     f"{path.name} and {seen[point]} are runs of the same grid point; move the one "
                     f"the sweep's config no longer plans out of {runs}"
                 )

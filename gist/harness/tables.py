@@ -40,6 +40,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from ..errors import ConfigError, MissingFileError
 from ..methods import method_names, methods_with_role
 from .curves import GROUP, RISING_MARGIN, axes_label, context_axes, first_reach, load_logs, match_axes, run_table
 from .plots import write_plots
@@ -50,7 +51,7 @@ def role_holder(role: str) -> str:
     """The method that plays ``role`` in the tables (:data:`gist.engine.ROLES`): the first registered one."""
     holders = methods_with_role(role)
     if not holders:
-        raise ValueError(f"no registered method plays the role {role!r} in the tables")
+        raise ConfigError(f"no registered method plays the role {role!r} in the tables")
     return holders[0]
 
 
@@ -284,7 +285,7 @@ def tabulate(
     target = cfg.target if target is None else target
     logs = load_logs(results_dir)
     if not logs:
-        raise FileNotFoundError(f"{results_dir}/{RUNS_DIR} holds no run logs yet")
+        raise MissingFileError(f"{results_dir}/{RUNS_DIR} holds no run logs yet")
     axes = context_axes(logs)
     runs = run_table(logs)
     table = summarize(runs, axes, target_drop, target)

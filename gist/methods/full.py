@@ -23,3 +23,4 @@ class FullModel(CentralGIST):
     label = "full model"
     Options = NoOptions
     role = "target"
+    optimizer_states = ("kept",)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, MessagePassing
 from torch_geometric.nn.models import GCN
 
+from ..errors import ConfigError
 from ..registry import MODELS, NORMS
 
 
@@ -28,7 +29,7 @@ class PrenormalizedGCN(GCN):
         """``GCN.forward`` on the normalised adjacency; an ``edge_index`` (which
         would train an unnormalised GCN) is an error."""
         if not edge_index.is_sparse and edge_index.layout == torch.strided and edge_index.dtype == torch.long:
-            raise ValueError(
+            raise ConfigError(
                 "PrenormalizedGCN takes the GCN-normalised sparse adjacency "
                 "(gist.graph.adjacency(data, normalized=True)), not an edge_index"
             )
@@ -74,13 +75,13 @@ def build_model(
             normalised graph, computed once); ignored for other kinds.
     """
     if kind not in MODELS:
-        raise ValueError(f"unknown model {kind!r}; choose one of {sorted(MODELS.names())}")
+        raise ConfigError(f"unknown model {kind!r}; choose one of {sorted(MODELS.names())}")
     if norm is not None and norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)}")
+        raise ConfigError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)}")
     if num_layers < 2:
-        raise ValueError(f"GIST needs at least 2 layers (one hidden width), got num_layers={num_layers}")
+        raise ConfigError(f"GIST needs at least 2 layers (one hidden width), got num_layers={num_layers}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     model_class = PrenormalizedGCN if prenormalized and kind == "gcn" else MODELS[kind]
     return model_class(
         in_channels,

@@ -14,8 +14,9 @@
   :mod:`~gist.methods.gist.processes`: what the central coordinator sends,
   in one process and on ``torch.distributed``.
 * :mod:`~gist.methods.gist.shards`, :mod:`~gist.methods.gist.shard_store`,
-  :mod:`~gist.methods.gist.sharded_eval`: ownership of units, the shards a
-  process holds, and evaluating a model that lives in shards.
+  :mod:`~gist.methods.gist.sharded_exchange`, :mod:`~gist.methods.gist.sharded_eval`:
+  ownership of units, the shards a process holds, the round's exchanges, and
+  evaluating a model that lives in shards.
 
 Importing this package loads no torch: its names import on first use, so the
 CLI reads :class:`GistConfig` without it.

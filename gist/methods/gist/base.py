@@ -84,6 +84,7 @@ class GIST(RoundDriver):
     label = "GIST"
     Options = GistConfig
     role = "budget"
+    optimizer_states = ("fresh", "carried")
     coordinator: ClassVar[str] = ""
     """The ``--coordinator`` value a subclass implements."""
 
@@ -109,6 +110,7 @@ class GIST(RoundDriver):
         self.batch_norms_reestimated = reestimated_batch_norms(model, cfg)
         self.scores_parts = cfg.workers_hold_parts
         self.wire = self.settings.wire_torch_dtype
+        self.carries_optimizer = self.optimizer_state(cfg) == "carried" and cfg.subnets > 1
 
     @property
     def layout(self) -> FlatLayout:
@@ -127,6 +129,10 @@ class GIST(RoundDriver):
     def check_config(cls, cfg: RunConfig) -> None:
         """The stock model's hidden width must split into ``s`` equal groups (and ``s`` divide ``m``)."""
         check_width_split("hidden", cfg.model.hidden, gist_options(cfg).groups)
+        if cls.optimizer_state(cfg) == "carried" and gist_settings(cfg).coordinator != "central":
+            raise ConfigError(
+                "optimizer_state carried: the optimizer state travels through the central coordinator so far"
+            )
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "gist_options": asdict(self.options)}

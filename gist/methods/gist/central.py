@@ -25,6 +25,7 @@ from ...errors import ConfigError
 from ...nn.slicing import build_split_spec
 from ...subnets import average_states, draw_partition, merge_states, slice_state, subnet_layout
 from .base import GIST, label_classes, reestimated_batch_norms
+from .carried import CarriedState
 from .corrections import pooled_batch_norm_stats, set_batch_norm_stats
 from .processes import DistTransport, WorkerProtocol, serve_worker
 from .transport import InProcessTransport, Transport
@@ -71,6 +72,7 @@ class CentralGIST(GIST):
         self.transport = transport
         self._full_layout = subnet_layout(model, self.spec, 1)
         self._via_workers = self.scores_parts or self.batch_norms_reestimated > 0
+        self.carried = CarriedState(model, self.spec, self.layouts, self.device) if self.carries_optimizer else None
         super().__init__(model, data, cfg, transport, evaluator, scored_by, device=self.device)
 
     def start(self) -> None:
@@ -89,12 +91,18 @@ class CentralGIST(GIST):
             for g in range(plan.groups)
         ]
         payloads = [slices[plan.group_of(w)] for w in range(self.cfg.subnets)]
+        optim = None
+        if self.carried is not None:
+            states = self.carried.slices(partition, plan.groups, self.wire)
+            optim = [states[plan.group_of(w)] for w in range(self.cfg.subnets)]
         split_done = time.perf_counter()
-        reports = self.transport.run_round(round, payloads)
+        reports = self.transport.run_round(round, payloads, optim)
         merge_start = time.perf_counter()
         returned = [layout.unflatten(layout.decode(rep.params.to(self.device))) for rep in reports]
         groups = [average_states([returned[w] for w in plan.members(g)]) for g in range(plan.groups)]
         merge_states(state, self.spec, partition, groups)
+        if self.carried is not None:
+            self.carried.merge(partition, plan, [rep.optim for rep in reports])
         return RoundWork(
             stats={i: rep.stats for i, rep in enumerate(reports)},
             split_seconds=split_done - start,
@@ -127,9 +135,13 @@ class CentralGIST(GIST):
         worker = self.transport.local_worker
         if self.cfg.subnets == 1 and worker is not None:
             state["worker0"] = worker.state_dict()
+        if self.carried is not None:
+            state["optimizer_state"] = self.carried.state_dict()
         return state
 
     def load_method_state(self, state: dict[str, Any]) -> None:
+        if self.carried is not None:
+            self.carried.load_state_dict(state["optimizer_state"])
         if "worker0" in state:
             worker = self.transport.local_worker
             if worker is None:
@@ -166,6 +178,7 @@ class CentralGIST(GIST):
             evaluates_after=cfg.is_eval_round if (cfg.workers_hold_parts or num_bn) else None,
             batch_norms=num_bn,
             score=cfg.workers_hold_parts,
+            carries_optimizer=cls.optimizer_state(cfg) == "carried" and cfg.subnets > 1,
         )
         serve_worker(worker, ctx, protocol)
         return None

@@ -11,6 +11,7 @@ moments in and their sum out, and the correct/total counts in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from torch import Tensor
 
@@ -27,6 +28,9 @@ class WorkerReport:
     params: Tensor
     """The trained sub-network, as one flat buffer in the round's layout."""
     stats: WorkerStats
+    optim: Optional[Tensor] = None
+    """With ``--optimizer-state carried``: the optimizer state it ends the round
+    with, one flat buffer (:func:`gist.engine.optim.state_layout`)."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ from ...comm.group import DistContext, comm_device
 from ...comm.hooks import round_starts
 from ...comm.ledger import handshake_header, handshake_reply, record_handshake
 from ...comm.p2p import post, recv, send, wait
+from ...errors import ConfigError
 from .messages import EVAL_COUNTS, Evaluation, WorkerReport
 from .transport import SubnetWorker, Transport
 
@@ -52,37 +53,45 @@ class DistTransport(Transport):
             reply = recv(torch.zeros(1, dtype=torch.int64), rank, self.ctx, "set-up")
             record_handshake(self.ledger, rank, header, reply)
 
-    def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
+    def run_round(
+        self, round: int, payloads: Sequence[Tensor], optim: Optional[Sequence[Tensor]] = None
+    ) -> list[WorkerReport]:
         if len(payloads) != self.num_workers:
             raise ValueError(f"expected {self.num_workers} payloads, got {len(payloads)}")
         device = comm_device(self.ctx)
-        numel = payloads[0].numel()
+        numel, dtype = payloads[0].numel(), payloads[0].dtype
         # Post every send and receive at once, so that one slow or dead
         # worker cannot hold up the others' messages and is the one named.
         sends, recvs, bufs = {}, {}, {}
-        dtype = payloads[0].dtype
+        out, back = f"round {round} (sending parameters)", f"round {round} (waiting for its parameters)"
         for rank in range(1, self.num_workers):
             self.ledger.record(round, rank, TO_WORKER, "params", payloads[rank])
-            sends[rank] = post(dist.isend, payloads[rank].to(device), rank, f"round {round} (sending parameters)")
-            bufs[rank] = (
-                torch.empty(numel, dtype=dtype, device=device),
-                torch.empty(WorkerStats.slots(dtype), dtype=dtype, device=device),
-            )
-            recvs[rank] = [
-                post(dist.irecv, buf, rank, f"round {round} (waiting for its parameters)") for buf in bufs[rank]
-            ]
+            sends[rank] = [post(dist.isend, payloads[rank].to(device), rank, out)]
+            bufs[rank] = [torch.empty(numel, dtype=dtype, device=device)]
+            if optim is not None:
+                self.ledger.record(round, rank, TO_WORKER, "optim", optim[rank])
+                sends[rank].append(post(dist.isend, optim[rank].to(device), rank, out))
+                bufs[rank].append(torch.empty(optim[rank].numel(), dtype=optim[rank].dtype, device=device))
+            bufs[rank].append(torch.empty(WorkerStats.slots(dtype), dtype=dtype, device=device))
+            recvs[rank] = [post(dist.irecv, buf, rank, back) for buf in bufs[rank]]
         self.ledger.record(round, 0, TO_WORKER, "params", payloads[0])
-        own = self.worker0.train_round(round, payloads[0].clone())
-        reports = [WorkerReport(own.params, WorkerStats.from_tensor(own.stats.to_tensor(own.params.dtype)))]
+        if optim is not None:
+            self.ledger.record(round, 0, TO_WORKER, "optim", optim[0])
+        own = self.worker0.train_round(round, payloads[0].clone(), optim[0].clone() if optim is not None else None)
+        stats0 = WorkerStats.from_tensor(own.stats.to_tensor(own.params.dtype))
+        reports = [WorkerReport(own.params, stats0, own.optim)]
         for rank in range(1, self.num_workers):
-            wait(sends[rank], rank, self.ctx, f"round {round} (sending parameters)")
+            for work in sends[rank]:
+                wait(work, rank, self.ctx, out)
             for work in recvs[rank]:
-                wait(work, rank, self.ctx, f"round {round} (waiting for its parameters)")
-            params, stats = bufs[rank]
-            reports.append(WorkerReport(params, WorkerStats.from_tensor(stats.cpu())))
-        stats_bytes = WorkerStats.nbytes(payloads[0].dtype)
+                wait(work, rank, self.ctx, back)
+            params, *state, stats = bufs[rank]
+            reports.append(WorkerReport(params, WorkerStats.from_tensor(stats.cpu()), state[0] if state else None))
+        stats_bytes = WorkerStats.nbytes(dtype)
         for rank, report in enumerate(reports):
             self.ledger.record(round, rank, FROM_WORKER, "params", report.params)
+            if report.optim is not None:
+                self.ledger.record(round, rank, FROM_WORKER, "optim", report.optim)
             self.ledger.record(round, rank, FROM_WORKER, "stats", stats_bytes)
         return reports
 
@@ -156,6 +165,8 @@ class WorkerProtocol:
     """BatchNorm layers whose statistics are pooled before each evaluation."""
     score: bool = False
     """Whether the worker scores the full model on its own nodes."""
+    carries_optimizer: bool = False
+    """Whether its optimizer state travels with its sub-network each round (``optim`` messages)."""
 
 
 def serve_worker(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtocol) -> None:
@@ -167,7 +178,7 @@ def serve_worker(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtoco
     header = recv(torch.zeros(2, dtype=torch.int64), 0, ctx, "set-up (waiting for rank 0)")
     start_round, numel = int(header[0]), int(header[1])
     if numel != worker.param_numel_at(start_round):
-        raise RuntimeError(
+        raise ConfigError(
             f"rank {ctx.rank}: rank 0 sends sub-networks of {numel} values but this rank's model has "
             f"{worker.param_numel_at(start_round)}: the ranks were started with different settings"
         )
@@ -179,12 +190,19 @@ def serve_worker(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtoco
         worker.set_label_prior(total)
     for round in range(start_round, protocol.rounds):
         like = torch.empty(worker.param_numel_at(round), dtype=worker.param_dtype, device="meta")
-        received = [recv(like, 0, ctx, f"round {round} (waiting for rank 0)", on_device=True)]
+        waiting = f"round {round} (waiting for rank 0)"
+        received = [recv(like, 0, ctx, waiting, on_device=True)]
+        if protocol.carries_optimizer:
+            optim_like = torch.empty(worker.optim_layout_at(round).wire_numel(worker.param_dtype), dtype=like.dtype)
+            received.append(recv(optim_like, 0, ctx, waiting, on_device=True))
         round_starts(ctx.rank, round)
-        # handed over, not kept: the worker frees the buffer once it is loaded
-        report = worker.train_round(round, received.pop())
+        # handed over, not kept: the worker frees the buffers once they are loaded
+        state = received.pop() if protocol.carries_optimizer else None
+        report = worker.train_round(round, received.pop(), state)
         what = f"round {round} (returning parameters)"
         send(report.params, 0, ctx, what)
+        if report.optim is not None:
+            send(report.optim, 0, ctx, what)
         send(report.stats.to_tensor(report.params.dtype).to(report.params.device), 0, ctx, what)
         del report
         if protocol.evaluates_after is not None and protocol.evaluates_after(round):

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from ...engine.checkpoint import Checkpointer, CheckpointError
 from ...nn.slicing import SplitSpec
 from .shards import Ownership
 
@@ -80,17 +81,31 @@ class ShardStore:
         state.update(self.shared)
         return {n: state[n].detach().to("cpu", copy=True) for n in names}
 
-    def checkpoint(self, owner: int) -> dict[str, Tensor | dict[str, Tensor]]:
-        """Owner ``owner``'s shard and the shared tensors, on the CPU."""
-        return {
-            "shard": {n: t.detach().cpu() for n, t in self.shards[owner].items()},
-            "shared": {n: t.detach().cpu() for n, t in self.shared.items()},
-        }
+    def shard_file(self, owner: int) -> str:
+        """The name of owner ``owner``'s checkpoint side file (:meth:`gist.engine.Checkpointer.side_path`)."""
+        return f"shard-{owner}-of-{self.ownership.num_owners}"
+
+    def write_checkpoint(self, checkpointer: Checkpointer, round: int) -> None:
+        """Each local owner's shard and the shared tensors, on the CPU, as its side file of ``round``."""
+        for owner, shard in self.shards.items():
+            payload = {
+                "round": round,
+                "owner": owner,
+                "owners": self.ownership.num_owners,
+                "shard": {n: t.detach().cpu() for n, t in shard.items()},
+                "shared": {n: t.detach().cpu() for n, t in self.shared.items()},
+            }
+            checkpointer.write_side(self.shard_file(owner), round, payload)
 
     @torch.no_grad()
-    def restore(self, owner: int, saved: Mapping[str, Mapping[str, Tensor]]) -> None:
-        """Load :meth:`checkpoint`'s values into owner ``owner``'s shard and the shared tensors."""
-        for n, t in self.shards[owner].items():
-            t.copy_(saved["shard"][n])
-        for n, t in self.shared.items():
-            t.copy_(saved["shared"][n])
+    def read_checkpoint(self, checkpointer: Checkpointer, round: int) -> None:
+        """Load every local owner's side file of ``round`` into its shard (and the shared tensors)."""
+        for owner, shard in self.shards.items():
+            saved = checkpointer.read_side(self.shard_file(owner), round)
+            if int(saved["round"]) != round or int(saved["owners"]) != self.ownership.num_owners:
+                path = checkpointer.side_path(self.shard_file(owner), round)
+                raise CheckpointError(f"--resume: {path} holds round {saved['round']} of {saved['owners']} shards")
+            for n, t in shard.items():
+                t.copy_(saved["shard"][n])
+            for n, t in self.shared.items():
+                t.copy_(saved["shared"][n])

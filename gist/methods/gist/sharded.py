@@ -16,13 +16,11 @@ shard, its own copy of the shared tensors and its current sub-network
    and writes them into its shard. The shared tensors are all-gathered and
    averaged, on every worker alike.
 
-The arithmetic is the central coordinator's, element for element, so both
-train the same model (bit for bit in one process; with ``--wire-dtype`` the
-pieces travel rounded as central buffers do). Ledger (``params``, in the
-wire dtype): the pieces a worker receives from other owners
-(``to_worker``), the pieces it returns to other owners and its shared
-tensors to the ``m - 1`` others (``from_worker``); the stats, label-prior
-and set-up messages as central. Evaluation: :mod:`~.sharded_eval`.
+The exchanges are :mod:`~.sharded_exchange`'s. Their arithmetic is the
+central coordinator's, element for element, so both train the same model
+(bit for bit in one process; with ``--wire-dtype`` the pieces travel rounded
+as central buffers do); the stats, label-prior and set-up messages are
+counted as with the central coordinator. Evaluation: :mod:`~.sharded_eval`.
 Checkpoints are one side file per owner beside the main one
 (:meth:`gist.engine.Checkpointer.write_side`); ``--save-model`` puts the full
 model together on worker 0 after the last evaluation, as asked.
@@ -43,10 +41,11 @@ from ...comm.dist_collective import DistCollective
 from ...config import RunConfig
 from ...engine import Checkpointer, CheckpointError, Evaluator, RankSetup, RoundWork, build_stock_model
 from ...errors import ConfigError
-from ...subnets import FlatLayout, average_states, draw_partition
+from ...subnets import draw_partition
 from .base import GIST
 from .shard_store import ShardStore
 from .sharded_eval import ShardedEvaluation
+from .sharded_exchange import RoundPieces, SubnetExchange
 from .shards import Ownership, init_shards
 from .worker import make_workers
 
@@ -102,13 +101,7 @@ class ShardedGIST(GIST):
         if sorted(shards[0]) != list(local):
             raise ConfigError(f"shards of owners {sorted(shards[0])} given to workers {list(local)}")
         self.store = ShardStore(self.ownership, self.spec, shards[0], shards[1], self.device, self.layout.dtype)
-        shared = self.store.shared
-        self._shared_layout = FlatLayout(
-            tuple(shared),
-            tuple(t.shape for t in shared.values()),
-            tuple(t.dtype for t in shared.values()),
-            self.layout.dtype,
-        )
+        self.exchange = SubnetExchange(self.store, self.collective, self.wire, self.layout.dtype)
         self.evaluation = ShardedEvaluation(
             model, self.store, self.collective, self.workers, cfg, self.batch_norms_reestimated, self.scores_parts
         )
@@ -139,8 +132,7 @@ class ShardedGIST(GIST):
         for worker in self.workers.values():
             worker.fast_forward(self.round)
         if self.round > 0:
-            for owner in self.local_workers:
-                self._load_shard(owner, self.round)
+            self.store.read_checkpoint(Checkpointer(self.cfg), self.round)
         if self.label_classes is not None:
             self._share_label_counts(self.label_classes)
 
@@ -159,18 +151,14 @@ class ShardedGIST(GIST):
         self.collective.round_starts(round)
         start = time.perf_counter()
         plan = self.schedule.at(round)
-        layout = self.layouts[plan.groups]
-        shapes = dict(zip(layout.names, layout.shapes))
         partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round)
-        m, own = self.cfg.subnets, self.ownership
-        pieces = {(o, g): own.plan(partition, g, o) for o in range(m) for g in range(plan.groups)}
-        numel = {key: own.piece_numel(p, shapes) for key, p in pieces.items()}
-        payloads, waited = self._assemble(round, plan, layout, pieces, numel, shapes)
+        pieces = RoundPieces(self.ownership, partition, plan, self.layouts[plan.groups])
+        payloads, waited = self.exchange.assemble(round, pieces)
         split_done = time.perf_counter()
         # each payload handed over, not kept: the worker frees it once loaded
         reports = {w: self.workers[w].train_round(round, payloads.pop(w)) for w in self.local_workers}
         merge_start = time.perf_counter()
-        waited_back = self._return(round, plan, layout, pieces, numel, shapes, reports)
+        waited_back = self.exchange.give_back(round, pieces, reports)
         merge_seconds = time.perf_counter() - merge_start
         gathered = self.collective.gather_stats(round, {w: reports[w].stats for w in self.local_workers}, self.wire)
         if not self.is_coordinator and self.cfg.is_eval_round(round):  # the last round is one
@@ -180,73 +168,6 @@ class ShardedGIST(GIST):
         return RoundWork(
             stats=gathered, split_seconds=split_done - start - waited, merge_seconds=merge_seconds - waited_back
         )
-
-    def _assemble(self, round, plan, layout, pieces, numel, shapes) -> tuple[dict[int, Tensor], float]:
-        """Owner ``o`` -> worker ``w``: its piece of group ``w mod s``, in the
-        wire dtype; each local worker's sub-network put together in place in
-        its flat buffer. The payloads, and the seconds spent in the exchange."""
-        m, local, own, wire = self.cfg.subnets, self.local_workers, self.ownership, self.wire
-        shards = self.store.shards
-        taken = {
-            (o, g): own.take_from_shard(shards[o], pieces[o, g]).to(wire) for o in local for g in range(plan.groups)
-        }
-        sends = {o: {w: taken[o, plan.group_of(w)] for w in range(m)} for o in local}
-        recv = {w: {o: numel[o, plan.group_of(w)] for o in range(m)} for w in local}
-        exchange = time.perf_counter()
-        got = self.collective.all_to_all(sends, recv, f"round {round} (assembling the sub-networks)")
-        waited = time.perf_counter() - exchange
-        for w in range(m):
-            g = plan.group_of(w)
-            nbytes = sum(numel[o, g] for o in range(m) if o != w) * wire.itemsize
-            self.ledger.record(round, w, TO_WORKER, "params", nbytes)
-        payloads = {}
-        for w in local:
-            g = plan.group_of(w)
-            flat = torch.empty(layout.numel, dtype=layout.dtype, device=self.device)
-            sub = layout.views(flat)
-            for o, piece in got[w].items():
-                own.place_in_subnet(sub, own.unflatten(piece, pieces[o, g], shapes), pieces[o, g])
-            with torch.no_grad():
-                for n, value in self.store.shared.items():
-                    sub[n].copy_(value)
-            payloads[w] = layout.encode(flat, wire)  # as central's payload: shared values rounded too
-            del sub, flat
-        return payloads, waited
-
-    def _return(self, round, plan, layout, pieces, numel, shapes, reports) -> float:
-        """Worker ``w`` -> owner ``o``: the owner's rows of what ``w`` trained,
-        averaged per group into the shard; the shared tensors all-gathered and
-        averaged. The seconds spent in the exchanges."""
-        m, local, own, wire = self.cfg.subnets, self.local_workers, self.ownership, self.wire
-        returned = {w: layout.unflatten(layout.decode(reports[w].params.to(self.device))) for w in local}
-        sends = {
-            w: {o: own.take_from_subnet(returned[w], pieces[o, plan.group_of(w)]).to(wire) for o in range(m)}
-            for w in local
-        }
-        recv = {o: {w: numel[o, plan.group_of(w)] for w in range(m)} for o in local}
-        exchange = time.perf_counter()
-        got = self.collective.all_to_all(sends, recv, f"round {round} (returning the sub-networks)")
-        waited = time.perf_counter() - exchange
-        shared_bytes = self._shared_layout.wire_numel(wire) * wire.itemsize * (m - 1)
-        for w in range(m):
-            g = plan.group_of(w)
-            back = sum(numel[o, g] for o in range(m) if o != w) * wire.itemsize
-            self.ledger.record(round, w, FROM_WORKER, "params", back + shared_bytes)
-        for o in local:
-            for g in range(plan.groups):
-                copies = [own.unflatten(got[o][w].to(layout.dtype), pieces[o, g], shapes) for w in plan.members(g)]
-                own.write_to_shard(self.store.shards[o], average_states(copies), pieces[o, g])
-        shared = self._shared_layout
-        mine = {w: shared.encode(shared.flatten({n: returned[w][n] for n in self.store.shared}), wire) for w in local}
-        exchange = time.perf_counter()
-        gathered = self.collective.all_gather(mine, f"round {round} (shared)")
-        waited += time.perf_counter() - exchange
-        every = [shared.unflatten(shared.decode(f)) for f in gathered]
-        by_group = [average_states([every[w] for w in plan.members(g)]) for g in range(plan.groups)]
-        with torch.no_grad():
-            for n, value in average_states(by_group).items():
-                self.store.shared[n].copy_(value)
-        return waited
 
     def trained_states(self) -> list[Mapping[str, Tensor]]:
         return [*self.store.shards.values(), self.store.shared]
@@ -292,17 +213,11 @@ class ShardedGIST(GIST):
     def model_checkpoint(self) -> dict[str, Tensor]:
         return {}  # each owner writes its shard file (method_state)
 
-    def _shard_file(self, owner: int) -> str:
-        return f"shard-{owner}-of-{self.cfg.subnets}"
-
     def method_state(self) -> dict[str, Any]:
         """Every process writes its owners' shard files (keeping the previous
         checkpoint's until this one is complete), then waits for the others;
         the coordinator's state says which round the files hold."""
-        checkpointer = Checkpointer(self.cfg)
-        for owner in self.local_workers:
-            payload = {"round": self.round, "owner": owner, "owners": self.cfg.subnets, **self.store.checkpoint(owner)}
-            checkpointer.write_side(self._shard_file(owner), self.round, payload)
+        self.store.write_checkpoint(Checkpointer(self.cfg), self.round)
         self.collective.all_gather({w: torch.ones(1) for w in self.local_workers}, "writing the checkpoint's shards")
         state = {**super().method_state(), "sharded": {"owners": self.cfg.subnets, "round": self.round}}
         if self.cfg.subnets == 1 and 0 in self.workers:  # m = 1: worker 0 keeps its optimizer and streams
@@ -318,14 +233,6 @@ class ShardedGIST(GIST):
 
     def load_model_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Nothing: each owner reads its own shard file when the run starts."""
-
-    def _load_shard(self, owner: int, round: int) -> None:
-        checkpointer = Checkpointer(self.cfg)
-        saved = checkpointer.read_side(self._shard_file(owner), round)
-        if int(saved["round"]) != round or int(saved["owners"]) != self.cfg.subnets:
-            path = checkpointer.side_path(self._shard_file(owner), round)
-            raise CheckpointError(f"--resume: {path} holds round {saved['round']} of {saved['owners']} shards")
-        self.store.restore(owner, saved)
 
     def close(self) -> None:
         self.collective.close()

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ...comm import FROM_WORKER, SETUP_ROUND, TO_WORKER, ByteLedger, WorkerStats, tensor_nbytes
 from ...comm.ledger import handshake_header, handshake_reply, record_handshake
+from ...subnets import FlatLayout
 from .messages import Evaluation, WorkerReport
 
 if TYPE_CHECKING:
@@ -49,7 +50,11 @@ class SubnetWorker(Protocol):
 
     def fast_forward(self, start_round: int) -> None: ...
 
-    def train_round(self, round: int, flat_params: Tensor) -> WorkerReport: ...
+    def train_round(self, round: int, flat_params: Tensor, flat_optim: Optional[Tensor] = None) -> WorkerReport: ...
+
+    def optim_layout_at(self, round: int) -> FlatLayout:
+        """The layout of the optimizer state it carries in round ``round``."""
+        ...
 
     def label_counts(self, num_classes: int) -> Tensor: ...
 
@@ -89,8 +94,11 @@ class Transport(ABC):
         return False
 
     @abstractmethod
-    def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
-        """Send ``payloads[i]`` to worker ``i``, let it train, return its report."""
+    def run_round(
+        self, round: int, payloads: Sequence[Tensor], optim: Optional[Sequence[Tensor]] = None
+    ) -> list[WorkerReport]:
+        """Send ``payloads[i]`` (and ``optim[i]``, the optimizer state carried
+        with it, ``optim`` bytes) to worker ``i``, let it train, return its report."""
 
     @abstractmethod
     def share_label_counts(self, num_classes: int) -> Tensor:
@@ -147,16 +155,25 @@ class InProcessTransport(Transport):
                 handshake_reply(tensor_nbytes(worker.data_tensors())),
             )
 
-    def run_round(self, round: int, payloads: Sequence[Tensor]) -> list[WorkerReport]:
+    def run_round(
+        self, round: int, payloads: Sequence[Tensor], optim: Optional[Sequence[Tensor]] = None
+    ) -> list[WorkerReport]:
         if len(payloads) != self.num_workers:
             raise ValueError(f"expected {self.num_workers} payloads, got {len(payloads)}")
         reports = []
-        for worker, payload in zip(self.workers, payloads):
+        for w, (worker, payload) in enumerate(zip(self.workers, payloads)):
             self.ledger.record(round, worker.index, TO_WORKER, "params", payload)
-            report = worker.train_round(round, payload.clone())
+            state = None
+            if optim is not None:
+                self.ledger.record(round, worker.index, TO_WORKER, "optim", optim[w])
+                state = optim[w].clone()
+            report = worker.train_round(round, payload.clone(), state)
             stats = report.stats.to_tensor(payload.dtype)  # as it would travel
-            report = WorkerReport(report.params.clone(), WorkerStats.from_tensor(stats))
+            back = report.optim.clone() if report.optim is not None else None
+            report = WorkerReport(report.params.clone(), WorkerStats.from_tensor(stats), back)
             self.ledger.record(round, worker.index, FROM_WORKER, "params", report.params)
+            if back is not None:
+                self.ledger.record(round, worker.index, FROM_WORKER, "optim", back)
             self.ledger.record(round, worker.index, FROM_WORKER, "stats", stats)
             reports.append(report)
         return reports

@@ -25,6 +25,7 @@ from ...comm import WorkerStats
 from ...config import LocalConfig, RunConfig
 from ...devices import worker_device
 from ...engine.evaluation import correct_counts
+from ...engine.optim import EntrywiseAdam, load_state_tensors, state_layout, state_tensors
 from ...engine.training import (
     RNGStream,
     WarnOnce,
@@ -123,6 +124,7 @@ class Worker:
         cfg: LocalConfig,
         rng_state: Tensor,
         keep_optimizer: bool = False,
+        carry_optimizer: bool = False,
         seed: Optional[int] = None,
         fmt: AdjacencyFormat = SPARSE,
         wire_dtype: torch.dtype = torch.float32,
@@ -138,6 +140,9 @@ class Worker:
         self.cfg = cfg
         self._rng = RNGStream(rng_state, self.device)
         self.keep_optimizer = keep_optimizer
+        self.carry_optimizer = carry_optimizer
+        """Whether its optimizer state travels with its sub-network (``--optimizer-state carried``, ``m > 1``)."""
+        self._optim_layouts: dict[int, FlatLayout] = {}
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.seed = seed
         self.fmt = fmt
@@ -226,7 +231,17 @@ class Worker:
 
     # ------------------------------------------------------------ training
 
-    def train_round(self, round: int, flat_params: Tensor) -> WorkerReport:
+    def optim_layout_at(self, round: int) -> FlatLayout:
+        """The layout of round ``round``'s carried optimizer state (:func:`~gist.engine.optim.state_layout`)."""
+        groups = self.schedule.at(round).groups
+        if groups not in self._optim_layouts:
+            subnet, layout = self._subnet(groups)
+            self._optim_layouts[groups] = state_layout(layout, [n for n, _ in subnet.named_parameters()])
+        return self._optim_layouts[groups]
+
+    def train_round(self, round: int, flat_params: Tensor, flat_optim: Optional[Tensor] = None) -> WorkerReport:
+        """Load the sub-network (and, carrying it, its optimizer state) sent for
+        ``round``, run the local steps, report."""
         start = time.perf_counter()
         if not self.keep_optimizer and self.seed is not None:
             # m > 1: a fresh sub-network, optimizer and RNG stream every round,
@@ -237,7 +252,15 @@ class Worker:
             self.subnet, self.layout, self.optimizer = subnet, layout, None
         load_subnet_state(self.subnet, self.layout.unflatten(self.layout.decode(flat_params)))
         del flat_params  # the caller holds no other reference: the buffer is freed before the steps
-        if self.optimizer is None or not self.keep_optimizer:
+        named = dict(self.subnet.named_parameters())
+        if self.carry_optimizer:
+            if flat_optim is None:
+                raise ValueError(f"worker {self.index} carries its optimizer state but was sent none")
+            self.optimizer = EntrywiseAdam(named.values(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            optim_layout = self.optim_layout_at(round)
+            load_state_tensors(self.optimizer, named, optim_layout.unflatten(optim_layout.decode(flat_optim)))
+            del flat_optim
+        elif self.optimizer is None or not self.keep_optimizer:
             self.optimizer = make_optimizer(self.subnet.parameters(), self.cfg)
         losses = local_steps(
             self.subnet,
@@ -248,11 +271,16 @@ class Worker:
             self._warn_empty,
             self.logit_offset,
         )
+        optim = None
+        if self.carry_optimizer:
+            optim_layout = self.optim_layout_at(round)
+            optim = optim_layout.encode(optim_layout.flatten(state_tensors(self.optimizer, named)), self.wire_dtype)
         if not self.keep_optimizer:  # a fresh one next round: free its state and the gradients before sending
             self.optimizer = None
             self.subnet.zero_grad(set_to_none=True)
         flat = self.layout.encode(self.layout.flatten(subnet_state(self.subnet, self.spec)), self.wire_dtype)
-        return WorkerReport(flat, WorkerStats(mean_or_nan(losses), len(losses), time.perf_counter() - start))
+        stats = WorkerStats(mean_or_nan(losses), len(losses), time.perf_counter() - start)
+        return WorkerReport(flat, stats, optim)
 
 
 def make_workers(
@@ -295,6 +323,7 @@ def make_workers(
                 cfg.local,
                 rng,
                 keep_optimizer=cfg.subnets == 1,
+                carry_optimizer=cfg.subnets > 1 and cfg.local.optimizer_state == "carried",
                 seed=cfg.seed,
                 fmt=fmt,
                 wire_dtype=gist_settings(cfg).wire_torch_dtype,

@@ -1,0 +1,63 @@
+r"""The optimizer state that travels with the sub-networks (``--optimizer-state carried``).
+
+The coordinator keeps, for every trainable parameter of the full model,
+Adam's first and second moments and a step count per entry
+(:class:`gist.engine.optim.EntrywiseAdam`), and splits them exactly as the
+parameter is split: worker ``w`` gets the moments of the entries it trains
+(:meth:`CarriedState.slices`), starts its optimizer from them, and returns
+them with its sub-network; the coordinator writes them back into their slices
+(:meth:`CarriedState.merge`), copies of a group (``s < m``) averaged and
+shared parameters' state averaged, as the parameters themselves are. The
+state of a block no worker trains this round (one that crosses groups) stays
+as it was. A fresh start is all zeros, so the first round is GIST's fresh
+Adam. The buffers travel in the wire dtype, counted as ``optim`` bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ...engine.optim import STATE_KEYS, state_layout, state_names
+from ...nn.slicing import SplitSpec
+from ...subnets import FlatLayout, RoundPlan, WidthPartition, average_states, merge_states, slice_state
+
+
+class CarriedState:
+    """The full model's optimizer state on the coordinator, split and merged like its parameters."""
+
+    def __init__(self, model: nn.Module, spec: SplitSpec, layouts: Mapping[int, FlatLayout], device) -> None:
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.tensors = {
+            f"{n}.{key}": torch.zeros(p.shape, dtype=torch.float32, device=device)
+            for n, p in params.items()
+            for key in STATE_KEYS
+        }
+        axes = {name: spec.tensor_axes[name.rpartition(".")[0]] for name in state_names(params)}
+        self.spec = SplitSpec(tensor_axes=axes, widths=spec.widths, layers=spec.layers)
+        self.layouts = {s: state_layout(layout, list(params)) for s, layout in layouts.items()}
+
+    def slices(self, partition: WidthPartition, groups: int, wire: torch.dtype) -> list[Tensor]:
+        """Each group's state, one flat buffer in the wire dtype."""
+        layout = self.layouts[groups]
+        return [
+            layout.encode(layout.flatten(slice_state(self.tensors, self.spec, partition, g)), wire)
+            for g in range(groups)
+        ]
+
+    def merge(self, partition: WidthPartition, plan: RoundPlan, returned: Sequence[Tensor]) -> None:
+        """Write every worker's returned state back (copies of a group averaged first)."""
+        layout = self.layouts[plan.groups]
+        states = [layout.unflatten(layout.decode(t.to(next(iter(self.tensors.values())).device))) for t in returned]
+        groups = [average_states([states[w] for w in plan.members(g)]) for g in range(plan.groups)]
+        merge_states(self.tensors, self.spec, partition, groups)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {n: t.detach().cpu() for n, t in self.tensors.items()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        for n, t in self.tensors.items():
+            t.copy_(state[n])

@@ -1,0 +1,221 @@
+"""What a worker's optimizer starts each round from (``--optimizer-state``):
+GIST's carried Adam state is exact (sliced out and written back like the
+parameters), its bytes are what it moves, processes equal the simulation,
+and local SGD offers the same three policies."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from gist.config import RunConfig
+from gist.data import load_dataset
+from gist.engine import full_model
+from gist.engine.optim import STATE_KEYS, EntrywiseAdam, load_state_tensors, state_tensors
+from gist.methods import GIST
+from gist.methods.gist.transport import InProcessTransport
+from gist.run import launch_local, run_training
+from gist.subnets import slice_state
+
+pytestmark = pytest.mark.timeout(600)
+
+SMALL = dict(dataset="csbm", layers=3, hidden=16, norm="batch_norm", local_steps=3, rounds=3, data_mode="partitioned")
+
+
+def test_entrywise_adam_is_torch_adam_from_a_fresh_start():
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    b = copy.deepcopy(a)
+    ours = EntrywiseAdam(b.parameters(), lr=0.01, weight_decay=1e-3)
+    theirs = torch.optim.Adam(a.parameters(), lr=0.01, weight_decay=1e-3)
+    x = torch.randn(32, 6)
+    for _ in range(40):
+        for model, opt in ((a, theirs), (b, ours)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    # its state, out and back in, is the same optimizer
+    named = dict(b.named_parameters())
+    state = {k: v.clone() for k, v in state_tensors(ours, named).items()}
+    assert set(state) == {f"{n}.{k}" for n in named for k in STATE_KEYS}
+    assert all(torch.all(state[f"{n}.step"] == 40) for n in named)
+    again = EntrywiseAdam(b.parameters(), lr=0.01, weight_decay=1e-3)
+    load_state_tensors(again, named, state)
+    assert all(torch.equal(state_tensors(again, named)[k], v) for k, v in state.items())
+
+
+class Recording(InProcessTransport):
+    """An in-process transport that keeps what it sent and got back."""
+
+    def run_round(self, round, payloads, optim=None):
+        self.sent = [t.clone() for t in optim]
+        reports = super().run_round(round, payloads, optim)
+        self.back = [r.optim.clone() for r in reports]
+        return reports
+
+
+def _gist(tmp_path, transport_cls=InProcessTransport, **settings):
+    from gist.methods.gist.worker import make_workers
+    from gist.nn.slicing import build_split_spec
+
+    cfg = RunConfig.from_flat(root=str(tmp_path), **{**SMALL, "optimizer_state": "carried", **settings})
+    ds = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.seed)
+    model = full_model(cfg, ds.num_features, ds.num_classes)
+    transport = transport_cls(make_workers(model, build_split_spec(model), ds.data, cfg))
+    return GIST(model, ds.data, cfg, transport=transport)
+
+
+@pytest.mark.parametrize("groups", [4, 2])
+def test_carried_state_is_sliced_out_and_written_back_exactly(tmp_path, groups):
+    """With s groups of m = 4 workers: each worker receives exactly its slice
+    of the coordinator's state; the coordinator then holds, in every slice a
+    group trained, the mean of what that group's workers returned, and
+    elsewhere what it held before."""
+    driver = _gist(tmp_path, Recording, subnets=4, subnet_groups=groups, gist_recipe="plain")
+    driver.run_round()  # round 0 starts from zeros
+    carried, wire = driver.carried, driver.wire
+    before = {k: v.clone() for k, v in carried.tensors.items()}
+    assert any(v.abs().sum() > 0 for k, v in before.items() if k.endswith("exp_avg"))
+    from gist.subnets import average_states, draw_partition
+
+    plan = driver.schedule.at(1)
+    partition = draw_partition(driver.spec.widths, plan.groups, driver.cfg.seed, 1)
+    layout = carried.layouts[plan.groups]
+    driver.run_round()
+    for w, sent in enumerate(driver.transport.sent):
+        expected = slice_state(before, carried.spec, partition, plan.group_of(w))
+        assert torch.equal(sent, layout.encode(layout.flatten(expected), wire)), w
+    returned = [layout.unflatten(layout.decode(t)) for t in driver.transport.back]
+    for g in range(plan.groups):
+        mean = average_states([returned[w] for w in plan.members(g)])
+        now = slice_state(carried.tensors, carried.spec, partition, g)
+        for name in carried.spec.sliced:
+            assert torch.equal(now[name], mean[name]), name
+    # a step count went up by ζ exactly where a worker trained the entry this round, and nowhere else
+    zeta = driver.cfg.local.local_steps
+    for name in (k for k in carried.tensors if k.endswith(".step")):
+        delta = carried.tensors[name] - before[name]
+        assert set(delta.unique().tolist()) <= {0.0, float(zeta)}, name
+        if name in carried.spec.sliced:
+            every = {**carried.tensors, name: delta}
+            blocks = sum(slice_state(every, carried.spec, partition, g)[name].numel() for g in range(groups))
+            assert int((delta > 0).sum()) == blocks, name
+        else:  # a shared parameter: every worker trains it
+            assert torch.all(delta == zeta), name
+
+
+def test_carried_bytes_are_three_values_per_trained_value_each_way(tmp_path):
+    driver = _gist(tmp_path, subnets=4, gist_recipe="plain")
+    driver.fit(progress=False)
+    layout = driver.layout
+    params = {n for n, p in driver.model.named_parameters()}
+    values = sum(torch.Size(s).numel() for n, s in zip(layout.names, layout.shapes) if n in params)
+    per_message = 3 * values * 4  # exp_avg, exp_avg_sq and step, float32
+    for r in range(driver.cfg.rounds):
+        for w in range(4):
+            assert driver.ledger.total(round=r, worker=w, kind="optim", direction="to_worker") == per_message
+            assert driver.ledger.total(round=r, worker=w, kind="optim", direction="from_worker") == per_message
+    fresh = _gist(tmp_path, subnets=4, gist_recipe="plain", optimizer_state="fresh")
+    fresh.fit(progress=False)
+    assert fresh.ledger.total(kind="optim") == 0
+    assert fresh.ledger.total(kind="params") == driver.ledger.total(kind="params")
+    summary = driver.summary()
+    assert summary["optimizer_state"] == "carried" and summary["optim_bytes_total"] == 2 * 4 * 3 * per_message
+    bf16 = _gist(tmp_path, subnets=4, gist_recipe="plain", wire_dtype="bfloat16")
+    bf16.fit(progress=False)
+    assert bf16.ledger.total(kind="optim") == driver.ledger.total(kind="optim") // 2
+
+
+def test_gist_with_one_group_carried_is_local_sgd_carried_but_for_rounding(tmp_path):
+    """With s = 1 every GIST worker trains the whole model and the copies are
+    averaged; carrying Adam's state averages it too, which is local SGD with
+    carried (averaged) moments. With dropout 0 and the whole graph on every
+    worker (no dropout or batch stream to differ) what remains is float
+    rounding: GIST's per-entry Adam computes its bias correction in float64,
+    torch's Adam from a Python float, and GIST averages in float64. (Without
+    BatchNorm: Adam would turn the rounding noise in the zero gradient of a
+    bias right before BatchNorm into full steps.)"""
+    base = dict(SMALL, data_mode="replicated", dropout=0.0, subnets=4, optimizer_state="carried", seed=3)
+    base["norm"] = "none"
+    gist = run_training(
+        RunConfig.from_flat(
+            method="gist", subnet_groups=1, save_model=str(tmp_path / "g.pt"), root=str(tmp_path), **base
+        ),
+        progress=False,
+    )
+    local = run_training(
+        RunConfig.from_flat(method="local-sgd", save_model=str(tmp_path / "l.pt"), root=str(tmp_path), **base),
+        progress=False,
+    )
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("g", "l"))
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert [r["val"] for r in gist["rounds"]] == pytest.approx([r["val"] for r in local["rounds"]], abs=0.01)
+
+
+def test_processes_equal_the_simulation_with_carried_state(tmp_path):
+    torch.set_num_threads(1)
+    settings = RunConfig.from_flat(
+        root=str(tmp_path / "data"), **SMALL, subnets=4, optimizer_state="carried", threads=1, timeout=60
+    )
+    local = run_training(settings.replace(save_model=str(tmp_path / "local.pt")), progress=False)
+    dist = launch_local(settings.replace(save_model=str(tmp_path / "dist.pt")), 4, progress=False)
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("local", "dist"))
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-5
+    key = lambda t: (t["round"], t["worker"], t["direction"], t["kind"])  # noqa: E731
+    assert sorted(local["ledger"], key=key) == sorted(dist["ledger"], key=key)
+    assert local["summary"]["optim_bytes_total"] > 0
+
+
+def test_carried_state_resumes_from_a_checkpoint(tmp_path):
+    base = RunConfig.from_flat(
+        root=str(tmp_path),
+        **{**SMALL, "rounds": 4},
+        subnets=2,
+        optimizer_state="carried",
+        checkpoint=str(tmp_path / "c.pt"),
+        checkpoint_every=1,
+    )
+    run_training(base.replace(save_model=str(tmp_path / "full.pt"), checkpoint=str(tmp_path / "x.pt")), progress=False)
+    run_training(base.replace(rounds=2), progress=False)
+    run_training(base.replace(resume=True, save_model=str(tmp_path / "resumed.pt")), progress=False)
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("full", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "flat, message",
+    [
+        (dict(method="ddp", optimizer_state="carried"), "ddp's optimizer starts each round from kept"),
+        (dict(method="gist", optimizer_state="kept"), "gist's optimizer starts each round from fresh or carried"),
+        (dict(method="gist", optimizer_state="carried", optimizer="sgd"), "use --optimizer adam"),
+        (dict(method="gist", optimizer_state="carried", coordinator="sharded"), "central coordinator so far"),
+    ],
+)
+def test_policies_a_method_does_not_offer_are_refused(flat, message):
+    from gist.methods import get_method
+
+    cfg = RunConfig.from_flat(**flat)
+    with pytest.raises(ValueError, match=message):
+        get_method(cfg.method).check_run(cfg)
+
+
+def test_local_sgd_fresh_starts_every_round_from_a_new_optimizer(tmp_path):
+    """Its first round equals kept's; later rounds differ (kept's optimizer remembers)."""
+    base = dict(SMALL, method="local-sgd", subnets=2, root=str(tmp_path))
+    kept = run_training(RunConfig.from_flat(**base), progress=False)
+    fresh = run_training(RunConfig.from_flat(**base, optimizer_state="fresh"), progress=False)
+    carried = run_training(RunConfig.from_flat(**base, optimizer_state="carried"), progress=False)
+    assert kept["rounds"][0]["loss"] == fresh["rounds"][0]["loss"] == carried["rounds"][0]["loss"]
+    assert kept["rounds"][1]["loss"] != fresh["rounds"][1]["loss"]
+    assert kept["summary"]["optimizer_state"] == "kept" and fresh["summary"]["optimizer_state"] == "fresh"
+    # carried all-reduces the two moments of every parameter each round
+    numel = carried["summary"]["subnet_params"]
+    params = kept["summary"]["subnet_params"]
+    assert fresh["summary"]["optim_bytes_total"] == kept["summary"]["optim_bytes_total"] == 0
+    assert carried["summary"]["optim_bytes_total"] > 0 and numel == params
