@@ -141,6 +141,7 @@ def methods_page() -> str:
                 md(getattr(cls, "color", None) or NONE),
                 md(getattr(cls, "role", None) or NONE),
                 md(cls.fixed_subnets if getattr(cls, "fixed_subnets", None) is not None else NONE),
+                ", ".join(code(policy) for policy in getattr(cls, "optimizer_states", ())) or NONE,
                 ", ".join(code("--" + n.replace("_", "-")) for n in own) or NONE,
             ]
         )
@@ -155,10 +156,11 @@ def methods_page() -> str:
         "tables compare with it (`target`: its best validation less the target drop is the "
         "target; `bytes`: the baseline of the bytes-to-target ratio; `budget`: the method whose "
         "bytes and seconds are the equal-budget columns' budget). *Fixed m*: the number of workers "
-        "it always uses. A method's own settings apply to its runs only; any other method refuses "
+        "it always uses. *Optimizer state*: the `--optimizer-state` policies it offers, its default "
+        "first. A method's own settings apply to its runs only; any other method refuses "
         "them with an error naming their owner."
     )
-    header = ["name", "class", "colour", "role", "fixed m", "own settings"]
+    header = ["name", "class", "colour", "role", "fixed m", "optimizer state", "own settings"]
     return page("Methods", intro, table(header, rows) + [""] + sections)
 
 
