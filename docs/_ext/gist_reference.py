@@ -218,7 +218,8 @@ def settings_page() -> str:
                 code(f.default),
                 ", ".join(code(c) for c in choices) if choices is not None else NONE,
                 "yes" if meta["changes_results"] else "no",
-                md(meta.get("help", "")) + (f" ({md('; '.join(extra))})" if extra else ""),
+                md(action.help if action is not None and action.help else meta.get("help", ""))
+                + (f" ({md('; '.join(extra))})" if extra else ""),
             ]
         )
     header = ["flag", "key", "default", "choices", "changes results", "meaning"]
@@ -353,7 +354,27 @@ def _repository_links(app: Any, doctree: Any) -> None:
         node.replace_self(link)
 
 
+def _napoleon_for_callables_only(app: Any) -> None:
+    """Napoleon reads the first ``text:`` of an attribute's docstring as its type (the
+    Google style ``int: the count``); this package's attribute docstrings are prose
+    (``The method's own settings: an instance of ...``). Keep napoleon's ``Args:``
+    sections for functions and classes, and leave attributes, data and properties alone."""
+    from sphinx.ext import napoleon
+
+    for listener in list(app.events.listeners.get("autodoc-process-docstring", [])):
+        if listener.handler is napoleon._process_docstring:
+            app.disconnect(listener.id)
+
+    def process(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+        if what not in ("attribute", "data", "property"):
+            napoleon._process_docstring(app, what, name, obj, options, lines)
+
+    app.connect("autodoc-process-docstring", process)
+
+
 def setup(app: Any) -> dict[str, Any]:
+    app.setup_extension("sphinx.ext.napoleon")
+    _napoleon_for_callables_only(app)
     app.connect("builder-inited", _builder_inited)
     app.connect("doctree-read", _repository_links, priority=400)  # before the download collector (500)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
