@@ -323,3 +323,23 @@ def test_wire_encoding_rounds_floats_and_keeps_integers_exact(wire):
         torch.tensor(1.2345678).item(), 300, torch.tensor(12.345678).item()
     )
     assert WorkerStats.nbytes(wire) == 12
+
+
+def test_a_rule_registered_before_the_first_split_adds_to_the_built_in_ones():
+    """In a fresh process, registering a layer type first must not hide the built-in rules."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import torch\n"
+        "from torch_geometric.nn.models import GCN\n"
+        "from gist.nn import build_split_spec, register_slicing_rule\n"
+        "class Scale(torch.nn.Module):\n"
+        "    def __init__(self, d):\n"
+        "        super().__init__(); self.weight = torch.nn.Parameter(torch.ones(d))\n"
+        "register_slicing_rule(Scale, lambda m, i, o: {'weight': (o,)})\n"
+        "print(len(build_split_spec(GCN(8, 16, num_layers=2, out_channels=3)).widths))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.strip() == "1"

@@ -229,6 +229,9 @@ def _register_builtin_rules() -> None:
     register_slicing_rule(PygLayerNorm, _channel_axes(["weight", "bias"]), _resize_pyg_layernorm)
 
 
+_register_builtin_rules()  # at import: a rule registered before the first split adds to them
+
+
 # --------------------------------------------------------------------------
 # The split spec of a whole model
 
@@ -327,8 +330,6 @@ def build_split_spec(model: nn.Module) -> SplitSpec:
     not know, for widths that disagree between layers, and for a model with no
     hidden width to split.
     """
-    if not _RULES:
-        _register_builtin_rules()
     entries: list[LayerEntry] = []
     pending: list[tuple[str, nn.Module, Optional[str], Optional[str], bool]] = [("", model, None, None, False)]
     while pending:
