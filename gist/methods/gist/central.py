@@ -96,7 +96,11 @@ class CentralGIST(GIST):
             states = self.carried.slices(partition, plan.groups, self.wire)
             optim = [states[plan.group_of(w)] for w in range(self.cfg.subnets)]
         split_done = time.perf_counter()
-        reports = self.transport.run_round(round, payloads, optim)
+        reports = (
+            self.transport.run_round(round, payloads)
+            if optim is None
+            else self.transport.run_round(round, payloads, optim)
+        )
         merge_start = time.perf_counter()
         returned = [layout.unflatten(layout.decode(rep.params.to(self.device))) for rep in reports]
         groups = [average_states([returned[w] for w in plan.members(g)]) for g in range(plan.groups)]
