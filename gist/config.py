@@ -98,7 +98,12 @@ class ModelConfig:
     kind: str = setting("gcn", flat="model", choices=MODELS.names, help="model family")
     layers: int = setting(3, minimum=1, help="message-passing layers L")
     hidden: int = setting(256, minimum=1, help="hidden width d")
-    norm: str = setting("none", choices=lambda: list(NORMS), help="normalisation after each hidden layer")
+    norm: str = setting(
+        "auto",
+        choices=lambda: ["auto", *NORMS],
+        help="normalisation after each hidden layer; auto: batch_norm with --data-mode partitioned (every "
+        "method there loses most of its accuracy without it, results/README.md), none otherwise",
+    )
     dropout: float = setting(0.5, help="dropout probability")
 
     def check(self) -> None:
@@ -118,9 +123,10 @@ class LocalConfig:
     optimizer_state: Optional[str] = setting(
         None,
         choices=OPTIMIZER_STATES,
-        help="what a worker's optimizer starts each round from: fresh (new state: GIST's default), kept (the "
+        help="what a worker's optimizer starts each round from: fresh (new state: plain GIST's default), kept (the "
         "worker's own from its last round: local SGD's and DDP's), carried (the state of the parameters it is "
-        "sent, which travels with them: gist and local-sgd, Adam only); default: the method's",
+        "sent, which travels with them: gist and local-sgd, Adam only; the partitioned recipe's default); "
+        "default: the method's",
     )
 
     def check(self) -> None:
@@ -315,6 +321,14 @@ class RunConfig:
         return (round + 1) % self.eval_interval == 0 or round + 1 == self.rounds
 
     @property
+    def norm(self) -> str:
+        """The normalisation the model gets: ``model.norm``, with ``auto``
+        resolved (``batch_norm`` for partitioned data, else ``none``)."""
+        if self.model.norm != "auto":
+            return self.model.norm
+        return "batch_norm" if self.data.mode == "partitioned" else "none"
+
+    @property
     def workers_hold_parts(self) -> bool:
         """``partitioned`` data with ``m > 1``: each worker holds only its own node part."""
         return self.data.mode == "partitioned" and self.subnets > 1
@@ -331,7 +345,8 @@ class RunConfig:
         """The flat fields that change what a run computes (the method's own included, no other method's)."""
         marks = {name: f.metadata["changes_results"] for name, (_, f) in _FLAT.items()}
         marks.update({flat_name(f): f.metadata["changes_results"] for f in leaf_fields(self.options)})
-        return {name: value for name, value in self.flat().items() if marks[name]}
+        values = {name: value for name, value in self.flat().items() if marks[name]}
+        return {**values, "norm": self.norm}  # auto compares as what it resolves to
 
     def replace(self, **flat: Any) -> RunConfig:
         """A copy with fields set by flat name: ``cfg.replace(data_mode="partitioned", hidden=64)``.
@@ -377,7 +392,9 @@ class RunConfig:
         method) are dropped where they hold that method's defaults, and are an
         error otherwise. Keys that are not settings (a log's ``transport``,
         ``dataset_split``) are ignored unless ``strict``; with ``strict=False``
-        another method's settings are dropped whatever their values."""
+        another method's settings are dropped whatever their values. A method's
+        setting that ``values`` lacks takes its options class's
+        ``ABSENT_MEANS`` value where it has one (the log predates the setting)."""
         method = values.get("method", cls.method_default())
         own = options_class(method)
         flat: dict[str, Any] = {"method": method}
@@ -395,6 +412,9 @@ class RunConfig:
                         flat[flat_name(f)] = value[f.name]
             else:
                 flat[key] = value
+        for f in leaf_fields(own):  # a setting the log predates: what the run was made with
+            if f.name in getattr(own, "ABSENT_MEANS", {}):
+                flat.setdefault(flat_name(f), own.ABSENT_MEANS[f.name])
         known = {flat_name(f) for f in leaf_fields(own)} | set(_FLAT)
         kept: dict[str, Any] = {}
         for key, value in flat.items():

@@ -160,7 +160,7 @@ METHODS: Registry[Any] = Registry(
     "method",
     {
         "full": "gist.methods.full:FullModel",
-        "ddp": "gist.methods.ddp:DDP",
+        "ddp": Entry("gist.methods.ddp:DDP", {"options": "gist.methods.ddp_options:DDPConfig"}),
         "local-sgd": "gist.methods.local_sgd:LocalSGD",
         "gist": Entry("gist.methods.gist:GIST", {"options": "gist.methods.gist.options:GistConfig"}),
     },

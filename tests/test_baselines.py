@@ -190,11 +190,17 @@ def test_bytes_match_ring_allreduce_count(name):
     # set-up: the initial broadcast of rank 0's model (parameters and float buffers) to every other worker
     assert ledger.total(round=-1, kind="params") == (m - 1) * state_numel * 4
     assert ledger.total(round=-1, worker=0, kind="params") == 0
+    # ddp's synchronised BatchNorm: per layer and step [Σx, n] (C + 1), Σ(x-μ)² (C) and [Σdy, Σdy·x̂] (2C)
+    synced = method == "ddp" and norm == "batch_norm"
+    bn_sync = zeta * sum(2 * ring_allreduce_bytes(n, 4, m) for n in (HIDDEN + 1, HIDDEN, 2 * HIDDEN)) if synced else 0
+    for r in range(cfg.rounds):
+        assert all(ledger.total(round=r, worker=w, kind="bn_sync") == bn_sync for w in range(m))
     s = trainer.summary()
     assert s["subnet_params"] == theta
+    assert s["bn_sync_bytes_total"] == cfg.rounds * m * bn_sync
     assert (
         s["bytes_total"]
-        == cfg.rounds * m * all_reduces_per_round * per_worker_per_all_reduce + (m - 1) * state_numel * 4
+        == cfg.rounds * m * (all_reduces_per_round * per_worker_per_all_reduce + bn_sync) + (m - 1) * state_numel * 4
     )
     assert s["bytes_per_worker"] == s["bytes_total"] / m
     assert s["data_bytes_total"] > 0

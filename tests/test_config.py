@@ -114,3 +114,20 @@ def test_committed_results_rerun_nothing_and_retabulate_identically(tmp_path, mo
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "results" / name / "table.csv"), pd.read_csv(committed / "table.csv")
     )
+
+
+def test_norm_auto_is_batch_norm_on_partitioned_data_and_compares_as_it():
+    """``--norm auto`` (the default): every method collapses on partitioned
+    data without normalisation, so there it is BatchNorm; replicated, none."""
+    from gist.engine.setup import build_stock_model
+
+    parts, whole = RunConfig.from_flat(data_mode="partitioned"), RunConfig.from_flat(data_mode="replicated")
+    assert parts.model.norm == whole.model.norm == "auto"
+    assert (parts.norm, whole.norm) == ("batch_norm", "none")
+    assert RunConfig.from_flat(data_mode="partitioned", norm="none").norm == "none"
+    # a run with the default and one with the norm it resolves to are the same run (sweeps, resume)
+    assert parts.results() == RunConfig.from_flat(data_mode="partitioned", norm="batch_norm").results()
+    assert whole.results() == RunConfig.from_flat(data_mode="replicated", norm="none").results()
+    kinds = {type(m).__name__ for m in build_stock_model(parts, 8, 3).modules()}
+    assert "BatchNorm" in kinds
+    assert "BatchNorm" not in {type(m).__name__ for m in build_stock_model(whole, 8, 3).modules()}

@@ -56,7 +56,7 @@ def test_cached_normalisation_trains_the_same_model_as_uncached(tmp_path, method
     ds = load_run_dataset(cfg)
     torch.manual_seed(cfg.seed)
     m = cfg.model
-    stock = build_model("gcn", ds.num_features, m.hidden, ds.num_classes, m.layers, m.dropout, norm=m.norm)
+    stock = build_model("gcn", ds.num_features, m.hidden, ds.num_classes, m.layers, m.dropout, norm=cfg.norm)
     uncached = get_method(method)(stock, ds.data, cfg)
     uncached.fit(progress=False)
     a, b = cached.model.state_dict(), uncached.model.state_dict()

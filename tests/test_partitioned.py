@@ -230,12 +230,16 @@ def test_distributed_equals_in_process_for_the_recipe(tmp_path):
         "groups": 2,
         "finish_rounds": 1,
         "bn_reestimate": True,
+        "optimizer_state": "carried",
     }
+    assert {t["kind"] for t in dist["ledger"]} >= {"optim"}
 
 
 def test_the_recipe_trains_partitioned_amazon_computers_where_plain_gist_fails(real_data_root):
     """GCN 3×256 with BatchNorm, m = 4 METIS parts, ζ = 10, 10 rounds, seed 0.
-    Measured: plain GIST 0.553, the recipe 0.747 (evaluated every 5 rounds)."""
+    Measured (one thread, evaluated every 5 rounds): plain GIST 0.507, the
+    recipe 0.880 (with a fresh optimizer each round, as before it carried
+    Adam's state: 0.751)."""
     root = real_data_root("amazon")
     base = RunConfig.from_flat(
         dataset="amazon-computers",
@@ -252,7 +256,7 @@ def test_the_recipe_trains_partitioned_amazon_computers_where_plain_gist_fails(r
     plain = run_training(base.replace(gist_recipe="plain"), progress=False)["summary"]["best_val"]
     recipe = run_training(base, progress=False)["summary"]["best_val"]
     assert plain < 0.62
-    assert recipe > 0.70
+    assert recipe > 0.85
 
 
 def test_cli_flags_override_the_recipe(tmp_path, capsys):
@@ -261,7 +265,13 @@ def test_cli_flags_override_the_recipe(tmp_path, capsys):
     args += ["--data-mode", "partitioned", "--no-bn-reestimate", "--subnet-groups", "4", "--no-progress"]
     assert main([*args, "--log", str(log)]) == 0
     options = json.loads(log.read_text())["summary"]["gist_options"]
-    assert options == {"label_prior": True, "groups": 4, "finish_rounds": 0, "bn_reestimate": False}
+    assert options == {
+        "label_prior": True,
+        "groups": 4,
+        "finish_rounds": 0,
+        "bn_reestimate": False,
+        "optimizer_state": "carried",
+    }
     assert main([*args, "--subnet-groups", "3"]) == 2
     assert "subnet_groups (3) must divide m (4)" in capsys.readouterr().err
 

@@ -187,7 +187,14 @@ def _piece_bytes(driver: ShardedGIST, round: int, worker: int) -> int:
         {},
         {"model": "sage", "norm": "batch_norm", "subnet_groups": 2},
         {"finish_rounds": 1, "rounds": 4},
-        {"data_mode": "partitioned", "gist_recipe": "partitioned", "bn_reestimate": False, "subnets": 2},
+        # the sharded coordinator carries no optimizer state yet: both start each round fresh
+        {
+            "data_mode": "partitioned",
+            "gist_recipe": "partitioned",
+            "bn_reestimate": False,
+            "subnets": 2,
+            "optimizer_state": "fresh",
+        },
         {"wire_dtype": "bfloat16", "model": "sage", "norm": "batch_norm", "subnet_groups": 2},
     ],
     ids=["plain", "sage-bn-groups", "finishing", "partitioned-recipe", "bfloat16-wire"],
@@ -258,7 +265,8 @@ def test_sharded_processes_equal_the_simulation(tmp_path, one_thread, kw):
 
 @pytest.mark.parametrize("scorer", ["graph", "parts"])
 def test_sharded_runs_the_partitioned_recipe_with_batchnorm_reestimation(tmp_path, one_thread, scorer):
-    kw = {"data_mode": "partitioned", "norm": "batch_norm", "scorer": scorer}  # label prior, s = 2, BN re-estimation
+    # label prior, s = 2, BN re-estimation; both fresh (the sharded coordinator carries no optimizer state yet)
+    kw = {"data_mode": "partitioned", "norm": "batch_norm", "scorer": scorer, "optimizer_state": "fresh"}
     central, central_state = _train(_settings(tmp_path, coordinator="central", **kw))
     sharded, sharded_state = _train(_settings(tmp_path, coordinator="sharded", **kw))
     assert sharded.batch_norms_reestimated == 2 and sharded.scores_parts

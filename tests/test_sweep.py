@@ -245,6 +245,27 @@ def test_changed_settings_are_refused_not_overwritten(tmp_path, capsys):
     assert run_files(out) == before
 
 
+def test_a_log_made_under_another_default_policy_is_refused(tmp_path, capsys):
+    """The partitioned recipe's optimizer policy changed default (fresh, now
+    carried): a log made with the old one is not taken for the new one."""
+    text = (
+        TINY.replace('"full", "ddp", "local-sgd", "gist"', '"gist"')
+        .replace("subnets = [2, 4]", "subnets = [2]")
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        .replace("eval_every = 1", 'eval_every = 1\ndata_mode = "partitioned"\nnorm = "batch_norm"')
+    )
+    pinned = text + '[variants]\ngist = {{ method = "gist", optimizer_state = "fresh" }}\n'
+    cfg, out = write_config(tmp_path, text=pinned), tmp_path / "res"
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    before = run_files(out)
+    assert json.loads(before["gist_m2_z2_seed0.json"])["summary"]["optimizer_state"] == "fresh"
+    cfg.write_text(text.format(rounds=3))
+    capsys.readouterr()
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    assert "optimizer_state: stored 'fresh', config 'carried'" in capsys.readouterr().err
+    assert run_files(out) == before
+
+
 # ---------------------------------------------------------------- configs
 
 
@@ -301,10 +322,18 @@ def test_variants_are_rows_of_their_own(tmp_path):
     assert all(r.settings.options.recipe == "auto" for r in runs if r.method == "gist")
 
 
+def test_a_variant_named_after_its_method_pins_that_row(tmp_path):
+    text = TINY + '[variants]\ngist = {{ method = "gist", optimizer_state = "fresh" }}\n'
+    runs = plan(load_config(write_config(tmp_path, text=text)))
+    gist = [r for r in runs if r.method == "gist"]
+    assert gist and all(r.settings.local.optimizer_state == "fresh" for r in gist)
+    assert all(r.settings.local.optimizer_state is None for r in runs if r.method != "gist")
+
+
 @pytest.mark.parametrize(
     "variants,message",
     [
-        ('gist = { method = "gist" }', "has the name of a method"),
+        ('ddp = { method = "gist" }', "has the name of another method"),
         ('g2 = { method = "fedavg" }', "needs method = one of"),
         ('g2 = { method = "gist", root = "x" }', "cannot be set per variant"),
     ],

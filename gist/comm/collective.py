@@ -121,6 +121,18 @@ class Collective(ABC):
     @abstractmethod
     def _all_reduce_mean(self, flats: Mapping[int, Tensor]) -> Tensor: ...
 
+    def all_reduce_sum(self, round: int, flats: Mapping[int, Tensor], kind: str) -> Tensor:
+        r"""``Σ_i flats_i`` over all ``m`` workers (a new tensor), recorded as a
+        ring all-reduce of ``kind`` for every worker."""
+        if set(flats) != set(self.local_workers):
+            raise ValueError(f"all_reduce_sum needs a buffer from each local worker {self.local_workers}")
+        first = flats[self.local_workers[0]]
+        self._record_allreduce(round, first.numel(), first.element_size(), kind)
+        return self._all_reduce_sum(flats)
+
+    @abstractmethod
+    def _all_reduce_sum(self, flats: Mapping[int, Tensor]) -> Tensor: ...
+
     def record_all_reduce(self, round: int, numel: int, element_size: int) -> None:
         """Count an all-reduce of ``numel`` values that the caller ran itself
         (``torch.nn.parallel.DistributedDataParallel``'s buckets), as
@@ -206,6 +218,12 @@ class InProcessCollective(Collective):
             part = flats[w].div_(self.num_workers)
             total = part if total is None else total.add_(part)
         assert total is not None
+        return total
+
+    def _all_reduce_sum(self, flats: Mapping[int, Tensor]) -> Tensor:
+        total = flats[self.local_workers[0]].clone()
+        for w in self.local_workers[1:]:
+            total.add_(flats[w])
         return total
 
     def _broadcast(self, flat: Tensor) -> Tensor:

@@ -55,6 +55,12 @@ class DistCollective(Collective):
         self._call("an all-reduce", lambda: dist.all_reduce(flat))
         return flat.to(own.device)
 
+    def _all_reduce_sum(self, flats: Mapping[int, Tensor]) -> Tensor:
+        own = flats[self.ctx.rank]
+        flat = own.to(self.device, copy=True).contiguous()
+        self._call("an all-reduce", lambda: dist.all_reduce(flat))
+        return flat.to(own.device)
+
     def _broadcast(self, flat: Tensor) -> Tensor:
         buf = flat.to(self.device).contiguous()
         self._call("a broadcast", lambda: dist.broadcast(buf, src=0))

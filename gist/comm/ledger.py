@@ -18,7 +18,7 @@ from torch import Tensor
 TO_WORKER = "to_worker"
 FROM_WORKER = "from_worker"
 DIRECTIONS = (TO_WORKER, FROM_WORKER)
-KINDS = ("params", "data", "stats", "control", "eval", "prior", "bn_stats", "optim")
+KINDS = ("params", "data", "stats", "control", "eval", "prior", "bn_stats", "optim", "bn_sync")
 SETUP_ROUND = -1
 
 
@@ -56,6 +56,9 @@ class ByteLedger:
     training-label counts out, the summed counts back, once at set-up),
     ``bn_stats`` (GIST's BatchNorm re-estimation: per-unit sums and squared
     sums of each worker's activations, and the pooled statistics back),
+    ``optim`` (optimizer state carried or averaged with the parameters),
+    ``bn_sync`` (DDP's synchronised BatchNorm: each layer's batch sums,
+    every step),
     ``control`` (the set-up handshake: the round
     to start from and the buffer size out, the worker's data size back), and
     ``data``: the graph bytes a worker holds, recorded once at set-up (round

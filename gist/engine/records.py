@@ -75,12 +75,13 @@ def parallel_round_seconds(seconds: float, worker_seconds: Sequence[float], sequ
 def history_summary(history: Sequence[RoundRecord], ledger: ByteLedger, num_workers: int) -> dict[str, Any]:
     """The summary every method shares: best validation and test there,
     final metrics, parameter bytes (total and per worker; the optimizer state
-    carried with them included, also on its own as ``optim_bytes_total``), other byte kinds,
+    carried with them and synchronised BatchNorm's sums included, also on
+    their own as ``optim_bytes_total`` and ``bn_sync_bytes_total``), other byte kinds,
     seconds, and ``parallel_seconds``: the rounds' time with each round's
     workers in parallel (:attr:`RoundRecord.parallel_seconds`), evaluation included."""
     evaluated = [r for r in history if r.val is not None]
     best = max(evaluated, key=lambda r: r.val) if evaluated else None
-    params_bytes = ledger.total(kind="params") + ledger.total(kind="optim")
+    params_bytes = ledger.total(kind="params") + ledger.total(kind="optim") + ledger.total(kind="bn_sync")
     seconds = sum(r.seconds + (r.eval_seconds or 0.0) for r in history)
     parallel = sum(
         (r.seconds if r.parallel_seconds is None else r.parallel_seconds) + (r.eval_seconds or 0.0) for r in history
@@ -97,6 +98,7 @@ def history_summary(history: Sequence[RoundRecord], ledger: ByteLedger, num_work
         "stats_bytes_total": ledger.total(kind="stats"),
         "eval_bytes_total": ledger.total(kind="eval"),
         "optim_bytes_total": ledger.total(kind="optim"),
+        "bn_sync_bytes_total": ledger.total(kind="bn_sync"),
         "rounds": len(history),
         "seconds": seconds,
         "parallel_seconds": parallel,

@@ -33,7 +33,7 @@ def build_stock_model(cfg: RunConfig, num_features: int, num_classes: int) -> nn
     ``ValueError`` if ``cfg.data.sparse_features`` is set for a model that
     cannot take sparse features (:func:`~gist.nn.models.takes_sparse_features`)."""
     m = cfg.model
-    norm = None if m.norm == "none" else m.norm
+    norm = None if cfg.norm == "none" else cfg.norm
     model = build_model(
         m.kind,
         num_features,

@@ -22,6 +22,7 @@ A config names the settings every run shares and the grid to sweep::
 
     [variants]                         # optional: named settings of a method, listed in methods
     gist-plain = { method = "gist", gist_recipe = "plain" }
+    # gist = { method = "gist", optimizer_state = "fresh" }   # one named after its method pins its row
 
 A method's own settings (``gist_recipe``, ``label_prior``, ...: see
 :mod:`gist.config`) may stand in ``[settings]``: they apply to that
@@ -269,15 +270,20 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
 
 
 def _parse_variants(table: Any, where: str) -> dict[str, dict[str, Any]]:
-    """``[variants]``: each a registered ``method`` plus run settings (its own included)."""
+    """``[variants]``: each a registered ``method`` plus run settings (its own
+    included). A variant named after its own method pins settings of that
+    method's row (``gist = { method = "gist", optimizer_state = "fresh" }``)."""
     if not isinstance(table, dict):
         raise SweepError(f"{where}: [variants] must be a table of named settings")
     out: dict[str, dict[str, Any]] = {}
     for name, values in table.items():
-        if name in method_names():
-            raise SweepError(f"{where}: variant {name!r} has the name of a method; name it otherwise")
         if not isinstance(values, dict) or values.get("method") not in method_names():
             raise SweepError(f"{where}: variant {name!r} needs method = one of {method_names()}")
+        if name in method_names() and values["method"] != name:
+            raise SweepError(
+                f"{where}: variant {name!r} has the name of another method; name it otherwise "
+                f"(a variant named {values['method']!r} pins settings of that method's own row)"
+            )
         sweepable = set(flat_names(changes_results=True, method=values["method"])) - set(SWEPT)
         bad = [k for k in values if k != "method" and k not in sweepable]
         if bad:
@@ -383,8 +389,14 @@ def migrate_log(log: dict[str, Any]) -> dict[str, Any]:
     return log
 
 
-def _differences(stored: RunConfig, wanted: RunConfig) -> list[str]:
+def _differences(stored: RunConfig, wanted: RunConfig, recorded_policy: Optional[str] = None) -> list[str]:
+    """What differs between a stored run's settings and the wanted ones. A
+    setting left to its default compares by what the run uses: the optimizer
+    policy the method resolves, or for a stored log ``recorded_policy`` (what
+    it recorded having used)."""
     have, want = stored.results(), wanted.results()
+    have["optimizer_state"] = recorded_policy or get_method(stored.method).optimizer_state(stored)
+    want["optimizer_state"] = get_method(wanted.method).optimizer_state(wanted)
     return [f"{k}: stored {have.get(k)!r}, config {want[k]!r}" for k in want if have.get(k) != want[k]]
 
 
@@ -399,7 +411,10 @@ def stored_log(path: Path, run: PlannedRun) -> Optional[dict[str, Any]]:
     except json.JSONDecodeError as exc:
         raise SweepError(f"{path} is not a readable run log ({exc}); move it away to re-run {run.run_id}") from exc
     log = migrate_log(log)
-    diff = _differences(RunConfig.from_dict(log.get("config", {}), strict=False), run.settings)
+    stored = RunConfig.from_dict(log.get("config", {}), strict=False)
+    # a log from before --optimizer-state recorded none: its method's first policy is what it used
+    used = log.get("summary", {}).get("optimizer_state") or get_method(stored.method).optimizer_states[0]
+    diff = _differences(stored, run.settings, used)
     if diff:
         raise SweepError(
             f"{path} was made with other settings than the config ({'; '.join(diff)}); "

@@ -312,7 +312,7 @@ def tabulate(
     if cfg.description:
         lines += [cfg.description, ""]
     lines += [
-        f"Dataset `{d.dataset}`, {model.layers} layers, hidden {model.hidden}, norm {model.norm}, "
+        f"Dataset `{d.dataset}`, {model.layers} layers, hidden {model.hidden}, norm {s.norm}, "
         f"dropout {model.dropout}, {s.local.optimizer} lr {s.local.lr}, {s.rounds} rounds, data mode `{d.mode}`, "
         f"batching `{d.batching}`, "
         f"transport: {', '.join(transports)}.",

@@ -19,15 +19,29 @@ contributes a zero gradient (``0·Σ out``) to the average, so every worker
 takes part in every all-reduce; the average is still taken over all ``m``
 workers.
 
-BatchNorm: buffers are not synchronised during training. In training mode
-BatchNorm normalises with batch statistics, so running statistics never
-affect the gradients, and worker 0's model keeps the running statistics of
-its own batches (in the in-process simulation the workers share one replica,
-and the buffers are restored after every other worker's pass).
+BatchNorm (``--batch-norm-stats``): ``synced`` (the default) is what a DDP
+user gets from ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: every
+BatchNorm layer normalises each worker's nodes with the statistics of all
+workers' batches together, forward and backward
+(:mod:`gist.nn.sync_batch_norm`), so the gradient is that of the mean of the
+workers' losses under the global statistics and every replica keeps the same
+running statistics. Its sums are three all-reduces per BatchNorm layer and
+step (``4C + 1`` values for ``C`` channels), counted as ``bn_sync``. In one
+process the ``m`` workers' passes meet at every layer as threads that take
+turns in worker order (:class:`gist.comm.lockstep.Lockstep`), as
+deterministic as running them one after another (CPU only: on a GPU run one
+process per device). ``own``: BatchNorm normalises with each worker's own
+batch; running statistics never affect the gradients in training, and worker
+0's model keeps the running statistics of its own batches (in the in-process
+simulation the workers share one replica, and the buffers are restored after
+every other worker's pass). Who wants ``own``: a user reproducing DDP
+without the conversion, and the committed tables made before ``synced``
+existed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
@@ -40,7 +54,12 @@ from torch_geometric.data import Data
 
 from ..comm import Collective
 from ..comm.dist_collective import DistCollective
+from ..comm.lockstep import Lockstep
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..nn.sync_batch_norm import SumAcross, convert_sync_batch_norm, synchronised
 from .data_parallel import DataParallelMethod
+from .ddp_options import DDPConfig
 
 
 def ddp_loss(model: nn.Module, batch: Data, adj: Tensor) -> tuple[Tensor, bool]:
@@ -55,7 +74,12 @@ def ddp_loss(model: nn.Module, batch: Data, adj: Tensor) -> tuple[Tensor, bool]:
 
 def flat_grad(params: list[nn.Parameter]) -> Tensor:
     """The parameters' gradients as one flat buffer (zeros where a parameter has none)."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    return flat_of(params, [p.grad for p in params])
+
+
+def flat_of(params: list[nn.Parameter], grads: Any) -> Tensor:
+    """``grads`` (one per parameter, ``None`` for zero) as one flat buffer."""
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for p, g in zip(params, grads)])
 
 
 class DDP(DataParallelMethod):
@@ -63,9 +87,22 @@ class DDP(DataParallelMethod):
 
     name = "ddp"
     color = "tab:blue"
+    Options = DDPConfig
     shares_replicas = True
     empty_batch = "contributes a zero gradient"
     _wrapped: Optional[nn.Module] = None
+
+    def __init__(self, model: nn.Module, data: Optional[Data], cfg: RunConfig, *args: Any, **kwargs: Any) -> None:
+        options = cfg.options if isinstance(cfg.options, DDPConfig) else DDPConfig()
+        # one worker has nothing to synchronise (and stays step for step a plain training loop)
+        synced = options.batch_norm_stats == "synced" and cfg.subnets > 1
+        self.syncs_batch_norm = synced and convert_sync_batch_norm(model) > 0
+        super().__init__(model, data, cfg, *args, **kwargs)
+        if self.syncs_batch_norm and len(self.local_workers) > 1 and self.device.type != "cpu":
+            raise ConfigError(
+                "synchronised BatchNorm of several workers in one process runs on the CPU: run one process "
+                "per GPU (--procs or torchrun), or pass --batch-norm-stats own"
+            )
 
     @property
     def num_params(self) -> int:
@@ -87,27 +124,14 @@ class DDP(DataParallelMethod):
         for rep in self.distinct_replicas():
             rep.train()
         for _ in range(self.cfg.local.local_steps):
+            steps = self._synced_steps(round, seconds) if self.syncs_batch_norm else self._own_steps(seconds)
             grads = {}
-            for i in local:
-                t = time.perf_counter()
-                rep, opt = self._replicas[i], self._optimizers[i]
-                # a replica shared by several workers keeps the first one's BatchNorm statistics
-                keep = [b.clone() for b in rep.buffers()] if i != local[0] and rep is self._replicas[local[0]] else None
-                with self._rngs[i].active():
-                    batch, adj = self._sources[i].next_batch()
-                    opt.zero_grad()
-                    loss, real = ddp_loss(rep, batch, adj)
-                    loss.backward()
-                if keep is not None:
-                    with torch.no_grad():
-                        for b, saved in zip(rep.buffers(), keep):
-                            b.copy_(saved)
+            for i, (loss, real, grad) in steps.items():
                 if real:
-                    losses[i].append(float(loss.detach()))
+                    losses[i].append(float(loss))
                 else:
                     self._warn_empty[i]()
-                grads[i] = flat_grad([p for p in rep.parameters() if p.requires_grad])
-                seconds[i] += time.perf_counter() - t
+                grads[i] = grad
             t = time.perf_counter()
             mean = self.collective.all_reduce_mean(round, grads)
             for rep in self.distinct_replicas():
@@ -124,6 +148,71 @@ class DDP(DataParallelMethod):
                 seconds[i] += step_seconds
         return losses, seconds, merge_seconds
 
+    def _own_steps(self, seconds: dict[int, float]) -> dict[int, tuple[Tensor, bool, Tensor]]:
+        """Each local worker's loss, whether it had training nodes, and its
+        flat gradient, one after another, each BatchNorm on its own batch."""
+        local, out = self.local_workers, {}
+        for i in local:
+            t = time.perf_counter()
+            rep, opt = self._replicas[i], self._optimizers[i]
+            # a replica shared by several workers keeps the first one's BatchNorm statistics
+            keep = [b.clone() for b in rep.buffers()] if i != local[0] and rep is self._replicas[local[0]] else None
+            with self._rngs[i].active():
+                batch, adj = self._sources[i].next_batch()
+                opt.zero_grad()
+                loss, real = ddp_loss(rep, batch, adj)
+                loss.backward()
+            if keep is not None:
+                with torch.no_grad():
+                    for b, saved in zip(rep.buffers(), keep):
+                        b.copy_(saved)
+            out[i] = (loss.detach(), real, flat_grad([p for p in rep.parameters() if p.requires_grad]))
+            seconds[i] += time.perf_counter() - t
+        return out
+
+    def _synced_steps(self, round: int, seconds: dict[int, float]) -> dict[int, tuple[Tensor, bool, Tensor]]:
+        """:meth:`_own_steps` with synchronised BatchNorm: the local workers'
+        passes meet at every BatchNorm layer (in one process, in lockstep)."""
+        local = self.local_workers
+
+        def step(i: int, sum_across: SumAcross) -> tuple[Tensor, bool, Tensor]:
+            rep = self._replicas[i]
+            params = [p for p in rep.parameters() if p.requires_grad]
+            batch, adj = self._sources[i].next_batch()
+            # a replica several workers share takes their common running statistics once
+            with synchronised(sum_across, update_running_stats=i == local[0] or rep is not self._replicas[local[0]]):
+                loss, real = ddp_loss(rep, batch, adj)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            return loss.detach(), real, flat_of(params, grads)
+
+        if len(local) == 1:
+            (i,) = local
+            t = time.perf_counter()
+            with self._rngs[i].active():
+                out = {i: step(i, lambda v: self.collective.all_reduce_sum(round, {i: v}, "bn_sync"))}
+            seconds[i] += time.perf_counter() - t
+            return out
+
+        started: dict[int, float] = {}
+
+        def switch_in(i: int) -> None:
+            torch.set_rng_state(self._rngs[i].state)
+            started[i] = time.perf_counter()
+
+        def switch_out(i: int) -> None:
+            seconds[i] += time.perf_counter() - started[i]
+            self._rngs[i].state = torch.get_rng_state()
+
+        lockstep: Lockstep[Tensor] = Lockstep(
+            lambda given: self.collective.all_reduce_sum(round, given, "bn_sync"), switch_in, switch_out
+        )
+        outer = torch.get_rng_state()
+        try:
+            results = lockstep.run([functools.partial(step, i, functools.partial(lockstep.combine, i)) for i in local])
+        finally:
+            torch.set_rng_state(outer)
+        return dict(zip(local, results))
+
     def _train_wrapped(self, round: int, wrapped: nn.Module) -> tuple[dict[int, list[float]], dict[int, float], float]:
         """``ζ`` steps of this process's one worker through
         ``DistributedDataParallel``: the gradient all-reduces overlap the
@@ -139,7 +228,12 @@ class DDP(DataParallelMethod):
             # agrees on the gradient buckets), so both are watched
             batch, adj = self._sources[i].next_batch()
             opt.zero_grad()
-            loss, real = ddp_loss(wrapped, batch, adj)
+            with contextlib.ExitStack() as stack:
+                if self.syncs_batch_norm:
+                    stack.enter_context(
+                        synchronised(lambda v: self.collective.all_reduce_sum(round, {i: v}, "bn_sync"))
+                    )
+                loss, real = ddp_loss(wrapped, batch, adj)
             loss.backward()
             return loss, real
 

@@ -134,6 +134,12 @@ class GIST(RoundDriver):
                 "optimizer_state carried: the optimizer state travels through the central coordinator so far"
             )
 
+    @classmethod
+    def optimizer_state(cls, cfg: RunConfig) -> str:
+        """``kept`` at ``m = 1`` (the one worker keeps its optimizer); else the
+        setting, else the recipe's: ``carried`` for the partitioned recipe, ``fresh`` otherwise."""
+        return "kept" if cfg.subnets == 1 else gist_options(cfg).optimizer_state
+
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "gist_options": asdict(self.options)}
 

@@ -127,18 +127,28 @@ class GistOptions:
     """``s``: sub-networks per round (``m`` for plain GIST)."""
     finish_rounds: int = 0
     bn_reestimate: bool = False
+    optimizer_state: str = "fresh"
+    """What a worker's optimizer starts each round from (``--optimizer-state``)."""
 
 
-PARTITIONED_RECIPE = {"label_prior": True, "groups": 2, "finish_rounds": 0, "bn_reestimate": True}
+PARTITIONED_RECIPE = {
+    "label_prior": True,
+    "groups": 2,
+    "finish_rounds": 0,
+    "bn_reestimate": True,
+    "optimizer_state": "carried",
+}
 """The ``partitioned`` recipe: label-prior correction, the widths split into
 ``groups = 2`` halves each trained by ``m/2`` workers (``1`` for odd ``m``),
-and BatchNorm re-estimation (chosen from the runs described in
-``results/README.md``)."""
+BatchNorm re-estimation, and Adam's state carried with the sub-networks
+(fresh with ``--optimizer sgd`` or ``--coordinator sharded``, which carry
+none), chosen from the runs described in ``results/README.md``."""
 
 
 def gist_options(cfg: RunConfig, settings: Optional[GistConfig] = None) -> GistOptions:
     """GIST's options for ``cfg``: each :class:`GistConfig` field set, else its
-    recipe's value. ``settings`` default ``cfg.options`` where it is a
+    recipe's value (``optimizer_state``: ``cfg.local``'s, else the recipe's).
+    ``settings`` default ``cfg.options`` where it is a
     :class:`GistConfig`, else GIST's defaults (``full``: GIST at ``m = 1``).
 
     Raises :class:`~gist.errors.ConfigError` for a group count that does not
@@ -153,6 +163,11 @@ def gist_options(cfg: RunConfig, settings: Optional[GistConfig] = None) -> GistO
             groups=PARTITIONED_RECIPE["groups"] if m % PARTITIONED_RECIPE["groups"] == 0 else 1,
             finish_rounds=PARTITIONED_RECIPE["finish_rounds"],
             bn_reestimate=PARTITIONED_RECIPE["bn_reestimate"],
+            optimizer_state=(
+                PARTITIONED_RECIPE["optimizer_state"]
+                if cfg.local.optimizer == "adam" and g.coordinator == "central"
+                else "fresh"
+            ),
         )
     else:
         base = GistOptions(groups=m)
@@ -161,6 +176,7 @@ def gist_options(cfg: RunConfig, settings: Optional[GistConfig] = None) -> GistO
         groups=base.groups if g.groups is None else g.groups,
         finish_rounds=base.finish_rounds if g.finish_rounds is None else g.finish_rounds,
         bn_reestimate=base.bn_reestimate if g.bn_reestimate is None else g.bn_reestimate,
+        optimizer_state=cfg.local.optimizer_state or base.optimizer_state,
     )
     if m % out.groups != 0:
         raise ConfigError(f"subnet_groups ({out.groups}) must divide m ({m})")

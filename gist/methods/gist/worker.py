@@ -323,7 +323,7 @@ def make_workers(
                 cfg.local,
                 rng,
                 keep_optimizer=cfg.subnets == 1,
-                carry_optimizer=cfg.subnets > 1 and cfg.local.optimizer_state == "carried",
+                carry_optimizer=cfg.subnets > 1 and gist_options(cfg).optimizer_state == "carried",
                 seed=cfg.seed,
                 fmt=fmt,
                 wire_dtype=gist_settings(cfg).wire_torch_dtype,
