@@ -85,11 +85,20 @@ class Lockstep(Generic[T]):
                         self._error = exc
                     self._cond.notify_all()
 
-        threads = [threading.Thread(target=worker, args=(i,), name=f"lockstep-worker-{i}") for i in range(self._m)]
+        threads = [
+            threading.Thread(target=worker, args=(i,), name=f"lockstep-worker-{i}", daemon=True) for i in range(self._m)
+        ]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException as exc:  # Ctrl-C in the caller: stop the waiting workers too
+            with self._cond:
+                if self._error is None:
+                    self._error = exc
+                self._cond.notify_all()
+            raise
         if self._error is not None:
             raise self._error
         return results
