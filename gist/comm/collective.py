@@ -78,6 +78,13 @@ class Collective(ABC):
             self.ledger.record(round, w, TO_WORKER, kind, nbytes)
             self.ledger.record(round, w, FROM_WORKER, kind, nbytes)
 
+    def _record_buffers(self, what: str, round: int, flats: Mapping[int, Tensor], kind: str) -> None:
+        """Check that every local worker gave a buffer, and count their all-reduce."""
+        if set(flats) != set(self.local_workers):
+            raise ValueError(f"{what} needs a buffer from each local worker {self.local_workers}")
+        first = flats[self.local_workers[0]]
+        self._record_allreduce(round, first.numel(), first.element_size(), kind)
+
     def _record_broadcast(self, round: int, nbytes: int, kind: str) -> None:
         for w in range(1, self.num_workers):
             self.ledger.record(round, w, TO_WORKER, kind, nbytes)
@@ -112,10 +119,7 @@ class Collective(ABC):
         r"""``Σ_i flats_i / m`` over all ``m`` workers (each local worker gives
         its own flat buffer; ``flats`` may be modified). Recorded as a ring
         all-reduce of ``kind`` for every worker."""
-        if set(flats) != set(self.local_workers):
-            raise ValueError(f"all_reduce_mean needs a buffer from each local worker {self.local_workers}")
-        first = flats[self.local_workers[0]]
-        self._record_allreduce(round, first.numel(), first.element_size(), kind)
+        self._record_buffers("all_reduce_mean", round, flats, kind)
         return self._all_reduce_mean(flats)
 
     @abstractmethod
@@ -124,10 +128,7 @@ class Collective(ABC):
     def all_reduce_sum(self, round: int, flats: Mapping[int, Tensor], kind: str) -> Tensor:
         r"""``Σ_i flats_i`` over all ``m`` workers (a new tensor), recorded as a
         ring all-reduce of ``kind`` for every worker."""
-        if set(flats) != set(self.local_workers):
-            raise ValueError(f"all_reduce_sum needs a buffer from each local worker {self.local_workers}")
-        first = flats[self.local_workers[0]]
-        self._record_allreduce(round, first.numel(), first.element_size(), kind)
+        self._record_buffers("all_reduce_sum", round, flats, kind)
         return self._all_reduce_sum(flats)
 
     @abstractmethod

@@ -78,7 +78,7 @@ class Lockstep(Generic[T]):
                         )
                     self._pass_turn(i)
             except _Stopped:
-                pass
+                return  # another worker failed; run() raises its exception
             except BaseException as exc:  # noqa: BLE001 - handed to run()'s caller
                 with self._cond:
                     if self._error is None:

@@ -170,6 +170,10 @@ class DDP(DataParallelMethod):
             seconds[i] += time.perf_counter() - t
         return out
 
+    def _sum_across_ranks(self, round: int, i: int) -> SumAcross:
+        """Synchronised BatchNorm's sum for this process's one worker ``i``: an all-reduce, counted as ``bn_sync``."""
+        return lambda values: self.collective.all_reduce_sum(round, {i: values}, "bn_sync")
+
     def _synced_steps(self, round: int, seconds: dict[int, float]) -> dict[int, tuple[Tensor, bool, Tensor]]:
         """:meth:`_own_steps` with synchronised BatchNorm: the local workers'
         passes meet at every BatchNorm layer (in one process, in lockstep)."""
@@ -189,7 +193,7 @@ class DDP(DataParallelMethod):
             (i,) = local
             t = time.perf_counter()
             with self._rngs[i].active():
-                out = {i: step(i, lambda v: self.collective.all_reduce_sum(round, {i: v}, "bn_sync"))}
+                out = {i: step(i, self._sum_across_ranks(round, i))}
             seconds[i] += time.perf_counter() - t
             return out
 
@@ -230,9 +234,7 @@ class DDP(DataParallelMethod):
             opt.zero_grad()
             with contextlib.ExitStack() as stack:
                 if self.syncs_batch_norm:
-                    stack.enter_context(
-                        synchronised(lambda v: self.collective.all_reduce_sum(round, {i: v}, "bn_sync"))
-                    )
+                    stack.enter_context(synchronised(self._sum_across_ranks(round, i)))
                 loss, real = ddp_loss(wrapped, batch, adj)
             loss.backward()
             return loss, real
