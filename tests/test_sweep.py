@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from gist.cli import main
-from gist.harness.curves import first_reach, run_curve, run_table, still_rising
+from gist.harness.curves import first_reach, mean_curves, run_curve, run_table, still_rising
+from gist.harness.plots import method_colors, spans_decades
 from gist.harness.sweep import SweepError, load_config, plan, run_sweep
 from gist.harness.tables import summarize, tabulate
 from gist.run import run_training
@@ -61,6 +62,7 @@ TABLE_COLUMNS = [
     "mb_to_target",
     "seconds_to_target",
     "seconds",
+    "eval_seconds",
     "bytes_vs_ddp",
     "val_at_gist_bytes",
     "val_at_gist_seconds",
@@ -428,11 +430,31 @@ def test_first_reach_from_hand_written_log():
     assert curve["bytes_per_worker"].tolist() == [24 + 2012 * k for k in range(1, 6)]
     assert curve["eval_bytes_per_worker"].tolist() == [300 * k for k in range(1, 6)]
     assert curve["steps"].tolist() == [5, 10, 15, 20, 25]
-    assert curve["seconds"].tolist() == pytest.approx([2.5, 4.5, 7.0, 9.5, 12.0])
+    # seconds are training time; the evaluated rounds' 0.5 s each are counted apart
+    assert curve["seconds"].tolist() == pytest.approx([2.0, 4.0, 6.0, 8.0, 10.0])
+    assert curve["eval_seconds"].tolist() == pytest.approx([0.5, 0.5, 1.0, 1.5, 2.0])
     hit = first_reach(curve, 0.78)
-    assert hit == {"round": 2, "steps": 15, "bytes_per_worker": 24 + 3 * 2012, "seconds": pytest.approx(7.0)}
+    assert hit == {"round": 2, "steps": 15, "bytes_per_worker": 24 + 3 * 2012, "seconds": pytest.approx(6.0)}
     assert first_reach(curve, 0.80)["round"] == 3
     assert first_reach(curve, 0.81) is None  # never reached
+
+
+def test_plot_curves_carry_the_spread_over_seeds_and_a_colour_per_method():
+    logs = [
+        hand_log("gist", 2, 0, [0.50, 0.70], params_per_round=10, seconds_per_round=1.0),
+        hand_log("gist", 2, 1, [0.60, 0.80], params_per_round=10, seconds_per_round=1.0),
+        hand_log("ddp", 2, 0, [0.40, 0.90], params_per_round=10, seconds_per_round=1.0),
+    ]
+    curves = mean_curves(run_table(logs)).set_index(["method", "round"])
+    assert curves.loc[("gist", 1), "val"] == pytest.approx(0.75)
+    assert curves.loc[("gist", 1), "val_std"] == pytest.approx(math.sqrt(2) * 0.05)
+    assert curves.loc[("ddp", 1), "val_std"] == 0.0 and curves.loc[("ddp", 1), "seeds"] == 1
+    # registered methods keep their colour; variants get distinct spare ones, whatever else is plotted
+    colors = method_colors(["ddp", "gist", "gist-plain", "local-sgd-fresh", "x"])
+    assert colors["ddp"] == "tab:blue" and colors["gist"] == "tab:green"
+    assert len(set(colors.values())) == 5
+    assert method_colors(["gist-plain", "x"])["gist-plain"] == method_colors(["gist-plain", "gist", "x"])["gist-plain"]
+    assert spans_decades(pd.Series([0.0, 0.2, 50.0])) and not spans_decades(pd.Series([2.0, 40.0]))
 
 
 def test_still_rising_marks_runs_stopped_before_they_converged():
@@ -476,22 +498,23 @@ def test_summary_targets_ratios_and_unreached_runs():
     ddp_bytes = [24 + 2 * 512, 24 + 512]
     assert table.loc["ddp", "reached"] == 2
     assert table.loc["ddp", "mb_to_target"] == pytest.approx(sum(ddp_bytes) / 2 / 1e6)
-    assert table.loc["ddp", "seconds_to_target"] == pytest.approx((3.0 + 1.5) / 2)
+    assert table.loc["ddp", "seconds_to_target"] == pytest.approx((2.0 + 1.0) / 2)  # training seconds only
+    assert table.loc["ddp", "eval_seconds"] == pytest.approx(2 * 0.5)
     assert table.loc["ddp", "bytes_vs_ddp"] == pytest.approx(1.0)
 
     gist_bytes = (48 + 3 * (200 + 24)) / 2
     assert table.loc["gist", "reached"] == 1
     assert table.loc["gist", "mb_to_target"] == pytest.approx(gist_bytes / 1e6)
-    assert table.loc["gist", "seconds_to_target"] == pytest.approx(3 * 1.0)
+    assert table.loc["gist", "seconds_to_target"] == pytest.approx(3 * 0.5)
     assert table.loc["gist", "bytes_vs_ddp"] == pytest.approx(gist_bytes / (sum(ddp_bytes) / 2))
     assert table.loc["gist", "mb_per_worker"] == pytest.approx(gist_bytes / 1e6)
     assert math.isnan(table.loc["full", "bytes_vs_ddp"])  # no ddp with m = 1
 
-    # equal budgets: gist's whole run is 360 bytes per worker and 3 s; ddp's first round
-    # alone moves more bytes, but within 3 s both its seeds reach 0.81
+    # equal budgets: gist's whole run is 360 bytes per worker and 1.5 s of training; ddp's first
+    # round alone moves more bytes, and within 1.5 s it trains one round (0.79 and 0.805)
     assert table.loc["gist", "val_at_gist_bytes"] == pytest.approx((0.85 + 0.79) / 2)
     assert math.isnan(table.loc["ddp", "val_at_gist_bytes"])
-    assert table.loc["ddp", "val_at_gist_seconds"] == pytest.approx(0.81)
+    assert table.loc["ddp", "val_at_gist_seconds"] == pytest.approx((0.79 + 0.805) / 2)
     assert math.isnan(table.loc["full", "val_at_gist_bytes"])  # no gist with m = 1
 
     # an absolute target nobody reaches: everything "to target" is empty

@@ -29,17 +29,19 @@ evaluated rounds beats the best before them by more than this."""
 
 
 def run_curve(log: dict[str, Any]) -> pd.DataFrame:
-    """One row per round: cumulative ``steps``, ``seconds``, ``bytes_per_worker``,
-    ``eval_bytes_per_worker`` (see the module docstring) and that round's
-    ``train``/``val``/``test``/``parts_val`` (NaN where not evaluated)."""
+    """One row per round: cumulative ``steps``, ``seconds`` (training only),
+    ``eval_seconds``, ``bytes_per_worker``, ``eval_bytes_per_worker`` (see the
+    module docstring) and that round's ``train``/``val``/``test``/``parts_val``
+    (NaN where not evaluated)."""
     m = int(log["sweep"]["m"]) if "sweep" in log else int(log["config"]["subnets"])
     setup = sum(n for k, n in log.get("setup_bytes", {}).items() if k not in NOT_TRAINING_KINDS)
     rows = []
-    steps, seconds, wire, eval_wire = 0, 0.0, float(setup), 0.0
+    steps, seconds, eval_seconds, wire, eval_wire = 0, 0.0, 0.0, float(setup), 0.0
     for r in log["rounds"]:
         steps += int(r["local_steps"])
         par = r.get("parallel_seconds")
-        seconds += (r["seconds"] if par is None else par) + (r.get("eval_seconds") or 0.0)
+        seconds += r["seconds"] if par is None else par
+        eval_seconds += r.get("eval_seconds") or 0.0
         wire += sum(n for k, n in r.get("bytes", {}).items() if k not in NOT_TRAINING_KINDS)
         eval_wire += r.get("bytes", {}).get("eval", 0)
         rows.append(
@@ -47,12 +49,13 @@ def run_curve(log: dict[str, Any]) -> pd.DataFrame:
                 "round": int(r["round"]),
                 "steps": steps,
                 "seconds": seconds,
+                "eval_seconds": eval_seconds,
                 "bytes_per_worker": wire / m,
                 "eval_bytes_per_worker": eval_wire / m,
                 **{k: (math.nan if r.get(k) is None else float(r[k])) for k in METRICS},
             }
         )
-    columns = ["round", "steps", "seconds", "bytes_per_worker", "eval_bytes_per_worker", *METRICS]
+    columns = ["round", "steps", "seconds", "eval_seconds", "bytes_per_worker", "eval_bytes_per_worker", *METRICS]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -130,7 +133,8 @@ def context_axes(logs: Sequence[dict[str, Any]]) -> list[str]:
 
 def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """One row per run: grid position, best validation, test and round there,
-    whether it was :func:`still_rising`, total bytes per worker, the reason it
+    whether it was :func:`still_rising`, total bytes per worker and seconds
+    (training, and evaluation apart), the reason it
     failed (``failure``, ``None`` for a run that completed), and the curve
     (column ``curve``)."""
     axes = context_axes(logs)
@@ -155,6 +159,7 @@ def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "bytes_per_worker": float(curve["bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
                 "eval_bytes_per_worker": float(curve["eval_bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
                 "seconds": float(curve["seconds"].iloc[-1]) if len(curve) else 0.0,
+                "eval_seconds": float(curve["eval_seconds"].iloc[-1]) if len(curve) else 0.0,
                 "failure": log["failure"]["message"] if log.get("failure") else None,
                 "run_id": s.get("run_id", ""),
                 "curve": curve,
@@ -176,11 +181,15 @@ def axes_label(axes: Sequence[str], key: Iterable) -> str:
 
 def mean_curves(runs: pd.DataFrame) -> pd.DataFrame:
     """Per method, ``m`` and ``ζ``: the seeds' curves averaged round by round
-    (validation where every seed was evaluated)."""
+    (validation where every seed was evaluated), with ``val_std`` (over the
+    seeds, 0 for one) and ``seeds``."""
     frames = []
     for key, g in runs.groupby(GROUP, sort=False):
         stacked = pd.concat(list(g["curve"]), keys=range(len(g)), names=["seed_i", "row"])
-        mean = stacked.groupby("round")[["steps", "seconds", "bytes_per_worker", "val", "test"]].mean()
+        by_round = stacked.groupby("round")
+        mean = by_round[["steps", "seconds", "bytes_per_worker", "val", "test"]].mean()
+        mean["val_std"] = by_round["val"].std(ddof=1).fillna(0.0) if len(g) > 1 else 0.0
+        mean["seeds"] = len(g)
         mean = mean.reset_index()
         for name, value in zip(GROUP, key):
             mean[name] = value

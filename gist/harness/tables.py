@@ -15,7 +15,10 @@ Inputs are the run logs :func:`gist.harness.sweep.run_sweep` writes
   GIST runs; the baselines evaluate on rank 0 for free), which is reported on
   its own as **eval bytes per worker**.
 * **seconds** after round ``r``: the sum of the rounds' ``parallel_seconds``
-  (workers side by side; the wall time for real processes) plus evaluation.
+  (workers side by side; the wall time for real processes): training only.
+  Evaluation (scoring, and the partitioned recipe's BatchNorm re-estimation)
+  is its own column, **eval s**: it depends on how often a run is scored, not
+  on the method's training cost.
 * **target**: the ``full`` method's best validation (mean over seeds, best
   ``ζ``) minus ``target_drop``, per value of the extra axes (e.g. per model);
   or the config's absolute ``target``.
@@ -120,6 +123,7 @@ def summarize(
                 "mb_to_target": g["bytes_to_target"].mean() / 1e6 if g["reached"].any() else math.nan,
                 "seconds_to_target": g["seconds_to_target"].mean() if g["reached"].any() else math.nan,
                 "seconds": g["seconds"].mean(),
+                "eval_seconds": g["eval_seconds"].mean(),
             }
         )
         rows.append(rec)
@@ -234,6 +238,7 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
             "reached": [f"{r}/{s}" for r, s in zip(table["reached"], table["seeds"])],
             "MB/worker to target": [_num(v, ".3g") for v in table["mb_to_target"]],
             "s to target": [_num(v, ".1f") for v in table["seconds_to_target"]],
+            "eval s": [_num(v, ".1f") for v in table["eval_seconds"]],
             f"bytes vs {baseline}": [_num(v, ".3f") for v in table[f"bytes_vs_{baseline}"]],
             f"val at {budget}'s MB": [_num(v, ".4f") for v in table[f"val_at_{budget}_bytes"]],
             f"val at {budget}'s s": [_num(v, ".4f") for v in table[f"val_at_{budget}_seconds"]],
@@ -324,7 +329,9 @@ def tabulate(
         "of a partitioned GIST run to score its own nodes or re-estimate BatchNorm statistics there (the "
         "baselines score on rank 0); the statistics themselves (bn_stats) and the label counts (prior) "
         "count as training bytes. "
-        "Seconds: the workers side by side (a simulated round counts its slowest worker), evaluation included. "
+        "Seconds: training time, the workers side by side (a simulated round counts its slowest worker); "
+        "evaluation (scoring, and the recipe's BatchNorm re-estimation) is not in them: 'eval s' is its total "
+        "over the run, every method scored on the same rounds. "
         "A std is over seeds; 'best round' is the round of the best validation (mean over seeds); "
         f"'still rising' counts the seeds whose best validation in the last quarter of rounds beats the "
         f"best before it by more than {RISING_MARGIN} (not converged when the run stopped); 'reached' counts the "
