@@ -52,22 +52,44 @@ class WidthPartition:
         return WidthPartition(moved, self.num_subnets, self.seed, self.round)
 
 
-def draw_partition(widths: Mapping[str, int], num_subnets: int, seed: int, round: int) -> WidthPartition:
-    """Split each hidden width into ``num_subnets`` equal random groups.
+def rolling_step(size: int, num_subnets: int) -> int:
+    """How far the rolling windows of a width of ``size`` units move per round: ``max(1, ⌊d / 2s⌋)``."""
+    return max(1, size // (2 * num_subnets))
 
-    A pure function of ``(seed, round)``: it uses its own generator and never
+
+def draw_partition(
+    widths: Mapping[str, int], num_subnets: int, seed: int, round: int, assignment: str = "random"
+) -> WidthPartition:
+    """Split each hidden width into ``num_subnets`` equal groups.
+
+    ``random``: a random split, drawn afresh every round (published GIST). A
+    pure function of ``(seed, round)``: it uses its own generator and never
     touches the global RNG. Widths are drawn in sorted-name order.
+
+    ``rolling``: group ``g`` of a width of ``d`` units is the contiguous
+    window ``{(o_r + g·d/s + j) mod d : 0 ≤ j < d/s}`` with offset
+    ``o_r = r·δ mod d`` and ``δ`` = :func:`rolling_step`: the windows move by
+    a quarter of their length (``s = 2``) every round, so every unit visits
+    every group, and the parts that train it, in turn (FedRolex's rolling
+    sub-models); units at ring distance under ``d/s`` share a group some of
+    the time, units further apart never.
     """
     if num_subnets < 1:
         raise ConfigError(f"num_subnets must be >= 1, got {num_subnets}")
+    if assignment not in ("random", "rolling"):
+        raise ConfigError(f"assignment must be random or rolling, got {assignment!r}")
     gen = torch.Generator().manual_seed(int(seed) * _ROUND_STRIDE + int(round))
     groups: dict[str, tuple[Tensor, ...]] = {}
     for name in sorted(widths):
         size = widths[name]
         if size % num_subnets != 0 or num_subnets > size:
             raise ConfigError(f"hidden width '{name}' ({size}) does not split into {num_subnets} equal groups")
-        perm = torch.randperm(size, generator=gen)
-        groups[name] = tuple(g.sort().values for g in perm.view(num_subnets, -1))
+        if assignment == "rolling":
+            offset = int(round) * rolling_step(size, num_subnets) % size
+            order = (torch.arange(size) + offset) % size
+        else:
+            order = torch.randperm(size, generator=gen)
+        groups[name] = tuple(g.sort().values for g in order.view(num_subnets, -1))
     return WidthPartition(groups, num_subnets, seed, round)
 
 
@@ -91,25 +113,33 @@ class RoundPlan:
 @dataclass(frozen=True)
 class SubnetSchedule:
     """The :class:`RoundPlan` of every round: ``groups`` groups, except the
-    last ``finish_rounds`` rounds of ``rounds``, which train the full model on
-    every worker (``s = 1``: model averaging)."""
+    rounds that train the full model on every worker (``s = 1``: model
+    averaging): the last ``finish_rounds`` rounds of ``rounds``, and with
+    ``full_every = K > 0`` every ``K``-th round (rounds ``K−1, 2K−1, …``)."""
 
     num_workers: int
     groups: int
     rounds: int
     finish_rounds: int = 0
+    full_every: int = 0
 
     def __post_init__(self) -> None:
         if self.groups < 1 or self.num_workers % self.groups != 0:
             raise ConfigError(f"the number of groups ({self.groups}) must divide m ({self.num_workers})")
+        if self.full_every < 0:
+            raise ConfigError(f"full_every must be >= 0, got {self.full_every}")
+
+    def is_full(self, round: int) -> bool:
+        """Whether round ``round`` trains the full model on every worker."""
+        finishing = self.finish_rounds > 0 and round >= self.rounds - self.finish_rounds
+        return finishing or (self.full_every > 0 and (round + 1) % self.full_every == 0)
 
     def at(self, round: int) -> RoundPlan:
-        finishing = self.finish_rounds > 0 and round >= self.rounds - self.finish_rounds
-        return RoundPlan(self.num_workers, 1 if finishing else self.groups)
+        return RoundPlan(self.num_workers, 1 if self.is_full(round) else self.groups)
 
     def group_counts(self) -> list[int]:
         """Every group count some round uses."""
-        return sorted({self.groups, 1} if self.finish_rounds else {self.groups})
+        return sorted({self.at(r).groups for r in range(self.rounds)} | {self.groups})
 
 
 def average_states(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
@@ -330,6 +360,31 @@ def subnet_layout(
         floats = [d for d in dtypes if d.is_floating_point]
         dtype = floats[0] if floats else torch.float32
     return FlatLayout(tuple(spec.tensor_axes), tuple(shapes), tuple(dtypes), dtype)
+
+
+def scale_split_inputs(subnet: nn.Module, spec: SplitSpec, factor: float) -> list[torch.utils.hooks.RemovableHandle]:
+    r"""HeteroFL's scaler on a sub-network: every layer that sums over a split
+    width (a convolution or linear layer whose input width is split and differs
+    from its output's; not a normalisation) gets its input multiplied by
+    ``factor`` (``s``, full width over the sub-network's), so that
+
+    .. math::
+        \mathbf{h}' = \mathbf{W}_{P_{out}, P_{in}} (s\,\mathbf{h}_{P_{in}})
+
+    has the scale of the merged model's sum over all ``d`` inputs. Applied by
+    forward pre-hooks; returns their handles."""
+    handles = []
+
+    def scale(module: nn.Module, args: tuple) -> tuple:
+        x, rest = args[0], args[1:]
+        x = tuple(v * factor for v in x) if isinstance(x, tuple) else x * factor
+        return (x, *rest)
+
+    for entry in spec.layers:
+        if entry.in_group is not None and entry.in_group != entry.out_group:
+            module = subnet.get_submodule(entry.path) if entry.path else subnet
+            handles.append(module.register_forward_pre_hook(scale))
+    return handles
 
 
 def build_subnet(

@@ -84,7 +84,9 @@ class CentralGIST(GIST):
         start = time.perf_counter()
         plan = self.schedule.at(round)
         layout = self.layouts[plan.groups]
-        partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round).to(self.device)
+        partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round, self.settings.assignment).to(
+            self.device
+        )
         state = self.model.state_dict()
         slices = [
             layout.encode(layout.flatten(slice_state(state, self.spec, partition, g)), self.wire)

@@ -32,6 +32,8 @@ COORDINATORS: Registry[Any] = Registry(
 """Where the full model lives: each name a class of this package (:meth:`~.base.GIST.coordinator_class`)."""
 WIRE_DTYPES = ("float32", "bfloat16", "float16")
 SCORERS = ("graph", "parts")
+ASSIGNMENTS = ("random", "rolling")
+"""How each round groups a width's units (:func:`gist.subnets.draw_partition`)."""
 
 
 @dataclass
@@ -92,6 +94,25 @@ class GistConfig:
         None,
         help="before each evaluation, recompute the merged model's BatchNorm statistics exactly over "
         "the workers' graphs, layer by layer (a few values per unit per worker)",
+    )
+    assignment: str = setting(
+        "random",
+        choices=ASSIGNMENTS,
+        help="how each round groups the units of a width: random (a fresh random split, as published), "
+        "rolling (contiguous windows that move a quarter of their length each round, so every unit "
+        "visits every group and part in turn, as FedRolex rolls sub-models)",
+    )
+    full_every: int = setting(
+        0,
+        minimum=0,
+        help="every K-th round trains the full model on every worker, copies averaged (s = 1, a local "
+        "SGD round), between the split rounds; 0: never",
+    )
+    width_scaler: bool = setting(
+        False,
+        help="HeteroFL's scaler: in the local steps, multiply the input of every layer that sums over a "
+        "split width by s (the full width over the sub-network's), so a narrow sub-network's "
+        "pre-activations have the merged model's scale",
     )
 
     def check(self, cfg: RunConfig) -> None:

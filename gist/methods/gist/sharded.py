@@ -151,7 +151,7 @@ class ShardedGIST(GIST):
         self.collective.round_starts(round)
         start = time.perf_counter()
         plan = self.schedule.at(round)
-        partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round)
+        partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round, self.settings.assignment)
         pieces = RoundPieces(self.ownership, partition, plan, self.layouts[plan.groups])
         payloads, waited = self.exchange.assemble(round, pieces)
         split_done = time.perf_counter()

@@ -38,7 +38,15 @@ from ...engine.training import (
 )
 from ...graph import SPARSE, AdjacencyFormat, BatchSource, graph_tensors
 from ...nn.slicing import SplitSpec
-from ...subnets import FlatLayout, SubnetSchedule, build_subnet, load_subnet_state, subnet_layout, subnet_state
+from ...subnets import (
+    FlatLayout,
+    SubnetSchedule,
+    build_subnet,
+    load_subnet_state,
+    scale_split_inputs,
+    subnet_layout,
+    subnet_state,
+)
 from .corrections import batch_norm_moments, label_counts, pooled_batch_norm_stats, prior_offset, set_batch_norm_stats
 from .messages import WorkerReport
 from .options import gist_options, gist_settings
@@ -129,6 +137,7 @@ class Worker:
         fmt: AdjacencyFormat = SPARSE,
         wire_dtype: torch.dtype = torch.float32,
         device: Optional[torch.device] = None,
+        width_scaler: bool = False,
     ) -> None:
         cfg.check()
         self.device = torch.device(device) if device is not None else batches.data.x.device
@@ -148,6 +157,8 @@ class Worker:
         self.fmt = fmt
         self.wire_dtype = wire_dtype
         self.logit_offset: Optional[Tensor] = None
+        self.width_scaler = width_scaler
+        """Whether its sub-networks train with HeteroFL's scaler (:func:`~gist.subnets.scale_split_inputs`)."""
         self._subnets: dict[int, tuple[nn.Module, FlatLayout]] = {}
         self.scorer = PartScorer(template, spec, batches.data, fmt, self.device)
         self._warn_empty = WarnOnce(f"worker {index}: a batch without training nodes; step skipped")
@@ -157,10 +168,10 @@ class Worker:
     def _subnet(self, groups: int) -> tuple[nn.Module, FlatLayout]:
         """The sub-network (and its flat layout) of width ``d / groups``."""
         if groups not in self._subnets:
-            self._subnets[groups] = (
-                build_subnet(self.template, self.spec, groups, self.device),
-                subnet_layout(self.template, self.spec, groups),
-            )
+            subnet = build_subnet(self.template, self.spec, groups, self.device)
+            if self.width_scaler and groups > 1:
+                scale_split_inputs(subnet, self.spec, float(groups))
+            self._subnets[groups] = (subnet, subnet_layout(self.template, self.spec, groups))
         return self._subnets[groups]
 
     def data_tensors(self) -> list[Tensor]:
@@ -328,6 +339,7 @@ def make_workers(
                 fmt=fmt,
                 wire_dtype=gist_settings(cfg).wire_torch_dtype,
                 device=device,
+                width_scaler=gist_settings(cfg).width_scaler,
             )
         )
     return workers
@@ -336,4 +348,5 @@ def make_workers(
 def subnet_schedule(cfg: RunConfig) -> SubnetSchedule:
     """GIST's :class:`~gist.subnets.SubnetSchedule` for ``cfg`` (:func:`~.options.gist_options`)."""
     options = gist_options(cfg)
-    return SubnetSchedule(cfg.subnets, options.groups, cfg.rounds, options.finish_rounds)
+    full_every = gist_settings(cfg).full_every
+    return SubnetSchedule(cfg.subnets, options.groups, cfg.rounds, options.finish_rounds, full_every)
