@@ -92,15 +92,19 @@ def test_rolling_assignment_and_full_rounds_agree_across_coordinators(tmp_path):
     random = run_training(settings.replace(assignment="random"), progress=False)
     assert central["config"]["gist"]["assignment"] == "rolling"
     a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("central", "sharded"))
-    # sharded carries no optimizer state, so compare it with a central run that carries none either
+    for k in a:  # both carry Adam's state: the same parameters bit for bit
+        if "running_" in k:  # BatchNorm statistics re-estimated owner by owner: to float rounding
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(a[k], b[k]), k
     fresh = run_training(
         settings.replace(optimizer_state="fresh", save_model=str(tmp_path / "fresh.pt")), progress=False
     )
     c = torch.load(tmp_path / "fresh.pt", weights_only=True)
-    assert max((b[k].double() - c[k].double()).abs().max().item() for k in b) <= 1e-5
     assert any(not torch.equal(a[k], c[k]) for k in a)  # carried state does change the run
     assert [r["loss"] for r in central["rounds"]] != [r["loss"] for r in random["rounds"]]
-    assert fresh["summary"]["optimizer_state"] == sharded["summary"]["optimizer_state"] == "fresh"
+    assert central["summary"]["optimizer_state"] == sharded["summary"]["optimizer_state"] == "carried"
+    assert fresh["summary"]["optimizer_state"] == "fresh"
 
 
 # ---------------------------------------------------------------- interleaved full rounds

@@ -194,7 +194,6 @@ def test_carried_state_resumes_from_a_checkpoint(tmp_path):
         (dict(method="ddp", optimizer_state="carried"), "ddp's optimizer starts each round from kept"),
         (dict(method="gist", optimizer_state="kept"), "gist's optimizer starts each round from fresh or carried"),
         (dict(method="gist", optimizer_state="carried", optimizer="sgd"), "use --optimizer adam"),
-        (dict(method="gist", optimizer_state="carried", coordinator="sharded"), "central coordinator so far"),
     ],
 )
 def test_policies_a_method_does_not_offer_are_refused(flat, message):
@@ -228,7 +227,7 @@ def test_local_sgd_fresh_starts_every_round_from_a_new_optimizer(tmp_path):
         (dict(data_mode="partitioned", subnets=4, optimizer_state="fresh"), "fresh"),  # a flag wins
         (dict(data_mode="partitioned", subnets=4, gist_recipe="plain"), "fresh"),
         (dict(data_mode="partitioned", subnets=4, optimizer="sgd"), "fresh"),  # SGD keeps no state
-        (dict(data_mode="partitioned", subnets=4, coordinator="sharded"), "fresh"),  # carries none yet
+        (dict(data_mode="partitioned", subnets=4, coordinator="sharded"), "carried"),  # through the owners
         (dict(data_mode="replicated", subnets=4), "fresh"),  # plain GIST
         (dict(method="full", data_mode="partitioned", subnets=1), "kept"),
     ],

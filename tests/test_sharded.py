@@ -17,6 +17,7 @@ from torch_geometric.nn.models import GCN, GraphSAGE
 import gist.methods.gist.shards as shards_module
 from gist.comm import FROM_WORKER, TO_WORKER
 from gist.config import RunConfig
+from gist.engine.optim import STATE_KEYS
 from gist.engine.setup import full_model, load_run_dataset
 from gist.methods import GIST
 from gist.methods.gist.sharded import ShardedGIST
@@ -161,23 +162,27 @@ def _train(cfg: RunConfig):
     return driver, driver.model_state_dict()
 
 
-def _piece_bytes(driver: ShardedGIST, round: int, worker: int) -> int:
+def _piece_bytes(driver: ShardedGIST, round: int, worker: int, optim: bool = False) -> int:
     """What worker ``worker`` receives of its sub-network in ``round``: every
     value of it but those of the units it owns itself (along each tensor's
-    owning width), each in the wire dtype."""
+    owning width), each in the wire dtype; with ``optim``, of the Adam state
+    it carries (three values per trainable parameter value)."""
     plan = driver.schedule.at(round)
     layout = driver.layouts[plan.groups]
-    partition = draw_partition(driver.spec.widths, plan.groups, driver.cfg.seed, round)
+    partition = draw_partition(driver.spec.widths, plan.groups, driver.cfg.seed, round, driver.settings.assignment)
     group = plan.group_of(worker)
+    trainable = {n for n, p in driver.model.named_parameters() if p.requires_grad}
     total = 0
     for name, shape in zip(layout.names, layout.shapes):
+        if optim and name not in trainable:
+            continue
         axes = driver.spec.tensor_axes[name]
         dim = owning_dim(axes)
         if dim is None:
             continue
         units = partition.groups[axes[dim]][group]
         foreign = int((units % driver.cfg.subnets != worker).sum())
-        total += shape.numel() // shape[dim] * foreign * driver.wire.itemsize
+        total += shape.numel() // shape[dim] * foreign * driver.wire.itemsize * (len(STATE_KEYS) if optim else 1)
     return total
 
 
@@ -187,17 +192,20 @@ def _piece_bytes(driver: ShardedGIST, round: int, worker: int) -> int:
         {},
         {"model": "sage", "norm": "batch_norm", "subnet_groups": 2},
         {"finish_rounds": 1, "rounds": 4},
-        # the sharded coordinator carries no optimizer state yet: both start each round fresh
+        # the recipe: both carry Adam's state, the sharded one through the owners
+        {"data_mode": "partitioned", "gist_recipe": "partitioned", "bn_reestimate": False, "subnets": 2},
         {
             "data_mode": "partitioned",
             "gist_recipe": "partitioned",
             "bn_reestimate": False,
-            "subnets": 2,
-            "optimizer_state": "fresh",
+            "wire_dtype": "bfloat16",
+            "full_every": 2,
+            "assignment": "rolling",
+            "rounds": 4,
         },
         {"wire_dtype": "bfloat16", "model": "sage", "norm": "batch_norm", "subnet_groups": 2},
     ],
-    ids=["plain", "sage-bn-groups", "finishing", "partitioned-recipe", "bfloat16-wire"],
+    ids=["plain", "sage-bn-groups", "finishing", "partitioned-recipe", "carried-bf16-full-rounds", "bfloat16-wire"],
 )
 def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, one_thread, kw):
     central, central_state = _train(_settings(tmp_path, coordinator="central", **kw))
@@ -222,8 +230,22 @@ def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, o
             assert ledger.total(round=r, worker=w, direction=FROM_WORKER, kind="params") == pieces + shared_bytes * (
                 m - 1
             )
+    # the carried state moves as the parameters do, three values for each trainable one
+    assert sharded.carries_optimizer == central.carries_optimizer == (kw.get("data_mode") == "partitioned")
+    trainable = [n for n, p in sharded.model.named_parameters() if p.requires_grad]
+    shared_state = sum(central_state[n].numel() for n in sharded.ownership.shared if n in trainable)
+    for r in range(sharded.cfg.rounds) if sharded.carries_optimizer else ():
+        for w in range(m):
+            pieces = _piece_bytes(sharded, r, w, optim=True)
+            assert ledger.total(round=r, worker=w, direction=TO_WORKER, kind="optim") == pieces
+            assert ledger.total(round=r, worker=w, direction=FROM_WORKER, kind="optim") == pieces + len(
+                STATE_KEYS
+            ) * shared_state * wire.itemsize * (m - 1)
+    if not sharded.carries_optimizer:
+        assert ledger.total(kind="optim") == central.ledger.total(kind="optim") == 0
     # less than through a coordinator: a worker's own units never travel
     assert ledger.total(kind="params") < central.ledger.total(kind="params")
+    assert ledger.total(kind="optim") <= central.ledger.total(kind="optim")
     for kind in ("stats", "control", "prior"):
         assert ledger.total(kind=kind) == central.ledger.total(kind=kind)
     # evaluation: worker 0 fetches every other owner's part of every layer (a request each) to score the
@@ -265,8 +287,8 @@ def test_sharded_processes_equal_the_simulation(tmp_path, one_thread, kw):
 
 @pytest.mark.parametrize("scorer", ["graph", "parts"])
 def test_sharded_runs_the_partitioned_recipe_with_batchnorm_reestimation(tmp_path, one_thread, scorer):
-    # label prior, s = 2, BN re-estimation; both fresh (the sharded coordinator carries no optimizer state yet)
-    kw = {"data_mode": "partitioned", "norm": "batch_norm", "scorer": scorer, "optimizer_state": "fresh"}
+    # label prior, s = 2, BN re-estimation, Adam's state carried
+    kw = {"data_mode": "partitioned", "norm": "batch_norm", "scorer": scorer}
     central, central_state = _train(_settings(tmp_path, coordinator="central", **kw))
     sharded, sharded_state = _train(_settings(tmp_path, coordinator="sharded", **kw))
     assert sharded.batch_norms_reestimated == 2 and sharded.scores_parts
@@ -281,9 +303,12 @@ def test_sharded_runs_the_partitioned_recipe_with_batchnorm_reestimation(tmp_pat
     assert sharded.ledger.total(kind="bn_stats") == central.ledger.total(kind="bn_stats")
 
 
-def test_sharded_checkpoints_resume_exactly_across_processes_and_simulation(tmp_path, one_thread):
+@pytest.mark.parametrize("kw", [{}, {"data_mode": "partitioned", "norm": "batch_norm"}], ids=["plain", "carried"])
+def test_sharded_checkpoints_resume_exactly_across_processes_and_simulation(tmp_path, one_thread, kw):
     ckpt = tmp_path / "ckpt.pt"
-    cfg = _settings(tmp_path, coordinator="sharded", subnets=2, rounds=5, checkpoint=str(ckpt), checkpoint_every=1)
+    cfg = _settings(
+        tmp_path, coordinator="sharded", subnets=2, rounds=5, checkpoint=str(ckpt), checkpoint_every=1, **kw
+    )
     full = run_training(
         cfg.replace(checkpoint=str(tmp_path / "other" / "c.pt"), save_model=str(tmp_path / "full.pt")), progress=False
     )
@@ -294,6 +319,11 @@ def test_sharded_checkpoints_resume_exactly_across_processes_and_simulation(tmp_
     assert sorted(p.name for p in tmp_path.glob("ckpt.pt.shard-*")) == [
         f"ckpt.pt.shard-{o}-of-2.round-{r}" for o in range(2) for r in (2, 3)
     ]  # the newest two per owner
+    carried = GIST.optimizer_state(cfg) == "carried"
+    assert carried == bool(kw)
+    assert sorted(p.name for p in tmp_path.glob("ckpt.pt.optim-shard-*")) == [
+        f"ckpt.pt.optim-shard-{o}-of-2.round-{r}" for o in range(2) for r in (2, 3) if carried
+    ]
     resumed = run_training(cfg.replace(resume=True, save_model=str(tmp_path / "resumed.pt")), progress=False)
     a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("full.pt", "resumed.pt"))
     assert all(torch.equal(a[k], b[k]) for k in a)

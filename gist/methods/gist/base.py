@@ -129,10 +129,6 @@ class GIST(RoundDriver):
     def check_config(cls, cfg: RunConfig) -> None:
         """The stock model's hidden width must split into ``s`` equal groups (and ``s`` divide ``m``)."""
         check_width_split("hidden", cfg.model.hidden, gist_options(cfg).groups)
-        if cls.optimizer_state(cfg) == "carried" and gist_settings(cfg).coordinator != "central":
-            raise ConfigError(
-                "optimizer_state carried: the optimizer state travels through the central coordinator so far"
-            )
 
     @classmethod
     def optimizer_state(cls, cfg: RunConfig) -> str:

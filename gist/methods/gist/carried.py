@@ -11,6 +11,11 @@ shared parameters' state averaged, as the parameters themselves are. The
 state of a block no worker trains this round (one that crosses groups) stays
 as it was. A fresh start is all zeros, so the first round is GIST's fresh
 Adam. The buffers travel in the wire dtype, counted as ``optim`` bytes.
+
+With ``--coordinator sharded`` no process holds this: each unit's owner
+keeps the state of its rows in a second shard store, exchanged with the
+sub-networks exactly as their parameters are (:mod:`~.sharded`), from
+:func:`state_split_spec` and :func:`state_layouts`.
 """
 
 from __future__ import annotations
@@ -25,19 +30,34 @@ from ...nn.slicing import SplitSpec
 from ...subnets import FlatLayout, RoundPlan, WidthPartition, average_states, merge_states, slice_state
 
 
+def trainable_shapes(model: nn.Module) -> dict[str, torch.Size]:
+    """The shapes of the parameters an optimizer steps (``model`` may be on the ``meta`` device)."""
+    return {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
+
+
+def state_split_spec(spec: SplitSpec, params: Sequence[str]) -> SplitSpec:
+    """How the optimizer state of ``params`` splits: each state tensor as its parameter."""
+    axes = {name: spec.tensor_axes[name.rpartition(".")[0]] for name in state_names(params)}
+    return SplitSpec(tensor_axes=axes, widths=spec.widths, layers=spec.layers)
+
+
+def state_layouts(layouts: Mapping[int, FlatLayout], params: Sequence[str]) -> dict[int, FlatLayout]:
+    """Per group count, the flat layout of a sub-network's optimizer state (as the workers lay it out)."""
+    return {s: state_layout(layout, list(params)) for s, layout in layouts.items()}
+
+
 class CarriedState:
     """The full model's optimizer state on the coordinator, split and merged like its parameters."""
 
     def __init__(self, model: nn.Module, spec: SplitSpec, layouts: Mapping[int, FlatLayout], device) -> None:
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        params = trainable_shapes(model)
         self.tensors = {
-            f"{n}.{key}": torch.zeros(p.shape, dtype=torch.float32, device=device)
-            for n, p in params.items()
+            f"{n}.{key}": torch.zeros(shape, dtype=torch.float32, device=device)
+            for n, shape in params.items()
             for key in STATE_KEYS
         }
-        axes = {name: spec.tensor_axes[name.rpartition(".")[0]] for name in state_names(params)}
-        self.spec = SplitSpec(tensor_axes=axes, widths=spec.widths, layers=spec.layers)
-        self.layouts = {s: state_layout(layout, list(params)) for s, layout in layouts.items()}
+        self.spec = state_split_spec(spec, list(params))
+        self.layouts = state_layouts(layouts, list(params))
 
     def slices(self, partition: WidthPartition, groups: int, wire: torch.dtype) -> list[Tensor]:
         """Each group's state, one flat buffer in the wire dtype."""

@@ -162,8 +162,9 @@ PARTITIONED_RECIPE = {
 """The ``partitioned`` recipe: label-prior correction, the widths split into
 ``groups = 2`` halves each trained by ``m/2`` workers (``1`` for odd ``m``),
 BatchNorm re-estimation, and Adam's state carried with the sub-networks
-(fresh with ``--optimizer sgd`` or ``--coordinator sharded``, which carry
-none), chosen from the runs described in ``results/README.md``."""
+(by the coordinator, or with ``--coordinator sharded`` by each unit's owner;
+fresh with ``--optimizer sgd``, which keeps none), chosen from the runs
+described in ``results/README.md``."""
 
 
 def gist_options(cfg: RunConfig, settings: Optional[GistConfig] = None) -> GistOptions:
@@ -184,11 +185,7 @@ def gist_options(cfg: RunConfig, settings: Optional[GistConfig] = None) -> GistO
             groups=PARTITIONED_RECIPE["groups"] if m % PARTITIONED_RECIPE["groups"] == 0 else 1,
             finish_rounds=PARTITIONED_RECIPE["finish_rounds"],
             bn_reestimate=PARTITIONED_RECIPE["bn_reestimate"],
-            optimizer_state=(
-                PARTITIONED_RECIPE["optimizer_state"]
-                if cfg.local.optimizer == "adam" and g.coordinator == "central"
-                else "fresh"
-            ),
+            optimizer_state=PARTITIONED_RECIPE["optimizer_state"] if cfg.local.optimizer == "adam" else "fresh",
         )
     else:
         base = GistOptions(groups=m)

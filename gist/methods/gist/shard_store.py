@@ -23,7 +23,8 @@ FULL_SHARD = 1 << 30
 
 
 class ShardStore:
-    """The local owners' shards (``{owner: {name: rows}}``) and the shared tensors, on ``device``."""
+    """The local owners' shards (``{owner: {name: rows}}``) and the shared tensors, on ``device``;
+    ``file_prefix`` names their checkpoint side files (the model's ``shard``, the optimizer state's ``optim-shard``)."""
 
     def __init__(
         self,
@@ -33,8 +34,10 @@ class ShardStore:
         shared: Mapping[str, Tensor],
         device: torch.device,
         dtype: torch.dtype,
+        file_prefix: str = "shard",
     ) -> None:
         self.ownership, self.spec, self.device, self.dtype = ownership, spec, device, dtype
+        self.file_prefix = file_prefix
         self.shards = {o: {n: t.to(device) for n, t in shard.items()} for o, shard in shards.items()}
         self.shared = {n: t.detach().to(device, copy=True) for n, t in shared.items()}
 
@@ -83,7 +86,7 @@ class ShardStore:
 
     def shard_file(self, owner: int) -> str:
         """The name of owner ``owner``'s checkpoint side file (:meth:`gist.engine.Checkpointer.side_path`)."""
-        return f"shard-{owner}-of-{self.ownership.num_owners}"
+        return f"{self.file_prefix}-{owner}-of-{self.ownership.num_owners}"
 
     def write_checkpoint(self, checkpointer: Checkpointer, round: int) -> None:
         """Each local owner's shard and the shared tensors, on the CPU, as its side file of ``round``."""

@@ -21,8 +21,12 @@ central coordinator's, element for element, so both train the same model
 (bit for bit in one process; with ``--wire-dtype`` the pieces travel rounded
 as central buffers do); the stats, label-prior and set-up messages are
 counted as with the central coordinator. Evaluation: :mod:`~.sharded_eval`.
-Checkpoints are one side file per owner beside the main one
-(:meth:`gist.engine.Checkpointer.write_side`); ``--save-model`` puts the full
+With carried optimizer state (the partitioned recipe's default), each owner
+also keeps Adam's state of its rows in a second store, moved by a second
+pair of exchanges of the same shape (ledger kind ``optim``), as the central
+coordinator's :class:`~.carried.CarriedState` does.
+Checkpoints are one side file per owner beside the main one (two with
+carried state) (:meth:`gist.engine.Checkpointer.write_side`); ``--save-model`` puts the full
 model together on worker 0 after the last evaluation, as asked.
 """
 
@@ -40,9 +44,12 @@ from ...comm import FROM_WORKER, SETUP_ROUND, TO_WORKER, Collective, InProcessCo
 from ...comm.dist_collective import DistCollective
 from ...config import RunConfig
 from ...engine import Checkpointer, CheckpointError, Evaluator, RankSetup, RoundWork, build_stock_model
+from ...engine.optim import STATE_KEYS
 from ...errors import ConfigError
-from ...subnets import draw_partition
+from ...subnets import FlatLayout, draw_partition
 from .base import GIST
+from .carried import state_layouts, state_split_spec, trainable_shapes
+from .messages import WorkerReport
 from .shard_store import ShardStore
 from .sharded_eval import ShardedEvaluation
 from .sharded_exchange import RoundPieces, SubnetExchange
@@ -102,6 +109,9 @@ class ShardedGIST(GIST):
             raise ConfigError(f"shards of owners {sorted(shards[0])} given to workers {list(local)}")
         self.store = ShardStore(self.ownership, self.spec, shards[0], shards[1], self.device, self.layout.dtype)
         self.exchange = SubnetExchange(self.store, self.collective, self.wire, self.layout.dtype)
+        self.optim: Optional[tuple[ShardStore, SubnetExchange, dict[int, FlatLayout]]] = None
+        if self.carries_optimizer:
+            self.optim = self._carried_state(model, local)
         self.evaluation = ShardedEvaluation(
             model, self.store, self.collective, self.workers, cfg, self.batch_norms_reestimated, self.scores_parts
         )
@@ -116,6 +126,23 @@ class ShardedGIST(GIST):
         del state
         model.to("meta")
         return out
+
+    def _carried_state(
+        self, model: nn.Module, owners: tuple[int, ...]
+    ) -> tuple[ShardStore, SubnetExchange, dict[int, FlatLayout]]:
+        """The local owners' shards of Adam's state (zeros: a fresh start), the
+        exchange that moves it with the sub-networks, and its layouts per group count."""
+        params = trainable_shapes(model)
+        spec = state_split_spec(self.spec, list(params))
+        ownership = Ownership(spec, self.ownership.num_owners)
+        full = {f"{n}.{key}": torch.empty(shape, device="meta") for n, shape in params.items() for key in STATE_KEYS}
+        shards = {o: ownership.shard(full, o) for o in owners}
+        zeros = {o: {n: torch.zeros(t.shape, dtype=torch.float32) for n, t in s.items()} for o, s in shards.items()}
+        shared = {n: torch.zeros(full[n].shape, dtype=torch.float32) for n in ownership.shared}
+        store = ShardStore(ownership, spec, zeros, shared, self.device, torch.float32, file_prefix="optim-shard")
+        layouts = state_layouts(self.layouts, list(params))
+        exchange = SubnetExchange(store, self.collective, self.wire, self.layout.dtype, kind="optim")
+        return store, exchange, layouts
 
     @property
     def local_workers(self) -> tuple[int, ...]:
@@ -133,6 +160,8 @@ class ShardedGIST(GIST):
             worker.fast_forward(self.round)
         if self.round > 0:
             self.store.read_checkpoint(Checkpointer(self.cfg), self.round)
+            if self.optim is not None:
+                self.optim[0].read_checkpoint(Checkpointer(self.cfg), self.round)
         if self.label_classes is not None:
             self._share_label_counts(self.label_classes)
 
@@ -154,11 +183,21 @@ class ShardedGIST(GIST):
         partition = draw_partition(self.spec.widths, plan.groups, self.cfg.seed, round, self.settings.assignment)
         pieces = RoundPieces(self.ownership, partition, plan, self.layouts[plan.groups])
         payloads, waited = self.exchange.assemble(round, pieces)
+        optim: dict[int, Optional[Tensor]] = dict.fromkeys(self.local_workers)
+        if self.optim is not None:
+            store, exchange, layouts = self.optim
+            optim_pieces = RoundPieces(store.ownership, partition, plan, layouts[plan.groups])
+            states, waited_optim = exchange.assemble(round, optim_pieces)
+            optim.update(states)
+            waited += waited_optim
         split_done = time.perf_counter()
         # each payload handed over, not kept: the worker frees it once loaded
-        reports = {w: self.workers[w].train_round(round, payloads.pop(w)) for w in self.local_workers}
+        reports = {w: self.workers[w].train_round(round, payloads.pop(w), optim.pop(w)) for w in self.local_workers}
         merge_start = time.perf_counter()
         waited_back = self.exchange.give_back(round, pieces, reports)
+        if self.optim is not None:
+            states_back = {w: WorkerReport(rep.optim, rep.stats) for w, rep in reports.items()}
+            waited_back += exchange.give_back(round, optim_pieces, states_back)
         merge_seconds = time.perf_counter() - merge_start
         gathered = self.collective.gather_stats(round, {w: reports[w].stats for w in self.local_workers}, self.wire)
         if not self.is_coordinator and self.cfg.is_eval_round(round):  # the last round is one
@@ -218,6 +257,8 @@ class ShardedGIST(GIST):
         checkpoint's until this one is complete), then waits for the others;
         the coordinator's state says which round the files hold."""
         self.store.write_checkpoint(Checkpointer(self.cfg), self.round)
+        if self.optim is not None:
+            self.optim[0].write_checkpoint(Checkpointer(self.cfg), self.round)
         self.collective.all_gather({w: torch.ones(1) for w in self.local_workers}, "writing the checkpoint's shards")
         state = {**super().method_state(), "sharded": {"owners": self.cfg.subnets, "round": self.round}}
         if self.cfg.subnets == 1 and 0 in self.workers:  # m = 1: worker 0 keeps its optimizer and streams

@@ -13,9 +13,10 @@ sub-network every owner holds (:meth:`~.shards.Ownership.plan`):
   coordinator does) into its shard; the shared tensors are averaged in two
   levels, within each group and across groups.
 
-Ledger (``params``, in the wire dtype): the pieces a worker receives from
-other owners (``to_worker``); the pieces it returns to other owners and its
-shared tensors to the ``m - 1`` others (``from_worker``).
+Ledger (``params``, in the wire dtype; ``optim`` for the exchange of the
+carried optimizer state, which moves the same way): the pieces a worker
+receives from other owners (``to_worker``); the pieces it returns to other
+owners and its shared tensors to the ``m - 1`` others (``from_worker``).
 """
 
 from __future__ import annotations
@@ -61,10 +62,14 @@ class RoundPieces:
 
 
 class SubnetExchange:
-    """Moves sub-networks between the owners' shards (``store``) and the workers (module docstring)."""
+    """Moves sub-networks between the owners' shards (``store``) and the workers
+    (module docstring), counted in the ledger as ``kind`` (``params``; the
+    carried optimizer state's exchange: ``optim``)."""
 
-    def __init__(self, store: ShardStore, collective: Collective, wire: torch.dtype, dtype: torch.dtype) -> None:
-        self.store, self.collective, self.wire = store, collective, wire
+    def __init__(
+        self, store: ShardStore, collective: Collective, wire: torch.dtype, dtype: torch.dtype, kind: str = "params"
+    ) -> None:
+        self.store, self.collective, self.wire, self.kind = store, collective, wire, kind
         self.ledger = collective.ledger
         shared = store.shared
         self.shared_layout = FlatLayout(
@@ -90,7 +95,7 @@ class SubnetExchange:
         got = self.collective.all_to_all(sends, recv, f"round {round} (assembling the sub-networks)")
         waited = time.perf_counter() - start
         for w in range(m):
-            self.ledger.record(round, w, TO_WORKER, "params", r.foreign_numel(w) * wire.itemsize)
+            self.ledger.record(round, w, TO_WORKER, self.kind, r.foreign_numel(w) * wire.itemsize)
         payloads, layout = {}, r.layout
         for w in local:
             g = plan.group_of(w)
@@ -127,7 +132,7 @@ class SubnetExchange:
         waited = time.perf_counter() - start
         shared_bytes = self.shared_layout.wire_numel(wire) * wire.itemsize * (m - 1)
         for w in range(m):
-            self.ledger.record(round, w, FROM_WORKER, "params", r.foreign_numel(w) * wire.itemsize + shared_bytes)
+            self.ledger.record(round, w, FROM_WORKER, self.kind, r.foreign_numel(w) * wire.itemsize + shared_bytes)
         for o in local:
             for g in range(plan.groups):
                 copies = [own.unflatten(got[o][w].to(layout.dtype), r.pieces[o, g], r.shapes) for w in plan.members(g)]
