@@ -21,6 +21,7 @@ from .errors import GistError
 from .files import private_tempdir
 from .registry import DATASETS, METHODS, PARTITIONERS
 from .settings import choices_of
+from .signals import interrupt_status, interrupt_word, sigterm_as_interrupt
 
 TRAIN_GROUPS = {
     None: "training",
@@ -32,8 +33,6 @@ TRAIN_GROUPS = {
 }
 """The argument groups of the settings every run has; each method's own settings follow in a group of their own."""
 DEFAULT_SUBNETS = RunConfig().subnets
-INTERRUPTED = 130
-"""Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -164,7 +163,7 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         if SHAPED_ENV not in os.environ and cfg is not None:  # (in a shaped namespace, the launcher outside says it)
             print(f"gist train: {_interrupted(exc, cfg, args.log)}", file=sys.stderr)
-        return INTERRUPTED
+        return interrupt_status()
     except GistError as exc:
         kept = f"; the log of the rounds before it is in {args.log}" if isinstance(exc, RunFailed) and args.log else ""
         print(f"gist train: error: {exc}{kept}", file=sys.stderr)
@@ -193,7 +192,7 @@ def _train(args: argparse.Namespace) -> int:
 def _interrupted(exc: KeyboardInterrupt, cfg: RunConfig, log_path: Optional[str]) -> str:
     """One line for Ctrl-C: where the run stopped, what was kept, how to go on."""
     round, log = getattr(exc, "round", None), getattr(exc, "log", None)  # a gist.run.RunInterrupted
-    said = [f"interrupted in round {round}" if round is not None else "interrupted"]
+    said = [f"{interrupt_word()} in round {round}" if round is not None else interrupt_word()]
     if log_path and log is not None:
         said.append(f"the rounds before it are in {log_path}")
     checkpoint = cfg.checkpoint.path
@@ -278,11 +277,11 @@ def _sweep(args: argparse.Namespace) -> int:
             counts = run_sweep(cfg, out, progress=not args.no_progress, retry_failed=args.retry_failed)
         except KeyboardInterrupt:
             print(
-                f"gist sweep: interrupted; the finished runs are kept in {Path(out) / 'runs'}; "
+                f"gist sweep: {interrupt_word()}; the finished runs are kept in {Path(out) / 'runs'}; "
                 "run the same command again to run the rest",
                 file=sys.stderr,
             )
-            return INTERRUPTED
+            return interrupt_status()
         failed = f" ({counts['failed']} failed)" if counts["failed"] else ""
         print(f"sweep {cfg.name}: ran {counts['ran']}{failed}, skipped {counts['skipped']} already done; logs in {out}")
         text, _ = tabulate(out, command_line(_argv(args)), cfg)
@@ -380,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else None
-    with private_tempdir():
+    with private_tempdir(), sigterm_as_interrupt():
         return args.func(args)
 
 

@@ -322,10 +322,12 @@ def test_threads_apply_to_every_spawned_process(tmp_path, threads):
     assert log["environment"]["threads"] == expected
 
 
-def _interrupt(cmd: list[str], env: dict[str, str], ready: Path, whom: str) -> subprocess.CompletedProcess:
+def _interrupt(
+    cmd: list[str], env: dict[str, str], ready: Path, whom: str, sig: int = signal.SIGINT
+) -> subprocess.CompletedProcess:
     """Start ``cmd`` in its own session, wait for ``ready`` to exist, send
-    SIGINT (to the whole process group, as a terminal's Ctrl-C does, or to
-    the launcher alone) and return the finished process."""
+    ``sig`` (to the whole process group, as a terminal's Ctrl-C does, or to
+    the launcher alone, as ``kill`` and ``timeout`` do) and return the finished process."""
     proc = subprocess.Popen(
         cmd,
         env=env,
@@ -345,9 +347,9 @@ def _interrupt(cmd: list[str], env: dict[str, str], ready: Path, whom: str) -> s
             time.sleep(0.05)
         time.sleep(0.3)
         if whom == "group":
-            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, sig)
         else:
-            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -357,29 +359,40 @@ def _interrupt(cmd: list[str], env: dict[str, str], ready: Path, whom: str) -> s
 
 
 @pytest.mark.parametrize(
-    "procs, whom",
-    [(None, "group"), ("2", "group"), ("2", "launcher")],
-    ids=["in-process", "procs-ctrl-c", "procs-kill-int"],
+    "procs, whom, sig",
+    [
+        (None, "group", signal.SIGINT),
+        ("2", "group", signal.SIGINT),
+        ("2", "launcher", signal.SIGINT),
+        (None, "launcher", signal.SIGTERM),
+        ("2", "launcher", signal.SIGTERM),
+    ],
+    ids=["in-process", "procs-ctrl-c", "procs-kill-int", "in-process-sigterm", "procs-sigterm"],
 )
-def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, procs, whom):
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, procs, whom, sig):
+    """SIGTERM (kill, timeout, a scheduler) stops a run as Ctrl-C does, exiting 128 + 15."""
     token = uuid.uuid4().hex
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     ckpt, log = tmp_path / "ckpt.pt", tmp_path / "run.json"
     cmd = [sys.executable, "-m", "gist", "train", "--hidden", "12", "--local-steps", "1", "--rounds", "2000"]
     cmd += ["--eval-every", "1"]  # rounds as slow as they were: the signal must find the run going
     cmd += ["--threads", "1", "--no-progress", "--root", str(tmp_path), "--log", str(log)]
     cmd += ["--checkpoint", str(ckpt), "--checkpoint-every", "2"]
     cmd += ["--procs", procs] if procs else []
-    proc = _interrupt(cmd, {**os.environ, "GIST_TEST_TOKEN": token}, ckpt, whom)
-    assert proc.returncode == 130, proc.stderr[-2000:]
+    proc = _interrupt(cmd, {**os.environ, "GIST_TEST_TOKEN": token, "TMPDIR": str(tmp)}, ckpt, whom, sig)
+    assert proc.returncode == 128 + sig, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("gist train: interrupted"), last
+    said = "interrupted" if sig == signal.SIGINT else "stopped by SIGTERM"
+    assert last.startswith(f"gist train: {said} in round"), last
     assert f"to continue from the last checkpoint ({ckpt}), run the same command with --resume" in last
     record = json.loads(log.read_text())  # the rounds before the interruption are kept
     assert record["failure"]["kind"] == "interrupted" and f"round {record['failure']['round']}" in last
     assert len(record["rounds"]) == record["failure"]["round"] >= 2
     time.sleep(1)
     assert _leftovers(token) == [], "processes were left behind"
+    assert list(tmp.iterdir()) == [], "temporary folders were left behind"
 
 
 @pytest.mark.parametrize("wire", ["bfloat16", "float16"])

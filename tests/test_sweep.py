@@ -234,6 +234,34 @@ def test_killed_sweep_process_is_redone_and_others_kept(tmp_path):
     assert len(after) == 14 and all(after[k] == v for k, v in kept.items())
 
 
+def test_sweep_stopped_by_sigterm_says_so_and_leaves_nothing_behind(tmp_path):
+    """``kill``, ``timeout`` and schedulers send SIGTERM: the sweep stops as on Ctrl-C, exit 128 + 15."""
+    cfg = write_config(tmp_path, rounds=40)
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "gist", "sweep", str(cfg), "--out", str(out), "--no-progress"]
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((out / "runs").glob("*.json"))) < 1:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the sweep made no progress"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("gist sweep: stopped by SIGTERM; the finished runs are kept in")
+    assert 1 <= len(run_files(out)) < 14
+    assert list(tmp.iterdir()) == []
+
+
 def test_changed_settings_are_refused_not_overwritten(tmp_path, capsys):
     cfg = write_config(tmp_path, text=TINY.replace('"ddp", "local-sgd", ', ""))
     out = tmp_path / "res"
