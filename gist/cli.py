@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import RunConfig, setting_fields
+from .config import MAX_SEED, RunConfig, setting_fields
 from .errors import GistError
 from .files import private_tempdir
 from .registry import DATASETS, METHODS, PARTITIONERS
-from .settings import choices_of
+from .settings import choices_of, number_problem
 from .signals import interrupt_status, interrupt_word, sigterm_as_interrupt
 
 TRAIN_GROUPS = {
@@ -46,16 +46,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            what = "a positive integer" if low == 1 else f"an integer >= {low}"
+def _number(kind: type, low: Optional[float] = None, high: Optional[float] = None):
+    """A flag's parser: a ``kind`` (int or float) that :func:`~gist.settings.number_problem` accepts."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if kind is int and low is not None and value < low:
+            what = "a positive integer" if low == 1 else f"an integer >= {int(low)}"
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        problem = number_problem(value, low, high)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
         return value
 
-    parse.__name__ = "int"  # argparse names the type in its errors
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
     return parse
+
+
+def _int_at_least(low: int):
+    return _number(int, low)
 
 
 def _annotation(field: Any) -> str:
@@ -85,9 +94,9 @@ def _add_setting(group: argparse._ArgumentGroup, name: str, field: Any, default:
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
         kind = type(default) if default is not None else (str if _annotation(field).startswith("Optional[str") else int)
-        if kind is int and meta.get("minimum") is not None:
-            kind = _int_at_least(int(meta["minimum"]))
-        kwargs["type"] = kind
+        if _annotation(field).startswith("Optional[float") or kind is float:
+            kind = float
+        kwargs["type"] = _number(kind, meta.get("minimum"), meta.get("maximum")) if kind in (int, float) else kind
     flags = [flag, "-m"] if name == "subnets" else [flag]
     if name == "subnets":
         kwargs["default"] = None
@@ -215,7 +224,9 @@ def _add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", default="results", metavar="DIR", help="results go to DIR/<config name>/")
     p.add_argument("--out", default=None, metavar="DIR", help="exact results directory (overrides --results)")
     p.add_argument("--root", default=None, help="data root for every run (overrides the config)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
+    p.add_argument(
+        "--seeds", type=_number(int, 0, MAX_SEED), nargs="+", default=None, help="override the config's seeds"
+    )
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads per run")
     p.add_argument(
         "--bandwidth",

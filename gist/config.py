@@ -47,6 +47,8 @@ OPTIMIZERS = ("adam", "sgd")
 OPTIMIZER_STATES = ("fresh", "kept", "carried")
 BACKENDS = ("local", "dist")
 DIST_BACKENDS = ("gloo", "nccl")
+MAX_SEED = 2**32 - 1
+"""The largest seed: a seed and a round number make one 64-bit generator seed."""
 EVALUATIONS_PER_RUN = 50
 """Without ``eval_every``: at most how many evaluations a run makes (besides the one after its last round)."""
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -251,7 +253,9 @@ class RunConfig:
         f"to {EVALUATIONS_PER_RUN} rounds, else every ceil(rounds / {EVALUATIONS_PER_RUN}) (at most "
         f"{EVALUATIONS_PER_RUN} evaluations a run, and the last; see also --eval-nodes for wide models)",
     )
-    seed: int = setting(0, help="seeds the model, the width splits, partitions and dropout")
+    seed: int = setting(
+        0, minimum=0, maximum=MAX_SEED, help="seeds the model, the width splits, partitions and dropout"
+    )
     device: str = setting(
         "auto",
         changes_results=False,

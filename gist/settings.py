@@ -11,6 +11,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import field, fields
@@ -20,7 +21,16 @@ from .errors import ConfigError
 
 Choices = Union[tuple[str, ...], Callable[[], list[str]]]
 
-__all__ = ["Choices", "check_fields", "choices_of", "flat_name", "leaf_fields", "parse_rate", "setting"]
+__all__ = [
+    "Choices",
+    "check_fields",
+    "choices_of",
+    "flat_name",
+    "leaf_fields",
+    "number_problem",
+    "parse_rate",
+    "setting",
+]
 
 
 def setting(
@@ -31,6 +41,7 @@ def setting(
     changes_results: bool = True,
     per_run: bool = False,
     minimum: Optional[float] = None,
+    maximum: Optional[float] = None,
     cli: bool = True,
     help: str = "",
 ) -> Any:
@@ -45,6 +56,8 @@ def setting(
         per_run: set for each run by the entry point (CLI flag or the sweep
             harness), never shared by the runs of a sweep.
         minimum: the smallest allowed value (numbers).
+        maximum: the largest allowed value (numbers; an integer is always
+            within 64 bits, a float always finite: :func:`number_problem`).
         cli: whether ``gist train`` has a flag for it.
         help: one line for ``gist train --help``.
     """
@@ -54,6 +67,7 @@ def setting(
         "changes_results": changes_results,
         "per_run": per_run,
         "minimum": minimum,
+        "maximum": maximum,
         "cli": cli,
         "help": help,
     }
@@ -87,9 +101,28 @@ def check_fields(group: Any) -> None:
         allowed = choices_of(f)
         if allowed is not None and value is not None and value not in allowed:
             raise ConfigError(f"{flat_name(f)} must be one of {allowed}, got {value!r}")
-        low = f.metadata.get("minimum")
-        if low is not None and value is not None and value < low:
-            raise ConfigError(f"{flat_name(f)} must be >= {low}, got {value}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = number_problem(value, f.metadata.get("minimum"), f.metadata.get("maximum"))
+            if problem is not None:
+                raise ConfigError(f"{flat_name(f)} {problem}, got {value}")
+
+
+INT64_MAX = 2**63 - 1
+"""The largest integer torch takes (``int64``)."""
+
+
+def number_problem(value: float, minimum: Optional[float] = None, maximum: Optional[float] = None) -> Optional[str]:
+    """What is wrong with a numeric setting's ``value`` (``"must be >= 1"``), or ``None``:
+    a float must be finite, an integer within 64 bits, both within ``[minimum, maximum]``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if minimum is not None and value < minimum:
+        return f"must be >= {minimum}"
+    if maximum is not None and value > maximum:
+        return f"must be <= {maximum}"
+    if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        return f"must fit in 64 bits (at most {INT64_MAX})"
+    return None
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)\s*$", re.IGNORECASE)

@@ -139,7 +139,8 @@ class SubnetSchedule:
 
     def group_counts(self) -> list[int]:
         """Every group count some round uses."""
-        return sorted({self.at(r).groups for r in range(self.rounds)} | {self.groups})
+        some_full = self.finish_rounds > 0 or 0 < self.full_every <= self.rounds
+        return sorted({self.groups, 1} if some_full else {self.groups})
 
 
 def average_states(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:

@@ -87,6 +87,35 @@ def test_argparse_rejects_bad_choices():
         main(["train", "--subnets", "0"])
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--timeout", "nan"], "argument --timeout: must be a finite number, got nan"),
+        (["train", "--timeout", "inf"], "argument --timeout: must be a finite number, got inf"),
+        (["train", "--lr", "nan"], "argument --lr: must be a finite number, got nan"),
+        (["train", "--seed", str(2**70)], f"argument --seed: must be <= {2**32 - 1}, got {2**70}"),
+        (["train", "--seed", "-1"], "argument --seed: must be an integer >= 0, got -1"),
+        (["train", "--rounds", str(2**70)], f"argument --rounds: must fit in 64 bits (at most {2**63 - 1})"),
+        (["sweep", "x.toml", "--seeds", "0", "-3"], "argument --seeds: must be an integer >= 0, got -3"),
+    ],
+)
+def test_numbers_no_run_can_use_are_refused_at_parse_time_naming_the_flag(capsys, args, message):
+    with pytest.raises(SystemExit) as exit:
+        main(args)
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_config_with_a_number_no_run_can_use_names_the_setting():
+    from gist.config import RunConfig
+    from gist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="timeout must be a finite number, got nan"):
+        RunConfig.from_flat(timeout=float("nan")).check()
+    with pytest.raises(ConfigError, match="seed must be >= 0, got -2"):
+        RunConfig.from_flat(seed=-2).check()
+
+
 @pytest.mark.parametrize("method", ["ddp", "local-sgd"])
 def test_baselines_run_from_the_cli(tmp_path, capsys, method):
     log = tmp_path / "run.json"

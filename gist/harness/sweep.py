@@ -62,7 +62,7 @@ from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
-from ..config import RUN_SETTINGS, RunConfig, flat_names, setting_fields
+from ..config import MAX_SEED, RUN_SETTINGS, RunConfig, flat_names, setting_fields
 from ..errors import ConfigError
 from ..methods import get_method, method_names
 from ..run import RunFailed, launch_local, run_training, write_json
@@ -221,6 +221,8 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
         sweep.pop(key, None)
     if any(m < 1 for m in subnets) or any(z < 1 for z in local_steps):
         raise SweepError(f"{where}: [sweep] subnets and local_steps must be >= 1")
+    if any(not 0 <= s <= MAX_SEED for s in seeds):
+        raise SweepError(f"{where}: [sweep] seeds must be integers from 0 to {MAX_SEED}, got {seeds}")
     processes = sweep.pop("processes", False)
     if not isinstance(processes, bool):
         raise SweepError(f"{where}: [sweep] processes must be true or false, got {processes!r}")
