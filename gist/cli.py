@@ -20,7 +20,7 @@ from .config import MAX_SEED, RunConfig, setting_fields
 from .errors import GistError
 from .files import private_tempdir
 from .registry import DATASETS, METHODS, PARTITIONERS
-from .settings import choices_of, number_problem
+from .settings import annotation, choices_of, number_problem
 from .signals import interrupt_status, interrupt_word, sigterm_as_interrupt
 
 TRAIN_GROUPS = {
@@ -67,14 +67,6 @@ def _int_at_least(low: int):
     return _number(int, low)
 
 
-def _annotation(field: Any) -> str:
-    """A field's annotation as written (``Optional[bool]``), whether or not its module postpones annotations."""
-    if isinstance(field.type, str):
-        return field.type
-    text = repr(field.type).replace("typing.", "")
-    return text if "[" in text else getattr(field.type, "__name__", text)
-
-
 def _add_setting(group: argparse._ArgumentGroup, name: str, field: Any, default: Any, owner: Optional[str]) -> None:
     """The flag of setting ``name``; a method's own setting (``owner``) is left
     out of the parsed arguments unless given, so that giving it to another method is an error."""
@@ -90,11 +82,11 @@ def _add_setting(group: argparse._ArgumentGroup, name: str, field: Any, default:
         kwargs["choices"] = choices_of(field)
     if isinstance(default, bool):
         kwargs["action"] = "store_true"
-    elif _annotation(field).startswith("Optional[bool"):
+    elif annotation(field).startswith("Optional[bool"):
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
-        kind = type(default) if default is not None else (str if _annotation(field).startswith("Optional[str") else int)
-        if _annotation(field).startswith("Optional[float") or kind is float:
+        kind = type(default) if default is not None else (str if annotation(field).startswith("Optional[str") else int)
+        if annotation(field).startswith("Optional[float") or kind is float:
             kind = float
         kwargs["type"] = _number(kind, meta.get("minimum"), meta.get("maximum")) if kind in (int, float) else kind
     flags = [flag, "-m"] if name == "subnets" else [flag]

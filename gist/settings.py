@@ -30,6 +30,8 @@ __all__ = [
     "number_problem",
     "parse_rate",
     "setting",
+    "value_kind",
+    "value_problem",
 ]
 
 
@@ -136,3 +138,43 @@ def parse_rate(text: str) -> float:
     if not match or float(match.group(1)) <= 0:
         raise ConfigError(f"bandwidth must look like 100mbit or 1gbit (units bit, kbit, mbit, gbit), got {text!r}")
     return float(match.group(1)) * _RATE_UNITS[match.group(2).lower()]
+
+
+_KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+_KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def annotation(f: dataclasses.Field) -> str:
+    """A field's annotation as written (``Optional[bool]``), whether or not its module postpones annotations."""
+    if isinstance(f.type, str):
+        return f.type
+    text = repr(f.type).replace("typing.", "")
+    return text if "[" in text else getattr(f.type, "__name__", text)
+
+
+def value_kind(f: dataclasses.Field) -> Optional[type]:
+    """The type of a setting's values (``int``, ``float``, ``str`` or ``bool``, from its annotation), else ``None``."""
+    text = annotation(f)
+    if text.startswith("Optional[") and text.endswith("]"):
+        text = text[len("Optional[") : -1]
+    return _KINDS.get(text)
+
+
+def value_problem(f: dataclasses.Field, value: Any) -> Optional[str]:
+    """What is wrong with ``value`` for the setting ``f`` (``"must be an
+    integer"``): its type (an integer is also a float's value), its choices,
+    its bounds (:func:`number_problem`); ``None`` if nothing is."""
+    if value is None:
+        return None if annotation(f).startswith("Optional[") or f.default is None else "must be set"
+    kind = value_kind(f)
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is not None:
+        fits = numeric if kind is float else isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not fits:
+            return f"must be {_KIND_WORDS[kind]}"
+    allowed = choices_of(f)
+    if allowed is not None and value not in allowed:
+        return f"must be one of {allowed}"
+    if numeric:
+        return number_problem(value, f.metadata.get("minimum"), f.metadata.get("maximum"))
+    return None

@@ -66,6 +66,7 @@ from ..config import MAX_SEED, RUN_SETTINGS, RunConfig, flat_names, setting_fiel
 from ..errors import ConfigError
 from ..methods import get_method, method_names
 from ..run import RunFailed, launch_local, run_training, write_json
+from ..settings import number_problem, value_kind, value_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -184,11 +185,7 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
         if key in harness_owned:
             raise SweepError(f"{where}: [settings] {key!r} is managed by the harness")
     for key, value in settings_table.items():
-        expected = type(defaults[key]) if defaults[key] is not None else None
-        if expected is float and isinstance(value, int):
-            settings_table[key] = float(value)
-        elif expected is not None and not isinstance(value, expected):
-            raise SweepError(f"{where}: [settings] {key} must be {expected.__name__}, got {value!r}")
+        settings_table[key] = _checked(where, "[settings]", key, value)
     method_settings: dict[str, dict[str, Any]] = {}
     for key in [k for k in settings_table if k in owners]:
         method_settings.setdefault(owners[key], {})[key] = settings_table.pop(key)
@@ -241,14 +238,16 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
             )
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: [sweep] {key} must be a non-empty list, got {values!r}")
-        axes[key] = values
+        axes[key] = [_checked(where, "[sweep]", key, v) for v in values]
 
     table = dict(raw.get("table", {}))
     unknown = set(table) - {"target_drop", "target"}
     if unknown:
         raise SweepError(f"{where}: unknown [table] keys {sorted(unknown)}; expected target_drop, target")
-    target_drop = float(table.get("target_drop", 0.01))
+    target_drop = _table_number(where, "target_drop", table.get("target_drop", 0.01))
     target = table.get("target")
+    if target is not None:
+        target = _table_number(where, "target", target)
     cfg = SweepConfig(
         name=str(raw.get("name", name)),
         settings=settings,
@@ -265,10 +264,34 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
         path=path,
         method_settings=method_settings,
     )
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.name):
-        raise SweepError(f"{where}: name {cfg.name!r} must use only letters, digits, '.', '_' and '-'")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.name) or cfg.name in (".", ".."):
+        raise SweepError(
+            f"{where}: name {cfg.name!r} must be one folder name: letters, digits, '.', '_' and '-', not '.' or '..'"
+        )
     plan(cfg)  # every grid point must make valid settings
     return cfg
+
+
+def _checked(where: str, section: str, key: str, value: Any) -> Any:
+    """``value`` for the setting ``key`` (an integer given for a float setting
+    made a float), or :class:`SweepError` naming the file, the key, what it
+    must be and the value."""
+    f = next((f for name, _, f in setting_fields() if name == key), None)
+    if f is None:
+        return value
+    problem = value_problem(f, value)
+    if problem is not None:
+        raise SweepError(f"{where}: {section} {key} {problem}, got {value!r}")
+    return float(value) if value_kind(f) is float and isinstance(value, int) else value
+
+
+def _table_number(where: str, key: str, value: Any) -> float:
+    """A number of ``[table]``: finite, and for ``target_drop`` not negative."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    problem = number_problem(float(value), 0.0 if key == "target_drop" else None) if numeric else "must be a number"
+    if problem is not None:
+        raise SweepError(f"{where}: [table] {key} {problem}, got {value!r}")
+    return float(value)
 
 
 def _parse_variants(table: Any, where: str) -> dict[str, dict[str, Any]]:
@@ -290,7 +313,7 @@ def _parse_variants(table: Any, where: str) -> dict[str, dict[str, Any]]:
         bad = [k for k in values if k != "method" and k not in sweepable]
         if bad:
             raise SweepError(f"{where}: variant {name!r}: {bad} cannot be set per variant; use run settings")
-        out[name] = dict(values)
+        out[name] = {k: v if k == "method" else _checked(where, f"variant {name!r}:", k, v) for k, v in values.items()}
     return out
 
 
