@@ -287,7 +287,9 @@ def _sweep(args: argparse.Namespace) -> int:
             return interrupt_status()
         failed = f" ({counts['failed']} failed)" if counts["failed"] else ""
         print(f"sweep {cfg.name}: ran {counts['ran']}{failed}, skipped {counts['skipped']} already done; logs in {out}")
-        text, _ = tabulate(out, command_line(_argv(args)), cfg)
+        text, _ = tabulate(
+            out, command_line(_argv(args)), cfg, say=lambda line: print(f"gist sweep: {line}", file=sys.stderr)
+        )
     except GistError as exc:
         print(f"gist sweep: error: {exc}", file=sys.stderr)
         return 2
@@ -307,6 +309,7 @@ def _table(args: argparse.Namespace) -> int:
             target_drop=args.target_drop,
             target=args.target,
             plots=not args.no_plots,
+            say=lambda line: print(f"gist table: {line}", file=sys.stderr),
         )
     except GistError as exc:
         print(f"gist table: error: {exc}", file=sys.stderr)

@@ -146,6 +146,29 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert run_files(out) == before
 
 
+def test_damaged_logs_are_named_skipped_by_table_and_refused_by_sweep(tmp_path, capsys):
+    text = TINY.replace('"ddp", "local-sgd", ', "").replace("subnets = [2, 4]", "subnets = [2]")
+    cfg = write_config(tmp_path, rounds=1, text=text)
+    out = tmp_path / "res"
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress", "--seeds", "0"]) == 0
+    runs = out / "runs"
+    damaged = {"cut.json": '{"sweep": {"method"', "empty.json": "{}", "list.json": "[1, 2]", "null.json": "null"}
+    for name, body in damaged.items():
+        (runs / name).write_text(body)
+    capsys.readouterr()
+    assert main(["table", str(out), "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if line.startswith("gist table: skipped:")]
+    assert len(said) == 4 and all(any(name in line for line in said) for name in damaged)
+    assert "holds a JSON list" in captured.err and "lacks sweep.method" in captured.err
+    assert "| gist" in captured.out  # the rest tabulated
+    # a planned run's own log damaged: the sweep names it and says what to do
+    (runs / "gist_m2_z2_seed0.json").write_text("[]")
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "gist_m2_z2_seed0.json is not a run log: it holds a JSON list" in err and "move it away" in err
+
+
 def test_sweep_resume_reruns_nothing(tmp_path, capsys):
     cfg = write_config(tmp_path)
     out = tmp_path / "res"

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from ..errors import ConfigError, MissingFileError
-from .sweep import RUNS_DIR, migrate_log
+from .sweep import RUNS_DIR, SweepError, read_run_log
 
 NOT_TRAINING_KINDS = ("data", "eval")
 GROUP = ["method", "m", "zeta"]
@@ -85,16 +85,25 @@ def still_rising(curve: pd.DataFrame, margin: float = RISING_MARGIN) -> bool:
     return max(vals[cut:]) > max(vals[:cut]) + margin
 
 
-def load_logs(results_dir: str | Path) -> list[dict[str, Any]]:
+def load_logs(results_dir: str | Path, skipped: Optional[list[str]] = None) -> list[dict[str, Any]]:
     """Every completed run log under ``results_dir/runs``, in name order; the
     log of a run that stands for several places (a one-process run, see
-    :func:`gist.harness.sweep.plan`) once for each of them."""
+    :func:`gist.harness.sweep.plan`) once for each of them. A file that is
+    not a run log (damaged, cut off, edited by hand) is left out, and what is
+    wrong with it appended to ``skipped`` (without it: :class:`SweepError`)."""
     runs = Path(results_dir) / RUNS_DIR
     if not runs.is_dir():
         raise MissingFileError(f"{results_dir} has no {RUNS_DIR}/ folder of run logs")
     logs, seen = [], {}
     for path in sorted(runs.glob("*.json")):
-        for log in at_every_place(migrate_log(json.loads(path.read_text()))):
+        try:
+            whole = read_run_log(path)
+        except SweepError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
+            continue
+        for log in at_every_place(whole):
             s = log["sweep"]
             point = json.dumps([s.get("context", {}), s["method"], s["m"], s["zeta"], s["seed"]], sort_keys=True)
             if point in seen:

@@ -425,6 +425,24 @@ def _differences(stored: RunConfig, wanted: RunConfig, recorded_policy: Optional
     return [f"{k}: stored {have.get(k)!r}, config {want[k]!r}" for k in want if have.get(k) != want[k]]
 
 
+def read_run_log(path: Path) -> dict[str, Any]:
+    """The run log at ``path`` as the harness reads it (:func:`migrate_log`),
+    or :class:`SweepError` saying what is wrong with it: not JSON (a log cut
+    off, say), not an object, or without the grid point and rounds a sweep writes."""
+    try:
+        log = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SweepError(f"{path} is not a readable run log ({exc})") from exc
+    if not isinstance(log, dict):
+        raise SweepError(f"{path} is not a run log: it holds a JSON {type(log).__name__}, not an object")
+    point = log.get("sweep")
+    missing = [k for k in ("method", "m", "zeta", "seed") if not isinstance(point, dict) or k not in point]
+    if missing or not isinstance(log.get("rounds"), list) or not isinstance(log.get("config", {}), dict):
+        lacks = f"sweep.{', sweep.'.join(missing)}" if missing else "a list of rounds and a config"
+        raise SweepError(f"{path} is not a run log of a sweep: it lacks {lacks}")
+    return migrate_log(log)
+
+
 def stored_log(path: Path, run: PlannedRun) -> Optional[dict[str, Any]]:
     """The completed log of ``run`` at ``path``, ``None`` if there is none.
 
@@ -432,10 +450,9 @@ def stored_log(path: Path, run: PlannedRun) -> Optional[dict[str, Any]]:
     if not path.is_file():
         return None
     try:
-        log = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SweepError(f"{path} is not a readable run log ({exc}); move it away to re-run {run.run_id}") from exc
-    log = migrate_log(log)
+        log = read_run_log(path)
+    except SweepError as exc:
+        raise SweepError(f"{exc}; move it away to re-run {run.run_id}") from exc
     stored = RunConfig.from_dict(log.get("config", {}), strict=False)
     # a log from before --optimizer-state recorded none: its method's first policy is what it used
     used = log.get("summary", {}).get("optimizer_state") or get_method(stored.method).optimizer_states[0]

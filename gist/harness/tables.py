@@ -37,7 +37,7 @@ Inputs are the run logs :func:`gist.harness.sweep.run_sweep` writes
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -279,16 +279,22 @@ def tabulate(
     target_drop: Optional[float] = None,
     target: Optional[float] = None,
     plots: bool = True,
+    say: Optional[Callable[[str], None]] = None,
 ) -> tuple[str, pd.DataFrame]:
     """Write ``table.md``, ``table.csv`` and the plots into ``results_dir``
     from its run logs; return the Markdown and the summary frame.
 
-    ``command`` heads the Markdown: the exact command that made it."""
+    ``command`` heads the Markdown: the exact command that made it. With
+    ``say``, a file in ``runs/`` that is not a run log is left out and
+    ``say`` told why (without: :class:`~gist.harness.sweep.SweepError`)."""
     results_dir = Path(results_dir)
     cfg = cfg if cfg is not None else load_results_config(results_dir)
     target_drop = cfg.target_drop if target_drop is None else target_drop
     target = cfg.target if target is None else target
-    logs = load_logs(results_dir)
+    skipped: Optional[list[str]] = [] if say is not None else None
+    logs = load_logs(results_dir, skipped)
+    for problem in skipped or []:
+        say(f"skipped: {problem}")
     if not logs:
         raise MissingFileError(f"{results_dir}/{RUNS_DIR} holds no run logs yet")
     axes = context_axes(logs)
