@@ -259,7 +259,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .harness.sweep import command_line, describe, load_config, results_dir_for, run_sweep
+    from .harness.sweep import command_line, describe, load_config, results_dir_for, run_sweep, sweep_lock
     from .harness.tables import tabulate
 
     try:
@@ -276,20 +276,22 @@ def _sweep(args: argparse.Namespace) -> int:
         print(describe(cfg))
         if args.dry_run:
             return 0
-        try:
-            counts = run_sweep(cfg, out, progress=not args.no_progress, retry_failed=args.retry_failed)
-        except KeyboardInterrupt:
-            print(
-                f"gist sweep: {interrupt_word()}; the finished runs are kept in {Path(out) / 'runs'}; "
-                "run the same command again to run the rest",
-                file=sys.stderr,
+        with sweep_lock(Path(out)):  # one sweep at a time in a results folder
+            try:
+                counts = run_sweep(cfg, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+            except KeyboardInterrupt:
+                print(
+                    f"gist sweep: {interrupt_word()}; the finished runs are kept in {Path(out) / 'runs'}; "
+                    "run the same command again to run the rest",
+                    file=sys.stderr,
+                )
+                return interrupt_status()
+            failed = f" ({counts['failed']} failed)" if counts["failed"] else ""
+            done = f"skipped {counts['skipped']} already done"
+            print(f"sweep {cfg.name}: ran {counts['ran']}{failed}, {done}; logs in {out}")
+            text, _ = tabulate(
+                out, command_line(_argv(args)), cfg, say=lambda line: print(f"gist sweep: {line}", file=sys.stderr)
             )
-            return interrupt_status()
-        failed = f" ({counts['failed']} failed)" if counts["failed"] else ""
-        print(f"sweep {cfg.name}: ran {counts['ran']}{failed}, skipped {counts['skipped']} already done; logs in {out}")
-        text, _ = tabulate(
-            out, command_line(_argv(args)), cfg, say=lambda line: print(f"gist sweep: {line}", file=sys.stderr)
-        )
     except GistError as exc:
         print(f"gist sweep: error: {exc}", file=sys.stderr)
         return 2

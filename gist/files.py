@@ -20,7 +20,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "exclusive_lock", "fsync_dir", "private_tempdir"]
+from .errors import GistError
+
+__all__ = ["LockHeld", "atomic_write", "exclusive_lock", "fsync_dir", "private_tempdir"]
 
 
 @contextlib.contextmanager
@@ -56,33 +58,51 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+class LockHeld(GistError):
+    """Another process holds a lock that :func:`exclusive_lock` was told not to wait for."""
+
+    def __init__(self, lock_path: Path, holder: str) -> None:
+        self.lock_path, self.holder = lock_path, holder
+        super().__init__(f"{lock_path} is held by {holder or 'another process'}")
+
+
 @contextlib.contextmanager
-def exclusive_lock(lock_path: Path | str, required: bool = True) -> Iterator[None]:
+def exclusive_lock(lock_path: Path | str, required: bool = True, wait: bool = True, holder: str = "") -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``lock_path`` for the block, then delete it.
 
     Deleting a lock file races with a process that opened it just before:
     that process would lock an orphaned file. So after locking, the holder
     checks that the path still names the file it locked, and starts again if
     not. ``required=False``: where the lock file cannot be created (a
-    read-only folder), run the block without a lock.
+    read-only folder), run the block without a lock. ``wait=False``: if
+    another process holds it, raise :class:`LockHeld` with what that process
+    wrote as ``holder`` (say its pid and command) instead of waiting.
     """
     lock_path = Path(lock_path)
     while True:
         try:
-            handle = open(lock_path, "a")
+            handle = open(lock_path, "a+")
         except OSError:
             if required:
                 raise
             yield
             return
         with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                raise LockHeld(lock_path, handle.read().strip()) from None
             try:
                 current = os.stat(lock_path)
             except FileNotFoundError:
                 continue  # the previous holder deleted it after we opened it
             if not os.path.samestat(current, os.fstat(handle.fileno())):
                 continue
+            if holder:
+                handle.truncate(0)
+                handle.write(holder)
+                handle.flush()
             try:
                 yield
             finally:

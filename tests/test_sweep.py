@@ -169,6 +169,36 @@ def test_damaged_logs_are_named_skipped_by_table_and_refused_by_sweep(tmp_path, 
     assert "gist_m2_z2_seed0.json is not a run log: it holds a JSON list" in err and "move it away" in err
 
 
+def test_a_second_sweep_on_a_folder_in_use_is_refused_naming_the_first(tmp_path, capsys):
+    from gist.harness.sweep import SWEEP_LOCK, sweep_lock
+
+    cfg = write_config(tmp_path, rounds=1)
+    out = tmp_path / "res"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from pathlib import Path; from gist.harness.sweep import sweep_lock\n"
+            f"with sweep_lock(Path({str(out)!r})):\n    print('held', flush=True); input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out} is in use by another gist sweep (pid {holder.pid} on" in err and "--out" in err
+        assert not (out / "runs").exists()  # it ran nothing
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert not (out / SWEEP_LOCK).exists()  # released and removed
+    with sweep_lock(out):  # free again
+        assert (out / SWEEP_LOCK).read_text().startswith(f"pid {os.getpid()} on")
+    assert list(out.iterdir()) == []
+
+
 def test_sweep_resume_reruns_nothing(tmp_path, capsys):
     cfg = write_config(tmp_path)
     out = tmp_path / "res"

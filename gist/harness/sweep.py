@@ -50,11 +50,15 @@ with ``m = 1``) are read as they are (:func:`migrate_log`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
+import socket
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -64,6 +68,7 @@ from tqdm.auto import tqdm
 
 from ..config import MAX_SEED, RUN_SETTINGS, RunConfig, flat_names, setting_fields
 from ..errors import ConfigError
+from ..files import LockHeld, exclusive_lock
 from ..methods import get_method, method_names
 from ..run import RunFailed, launch_local, run_training, write_json
 from ..settings import number_problem, value_kind, value_problem
@@ -463,6 +468,27 @@ def stored_log(path: Path, run: PlannedRun) -> Optional[dict[str, Any]]:
             f"use another results directory, or move the old logs away"
         )
     return log
+
+
+SWEEP_LOCK = ".sweep.lock"
+"""The lock file a running ``gist sweep`` holds in its results folder (removed when it ends)."""
+
+
+@contextmanager
+def sweep_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s :data:`SWEEP_LOCK` for the block, or :class:`SweepError`
+    naming the process that holds it: two sweeps on one folder would run the
+    same runs twice and race on the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    holder = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    try:
+        with exclusive_lock(out / SWEEP_LOCK, wait=False, holder=holder):
+            yield
+    except LockHeld as exc:
+        raise SweepError(
+            f"{out} is in use by another gist sweep ({exc.holder or 'a process that has not said which'}); "
+            "wait for it to end, or give this one another results folder (--out)"
+        ) from None
 
 
 def results_dir_for(cfg: SweepConfig, results_root: str | Path = "results") -> Path:
