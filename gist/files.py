@@ -17,12 +17,12 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import GistError
 
-__all__ = ["LockHeld", "atomic_write", "exclusive_lock", "fsync_dir", "private_tempdir"]
+__all__ = ["LockHeld", "OutputError", "atomic_write", "exclusive_lock", "fsync_dir", "private_tempdir", "write_output"]
 
 
 @contextlib.contextmanager
@@ -46,6 +46,31 @@ def atomic_write(path: Path | str, durable: bool = False) -> Iterator[Path]:
             fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class OutputError(GistError):
+    """An output of a running command (a checkpoint, the log, the model) that
+    could not be written: a full disk, a folder gone. The file that was there
+    before is kept (:func:`write_output`)."""
+
+    exit_status = 1
+
+
+def write_output(flag: str, path: Path | str, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` into a temporary file beside ``path``, moved into place
+    (:func:`atomic_write`); an ``OSError`` (or a ``RuntimeError``, what
+    ``torch.save`` raises when the disk fills) becomes one
+    :class:`OutputError` naming ``flag``, the path and the reason."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            write(tmp)
+    except (OSError, RuntimeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        kept = "the file written there before is kept" if path.exists() else "nothing was written there"
+        raise OutputError(f"{flag} {path} could not be written ({reason}); {kept}") from exc
+    return path
 
 
 def fsync_dir(path: Path) -> None:

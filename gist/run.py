@@ -33,12 +33,12 @@ from .config import RunConfig
 from .devices import worker_device
 from .engine import Checkpointer, RankSetup, RoundDriver, TrainingDiverged, dataset_metric, full_model, load_run_dataset
 from .errors import ConfigError, GistError
-from .files import atomic_write
+from .files import OutputError, atomic_write, write_output
 from .methods import get_method
 
 
 class RunFailed(GistError, RuntimeError):
-    """The run stopped before its last round (it diverged). ``log`` is the
+    """The run stopped before its last round (it diverged, or a checkpoint could not be written). ``log`` is the
     run log of the rounds before, with the reason under ``failure``; it was
     written to the log path, if any, and the last checkpoint is untouched."""
 
@@ -138,6 +138,12 @@ def run_training(cfg: RunConfig, progress: bool = True, log_path: Optional[str |
                 raise
             log = finish(driver, cfg, built, log_path, failure=exc.record())
             raise RunFailed(str(exc), log) from exc
+        except OutputError as exc:  # a checkpoint could not be written: stop, keeping the log so far
+            if not driver.is_coordinator:
+                raise
+            failure = {"kind": "output", "method": cfg.method, "round": driver.round - 1, "message": str(exc)}
+            log = finish(driver, cfg, built, log_path, failure=failure)
+            raise RunFailed(f"after round {driver.round - 1}: {exc}", log) from exc
         except KeyboardInterrupt:
             if not driver.is_coordinator:
                 raise
@@ -224,10 +230,10 @@ def finish(
     if failure is not None:
         log["failure"] = failure
     if log_path is not None:
-        write_json(log, log_path)
+        write_output("--log", log_path, lambda tmp: _dump_json(log, tmp))
     if cfg.checkpoint.save_model and failure is None:
-        Path(cfg.checkpoint.save_model).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(driver.model_state_dict(), cfg.checkpoint.save_model)
+        state = driver.model_state_dict()
+        write_output("--save-model", cfg.checkpoint.save_model, lambda tmp: torch.save(state, tmp))
     return log
 
 
@@ -366,5 +372,10 @@ def write_json(obj: Any, path: str | Path) -> None:
     """Write JSON atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp, open(tmp, "w") as fh:
+    with atomic_write(path) as tmp:
+        _dump_json(obj, tmp)
+
+
+def _dump_json(obj: Any, path: Path) -> None:
+    with open(path, "w") as fh:
         json.dump(obj, fh, indent=1, allow_nan=True)

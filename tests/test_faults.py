@@ -280,3 +280,57 @@ def test_resume_with_fewer_rounds_than_the_checkpoint_is_an_error(tmp_path, caps
     captured = capsys.readouterr()
     assert "nothing left to train" in captured.err and "all 4 rounds" in captured.err
     assert "rounds=4" in captured.out
+
+
+# ---------------------------------------------------------------- a disk that fills during the run
+
+
+def fill_disk_on(monkeypatch, names: str, after: int = 0) -> list[str]:
+    """Make ``torch.save`` into a file whose name contains ``names`` write a
+    few bytes and then fail as it does on a full disk, after ``after`` such
+    saves have succeeded; returns the names of the attempted targets."""
+    real, tried = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        name = str(f)
+        if names in name:
+            tried.append(name)
+            if len(tried) > after:
+                with open(f, "wb") as fh:
+                    fh.write(b"PK\x03\x04 half")
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2048 vs 2000")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    return tried
+
+
+def test_save_model_on_a_full_disk_keeps_the_previous_model(tmp_path, capsys, monkeypatch):
+    model = tmp_path / "m.pt"
+    args = ["train", *SMALL, "--root", str(tmp_path), "--no-progress", "--save-model", str(model)]
+    assert main(args) == 0
+    before = torch.load(model, weights_only=True)
+    fill_disk_on(monkeypatch, "m.pt")
+    assert main([*args[:-2], "--hidden", "32", "--save-model", str(model)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"gist train: error: --save-model {model} could not be written")
+    assert "the file written there before is kept" in err[0]
+    after = torch.load(model, weights_only=True)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+
+
+def test_checkpoint_on_a_full_disk_stops_the_run_keeping_the_log_and_the_last_good_one(tmp_path, capsys, monkeypatch):
+    ckpt, log = tmp_path / "c.pt", tmp_path / "run.json"
+    tried = fill_disk_on(monkeypatch, "c.pt", after=1)  # the first checkpoint is written, the second is not
+    args = ["train", *SMALL, "--root", str(tmp_path), "--no-progress", "--log", str(log)]
+    assert main([*args, "--checkpoint", str(ckpt), "--checkpoint-every", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"gist train: error: after round 3: --checkpoint {ckpt} could not be written")
+    assert err[0].endswith(f"the log of the rounds before it is in {log}")
+    assert len(tried) == 2
+    record = json.loads(log.read_text())
+    assert record["failure"]["kind"] == "output" and len(record["rounds"]) == 4
+    assert torch.load(ckpt, weights_only=True)["round"] == 2  # the last good checkpoint
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".c.pt")] == []

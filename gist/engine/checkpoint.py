@@ -19,7 +19,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..files import atomic_write
+from ..files import write_output
 from .records import RoundRecord
 
 if TYPE_CHECKING:
@@ -53,10 +53,8 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any]) -> Path:
         """Write ``state`` and the config atomically (a temporary file renamed into place)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.path) as tmp:
-            torch.save({**state, "config": self.cfg.to_dict()}, tmp)
-        return self.path
+        saved = {**state, "config": self.cfg.to_dict()}
+        return write_output("--checkpoint", self.path, lambda tmp: torch.save(saved, tmp))
 
     def load(self) -> dict[str, Any]:
         """The saved state; ``ValueError`` if there is none, if it cannot be
@@ -99,10 +97,7 @@ class Checkpointer:
     def write_side(self, name: str, round: int, payload: dict[str, Any]) -> Path:
         """Write side file ``name`` of ``round`` atomically, then delete that
         name's files but the newest :data:`SIDE_FILES_KEPT`."""
-        target = self.side_path(name, round)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(target) as tmp:
-            torch.save(payload, tmp)
+        target = write_output("--checkpoint", self.side_path(name, round), lambda tmp: torch.save(payload, tmp))
         pattern = re.compile(re.escape(f"{self.path.name}.{name}.round-") + r"(\d+)$")
         found = sorted(
             (int(match.group(1)), p)
