@@ -223,6 +223,29 @@ def test_truncated_processed_file_says_delete_it(raw_cora):
         load_dataset("cora", root=raw_cora)
 
 
+class _RunsCode:
+    """Pickles into a call of ``subprocess.call(["touch", marker])``: what a crafted data file can hold."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import subprocess
+
+        return (subprocess.call, (["touch", self.marker],))
+
+
+def test_a_crafted_processed_file_is_refused_without_running_its_code(raw_cora, tmp_path):
+    """PyG's loader retries a weights-only load with full unpickling; ours never does."""
+    load_dataset("cora", root=raw_cora)  # writes processed/
+    processed = raw_cora / "planetoid" / "Cora" / "processed" / "data.pt"
+    marker = tmp_path / "code-ran"
+    torch.save(_RunsCode(str(marker)), processed)
+    with pytest.raises(DatasetCorruptError, match=r"processed/data.pt is corrupt or incomplete"):
+        load_dataset("cora", root=raw_cora)
+    assert not marker.exists(), "loading the dataset ran the file's code"
+
+
 def _load_cora_edges(root: str, queue) -> None:
     ds = load_dataset("cora", root=root)
     queue.put(int(ds.data.edge_index.size(1)))

@@ -10,7 +10,8 @@ per-operation socket timeout; any failure raises :class:`DatasetNotFoundError`
 naming every expected file, and what the attempt created is removed again.
 
 While a loader runs, ``input()`` raises instead of reading stdin, and
-``torch.load`` keeps weights-only loading on, with the PyG data classes of
+``torch.load`` loads weights only, whatever its caller asks (:func:`weights_only_loads`:
+PyG would otherwise retry with full unpickling), with the PyG data classes of
 processed files allow-listed (:func:`pyg_safe_globals`).
 """
 
@@ -186,6 +187,27 @@ def pyg_safe_globals() -> list[Any]:
     return [Data, HeteroData, DataEdgeAttr, DataTensorAttr, GlobalStorage, NodeStorage, EdgeStorage]
 
 
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` in the block loads weights only, whatever its
+    caller asks: PyG's loader retries a failed weights-only load of a
+    processed file with full unpickling, which would run whatever code a
+    crafted file holds. Through torch's own switch
+    (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``), its opposite unset meanwhile."""
+    keys = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ[keys[0]] = "1"
+    os.environ.pop(keys[1], None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 # --------------------------------------------------------------------------- present files
 
 
@@ -211,7 +233,7 @@ def _construct_present(files: DatasetFiles, construct: Callable[[], Any]) -> Any
     processed_dir = files.processed.parent
     had_processed_dir = processed_dir.exists()
     try:
-        with _no_stdin(), torch.serialization.safe_globals(pyg_safe_globals()):
+        with _no_stdin(), weights_only_loads(), torch.serialization.safe_globals(pyg_safe_globals()):
             return construct()
     except DatasetNotFoundError:
         raise
@@ -248,6 +270,7 @@ def _download(
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_no_stdin())
+            stack.enter_context(weights_only_loads())
             stack.enter_context(torch.serialization.safe_globals(pyg_safe_globals()))
             stack.enter_context(_socket_timeout(float(_DOWNLOAD_SOCKET_TIMEOUT)))
             if download_ctx is not None:
