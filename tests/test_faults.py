@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -16,6 +17,7 @@ from gist.config import RunConfig
 from gist.data import DatasetCorruptError, load_dataset
 from gist.engine import RoundDriver, TrainingDiverged
 from gist.engine.divergence import check_round
+from gist.errors import ConfigError
 from gist.harness.sweep import load_config, run_sweep
 from gist.harness.tables import tabulate
 from gist.run import RunFailed, run_training
@@ -357,3 +359,37 @@ def test_checkpoint_on_a_full_disk_stops_the_run_keeping_the_log_and_the_last_go
     assert record["failure"]["kind"] == "output" and len(record["rounds"]) == 4
     assert torch.load(ckpt, weights_only=True)["round"] == 2  # the last good checkpoint
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".c.pt")] == []
+
+
+# ---------------------------------------------------------------- graphs no method can train on
+
+BAD_GRAPHS = {
+    "negative-id": (lambda d: d.edge_index.__setitem__((0, 0), -1), "edge_index holds node ids outside [0, 3000)"),
+    "id-too-large": (lambda d: d.edge_index.__setitem__((1, 0), 3000), "(min 0, max 3000)"),
+    "int-mask": (
+        lambda d: setattr(d, "train_mask", d.train_mask.long()),
+        "train_mask must be a boolean tensor of N = 3000 entries, got int64",
+    ),
+    "short-mask": (lambda d: setattr(d, "val_mask", d.val_mask[:10]), "val_mask must be a boolean tensor"),
+    "label-out-of-range": (lambda d: d.y.__setitem__(0, 5), "y holds class 5, outside [0, 5)"),
+    "negative-label": (lambda d: d.y.__setitem__(0, -1), "y holds class -1"),
+    "2-d-labels": (lambda d: setattr(d, "y", d.y.view(-1, 1)), "flatten it: y.view(-1)"),
+    "float-labels": (lambda d: setattr(d, "y", d.y.float()), "y must be a 1-D integer tensor"),
+}
+
+
+@pytest.mark.parametrize("mode", ["replicated", "partitioned"])
+@pytest.mark.parametrize("method", ["gist", "ddp", "local-sgd"])
+@pytest.mark.parametrize("bad", list(BAD_GRAPHS), ids=list(BAD_GRAPHS))
+def test_a_graph_no_method_can_train_on_is_refused_when_the_method_is_built(tmp_path, method, mode, bad):
+    from gist.engine import full_model
+    from gist.methods import get_method
+
+    cfg = RunConfig.from_flat(method=method, dataset="csbm", hidden=16, subnets=2, rounds=1, data_mode=mode)
+    ds = load_dataset("csbm", root=tmp_path, seed=0)
+    data = ds.data.clone()
+    mutate, message = BAD_GRAPHS[bad]
+    mutate(data)
+    model = full_model(cfg, ds.num_features, ds.num_classes)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        get_method(method)(model, data, cfg)

@@ -29,7 +29,7 @@ Modules, each importing only those listed after it:
 from __future__ import annotations
 
 from ..registry import DATASETS
-from .dataset import NodeDataset, available_datasets, load_dataset, random_split, register_dataset
+from .dataset import NodeDataset, available_datasets, check_graph, load_dataset, random_split, register_dataset
 from .offline import (
     DEFAULT_ROOT_ENV,
     OFFLINE_ENV,
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_ROOT_ENV",
     "OFFLINE_ENV",
     "DatasetCorruptError",
+    "check_graph",
     "DatasetNotFoundError",
     "NodeDataset",
     "available_datasets",

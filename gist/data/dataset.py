@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -116,21 +116,55 @@ def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, **kwa
 
 
 def _check(ds: NodeDataset) -> None:
-    d = ds.data
-    n = d.num_nodes
-    problems = []
-    if d.x is None or d.x.dim() != 2 or d.x.size(0) != n:
-        problems.append("x must be [N, F]")
-    if d.y is None or d.y.dim() != 1 or d.y.size(0) != n:
-        problems.append("y must be 1-D [N]")
-    if d.edge_index is None or d.edge_index.dim() != 2 or d.edge_index.size(0) != 2:
-        problems.append("edge_index must be [2, E]")
-    for m in ("train_mask", "val_mask", "test_mask"):
-        t = getattr(d, m, None)
-        if t is None or t.dtype != torch.bool or t.shape != (n,):
-            problems.append(f"{m} must be bool [N]")
-    if problems:
-        raise ConfigError(f"dataset {ds.name!r} is malformed: " + "; ".join(problems))
+    try:
+        check_graph(ds.data, ds.num_classes)
+    except ConfigError as exc:
+        raise ConfigError(f"dataset {ds.name!r} is malformed: {exc}") from exc
+
+
+def check_graph(data: Data, num_classes: Optional[int] = None, what: str = "the graph") -> None:
+    """:class:`~gist.errors.ConfigError`, one problem at a time, unless
+    ``data`` is a node-classification graph every method can train on: ``x``
+    of shape ``[N, F]``; ``edge_index`` ``[2, E]`` of integer node ids in
+    ``[0, N)``; ``y`` a 1-D integer tensor of ``N`` class indices in
+    ``[0, num_classes)``; ``train_mask`` (and ``val_mask`` / ``test_mask``
+    where present) boolean of ``N`` entries. Stock PyG would read a negative
+    id out of bounds, and an integer 0/1 mask as a list of node indices."""
+    n = data.num_nodes
+    x, edge_index, y = data.x, data.edge_index, data.y
+    if x is None or x.dim() != 2 or x.size(0) != n:
+        raise ConfigError(f"{what}: x must be a [N, F] tensor of node features (N = {n}), got {_shape(x)}")
+    if edge_index is None or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ConfigError(f"{what}: edge_index must be a [2, E] tensor, got {_shape(edge_index)}")
+    if edge_index.is_floating_point() or edge_index.dtype == torch.bool:
+        raise ConfigError(f"{what}: edge_index must hold integer node ids, got {edge_index.dtype}")
+    if edge_index.numel():
+        lo, hi = int(edge_index.min()), int(edge_index.max())
+        if lo < 0 or hi >= n:
+            raise ConfigError(
+                f"{what}: edge_index holds node ids outside [0, {n}) (min {lo}, max {hi}); ids must index the rows of x"
+            )
+    if y is None or y.dim() != 1 or y.size(0) != n or y.is_floating_point() or y.dtype == torch.bool:
+        raise ConfigError(
+            f"{what}: y must be a 1-D integer tensor of N = {n} class indices, got {_shape(y)}"
+            + (" (flatten it: y.view(-1))" if y is not None and y.dim() == 2 and y.size(-1) == 1 else "")
+        )
+    if n:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or (num_classes is not None and hi >= num_classes):
+            limit = f"[0, {num_classes})" if num_classes is not None else "[0, C)"
+            raise ConfigError(f"{what}: y holds class {lo if lo < 0 else hi}, outside {limit}")
+    for name in ("train_mask", "val_mask", "test_mask"):
+        mask = getattr(data, name, None)
+        if mask is None and name != "train_mask":
+            continue
+        if mask is None or mask.dtype != torch.bool or tuple(mask.shape) != (n,):
+            hint = " (an integer 0/1 mask would be read as node indices: pass mask.bool())" if mask is not None else ""
+            raise ConfigError(f"{what}: {name} must be a boolean tensor of N = {n} entries, got {_shape(mask)}{hint}")
+
+
+def _shape(t: Optional[Tensor]) -> str:
+    return "none" if t is None else f"{t.dtype} of shape {tuple(t.shape)}".replace("torch.", "")
 
 
 # --------------------------------------------------------------------------- building one

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..comm import ByteLedger, WorkerStats
 from ..config import NoOptions, RunConfig
+from ..data import check_graph
 from ..devices import check_devices, worker_device
 from ..errors import ConfigError
 from .checkpoint import Checkpointer, driver_state, load_driver_state
@@ -132,6 +133,9 @@ class RoundDriver(ABC):
         if group.num_workers != cfg.subnets:
             raise ConfigError(f"{group.num_workers} workers given but the config asks m={cfg.subnets}")
         self.device = device if device is not None else worker_device(cfg)
+        if data is not None:
+            classes = getattr(model, "out_channels", None)
+            check_graph(data, classes if isinstance(classes, int) else None)
         if evaluator is None and group.is_coordinator and self.scores_on_graph(cfg):
             if data is None:
                 raise ConfigError(f"{self.name}: worker 0 needs the full graph (data=) to evaluate")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from ..config import LocalConfig, RunConfig
+from ..data import check_graph
 from ..devices import worker_device
 from ..errors import ConfigError
 from ..graph import (
@@ -148,7 +149,9 @@ def mean_or_nan(values: Sequence[float]) -> float:
 
 def worker_graphs(data: Data, cfg: RunConfig) -> list[Data]:
     """The graph each worker trains on: the whole graph (``replicated``) or
-    its own part's induced subgraph (``partitioned``)."""
+    its own part's induced subgraph (``partitioned``); ``data`` is checked
+    first (:func:`~gist.data.check_graph`)."""
+    check_graph(data)
     if not cfg.workers_hold_parts:  # replicated data, or a single worker
         return [data] * cfg.subnets
     d = cfg.data
@@ -168,6 +171,8 @@ def make_batch_sources(
     features sparse with ``cfg.data.sparse_features``: full batch,
     or Cluster-GCN batches whose METIS partition is computed once per
     distinct graph and whose order is seeded by ``seed + i``."""
+    for i, graph in {id(g): (i, g) for i, g in graphs.items()}.values():
+        check_graph(graph, what=f"worker {i}'s graph")
     sources: dict[int, BatchSource] = {}
     parts_of: dict[int, Tensor] = {}
     full_of: dict[int, FullBatch] = {}
