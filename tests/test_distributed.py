@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -421,3 +422,22 @@ def test_narrow_wire_dtype_distributed_equals_in_process(tmp_path, one_thread, w
     assert all(t["nbytes"] == 2 * (numel - ints) + 8 * ints for t in params)
     stats = [t for t in dist["ledger"] if t["kind"] == "stats"]
     assert stats and all(t["nbytes"] == 12 for t in stats)  # the loss report stays exact float32
+
+
+def test_a_master_port_in_use_is_one_line_saying_what_to_do(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        cmd = [sys.executable, "-m", "gist", "train", "--backend", "dist", "--method", "full", "--subnets", "1"]
+        cmd += ["--dataset", "csbm", "--hidden", "8", "--rounds", "1", "--no-progress", "--root", str(tmp_path)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert err == [
+        f"gist train: error: MASTER_PORT {port} is already in use on 127.0.0.1 (another job, or a run that has "
+        "not ended): set another MASTER_PORT, or leave MASTER_PORT unset with `gist train --procs M`, which picks "
+        "a free one"
+    ], proc.stderr[-2000:]

@@ -103,7 +103,17 @@ def init_distributed(
     if timeout_s <= 0:
         raise ConfigError(f"timeout must be > 0 seconds, got {timeout_s}")
     if not dist.is_initialized():
-        store, rank, world_size = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+        try:
+            store, rank, world_size = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+        except dist.DistNetworkError as exc:
+            if "EADDRINUSE" not in str(exc) and "address already in use" not in str(exc).lower():
+                raise
+            port, addr = os.environ["MASTER_PORT"], os.environ["MASTER_ADDR"]
+            raise ConfigError(
+                f"MASTER_PORT {port} is already in use on {addr} (another job, or a run that has not ended): "
+                "set another MASTER_PORT, or leave MASTER_PORT unset with `gist train --procs M`, which picks "
+                "a free one"
+            ) from None
         store.set_timeout(timedelta(seconds=timeout_s))
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT)
     rank, world_size = dist.get_rank(), dist.get_world_size()
