@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import product
 from pathlib import Path
 from typing import Any, Optional
@@ -68,7 +69,7 @@ from tqdm.auto import tqdm
 
 from ..config import MAX_SEED, RUN_SETTINGS, RunConfig, flat_names, setting_fields
 from ..errors import ConfigError
-from ..files import LockHeld, exclusive_lock
+from ..files import LockHeld, exclusive_lock, write_output
 from ..methods import get_method, method_names
 from ..run import RunFailed, launch_local, run_training, write_json
 from ..settings import number_problem, value_kind, value_problem
@@ -560,7 +561,10 @@ def run_sweep(
                 say(f"sweep {cfg.name}: run {run.run_id} failed: {exc}; recorded, going on")
             except Exception as exc:
                 raise SweepError(f"sweep {cfg.name}: run {run.run_id} failed: {exc}") from exc
-            write_json(compact_log(log, run, cfg), runs_dir / f"{run.run_id}.json")
+            compact = compact_log(log, run, cfg)
+            write_output(
+                f"sweep {cfg.name}: the run log", runs_dir / f"{run.run_id}.json", partial(write_json, compact)
+            )
             counts["ran"] += 1
             bar.update(1)
     finally:
