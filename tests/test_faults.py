@@ -393,3 +393,59 @@ def test_a_graph_no_method_can_train_on_is_refused_when_the_method_is_built(tmp_
     model = full_model(cfg, ds.num_features, ds.num_classes)
     with pytest.raises(ConfigError, match=re.escape(message)):
         get_method(method)(model, data, cfg)
+
+
+@pytest.mark.parametrize("method", ["gist", "ddp", "local-sgd"])
+def test_workers_without_training_nodes_are_named_in_one_warning(raw_cora, method):
+    """Cora in 64 METIS parts: some hold no training node. One warning names them all (not one per worker)."""
+    import warnings
+
+    cfg = RunConfig.from_flat(
+        method=method,
+        dataset="cora",
+        root=str(raw_cora),
+        data_mode="partitioned",
+        subnets=64,
+        hidden=64,
+        rounds=2,
+        local_steps=2,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training(cfg, progress=False)
+    said = [str(w.message) for w in caught if "training node" in str(w.message)]
+    assert len(said) == 1, said
+    assert re.match(r"\d+ of 64 workers hold no training node \(workers \d+(, \d+)*\): they skip", said[0]), said[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 kB tmpfs: a disk that fills (root only)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    where = tmp_path / "small"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_really_full_disk_keeps_the_previous_model_and_says_so_in_one_line(tmp_path, small_disk, capsys):
+    model = small_disk / "m.pt"
+    args = ["train", *SMALL, "--root", str(tmp_path), "--no-progress", "--save-model", str(model)]
+    assert main([*args, "--hidden", "8"]) == 0
+    before = torch.load(model, weights_only=True)
+    capsys.readouterr()
+    assert main([*args, "--hidden", "128"]) == 1  # 137 kB: more than the disk holds
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--save-model {model} could not be written" in err[0], err
+    after = torch.load(model, weights_only=True)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert [p.name for p in small_disk.iterdir()] == ["m.pt"]

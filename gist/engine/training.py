@@ -102,16 +102,34 @@ def training_loss(
 
 
 class WarnOnce:
-    """Calling it warns ``message`` the first time only."""
+    """Calling it warns ``message`` the first time only (never where ``said``:
+    the run has already said it, e.g. :func:`warn_parts_without_training_nodes`)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, said: bool = False) -> None:
         self.message = message
-        self.warned = False
+        self.warned = said
 
     def __call__(self) -> None:
         if not self.warned:
             warnings.warn(self.message, stacklevel=3)
             self.warned = True
+
+
+def has_training_nodes(graph: Data) -> bool:
+    return bool(graph.train_mask.any())
+
+
+def warn_parts_without_training_nodes(graphs: dict[int, Data]) -> None:
+    """One warning for all the workers whose graph holds no training node
+    (their local steps are skipped), instead of one per worker per step."""
+    empty = sorted(i for i, g in graphs.items() if not has_training_nodes(g))
+    if empty:
+        names = ", ".join(map(str, empty[:20])) + (f" and {len(empty) - 20} more" if len(empty) > 20 else "")
+        warnings.warn(
+            f"{len(empty)} of {len(graphs)} workers hold no training node (workers {names}): they skip "
+            "their local steps; fewer workers, or --partitioner random, gives every part some",
+            stacklevel=3,
+        )
 
 
 def local_steps(
@@ -173,6 +191,7 @@ def make_batch_sources(
     distinct graph and whose order is seeded by ``seed + i``."""
     for i, graph in {id(g): (i, g) for i, g in graphs.items()}.values():
         check_graph(graph, what=f"worker {i}'s graph")
+    warn_parts_without_training_nodes(graphs)
     sources: dict[int, BatchSource] = {}
     parts_of: dict[int, Tensor] = {}
     full_of: dict[int, FullBatch] = {}

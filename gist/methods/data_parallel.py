@@ -57,7 +57,7 @@ from ..engine import (
     worker_graphs,
     worker_rng_state,
 )
-from ..engine.training import WarnOnce, mean_or_nan
+from ..engine.training import WarnOnce, has_training_nodes, mean_or_nan
 from ..errors import ConfigError
 from ..graph import AdjacencyFormat, graph_tensors
 
@@ -144,7 +144,11 @@ class DataParallelMethod(RoundDriver):
         self._sources = make_batch_sources(graphs, cfg, self.device, fmt)
         self._rngs = {i: RNGStream(first_rng if i == 0 else worker_rng_state(cfg.seed, i), self.device) for i in local}
         self._warn_empty = {
-            i: WarnOnce(f"worker {i}: a batch without training nodes; {self.empty_batch}") for i in local
+            i: WarnOnce(
+                f"worker {i}: a batch without training nodes; {self.empty_batch}",
+                said=not has_training_nodes(graphs[i]),
+            )
+            for i in local
         }
 
         self._state_names = float_state_names(model)

@@ -29,6 +29,7 @@ from ...engine.optim import EntrywiseAdam, load_state_tensors, state_layout, sta
 from ...engine.training import (
     RNGStream,
     WarnOnce,
+    has_training_nodes,
     local_steps,
     make_batch_sources,
     make_optimizer,
@@ -161,7 +162,9 @@ class Worker:
         """Whether its sub-networks train with HeteroFL's scaler (:func:`~gist.subnets.scale_split_inputs`)."""
         self._subnets: dict[int, tuple[nn.Module, FlatLayout]] = {}
         self.scorer = PartScorer(template, spec, batches.data, fmt, self.device)
-        self._warn_empty = WarnOnce(f"worker {index}: a batch without training nodes; step skipped")
+        self._warn_empty = WarnOnce(
+            f"worker {index}: a batch without training nodes; step skipped", said=not has_training_nodes(batches.data)
+        )
         self._restored = False
         self.subnet, self.layout = self._subnet(schedule.at(0).groups)
 
