@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from itertools import product
 from pathlib import Path
 from typing import Any, Optional
@@ -278,11 +278,17 @@ def parse_config(raw: dict[str, Any], name: str = "sweep", path: Optional[Path] 
     return cfg
 
 
+@cache
+def _setting_fields() -> dict[str, Any]:
+    """Every setting's field by its flat name (read once)."""
+    return {name: f for name, _, f in setting_fields()}
+
+
 def _checked(where: str, section: str, key: str, value: Any) -> Any:
     """``value`` for the setting ``key`` (an integer given for a float setting
     made a float), or :class:`SweepError` naming the file, the key, what it
     must be and the value."""
-    f = next((f for name, _, f in setting_fields() if name == key), None)
+    f = _setting_fields().get(key)
     if f is None:
         return value
     problem = value_problem(f, value)
