@@ -44,7 +44,7 @@ from .settings import check_fields, flat_name, leaf_fields, parse_rate, setting
 DATA_MODES = ("replicated", "partitioned")
 BATCHING = ("full", "cluster")
 OPTIMIZERS = ("adam", "sgd")
-OPTIMIZER_STATES = ("fresh", "kept", "carried")
+OPTIMIZER_STATES = ("fresh", "kept", "carried", "second-moment")
 BACKENDS = ("local", "dist")
 DIST_BACKENDS = ("gloo", "nccl")
 MAX_SEED = 2**32 - 1
@@ -127,7 +127,9 @@ class LocalConfig:
         choices=OPTIMIZER_STATES,
         help="what a worker's optimizer starts each round from: fresh (new state: plain GIST's default), kept (the "
         "worker's own from its last round: local SGD's and DDP's), carried (the state of the parameters it is "
-        "sent, which travels with them: gist and local-sgd, Adam only; the partitioned recipe's default); "
+        "sent, which travels with them: gist and local-sgd, Adam only; the partitioned recipe's default), "
+        "second-moment (gist: only Adam's bias-corrected second moment travels, a third of carried's bytes; the "
+        "first moment starts fresh); "
         "default: the method's",
     )
 

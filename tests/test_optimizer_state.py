@@ -1,7 +1,8 @@
 """What a worker's optimizer starts each round from (``--optimizer-state``):
-GIST's carried Adam state is exact (sliced out and written back like the
-parameters), its bytes are what it moves, processes equal the simulation,
-and local SGD offers the same three policies."""
+GIST's carried Adam state (all of it, or its second moment alone) is exact
+(sliced out and written back like the parameters), its bytes are what it
+moves, processes equal the simulation, and local SGD offers fresh, kept and
+carried."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from gist.config import RunConfig
 from gist.data import load_dataset
 from gist.engine import full_model
-from gist.engine.optim import STATE_KEYS, EntrywiseAdam, load_state_tensors, state_tensors
+from gist.engine.optim import STATE_KEYS, EntrywiseAdam, SecondMomentAdam, load_state_tensors, state_tensors
 from gist.methods import GIST
 from gist.methods.gist.transport import InProcessTransport
 from gist.run import launch_local, run_training
@@ -48,6 +49,69 @@ def test_entrywise_adam_is_torch_adam_from_a_fresh_start():
     assert all(torch.equal(state_tensors(again, named)[k], v) for k, v in state.items())
 
 
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def test_second_moment_adam_is_torch_adam_from_a_fresh_start():
+    a = _mlp()
+    b = copy.deepcopy(a)
+    ours = SecondMomentAdam(b.parameters(), lr=0.01, weight_decay=1e-3)
+    theirs = torch.optim.Adam(a.parameters(), lr=0.01, weight_decay=1e-3)
+    x = torch.randn(32, 6)
+    for _ in range(40):
+        for model, opt in ((a, theirs), (b, ours)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    # what travels is the second moment alone, bias-corrected: torch's v / (1 - beta2^40)
+    named = dict(b.named_parameters())
+    state = state_tensors(ours, named)
+    assert set(state) == {f"{n}.exp_avg_sq" for n in named}
+    for n, p in zip(named, a.parameters()):
+        expected = theirs.state[p]["exp_avg_sq"] / (1 - 0.999**40)
+        torch.testing.assert_close(state[f"{n}.exp_avg_sq"], expected, rtol=1e-5, atol=1e-12)
+
+
+def test_second_moment_adam_continues_a_warm_average_and_starts_cold_entries_fresh():
+    """Sent v̂: a warm entry's first step is lr·g/√(β2·v̂ + (1-β2)·g²) (no
+    reset: a gradient ten times smaller than the carried scale moves it ten
+    times less), a cold entry's (v̂ = 0) is a fresh Adam's ≈ lr·sign(g); what
+    it returns after k steps is the running average, corrected only where cold."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = SecondMomentAdam([p], lr=0.1)
+    v_hat = torch.tensor([4.0, 0.0])
+    load_state_tensors(opt, {"w": p}, {"w.exp_avg_sq": v_hat})
+    g = torch.tensor([0.2, 0.2])
+    p.grad = g.clone()
+    opt.step()
+    v1 = 0.999 * v_hat + 0.001 * g**2
+    expected_warm = -0.1 * 0.2 / (v1[0].sqrt() + 1e-8)
+    torch.testing.assert_close(p[0], expected_warm)
+    torch.testing.assert_close(p[1], torch.tensor(-0.1), rtol=1e-6, atol=1e-7)
+    assert abs(p[0].item()) < 0.011  # a tenth of the learning rate: the scale survived the round
+    for _ in range(4):
+        p.grad = g.clone()
+        opt.step()
+    v5 = 0.999**5 * v_hat + (1 - 0.999**5) * g**2
+    out = state_tensors(opt, {"w": p})["w.exp_avg_sq"]
+    torch.testing.assert_close(out, torch.stack([v5[0], g[1] ** 2]))
+    # a constant gradient keeps its square, warm or cold, through any number of rounds
+    q = torch.nn.Parameter(torch.zeros(3))
+    state = {"w.exp_avg_sq": torch.zeros(3)}
+    for _ in range(3):
+        opt = SecondMomentAdam([q], lr=0.1)
+        load_state_tensors(opt, {"w": q}, state)
+        for _ in range(7):
+            q.grad = torch.tensor([0.5, -2.0, 1e-3])
+            opt.step()
+        state = {k: v.clone() for k, v in state_tensors(opt, {"w": q}).items()}
+        torch.testing.assert_close(state["w.exp_avg_sq"], torch.tensor([0.25, 4.0, 1e-6]))
+
+
 class Recording(InProcessTransport):
     """An in-process transport that keeps what it sent and got back."""
 
@@ -69,17 +133,19 @@ def _gist(tmp_path, transport_cls=InProcessTransport, **settings):
     return GIST(model, ds.data, cfg, transport=transport)
 
 
+@pytest.mark.parametrize("policy", ["carried", "second-moment"])
 @pytest.mark.parametrize("groups", [4, 2])
-def test_carried_state_is_sliced_out_and_written_back_exactly(tmp_path, groups):
+def test_carried_state_is_sliced_out_and_written_back_exactly(tmp_path, groups, policy):
     """With s groups of m = 4 workers: each worker receives exactly its slice
     of the coordinator's state; the coordinator then holds, in every slice a
     group trained, the mean of what that group's workers returned, and
     elsewhere what it held before."""
-    driver = _gist(tmp_path, Recording, subnets=4, subnet_groups=groups, gist_recipe="plain")
+    driver = _gist(tmp_path, Recording, subnets=4, subnet_groups=groups, gist_recipe="plain", optimizer_state=policy)
     driver.run_round()  # round 0 starts from zeros
     carried, wire = driver.carried, driver.wire
     before = {k: v.clone() for k, v in carried.tensors.items()}
-    assert any(v.abs().sum() > 0 for k, v in before.items() if k.endswith("exp_avg"))
+    assert {k.rpartition(".")[2] for k in before} == set(STATE_KEYS if policy == "carried" else ["exp_avg_sq"])
+    assert any(v.abs().sum() > 0 for k, v in before.items() if k.endswith("exp_avg_sq"))
     from gist.subnets import average_states, draw_partition
 
     plan = driver.schedule.at(1)
@@ -97,7 +163,7 @@ def test_carried_state_is_sliced_out_and_written_back_exactly(tmp_path, groups):
             assert torch.equal(now[name], mean[name]), name
     # a step count went up by ζ exactly where a worker trained the entry this round, and nowhere else
     zeta = driver.cfg.local.local_steps
-    for name in (k for k in carried.tensors if k.endswith(".step")):
+    for name in (k for k in carried.tensors if k.endswith(".step")):  # (second-moment carries none)
         delta = carried.tensors[name] - before[name]
         assert set(delta.unique().tolist()) <= {0.0, float(zeta)}, name
         if name in carried.spec.sliced:
@@ -108,7 +174,7 @@ def test_carried_state_is_sliced_out_and_written_back_exactly(tmp_path, groups):
             assert torch.all(delta == zeta), name
 
 
-def test_carried_bytes_are_three_values_per_trained_value_each_way(tmp_path):
+def test_carried_bytes_are_three_values_per_trained_value_each_way_and_one_for_the_second_moment(tmp_path):
     driver = _gist(tmp_path, subnets=4, gist_recipe="plain")
     driver.fit(progress=False)
     layout = driver.layout
@@ -128,6 +194,13 @@ def test_carried_bytes_are_three_values_per_trained_value_each_way(tmp_path):
     bf16 = _gist(tmp_path, subnets=4, gist_recipe="plain", wire_dtype="bfloat16")
     bf16.fit(progress=False)
     assert bf16.ledger.total(kind="optim") == driver.ledger.total(kind="optim") // 2
+    second = _gist(tmp_path, subnets=4, gist_recipe="plain", optimizer_state="second-moment")
+    second.fit(progress=False)
+    for r in range(driver.cfg.rounds):
+        for w in range(4):
+            for direction in ("to_worker", "from_worker"):
+                assert second.ledger.total(round=r, worker=w, kind="optim", direction=direction) == values * 4
+    assert second.summary()["optimizer_state"] == "second-moment"
 
 
 def test_gist_with_one_group_carried_is_local_sgd_carried_but_for_rounding(tmp_path):
@@ -158,10 +231,11 @@ def test_gist_with_one_group_carried_is_local_sgd_carried_but_for_rounding(tmp_p
     assert [r["val"] for r in gist["rounds"]] == pytest.approx([r["val"] for r in local["rounds"]], abs=0.01)
 
 
-def test_processes_equal_the_simulation_with_carried_state(tmp_path):
+@pytest.mark.parametrize("policy", ["carried", "second-moment"])
+def test_processes_equal_the_simulation_with_carried_state(tmp_path, policy):
     torch.set_num_threads(1)
     settings = RunConfig.from_flat(
-        root=str(tmp_path / "data"), **SMALL, subnets=4, optimizer_state="carried", threads=1, timeout=60
+        root=str(tmp_path / "data"), **SMALL, subnets=4, optimizer_state=policy, threads=1, timeout=60
     )
     local = run_training(settings.replace(save_model=str(tmp_path / "local.pt")), progress=False)
     dist = launch_local(settings.replace(save_model=str(tmp_path / "dist.pt")), 4, progress=False)
@@ -172,12 +246,13 @@ def test_processes_equal_the_simulation_with_carried_state(tmp_path):
     assert local["summary"]["optim_bytes_total"] > 0
 
 
-def test_carried_state_resumes_from_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("policy", ["carried", "second-moment"])
+def test_carried_state_resumes_from_a_checkpoint(tmp_path, policy):
     base = RunConfig.from_flat(
         root=str(tmp_path),
         **{**SMALL, "rounds": 4},
         subnets=2,
-        optimizer_state="carried",
+        optimizer_state=policy,
         checkpoint=str(tmp_path / "c.pt"),
         checkpoint_every=1,
     )
@@ -192,8 +267,13 @@ def test_carried_state_resumes_from_a_checkpoint(tmp_path):
     "flat, message",
     [
         (dict(method="ddp", optimizer_state="carried"), "ddp's optimizer starts each round from kept"),
-        (dict(method="gist", optimizer_state="kept"), "gist's optimizer starts each round from fresh or carried"),
+        (
+            dict(method="gist", optimizer_state="kept"),
+            "gist's optimizer starts each round from fresh or carried or second-moment",
+        ),
         (dict(method="gist", optimizer_state="carried", optimizer="sgd"), "use --optimizer adam"),
+        (dict(method="gist", optimizer_state="second-moment", optimizer="sgd"), "second-moment moves Adam's"),
+        (dict(method="local-sgd", optimizer_state="second-moment"), "local-sgd's optimizer starts each round"),
     ],
 )
 def test_policies_a_method_does_not_offer_are_refused(flat, message):

@@ -17,7 +17,7 @@ from torch_geometric.nn.models import GCN, GraphSAGE
 import gist.methods.gist.shards as shards_module
 from gist.comm import FROM_WORKER, TO_WORKER
 from gist.config import RunConfig
-from gist.engine.optim import STATE_KEYS
+from gist.engine.optim import carried_keys
 from gist.engine.setup import full_model, load_run_dataset
 from gist.methods import GIST
 from gist.methods.gist.sharded import ShardedGIST
@@ -182,8 +182,13 @@ def _piece_bytes(driver: ShardedGIST, round: int, worker: int, optim: bool = Fal
             continue
         units = partition.groups[axes[dim]][group]
         foreign = int((units % driver.cfg.subnets != worker).sum())
-        total += shape.numel() // shape[dim] * foreign * driver.wire.itemsize * (len(STATE_KEYS) if optim else 1)
+        total += shape.numel() // shape[dim] * foreign * driver.wire.itemsize * (_state_values(driver) if optim else 1)
     return total
+
+
+def _state_values(driver) -> int:
+    """State values that travel per trainable value under the run's carried policy."""
+    return len(carried_keys(driver.carried_policy))
 
 
 @pytest.mark.parametrize(
@@ -203,9 +208,24 @@ def _piece_bytes(driver: ShardedGIST, round: int, worker: int, optim: bool = Fal
             "assignment": "rolling",
             "rounds": 4,
         },
+        {
+            "data_mode": "partitioned",
+            "gist_recipe": "partitioned",
+            "bn_reestimate": False,
+            "optimizer_state": "second-moment",
+            "rounds": 4,
+        },
         {"wire_dtype": "bfloat16", "model": "sage", "norm": "batch_norm", "subnet_groups": 2},
     ],
-    ids=["plain", "sage-bn-groups", "finishing", "partitioned-recipe", "carried-bf16-full-rounds", "bfloat16-wire"],
+    ids=[
+        "plain",
+        "sage-bn-groups",
+        "finishing",
+        "partitioned-recipe",
+        "carried-bf16-full-rounds",
+        "second-moment",
+        "bfloat16-wire",
+    ],
 )
 def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, one_thread, kw):
     central, central_state = _train(_settings(tmp_path, coordinator="central", **kw))
@@ -230,7 +250,7 @@ def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, o
             assert ledger.total(round=r, worker=w, direction=FROM_WORKER, kind="params") == pieces + shared_bytes * (
                 m - 1
             )
-    # the carried state moves as the parameters do, three values for each trainable one
+    # the carried state moves as the parameters do, three values for each trainable one (one for second-moment)
     assert sharded.carries_optimizer == central.carries_optimizer == (kw.get("data_mode") == "partitioned")
     trainable = [n for n, p in sharded.model.named_parameters() if p.requires_grad]
     shared_state = sum(central_state[n].numel() for n in sharded.ownership.shared if n in trainable)
@@ -238,8 +258,8 @@ def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, o
         for w in range(m):
             pieces = _piece_bytes(sharded, r, w, optim=True)
             assert ledger.total(round=r, worker=w, direction=TO_WORKER, kind="optim") == pieces
-            assert ledger.total(round=r, worker=w, direction=FROM_WORKER, kind="optim") == pieces + len(
-                STATE_KEYS
+            assert ledger.total(round=r, worker=w, direction=FROM_WORKER, kind="optim") == pieces + _state_values(
+                sharded
             ) * shared_state * wire.itemsize * (m - 1)
     if not sharded.carries_optimizer:
         assert ledger.total(kind="optim") == central.ledger.total(kind="optim") == 0

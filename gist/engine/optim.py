@@ -1,9 +1,16 @@
-r"""Optimizer state that can travel: Adam whose step count is kept per entry.
+r"""Optimizer state that can travel with a slice of the parameters.
 
 A GIST worker trains a different slice of each weight every round, so the
-entries of one weight have been trained a different number of times.
-:class:`EntrywiseAdam` is Adam (as ``torch.optim.Adam`` computes it, L2
-weight decay included) with its step count a tensor of the parameter's shape:
+entries of one weight have been trained a different number of times. Two
+Adams here keep their state per entry, in tensors of the parameter's shape,
+so the state slices and merges exactly like the parameter itself
+(:func:`state_tensors`, :func:`load_state_tensors`); each names the tensors
+that travel in ``state_keys``. :data:`CARRIED_OPTIMIZERS` maps each
+``--optimizer-state`` policy whose state travels to its optimizer.
+
+:class:`EntrywiseAdam` (``carried``) is Adam (as ``torch.optim.Adam``
+computes it, L2 weight decay included) with its step count a tensor of the
+parameter's shape:
 
 .. math::
 
@@ -14,15 +21,33 @@ weight decay included) with its step count a tensor of the parameter's shape:
     \theta \leftarrow \theta - \eta\,
     \frac{m / (1-\beta_1^{t})}{\sqrt{v / (1-\beta_2^{t})} + \epsilon}
 
-with :math:`t` per entry. Its state per parameter is three tensors of the
-parameter's shape (:data:`STATE_KEYS`), so it slices and merges exactly like
-the parameter itself (:func:`state_tensors`, :func:`load_state_tensors`).
-Started from zeros it is a fresh ``torch.optim.Adam``, step for step.
+with :math:`t` per entry; all three travel. Started from zeros it is a
+fresh ``torch.optim.Adam``, step for step.
+
+:class:`SecondMomentAdam` (``second-moment``) carries only the second moment,
+bias-corrected, :math:`\hat v = v / (1-\beta_2^t)`: a third of the bytes. Its
+first moment and step count :math:`k` start again each round. An entry sent
+:math:`\hat v > 0` ("warm") continues the average without a correction, an
+entry sent zero ("cold": never trained) is a fresh Adam's:
+
+.. math::
+
+    v_0 = \hat v, \quad
+    \theta \leftarrow \theta - \eta\,
+    \frac{m / (1-\beta_1^{k})}{\sqrt{v / c_k} + \epsilon}, \quad
+    c_k = \begin{cases} 1 & \text{warm} \\ 1-\beta_2^{k} & \text{cold} \end{cases}
+
+and it returns :math:`v / c_k`. For a warm entry :math:`v_k = \beta_2^k \hat v +
+(1-\beta_2)\sum_i \beta_2^{k-i} g_i^2` weighs the carried estimate and the new
+squares by weights that sum to one, so it needs no correction. The step
+size is then set by the gradients' long-run scale rather than by a reset
+moment, which is what the reset costs (``results/optimizer-state``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -32,11 +57,14 @@ from ..errors import ConfigError
 from ..subnets import FlatLayout
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "step")
-"""The state of one parameter, each a tensor of its shape."""
+"""The state of one parameter under ``carried``, each a tensor of its shape."""
 
 
 class EntrywiseAdam(torch.optim.Optimizer):
     """Adam with a step count per entry (module docstring)."""
+
+    state_keys: tuple[str, ...] = STATE_KEYS
+    """The state tensors that travel, each of its parameter's shape."""
 
     def __init__(
         self,
@@ -77,40 +105,127 @@ class EntrywiseAdam(torch.optim.Optimizer):
                 p.addcdiv_(state["exp_avg"] / correction1, denom, value=-lr)
         return loss
 
+    def carried_state(self, p: Tensor) -> dict[str, Tensor]:
+        """``p``'s :attr:`state_keys` tensors (zeros before its first step)."""
+        return self._state(p)
 
-def state_names(param_names: Iterable[str]) -> Iterator[str]:
-    """``"<param>.<key>"`` for every parameter and :data:`STATE_KEYS` key, in order."""
+    @torch.no_grad()
+    def load_carried_state(self, p: Tensor, tensors: Mapping[str, Tensor]) -> None:
+        """Start ``p`` from :meth:`carried_state`'s tensors (copied in)."""
+        state = self._state(p)
+        for key in self.state_keys:
+            state[key].copy_(tensors[key])
+
+
+class SecondMomentAdam(torch.optim.Optimizer):
+    """Adam that carries only its bias-corrected second moment (module docstring)."""
+
+    state_keys: tuple[str, ...] = ("exp_avg_sq",)
+
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    def _state(self, p: Tensor) -> dict[str, Any]:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["cold"] = torch.ones_like(p, dtype=torch.bool)  # a fresh Adam's entry
+        return state
+
+    def _correction(self, state: dict[str, Any], beta2: float) -> Tensor:
+        """``c_k`` per entry: 1 where warm, ``1 - beta2**k`` where cold (``k >= 1``; the
+        scalar in float64 like torch's Adam, not ``1 - x`` in the parameter's dtype)."""
+        cold = 1 - beta2 ** state["step"]
+        return torch.where(state["cold"], torch.tensor(cold, dtype=state["exp_avg_sq"].dtype), 1.0)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            (beta1, beta2), lr, eps, decay = group["betas"], group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._state(p)
+                grad = p.grad if decay == 0 else p.grad.add(p, alpha=decay)
+                state["step"] += 1
+                state["exp_avg"].lerp_(grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (state["exp_avg_sq"] / self._correction(state, beta2)).sqrt_().add_(eps)
+                p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** state["step"]))
+        return loss
+
+    def carried_state(self, p: Tensor) -> dict[str, Tensor]:
+        """``{"exp_avg_sq": v / c_k}``: ``p``'s bias-corrected second moment (what it was sent before a step)."""
+        state = self._state(p)
+        if state["step"] == 0:
+            return {"exp_avg_sq": state["exp_avg_sq"]}
+        beta2 = self.param_groups[0]["betas"][1]
+        return {"exp_avg_sq": state["exp_avg_sq"] / self._correction(state, beta2)}
+
+    @torch.no_grad()
+    def load_carried_state(self, p: Tensor, tensors: Mapping[str, Tensor]) -> None:
+        """Start ``p`` from a bias-corrected second moment: its entries ``> 0`` warm, the others a fresh Adam's."""
+        state = self._state(p)
+        state["exp_avg_sq"].copy_(tensors["exp_avg_sq"])
+        torch.le(state["exp_avg_sq"], 0, out=state["cold"])
+
+
+CARRIED_OPTIMIZERS: dict[str, type[EntrywiseAdam] | type[SecondMomentAdam]] = {
+    "carried": EntrywiseAdam,
+    "second-moment": SecondMomentAdam,
+}
+"""The ``--optimizer-state`` policies whose state travels with the parameters, and the optimizer of each."""
+
+CarriedAdam = Union[EntrywiseAdam, SecondMomentAdam]
+
+
+def carried_keys(policy: str) -> tuple[str, ...]:
+    """The state tensors per parameter that travel under ``policy`` (one of :data:`CARRIED_OPTIMIZERS`)."""
+    return CARRIED_OPTIMIZERS[policy].state_keys
+
+
+def state_names(param_names: Iterable[str], keys: Sequence[str] = STATE_KEYS) -> Iterator[str]:
+    """``"<param>.<key>"`` for every parameter and state key, in order."""
     for name in param_names:
-        for key in STATE_KEYS:
+        for key in keys:
             yield f"{name}.{key}"
 
 
-def state_tensors(optimizer: EntrywiseAdam, named: Mapping[str, nn.Parameter]) -> dict[str, Tensor]:
-    """The optimizer's state as ``{"<param>.<key>": tensor}`` (zeros for a parameter not stepped yet)."""
+def state_tensors(optimizer: CarriedAdam, named: Mapping[str, nn.Parameter]) -> dict[str, Tensor]:
+    """The state that travels as ``{"<param>.<key>": tensor}`` (zeros for a parameter not stepped yet)."""
     out = {}
     for name, p in named.items():
-        state = optimizer._state(p)
-        for key in STATE_KEYS:
-            out[f"{name}.{key}"] = state[key]
+        for key, tensor in optimizer.carried_state(p).items():
+            out[f"{name}.{key}"] = tensor
     return out
 
 
-@torch.no_grad()
 def load_state_tensors(
-    optimizer: EntrywiseAdam, named: Mapping[str, nn.Parameter], tensors: Mapping[str, Tensor]
+    optimizer: CarriedAdam, named: Mapping[str, nn.Parameter], tensors: Mapping[str, Tensor]
 ) -> None:
     """Start the optimizer from :func:`state_tensors`' layout (copied in)."""
     for name, p in named.items():
-        state = optimizer._state(p)
-        for key in STATE_KEYS:
-            state[key].copy_(tensors[f"{name}.{key}"])
+        optimizer.load_carried_state(p, {key: tensors[f"{name}.{key}"] for key in optimizer.state_keys})
 
 
-def state_layout(layout: FlatLayout, params: Sequence[str]) -> FlatLayout:
-    """The flat layout of the state of ``layout``'s tensors named in ``params``
-    (:func:`state_tensors`' names, each of its parameter's shape, float32)."""
+def state_layout(layout: FlatLayout, params: Sequence[str], keys: Sequence[str] = STATE_KEYS) -> FlatLayout:
+    """The flat layout of the state (``keys`` per parameter) of ``layout``'s
+    tensors named in ``params`` (:func:`state_tensors`' names, each of its parameter's shape, float32)."""
     shapes = dict(zip(layout.names, layout.shapes))
-    names = tuple(state_names(n for n in layout.names if n in params))
+    names = tuple(state_names((n for n in layout.names if n in params), keys))
     return FlatLayout(
         names, tuple(shapes[n.rpartition(".")[0]] for n in names), (torch.float32,) * len(names), layout.dtype
     )
@@ -124,5 +239,5 @@ def check_optimizer_state(method: str, offered: Sequence[str], cfg: LocalConfig)
         raise ConfigError(
             f"optimizer_state {policy}: {method}'s optimizer starts each round from {' or '.join(offered)}"
         )
-    if policy == "carried" and cfg.optimizer != "adam":
-        raise ConfigError("optimizer_state carried moves Adam's moments: use --optimizer adam (SGD keeps none)")
+    if policy in CARRIED_OPTIMIZERS and cfg.optimizer != "adam":
+        raise ConfigError(f"optimizer_state {policy} moves Adam's moments: use --optimizer adam (SGD keeps none)")

@@ -43,7 +43,7 @@ from ...nn.slicing import SplitSpec, build_split_spec, check_width_split
 from ...subnets import FlatLayout, subnet_layout
 from .corrections import batch_norms
 from .options import COORDINATORS, GistConfig, gist_options, gist_settings
-from .worker import subnet_schedule
+from .worker import carried_optimizer_state, subnet_schedule
 
 
 def coordinator_device(cfg: RunConfig) -> torch.device:
@@ -84,7 +84,7 @@ class GIST(RoundDriver):
     label = "GIST"
     Options = GistConfig
     role = "budget"
-    optimizer_states = ("fresh", "carried")
+    optimizer_states = ("fresh", "carried", "second-moment")
     coordinator: ClassVar[str] = ""
     """The ``--coordinator`` value a subclass implements."""
 
@@ -110,7 +110,9 @@ class GIST(RoundDriver):
         self.batch_norms_reestimated = reestimated_batch_norms(model, cfg)
         self.scores_parts = cfg.workers_hold_parts
         self.wire = self.settings.wire_torch_dtype
-        self.carries_optimizer = self.optimizer_state(cfg) == "carried" and cfg.subnets > 1
+        self.carried_policy = self.carried_optimizer_state(cfg)
+        """The ``--optimizer-state`` policy whose state travels with the sub-networks, if any."""
+        self.carries_optimizer = self.carried_policy is not None
 
     @property
     def layout(self) -> FlatLayout:
@@ -135,6 +137,12 @@ class GIST(RoundDriver):
         """``kept`` at ``m = 1`` (the one worker keeps its optimizer); else the
         setting, else the recipe's: ``carried`` for the partitioned recipe, ``fresh`` otherwise."""
         return "kept" if cfg.subnets == 1 else gist_options(cfg).optimizer_state
+
+    @classmethod
+    def carried_optimizer_state(cls, cfg: RunConfig) -> Optional[str]:
+        """The run's policy where its optimizer state travels with the sub-networks
+        (:data:`~gist.engine.optim.CARRIED_OPTIMIZERS`, ``m > 1``), else ``None``."""
+        return carried_optimizer_state(cfg)
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "gist_options": asdict(self.options)}

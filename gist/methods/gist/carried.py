@@ -1,8 +1,10 @@
-r"""The optimizer state that travels with the sub-networks (``--optimizer-state carried``).
+r"""The optimizer state that travels with the sub-networks (``--optimizer-state carried`` or ``second-moment``).
 
 The coordinator keeps, for every trainable parameter of the full model,
-Adam's first and second moments and a step count per entry
-(:class:`gist.engine.optim.EntrywiseAdam`), and splits them exactly as the
+Adam's state per entry (``carried``: first and second moments and a step
+count, :class:`gist.engine.optim.EntrywiseAdam`; ``second-moment``: the
+bias-corrected second moment alone, :class:`~gist.engine.optim.SecondMomentAdam`),
+and splits it exactly as the
 parameter is split: worker ``w`` gets the moments of the entries it trains
 (:meth:`CarriedState.slices`), starts its optimizer from them, and returns
 them with its sub-network; the coordinator writes them back into their slices
@@ -35,29 +37,38 @@ def trainable_shapes(model: nn.Module) -> dict[str, torch.Size]:
     return {n: p.shape for n, p in model.named_parameters() if p.requires_grad}
 
 
-def state_split_spec(spec: SplitSpec, params: Sequence[str]) -> SplitSpec:
-    """How the optimizer state of ``params`` splits: each state tensor as its parameter."""
-    axes = {name: spec.tensor_axes[name.rpartition(".")[0]] for name in state_names(params)}
+def state_split_spec(spec: SplitSpec, params: Sequence[str], keys: Sequence[str] = STATE_KEYS) -> SplitSpec:
+    """How the optimizer state (``keys`` per parameter) of ``params`` splits: each state tensor as its parameter."""
+    axes = {name: spec.tensor_axes[name.rpartition(".")[0]] for name in state_names(params, keys)}
     return SplitSpec(tensor_axes=axes, widths=spec.widths, layers=spec.layers)
 
 
-def state_layouts(layouts: Mapping[int, FlatLayout], params: Sequence[str]) -> dict[int, FlatLayout]:
+def state_layouts(
+    layouts: Mapping[int, FlatLayout], params: Sequence[str], keys: Sequence[str] = STATE_KEYS
+) -> dict[int, FlatLayout]:
     """Per group count, the flat layout of a sub-network's optimizer state (as the workers lay it out)."""
-    return {s: state_layout(layout, list(params)) for s, layout in layouts.items()}
+    return {s: state_layout(layout, list(params), keys) for s, layout in layouts.items()}
 
 
 class CarriedState:
     """The full model's optimizer state on the coordinator, split and merged like its parameters."""
 
-    def __init__(self, model: nn.Module, spec: SplitSpec, layouts: Mapping[int, FlatLayout], device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: SplitSpec,
+        layouts: Mapping[int, FlatLayout],
+        device,
+        keys: Sequence[str] = STATE_KEYS,
+    ) -> None:
         params = trainable_shapes(model)
         self.tensors = {
             f"{n}.{key}": torch.zeros(shape, dtype=torch.float32, device=device)
             for n, shape in params.items()
-            for key in STATE_KEYS
+            for key in keys
         }
-        self.spec = state_split_spec(spec, list(params))
-        self.layouts = state_layouts(layouts, list(params))
+        self.spec = state_split_spec(spec, list(params), keys)
+        self.layouts = state_layouts(layouts, list(params), keys)
 
     def slices(self, partition: WidthPartition, groups: int, wire: torch.dtype) -> list[Tensor]:
         """Each group's state, one flat buffer in the wire dtype."""

@@ -21,6 +21,7 @@ from torch_geometric.data import Data
 
 from ...config import RunConfig
 from ...engine import Evaluator, RankSetup, RoundWork, accuracy_from_counts
+from ...engine.optim import carried_keys
 from ...errors import ConfigError
 from ...nn.slicing import build_split_spec
 from ...subnets import average_states, draw_partition, merge_states, slice_state, subnet_layout
@@ -72,7 +73,11 @@ class CentralGIST(GIST):
         self.transport = transport
         self._full_layout = subnet_layout(model, self.spec, 1)
         self._via_workers = self.scores_parts or self.batch_norms_reestimated > 0
-        self.carried = CarriedState(model, self.spec, self.layouts, self.device) if self.carries_optimizer else None
+        self.carried = (
+            CarriedState(model, self.spec, self.layouts, self.device, carried_keys(self.carried_policy))
+            if self.carried_policy is not None
+            else None
+        )
         super().__init__(model, data, cfg, transport, evaluator, scored_by, device=self.device)
 
     def start(self) -> None:
@@ -184,7 +189,7 @@ class CentralGIST(GIST):
             evaluates_after=cfg.is_eval_round if (cfg.workers_hold_parts or num_bn) else None,
             batch_norms=num_bn,
             score=cfg.workers_hold_parts,
-            carries_optimizer=cls.optimizer_state(cfg) == "carried" and cfg.subnets > 1,
+            carries_optimizer=cls.carried_optimizer_state(cfg) is not None,
         )
         serve_worker(worker, ctx, protocol)
         return None

@@ -44,7 +44,7 @@ from ...comm import FROM_WORKER, SETUP_ROUND, TO_WORKER, Collective, InProcessCo
 from ...comm.dist_collective import DistCollective
 from ...config import RunConfig
 from ...engine import Checkpointer, CheckpointError, Evaluator, RankSetup, RoundWork, build_stock_model
-from ...engine.optim import STATE_KEYS
+from ...engine.optim import carried_keys
 from ...errors import ConfigError
 from ...subnets import FlatLayout, draw_partition
 from .base import GIST
@@ -132,15 +132,15 @@ class ShardedGIST(GIST):
     ) -> tuple[ShardStore, SubnetExchange, dict[int, FlatLayout]]:
         """The local owners' shards of Adam's state (zeros: a fresh start), the
         exchange that moves it with the sub-networks, and its layouts per group count."""
-        params = trainable_shapes(model)
-        spec = state_split_spec(self.spec, list(params))
+        params, keys = trainable_shapes(model), carried_keys(self.carried_policy)
+        spec = state_split_spec(self.spec, list(params), keys)
         ownership = Ownership(spec, self.ownership.num_owners)
-        full = {f"{n}.{key}": torch.empty(shape, device="meta") for n, shape in params.items() for key in STATE_KEYS}
+        full = {f"{n}.{key}": torch.empty(shape, device="meta") for n, shape in params.items() for key in keys}
         shards = {o: ownership.shard(full, o) for o in owners}
         zeros = {o: {n: torch.zeros(t.shape, dtype=torch.float32) for n, t in s.items()} for o, s in shards.items()}
         shared = {n: torch.zeros(full[n].shape, dtype=torch.float32) for n in ownership.shared}
         store = ShardStore(ownership, spec, zeros, shared, self.device, torch.float32, file_prefix="optim-shard")
-        layouts = state_layouts(self.layouts, list(params))
+        layouts = state_layouts(self.layouts, list(params), keys)
         exchange = SubnetExchange(store, self.collective, self.wire, self.layout.dtype, kind="optim")
         return store, exchange, layouts
 

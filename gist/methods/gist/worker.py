@@ -25,7 +25,7 @@ from ...comm import WorkerStats
 from ...config import LocalConfig, RunConfig
 from ...devices import worker_device
 from ...engine.evaluation import correct_counts
-from ...engine.optim import EntrywiseAdam, load_state_tensors, state_layout, state_tensors
+from ...engine.optim import CARRIED_OPTIMIZERS, load_state_tensors, state_layout, state_tensors
 from ...engine.training import (
     RNGStream,
     WarnOnce,
@@ -133,7 +133,7 @@ class Worker:
         cfg: LocalConfig,
         rng_state: Tensor,
         keep_optimizer: bool = False,
-        carry_optimizer: bool = False,
+        carry_optimizer: Optional[str] = None,
         seed: Optional[int] = None,
         fmt: AdjacencyFormat = SPARSE,
         wire_dtype: torch.dtype = torch.float32,
@@ -151,7 +151,8 @@ class Worker:
         self._rng = RNGStream(rng_state, self.device)
         self.keep_optimizer = keep_optimizer
         self.carry_optimizer = carry_optimizer
-        """Whether its optimizer state travels with its sub-network (``--optimizer-state carried``, ``m > 1``)."""
+        """The ``--optimizer-state`` policy whose state travels with its sub-network
+        (:data:`~gist.engine.optim.CARRIED_OPTIMIZERS`, ``m > 1``), else ``None``."""
         self._optim_layouts: dict[int, FlatLayout] = {}
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.seed = seed
@@ -250,7 +251,8 @@ class Worker:
         groups = self.schedule.at(round).groups
         if groups not in self._optim_layouts:
             subnet, layout = self._subnet(groups)
-            self._optim_layouts[groups] = state_layout(layout, [n for n, _ in subnet.named_parameters()])
+            keys = CARRIED_OPTIMIZERS[self.carry_optimizer].state_keys
+            self._optim_layouts[groups] = state_layout(layout, [n for n, _ in subnet.named_parameters()], keys)
         return self._optim_layouts[groups]
 
     def train_round(self, round: int, flat_params: Tensor, flat_optim: Optional[Tensor] = None) -> WorkerReport:
@@ -270,7 +272,8 @@ class Worker:
         if self.carry_optimizer:
             if flat_optim is None:
                 raise ValueError(f"worker {self.index} carries its optimizer state but was sent none")
-            self.optimizer = EntrywiseAdam(named.values(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            adam = CARRIED_OPTIMIZERS[self.carry_optimizer]
+            self.optimizer = adam(named.values(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
             optim_layout = self.optim_layout_at(round)
             load_state_tensors(self.optimizer, named, optim_layout.unflatten(optim_layout.decode(flat_optim)))
             del flat_optim
@@ -337,7 +340,7 @@ def make_workers(
                 cfg.local,
                 rng,
                 keep_optimizer=cfg.subnets == 1,
-                carry_optimizer=cfg.subnets > 1 and gist_options(cfg).optimizer_state == "carried",
+                carry_optimizer=carried_optimizer_state(cfg),
                 seed=cfg.seed,
                 fmt=fmt,
                 wire_dtype=gist_settings(cfg).wire_torch_dtype,
@@ -346,6 +349,13 @@ def make_workers(
             )
         )
     return workers
+
+
+def carried_optimizer_state(cfg: RunConfig) -> Optional[str]:
+    """``cfg``'s ``--optimizer-state`` policy where the state travels with the
+    sub-networks (:data:`~gist.engine.optim.CARRIED_OPTIMIZERS`, ``m > 1``), else ``None``."""
+    policy = gist_options(cfg).optimizer_state
+    return policy if policy in CARRIED_OPTIMIZERS and cfg.subnets > 1 else None
 
 
 def subnet_schedule(cfg: RunConfig) -> SubnetSchedule:
