@@ -259,7 +259,17 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .harness.sweep import command_line, describe, load_config, results_dir_for, run_sweep, sweep_lock
+    from .harness.sweep import (
+        RUNS_DIR,
+        command_line,
+        describe,
+        load_config,
+        pending,
+        plan,
+        results_dir_for,
+        run_sweep,
+        sweep_lock,
+    )
     from .harness.tables import tabulate
 
     try:
@@ -275,6 +285,12 @@ def _sweep(args: argparse.Namespace) -> int:
         out = args.out or results_dir_for(cfg, args.results)
         print(describe(cfg))
         if args.dry_run:
+            planned = plan(cfg)
+            _, todo = pending(planned, Path(out) / RUNS_DIR, args.retry_failed)
+            print(f"sweep {cfg.name}: {len(planned) - len(todo)} of {len(planned)} runs done in {Path(out) / RUNS_DIR}")
+            print(f"would run {len(todo)}:" if todo else "nothing to run")
+            for run in todo:
+                print(f"  {run.run_id}")
             return 0
         with sweep_lock(Path(out)):  # one sweep at a time in a results folder
             try:

@@ -146,6 +146,21 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert run_files(out) == before
 
 
+def test_dry_run_lists_the_runs_still_to_do_and_runs_nothing(tmp_path, capsys):
+    text = TINY.replace('"ddp", "local-sgd", ', "").replace("subnets = [2, 4]", "subnets = [2]")
+    cfg = write_config(tmp_path, rounds=1, text=text)
+    out = tmp_path / "res"
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress", "--seeds", "0"]) == 0
+    capsys.readouterr()
+    assert main(["sweep", str(cfg), "--out", str(out), "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert f"sweep tiny: 2 of 4 runs done in {out / 'runs'}" in said
+    assert "would run 2:\n  full_m1_z2_seed1\n  gist_m2_z2_seed1\n" in said
+    assert sorted(p.name for p in (out / "runs").glob("*.json")) == ["full_m1_z2_seed0.json", "gist_m2_z2_seed0.json"]
+    assert main(["sweep", str(cfg), "--out", str(out), "--dry-run", "--seeds", "0"]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+
+
 def test_damaged_logs_are_named_skipped_by_table_and_refused_by_sweep(tmp_path, capsys):
     text = TINY.replace('"ddp", "local-sgd", ', "").replace("subnets = [2, 4]", "subnets = [2]")
     cfg = write_config(tmp_path, rounds=1, text=text)

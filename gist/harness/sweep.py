@@ -477,6 +477,18 @@ def stored_log(path: Path, run: PlannedRun) -> Optional[dict[str, Any]]:
     return log
 
 
+def pending(
+    planned: Sequence[PlannedRun], runs_dir: Path, retry_failed: bool = False
+) -> tuple[dict[str, Optional[dict[str, Any]]], list[PlannedRun]]:
+    """The stored log of every planned run (``None``: not run yet), and the
+    runs still to do: those without a log and, with ``retry_failed``, those
+    whose log records a failure. Raises :class:`SweepError` for a log made
+    with other settings (:func:`stored_log`)."""
+    stored = {r.run_id: stored_log(runs_dir / f"{r.run_id}.json", r) for r in planned}
+    todo = [r for r in planned if stored[r.run_id] is None or (retry_failed and "failure" in stored[r.run_id])]
+    return stored, todo
+
+
 SWEEP_LOCK = ".sweep.lock"
 """The lock file a running ``gist sweep`` holds in its results folder (removed when it ends)."""
 
@@ -532,14 +544,13 @@ def run_sweep(
     for stale in runs_dir.glob(".*.tmp-*"):  # a run killed while its log was being written
         stale.unlink(missing_ok=True)
     planned = plan(cfg)
-    stored = {r.run_id: stored_log(runs_dir / f"{r.run_id}.json", r) for r in planned}
+    stored, todo = pending(planned, runs_dir, retry_failed)
     for r in planned:  # a log written before the plan shared it (or shared it otherwise) says what it stands for now
         log = stored[r.run_id]
         if log is not None and log["sweep"].get("stands_for", {}) != r.stands_for:
             log["sweep"]["stands_for"] = r.stands_for
             write_json(log, runs_dir / f"{r.run_id}.json")
     failed_before = [r.run_id for r in planned if stored[r.run_id] is not None and "failure" in stored[r.run_id]]
-    todo = [r for r in planned if stored[r.run_id] is None or (retry_failed and "failure" in stored[r.run_id])]
     counts = {"planned": len(planned), "skipped": len(planned) - len(todo), "ran": 0, "failed": 0}
     if counts["skipped"]:
         say(f"sweep {cfg.name}: {counts['skipped']} of {len(planned)} runs already done in {runs_dir}")
