@@ -145,7 +145,8 @@ class SecondMomentAdam(torch.optim.Optimizer):
         """``c_k`` per entry: 1 where warm, ``1 - beta2**k`` where cold (``k >= 1``; the
         scalar in float64 like torch's Adam, not ``1 - x`` in the parameter's dtype)."""
         cold = 1 - beta2 ** state["step"]
-        return torch.where(state["cold"], torch.tensor(cold, dtype=state["exp_avg_sq"].dtype), 1.0)
+        v = state["exp_avg_sq"]
+        return torch.where(state["cold"], torch.tensor(cold, dtype=v.dtype, device=v.device), 1.0)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
