@@ -25,11 +25,13 @@ pytestmark = pytest.mark.timeout(600)
 SMALL = dict(dataset="csbm", layers=3, hidden=16, norm="batch_norm", local_steps=3, rounds=3, data_mode="partitioned")
 
 
-def test_entrywise_adam_is_torch_adam_from_a_fresh_start():
+def _beside_torch_adam(cls):
+    """40 steps of ``cls`` and of ``torch.optim.Adam`` from the same start and
+    data; asserts they agree; returns ``(ours, theirs, our model, their model)``."""
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     b = copy.deepcopy(a)
-    ours = EntrywiseAdam(b.parameters(), lr=0.01, weight_decay=1e-3)
+    ours = cls(b.parameters(), lr=0.01, weight_decay=1e-3)
     theirs = torch.optim.Adam(a.parameters(), lr=0.01, weight_decay=1e-3)
     x = torch.randn(32, 6)
     for _ in range(40):
@@ -39,6 +41,11 @@ def test_entrywise_adam_is_torch_adam_from_a_fresh_start():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    return ours, theirs, b, a
+
+
+def test_entrywise_adam_is_torch_adam_from_a_fresh_start():
+    ours, _, b, _ = _beside_torch_adam(EntrywiseAdam)
     # its state, out and back in, is the same optimizer
     named = dict(b.named_parameters())
     state = {k: v.clone() for k, v in state_tensors(ours, named).items()}
@@ -49,24 +56,8 @@ def test_entrywise_adam_is_torch_adam_from_a_fresh_start():
     assert all(torch.equal(state_tensors(again, named)[k], v) for k, v in state.items())
 
 
-def _mlp():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-
-
 def test_second_moment_adam_is_torch_adam_from_a_fresh_start():
-    a = _mlp()
-    b = copy.deepcopy(a)
-    ours = SecondMomentAdam(b.parameters(), lr=0.01, weight_decay=1e-3)
-    theirs = torch.optim.Adam(a.parameters(), lr=0.01, weight_decay=1e-3)
-    x = torch.randn(32, 6)
-    for _ in range(40):
-        for model, opt in ((a, theirs), (b, ours)):
-            opt.zero_grad()
-            model(x).pow(2).mean().backward()
-            opt.step()
-    for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    ours, theirs, b, a = _beside_torch_adam(SecondMomentAdam)
     # what travels is the second moment alone, bias-corrected: torch's v / (1 - beta2^40)
     named = dict(b.named_parameters())
     state = state_tensors(ours, named)

@@ -47,7 +47,7 @@ moment, which is what the reset costs (``results/optimizer-state``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -60,10 +60,12 @@ STATE_KEYS = ("exp_avg", "exp_avg_sq", "step")
 """The state of one parameter under ``carried``, each a tensor of its shape."""
 
 
-class EntrywiseAdam(torch.optim.Optimizer):
-    """Adam with a step count per entry (module docstring)."""
+class _CarriedAdam(torch.optim.Optimizer):
+    """What both Adams here share: torch's hyper-parameters, the step loop
+    (L2 weight decay added to the gradient, as ``torch.optim.Adam`` does) and
+    the state that travels; a subclass gives :meth:`_state` and :meth:`_update`."""
 
-    state_keys: tuple[str, ...] = STATE_KEYS
+    state_keys: tuple[str, ...] = ()
     """The state tensors that travel, each of its parameter's shape."""
 
     def __init__(
@@ -76,11 +78,12 @@ class EntrywiseAdam(torch.optim.Optimizer):
     ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
-    def _state(self, p: Tensor) -> dict[str, Tensor]:
-        state = self.state[p]
-        if not state:
-            state.update({key: torch.zeros_like(p, memory_format=torch.preserve_format) for key in STATE_KEYS})
-        return state
+    def _state(self, p: Tensor) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """One step of ``p`` from ``grad`` (weight decay included)."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
@@ -89,25 +92,17 @@ class EntrywiseAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            (beta1, beta2), lr, eps, decay = group["betas"], group["lr"], group["eps"], group["weight_decay"]
+            decay = group["weight_decay"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self._state(p)
-                grad = p.grad if decay == 0 else p.grad.add(p, alpha=decay)
-                state["step"].add_(1)
-                state["exp_avg"].lerp_(grad, 1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                t = state["step"].to(torch.float64)
-                correction1 = (1 - beta1**t).to(p.dtype)
-                correction2 = (1 - beta2**t).sqrt().to(p.dtype)
-                denom = (state["exp_avg_sq"].sqrt() / correction2).add_(eps)
-                p.addcdiv_(state["exp_avg"] / correction1, denom, value=-lr)
+                if p.grad is not None:
+                    grad = p.grad if decay == 0 else p.grad.add(p, alpha=decay)
+                    self._update(p, grad, self._state(p), group)
         return loss
 
     def carried_state(self, p: Tensor) -> dict[str, Tensor]:
-        """``p``'s :attr:`state_keys` tensors (zeros before its first step)."""
-        return self._state(p)
+        """``p``'s :attr:`state_keys` tensors, as they travel (zeros before its first step)."""
+        state = self._state(p)
+        return {key: state[key] for key in self.state_keys}
 
     @torch.no_grad()
     def load_carried_state(self, p: Tensor, tensors: Mapping[str, Tensor]) -> None:
@@ -117,20 +112,33 @@ class EntrywiseAdam(torch.optim.Optimizer):
             state[key].copy_(tensors[key])
 
 
-class SecondMomentAdam(torch.optim.Optimizer):
+class EntrywiseAdam(_CarriedAdam):
+    """Adam with a step count per entry (module docstring)."""
+
+    state_keys = STATE_KEYS
+
+    def _state(self, p: Tensor) -> dict[str, Any]:
+        state = self.state[p]
+        if not state:
+            state.update({key: torch.zeros_like(p, memory_format=torch.preserve_format) for key in STATE_KEYS})
+        return state
+
+    def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+        state["step"].add_(1)
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        t = state["step"].to(torch.float64)
+        correction1 = (1 - beta1**t).to(p.dtype)
+        correction2 = (1 - beta2**t).sqrt().to(p.dtype)
+        denom = (state["exp_avg_sq"].sqrt() / correction2).add_(eps)
+        p.addcdiv_(state["exp_avg"] / correction1, denom, value=-lr)
+
+
+class SecondMomentAdam(_CarriedAdam):
     """Adam that carries only its bias-corrected second moment (module docstring)."""
 
-    state_keys: tuple[str, ...] = ("exp_avg_sq",)
-
-    def __init__(
-        self,
-        params: Iterable[nn.Parameter],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+    state_keys = ("exp_avg_sq",)
 
     def _state(self, p: Tensor) -> dict[str, Any]:
         state = self.state[p]
@@ -148,49 +156,37 @@ class SecondMomentAdam(torch.optim.Optimizer):
         v = state["exp_avg_sq"]
         return torch.where(state["cold"], torch.tensor(cold, dtype=v.dtype, device=v.device), 1.0)
 
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001 - torch's signature
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            (beta1, beta2), lr, eps, decay = group["betas"], group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self._state(p)
-                grad = p.grad if decay == 0 else p.grad.add(p, alpha=decay)
-                state["step"] += 1
-                state["exp_avg"].lerp_(grad, 1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (state["exp_avg_sq"] / self._correction(state, beta2)).sqrt_().add_(eps)
-                p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** state["step"]))
-        return loss
+    def _update(self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+        state["step"] += 1
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (state["exp_avg_sq"] / self._correction(state, beta2)).sqrt_().add_(eps)
+        p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** state["step"]))
 
     def carried_state(self, p: Tensor) -> dict[str, Tensor]:
         """``{"exp_avg_sq": v / c_k}``: ``p``'s bias-corrected second moment (what it was sent before a step)."""
         state = self._state(p)
         if state["step"] == 0:
             return {"exp_avg_sq": state["exp_avg_sq"]}
-        beta2 = self.param_groups[0]["betas"][1]
-        return {"exp_avg_sq": state["exp_avg_sq"] / self._correction(state, beta2)}
+        return {"exp_avg_sq": state["exp_avg_sq"] / self._correction(state, self.param_groups[0]["betas"][1])}
 
     @torch.no_grad()
     def load_carried_state(self, p: Tensor, tensors: Mapping[str, Tensor]) -> None:
         """Start ``p`` from a bias-corrected second moment: its entries ``> 0`` warm, the others a fresh Adam's."""
+        super().load_carried_state(p, tensors)
         state = self._state(p)
-        state["exp_avg_sq"].copy_(tensors["exp_avg_sq"])
         torch.le(state["exp_avg_sq"], 0, out=state["cold"])
 
 
-CARRIED_OPTIMIZERS: dict[str, type[EntrywiseAdam] | type[SecondMomentAdam]] = {
+CARRIED_OPTIMIZERS: dict[str, type[_CarriedAdam]] = {
     "carried": EntrywiseAdam,
     "second-moment": SecondMomentAdam,
 }
 """The ``--optimizer-state`` policies whose state travels with the parameters, and the optimizer of each."""
 
-CarriedAdam = Union[EntrywiseAdam, SecondMomentAdam]
+CarriedAdam = _CarriedAdam
+"""Either optimizer of :data:`CARRIED_OPTIMIZERS`."""
 
 
 def carried_keys(policy: str) -> tuple[str, ...]:
