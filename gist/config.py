@@ -398,7 +398,8 @@ class RunConfig:
         method) are dropped where they hold that method's defaults, and are an
         error otherwise. Keys that are not settings (a log's ``transport``,
         ``dataset_split``) are ignored unless ``strict``; with ``strict=False``
-        another method's settings are dropped whatever their values. A method's
+        another method's settings are dropped whatever their values (a value that
+        was once that setting's default counts as a default). A method's
         setting that ``values`` lacks takes its options class's
         ``ABSENT_MEANS`` value where it has one (the log predates the setting)."""
         method = values.get("method", cls.method_default())
@@ -431,7 +432,7 @@ class RunConfig:
             if owner is None:
                 if strict:
                     raise ConfigError(f"{key!r} is not a run setting; choose from {sorted(known)}")
-            elif strict and value != _option_default(owner, key):
+            elif strict and value not in _option_defaults(owner, key):
                 raise ConfigError(_not_a_setting(key, method))
         return cls().replace(**kept)
 
@@ -461,9 +462,12 @@ def _option_owner(name: str) -> Optional[str]:
     return None
 
 
-def _option_default(method: str, name: str) -> Any:
+def _option_defaults(method: str, name: str) -> list[Any]:
+    """The default of ``method``'s setting ``name`` and any value older logs recorded
+    as its default (the options class's ``FORMER_DEFAULTS``)."""
     cls = options_class(method)
-    return next(getattr(cls(), f.name) for f in leaf_fields(cls) if flat_name(f) == name)
+    field_name = next(f.name for f in leaf_fields(cls) if flat_name(f) == name)
+    return [getattr(cls(), field_name), *getattr(cls, "FORMER_DEFAULTS", {}).get(field_name, ())]
 
 
 def setting_fields(method: Optional[str] = None) -> Iterator[tuple[str, Optional[str], dataclasses.Field]]:

@@ -294,16 +294,17 @@ def test_local_sgd_fresh_starts_every_round_from_a_new_optimizer(tmp_path):
 @pytest.mark.parametrize(
     "flat, policy",
     [
-        (dict(data_mode="partitioned", subnets=4), "carried"),  # the partitioned recipe
+        (dict(data_mode="partitioned", subnets=4), "second-moment"),  # the partitioned recipe
         (dict(data_mode="partitioned", subnets=4, optimizer_state="fresh"), "fresh"),  # a flag wins
         (dict(data_mode="partitioned", subnets=4, gist_recipe="plain"), "fresh"),
         (dict(data_mode="partitioned", subnets=4, optimizer="sgd"), "fresh"),  # SGD keeps no state
-        (dict(data_mode="partitioned", subnets=4, coordinator="sharded"), "carried"),  # through the owners
+        (dict(data_mode="partitioned", subnets=4, coordinator="sharded"), "second-moment"),  # through the owners
+        (dict(data_mode="partitioned", subnets=4, optimizer_state="carried"), "carried"),
         (dict(data_mode="replicated", subnets=4), "fresh"),  # plain GIST
         (dict(method="full", data_mode="partitioned", subnets=1), "kept"),
     ],
 )
-def test_the_partitioned_recipe_carries_adams_state_by_default(flat, policy):
+def test_the_partitioned_recipe_carries_adams_second_moment_by_default(flat, policy):
     from gist.methods import get_method
 
     cfg = RunConfig.from_flat(**flat)
@@ -316,6 +317,7 @@ def test_a_default_partitioned_run_carries_the_state_and_counts_it(tmp_path):
     cfg = RunConfig.from_flat(**{**settings, "subnets": 2, "rounds": 2}, root=str(tmp_path))
     log = run_training(cfg, progress=False)
     summary = log["summary"]
-    assert summary["optimizer_state"] == "carried" and summary["gist_options"]["optimizer_state"] == "carried"
+    assert summary["optimizer_state"] == summary["gist_options"]["optimizer_state"] == "second-moment"
+    assert summary["gist_options"]["wire_dtype"] == "bfloat16"
     assert summary["optim_bytes_total"] > 0
     assert log["config"]["model"]["norm"] == "auto"

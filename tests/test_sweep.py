@@ -344,15 +344,16 @@ def test_changed_settings_are_refused_not_overwritten(tmp_path, capsys):
 
 
 def test_a_log_made_under_another_default_policy_is_refused(tmp_path, capsys):
-    """The partitioned recipe's optimizer policy changed default (fresh, now
-    carried): a log made with the old one is not taken for the new one."""
+    """The partitioned recipe's optimizer policy and wire dtype changed default
+    (fresh, then carried, now the second moment in bfloat16): a log made with an
+    old one is not taken for the new one."""
     text = (
         TINY.replace('"full", "ddp", "local-sgd", "gist"', '"gist"')
         .replace("subnets = [2, 4]", "subnets = [2]")
         .replace("seeds = [0, 1]", "seeds = [0]")
         .replace("eval_every = 1", 'eval_every = 1\ndata_mode = "partitioned"\nnorm = "batch_norm"')
     )
-    pinned = text + '[variants]\ngist = {{ method = "gist", optimizer_state = "fresh" }}\n'
+    pinned = text + '[variants]\ngist = {{ method = "gist", optimizer_state = "fresh", wire_dtype = "float32" }}\n'
     cfg, out = write_config(tmp_path, text=pinned), tmp_path / "res"
     assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 0
     before = run_files(out)
@@ -360,7 +361,9 @@ def test_a_log_made_under_another_default_policy_is_refused(tmp_path, capsys):
     cfg.write_text(text.format(rounds=3))
     capsys.readouterr()
     assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 2
-    assert "optimizer_state: stored 'fresh', config 'carried'" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "optimizer_state: stored 'fresh', config 'second-moment'" in said
+    assert "wire_dtype: stored 'float32', config 'bfloat16'" in said
     assert run_files(out) == before
 
 

@@ -168,6 +168,12 @@ class RoundDriver(ABC):
         return cfg.local.optimizer_state or cls.optimizer_states[0]
 
     @classmethod
+    def resolved_settings(cls, cfg: RunConfig) -> dict[str, Any]:
+        """The settings that ``cfg`` may leave to the method, by flat name, as the
+        method resolves them (a sweep compares stored runs by these)."""
+        return {"optimizer_state": cls.optimizer_state(cfg)}
+
+    @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         """Reject, with :class:`~gist.errors.ConfigError`, a config this method
         cannot run, before anything is built (sweeps check every grid point

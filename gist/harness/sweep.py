@@ -428,12 +428,14 @@ def migrate_log(log: dict[str, Any]) -> dict[str, Any]:
 
 def _differences(stored: RunConfig, wanted: RunConfig, recorded_policy: Optional[str] = None) -> list[str]:
     """What differs between a stored run's settings and the wanted ones. A
-    setting left to its default compares by what the run uses: the optimizer
-    policy the method resolves, or for a stored log ``recorded_policy`` (what
-    it recorded having used)."""
-    have, want = stored.results(), wanted.results()
-    have["optimizer_state"] = recorded_policy or get_method(stored.method).optimizer_state(stored)
-    want["optimizer_state"] = get_method(wanted.method).optimizer_state(wanted)
+    setting the method may decide compares by what the run uses
+    (:meth:`~gist.engine.driver.RoundDriver.resolved_settings`: the optimizer
+    policy, GIST's wire dtype), for a stored log's optimizer policy
+    ``recorded_policy`` where given (what it recorded having used)."""
+    have = {**stored.results(), **get_method(stored.method).resolved_settings(stored)}
+    want = {**wanted.results(), **get_method(wanted.method).resolved_settings(wanted)}
+    if recorded_policy:
+        have["optimizer_state"] = recorded_policy
     return [f"{k}: stored {have.get(k)!r}, config {want[k]!r}" for k in want if have.get(k) != want[k]]
 
 

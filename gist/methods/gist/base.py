@@ -109,7 +109,7 @@ class GIST(RoundDriver):
         self.label_classes = label_classes(model, cfg)
         self.batch_norms_reestimated = reestimated_batch_norms(model, cfg)
         self.scores_parts = cfg.workers_hold_parts
-        self.wire = self.settings.wire_torch_dtype
+        self.wire = self.options.wire_torch_dtype
         self.carried_policy = self.carried_optimizer_state(cfg)
         """The ``--optimizer-state`` policy whose state travels with the sub-networks, if any."""
         self.carries_optimizer = self.carried_policy is not None
@@ -135,8 +135,13 @@ class GIST(RoundDriver):
     @classmethod
     def optimizer_state(cls, cfg: RunConfig) -> str:
         """``kept`` at ``m = 1`` (the one worker keeps its optimizer); else the
-        setting, else the recipe's: ``carried`` for the partitioned recipe, ``fresh`` otherwise."""
+        setting, else the recipe's: ``second-moment`` for the partitioned recipe, ``fresh`` otherwise."""
         return "kept" if cfg.subnets == 1 else gist_options(cfg).optimizer_state
+
+    @classmethod
+    def resolved_settings(cls, cfg: RunConfig) -> dict[str, Any]:
+        """Also ``wire_dtype``, which the recipe decides where it is not set."""
+        return {**super().resolved_settings(cfg), "wire_dtype": gist_options(cfg).wire_dtype}
 
     @classmethod
     def carried_optimizer_state(cls, cfg: RunConfig) -> Optional[str]:

@@ -126,11 +126,10 @@ class CentralGIST(GIST):
         if not self._via_workers:
             return super().evaluate(round)
         state = self.model.state_dict()
+        # the model to score travels in its own dtype whatever the wire (as with the sharded coordinator):
+        # the statistics and scores are the model's, not a rounded copy's; workers here use the model itself
         flat = self._full_layout.flatten({k: v for k, v in state.items() if k in self.spec.tensor_axes})
-        flat = self._full_layout.encode(flat, self.wire)
-        # the workers here evaluate the model itself unless the wire rounds what the others get
-        lent = self.model if self.wire == self._full_layout.dtype else None
-        result = self.transport.evaluate(round, flat, self.batch_norms_reestimated, self.scores_parts, lent)
+        result = self.transport.evaluate(round, flat, self.batch_norms_reestimated, self.scores_parts, self.model)
         for k, total in enumerate(result.moment_totals):
             set_batch_norm_stats(self.model, k, pooled_batch_norm_stats([total]))
         parts = accuracy_from_counts(torch.stack(result.counts).sum(0)) if result.counts else None

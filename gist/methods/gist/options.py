@@ -14,7 +14,7 @@ the recipe measured to work when each worker holds only its own part
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from ...config import DEVICE_PATTERN
 from ...errors import ConfigError
@@ -40,6 +40,9 @@ ASSIGNMENTS = ("random", "rolling")
 class GistConfig:
     """The settings of ``--method gist`` (``cfg.options`` of a GIST run)."""
 
+    FORMER_DEFAULTS: ClassVar[dict[str, tuple[Any, ...]]] = {"wire_dtype": ("float32",)}
+    """Values older logs of other methods recorded as these settings' defaults."""
+
     coordinator: str = setting(
         "central",
         choices=COORDINATORS.names,
@@ -53,10 +56,11 @@ class GistConfig:
         help="where the coordinator keeps the full model (default: --device): cpu keeps a model wider "
         "than one GPU in host memory while the workers train on the GPU; splitting and merging then run there",
     )
-    wire_dtype: str = setting(
-        "float32",
+    wire_dtype: Optional[str] = setting(
+        None,
         choices=WIRE_DTYPES,
-        help="dtype of the parameter buffers on the wire: bfloat16 or float16 halve their bytes "
+        help="dtype of the parameter and optimizer-state buffers on the wire (default: the recipe's, "
+        "bfloat16 for the partitioned recipe, else float32): bfloat16 or float16 halve their bytes "
         "(rounded to nearest; integer statistics stay exact); the coordinator's model stays float32",
     )
     scorer: str = setting(
@@ -127,13 +131,6 @@ class GistConfig:
         gist_options(cfg, self)
 
     @property
-    def wire_torch_dtype(self) -> Any:
-        """:attr:`wire_dtype` as a ``torch.dtype`` (imports torch)."""
-        import torch
-
-        return getattr(torch, self.wire_dtype)
-
-    @property
     def scores_on_parts_only(self) -> bool:
         """Whether no process scores the model on the whole graph (``scorer = "parts"``)."""
         return self.scorer == "parts"
@@ -150,6 +147,15 @@ class GistOptions:
     bn_reestimate: bool = False
     optimizer_state: str = "fresh"
     """What a worker's optimizer starts each round from (``--optimizer-state``)."""
+    wire_dtype: str = "float32"
+    """The dtype of the buffers on the wire (``--wire-dtype``)."""
+
+    @property
+    def wire_torch_dtype(self) -> Any:
+        """:attr:`wire_dtype` as a ``torch.dtype`` (imports torch)."""
+        import torch
+
+        return getattr(torch, self.wire_dtype)
 
 
 PARTITIONED_RECIPE = {
@@ -157,14 +163,17 @@ PARTITIONED_RECIPE = {
     "groups": 2,
     "finish_rounds": 0,
     "bn_reestimate": True,
-    "optimizer_state": "carried",
+    "optimizer_state": "second-moment",
+    "wire_dtype": "bfloat16",
 }
 """The ``partitioned`` recipe: label-prior correction, the widths split into
 ``groups = 2`` halves each trained by ``m/2`` workers (``1`` for odd ``m``),
-BatchNorm re-estimation, and Adam's state carried with the sub-networks
-(by the coordinator, or with ``--coordinator sharded`` by each unit's owner;
-fresh with ``--optimizer sgd``, which keeps none), chosen from the runs
-described in ``results/README.md``."""
+BatchNorm re-estimation, Adam's bias-corrected second moment carried with the
+sub-networks (by the coordinator, or with ``--coordinator sharded`` by each
+unit's owner; fresh with ``--optimizer sgd``, which keeps none), and every
+buffer on the wire in bfloat16, chosen from the runs described in
+``results/README.md`` (``optimizer-state``: on Amazon Computers at ``m = 8``
+this ties the fully carried Adam at a quarter of its bytes)."""
 
 
 def gist_options(cfg: RunConfig, settings: Optional[GistConfig] = None) -> GistOptions:
@@ -186,6 +195,7 @@ def gist_options(cfg: RunConfig, settings: Optional[GistConfig] = None) -> GistO
             finish_rounds=PARTITIONED_RECIPE["finish_rounds"],
             bn_reestimate=PARTITIONED_RECIPE["bn_reestimate"],
             optimizer_state=PARTITIONED_RECIPE["optimizer_state"] if cfg.local.optimizer == "adam" else "fresh",
+            wire_dtype=PARTITIONED_RECIPE["wire_dtype"],
         )
     else:
         base = GistOptions(groups=m)
@@ -195,6 +205,7 @@ def gist_options(cfg: RunConfig, settings: Optional[GistConfig] = None) -> GistO
         finish_rounds=base.finish_rounds if g.finish_rounds is None else g.finish_rounds,
         bn_reestimate=base.bn_reestimate if g.bn_reestimate is None else g.bn_reestimate,
         optimizer_state=cfg.local.optimizer_state or base.optimizer_state,
+        wire_dtype=base.wire_dtype if g.wire_dtype is None else g.wire_dtype,
     )
     if m % out.groups != 0:
         raise ConfigError(f"subnet_groups ({out.groups}) must divide m ({m})")

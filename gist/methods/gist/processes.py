@@ -210,7 +210,7 @@ def serve_worker(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtoco
 
 
 def _serve_evaluation(worker: SubnetWorker, ctx: DistContext, protocol: WorkerProtocol, round: int) -> None:
-    full = torch.empty(worker.full_numel, dtype=worker.param_dtype)
+    full = torch.empty(worker.full_numel, dtype=worker.full_dtype)  # the model as it is, whatever the wire
     scorer = worker.scorer
     scorer.load(recv(full, 0, ctx, f"round {round} (waiting for the model to evaluate)", on_device=True))
     try:

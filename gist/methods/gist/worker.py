@@ -192,7 +192,13 @@ class Worker:
 
     @property
     def full_numel(self) -> int:
-        return subnet_layout(self.template, self.spec, 1).wire_numel(self.wire_dtype)
+        """Values in the buffer of the full model to evaluate (in its own dtype, whatever the wire)."""
+        return subnet_layout(self.template, self.spec, 1).numel
+
+    @property
+    def full_dtype(self) -> torch.dtype:
+        """The dtype of that buffer: the model's."""
+        return subnet_layout(self.template, self.spec, 1).dtype
 
     # ------------------------------------------------------------ label prior
 
@@ -343,7 +349,7 @@ def make_workers(
                 carry_optimizer=carried_optimizer_state(cfg),
                 seed=cfg.seed,
                 fmt=fmt,
-                wire_dtype=gist_settings(cfg).wire_torch_dtype,
+                wire_dtype=gist_options(cfg).wire_torch_dtype,
                 device=device,
                 width_scaler=gist_settings(cfg).width_scaler,
             )
