@@ -161,6 +161,7 @@ METHODS: Registry[Any] = Registry(
     {
         "full": "gist.methods.full:FullModel",
         "ddp": Entry("gist.methods.ddp:DDP", {"options": "gist.methods.ddp_options:DDPConfig"}),
+        "fsdp": "gist.methods.fsdp:FSDP",
         "local-sgd": "gist.methods.local_sgd:LocalSGD",
         "gist": Entry("gist.methods.gist:GIST", {"options": "gist.methods.gist.options:GistConfig"}),
     },

@@ -16,6 +16,11 @@ Ledger conventions (``kind="params"`` unless said otherwise):
   (:func:`ring_allreduce_bytes`). By symmetry every worker's entries are
   equal, so every process records them for all workers, and each process's
   ledger is complete.
+- The two halves of a ring all-reduce apart, as fully sharded data
+  parallelism runs them, of a buffer of ``N`` values split into ``m`` equal
+  shards: an all-gather is recorded ``to_worker`` (the ``N − N/m`` values a
+  worker receives), a reduce-scatter ``from_worker`` (the ``N − N/m`` it
+  sends), for every worker; so an all-reduce counts as one of each.
 - A broadcast from worker 0 of ``N`` values is recorded ``to_worker`` for
   every worker ``i ≥ 1``.
 - Stats reports (:class:`~gist.comm.WorkerStats`) gathered to worker 0:
@@ -115,11 +120,15 @@ class Collective(ABC):
     def _exchange_handshake(self, header: Tensor, data_bytes: Mapping[int, int]) -> tuple[Tensor, dict[int, Tensor]]:
         """Worker 0's header, and every worker's ``int64 [data bytes]`` reply."""
 
-    def all_reduce_mean(self, round: int, flats: Mapping[int, Tensor], kind: str = "params") -> Tensor:
+    def all_reduce_mean(
+        self, round: int, flats: Mapping[int, Tensor], kind: str = "params", record: bool = True
+    ) -> Tensor:
         r"""``Σ_i flats_i / m`` over all ``m`` workers (each local worker gives
         its own flat buffer; ``flats`` may be modified). Recorded as a ring
-        all-reduce of ``kind`` for every worker."""
-        self._record_buffers("all_reduce_mean", round, flats, kind)
+        all-reduce of ``kind`` for every worker, unless ``record`` is false
+        (a simulation that counts the traffic it stands for itself)."""
+        if record:
+            self._record_buffers("all_reduce_mean", round, flats, kind)
         return self._all_reduce_mean(flats)
 
     @abstractmethod
@@ -133,6 +142,20 @@ class Collective(ABC):
 
     @abstractmethod
     def _all_reduce_sum(self, flats: Mapping[int, Tensor]) -> Tensor: ...
+
+    def record_all_gather(self, round: int, numel: int, element_size: int, kind: str = "params") -> None:
+        """Count an all-gather into a buffer of ``numel`` values (``m`` equal
+        shards) that the caller ran, or simulates: ``to_worker``, for every worker."""
+        nbytes = (int(numel) - int(numel) // self.num_workers) * int(element_size)
+        for w in range(self.num_workers):
+            self.ledger.record(round, w, TO_WORKER, kind, nbytes)
+
+    def record_reduce_scatter(self, round: int, numel: int, element_size: int, kind: str = "params") -> None:
+        """Count a reduce-scatter of a buffer of ``numel`` values (``m`` equal
+        shards) that the caller ran, or simulates: ``from_worker``, for every worker."""
+        nbytes = (int(numel) - int(numel) // self.num_workers) * int(element_size)
+        for w in range(self.num_workers):
+            self.ledger.record(round, w, FROM_WORKER, kind, nbytes)
 
     def record_all_reduce(self, round: int, numel: int, element_size: int) -> None:
         """Count an all-reduce of ``numel`` values that the caller ran itself

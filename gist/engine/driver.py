@@ -194,6 +194,11 @@ class RoundDriver(ABC):
         """Train round ``round`` on every worker of this process, leave the
         coordinator's :attr:`model` at the round's result, and report."""
 
+    def prepare_evaluation(self, round: int) -> None:
+        """Called on every process before round ``round`` is scored (a method
+        whose coordinator must first collect the model does so here; its time
+        is evaluation time)."""
+
     def evaluate(self, round: int) -> dict[str, float]:
         """``{"train", "val", "test"}`` of the full model (coordinator only)."""
         if self.evaluator is None:
@@ -252,8 +257,10 @@ class RoundDriver(ABC):
         seconds = time.perf_counter() - start
         check_round(self.name, r, work.stats, self.trained_states())
         record = RoundRecord.of_round(r, self.cfg.local.local_steps, seconds, work, self.ledger, self.sequential)
-        if self.is_coordinator and self.cfg.is_eval_round(r):
+        if self.cfg.is_eval_round(r):
             eval_start = time.perf_counter()
+            self.prepare_evaluation(r)
+        if self.is_coordinator and self.cfg.is_eval_round(r):
             metrics = self.evaluate(r)
             record.train, record.val, record.test = metrics["train"], metrics["val"], metrics["test"]
             record.parts_val, record.parts_test = metrics.get("parts_val"), metrics.get("parts_test")

@@ -90,6 +90,8 @@ class DDP(DataParallelMethod):
     Options = DDPConfig
     shares_replicas = True
     empty_batch = "contributes a zero gradient"
+    wrapped_step = "a DistributedDataParallel step (its all-reduces)"
+    """What a step of the wrapped module is called where a worker hangs in it."""
     _wrapped: Optional[nn.Module] = None
 
     def __init__(self, model: nn.Module, data: Optional[Data], cfg: RunConfig, *args: Any, **kwargs: Any) -> None:
@@ -99,9 +101,10 @@ class DDP(DataParallelMethod):
         self.syncs_batch_norm = synced and convert_sync_batch_norm(model) > 0
         super().__init__(model, data, cfg, *args, **kwargs)
         if self.syncs_batch_norm and len(self.local_workers) > 1 and self.device.type != "cpu":
+            own = ", or pass --batch-norm-stats own" if self.Options is DDPConfig else ""
             raise ConfigError(
                 "synchronised BatchNorm of several workers in one process runs on the CPU: run one process "
-                "per GPU (--procs or torchrun), or pass --batch-norm-stats own"
+                f"per GPU (--procs or torchrun){own}"
             )
 
     @property
@@ -112,7 +115,21 @@ class DDP(DataParallelMethod):
 
     def start(self) -> None:
         super().start()
-        self._wrapped = wrap_for_nccl(self.model, self.collective)
+        self._wrapped = self.wrap()
+
+    def wrap(self) -> Optional[nn.Module]:
+        """The module this process's one worker trains through, where torch's
+        own wrapper runs the collectives (``DistributedDataParallel`` on NCCL:
+        :func:`wrap_for_nccl`); ``None`` where the method runs them itself."""
+        return wrap_for_nccl(self.model, self.collective)
+
+    def average_gradients(self, round: int, grads: dict[int, Tensor]) -> Tensor:
+        """``Σ_i g_i / m`` of the local workers' flat gradients, counted as one all-reduce."""
+        return self.collective.all_reduce_mean(round, grads)
+
+    def record_wrapped_step(self, round: int) -> None:
+        """Count one step of the wrapped module's collectives (one all-reduce of ``|θ|``)."""
+        self.collective.record_all_reduce(round, self.grad_numel, self.dtype.itemsize)
 
     def train_workers(self, round: int) -> tuple[dict[int, list[float]], dict[int, float], float]:
         if self._wrapped is not None:
@@ -133,7 +150,7 @@ class DDP(DataParallelMethod):
                     self._warn_empty[i]()
                 grads[i] = grad
             t = time.perf_counter()
-            mean = self.collective.all_reduce_mean(round, grads)
+            mean = self.average_gradients(round, grads)
             for rep in self.distinct_replicas():
                 offset = 0
                 for p in (p for p in rep.parameters() if p.requires_grad):
@@ -218,9 +235,9 @@ class DDP(DataParallelMethod):
         return dict(zip(local, results))
 
     def _train_wrapped(self, round: int, wrapped: nn.Module) -> tuple[dict[int, list[float]], dict[int, float], float]:
-        """``ζ`` steps of this process's one worker through
-        ``DistributedDataParallel``: the gradient all-reduces overlap the
-        backward pass, so their time is in the worker's seconds."""
+        """``ζ`` steps of this process's one worker through its wrapped module
+        (:meth:`wrap`): the collectives overlap the backward pass, so their
+        time is in the worker's seconds."""
         (i,) = self.local_workers
         opt, losses = self._optimizers[i], []
         start = time.perf_counter()
@@ -241,8 +258,8 @@ class DDP(DataParallelMethod):
 
         for _ in range(self.cfg.local.local_steps):
             with self._rngs[i].active():
-                loss, real = self.collective.watched("a DistributedDataParallel step (its all-reduces)", step)
-            self.collective.record_all_reduce(round, self.grad_numel, self.dtype.itemsize)
+                loss, real = self.collective.watched(self.wrapped_step, step)
+            self.record_wrapped_step(round)
             if real:
                 losses.append(float(loss.detach()))
             else:
