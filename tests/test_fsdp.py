@@ -68,7 +68,9 @@ def test_fsdp_in_one_process_trains_ddps_model(tmp_path, one_thread):
     params = [v for k, v in a.items() if not k.rsplit(".", 1)[-1].startswith(("running_", "num_batches"))]
     padded = sum(math.ceil(v.shape[0] / 2) * 2 * v[0].numel() for v in params)
     assert sum(v.numel() for v in params) == numel < padded
-    assert train(fsdp) == 2 * steps * 3 * (padded // 2) * 4
+    # 3 (m-1)/m |θ̃| a step, and after each of the two evaluated rounds before the last FSDP prefetches the
+    # last layer once more (it remembers the scoring pass's order; 6 x 16 x 2 weights and 6 biases padded)
+    assert train(fsdp) == 2 * steps * 3 * (padded // 2) * 4 + 2 * 2 * (198 // 2) * 4
 
 
 def test_fsdp_counts_two_all_gathers_and_a_reduce_scatter_per_layer_and_step(tmp_path, one_thread):
@@ -94,8 +96,10 @@ def test_fsdp_counts_two_all_gathers_and_a_reduce_scatter_per_layer_and_step(tmp
                 )
                 for d in (TO_WORKER, FROM_WORKER)
             }
-            # received: two all-gathers a step, (m-1)/m of each unit; sent: one reduce-scatter a step
-            assert got[TO_WORKER] == SMALL["local_steps"] * 2 * sum(u.padded_numel * 2 // 3 for u in units) * 4
+            # received: two all-gathers a step, (m-1)/m of each unit, and after an evaluated round FSDP's
+            # prefetch of the last layer once more; sent: one reduce-scatter a step
+            again = units[2].padded_numel * 2 // 3 * 4 if r > 0 else 0
+            assert got[TO_WORKER] == SMALL["local_steps"] * 2 * sum(u.padded_numel * 2 // 3 for u in units) * 4 + again
             assert got[FROM_WORKER] == SMALL["local_steps"] * sum(u.padded_numel * 2 // 3 for u in units) * 4
     # scoring gathers the model to the coordinator once per evaluated round: (m-1)/m of it to every worker
     eval_bytes = [sum(t["nbytes"] for t in log["ledger"] if t["kind"] == "eval" and t["round"] == r) for r in range(3)]
@@ -158,9 +162,13 @@ def test_fsdp_checkpoints_are_distributed_checkpoints_and_resume_exactly(tmp_pat
     a, b = (torch.load(tmp_path / n, weights_only=True) for n in ("full.pt", "resumed.pt"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["val"] for r in resumed["rounds"]] == [r["val"] for r in full["rounds"]]
-    # the rounds' traffic as uninterrupted; the resumed job did its set-up (handshake, broadcast) once more
+    # the rounds' traffic as uninterrupted (the resumed job did its set-up once more), but for the prefetch
+    # of the last layer after the scoring pass of round 2, which the new processes never made
     rounds = lambda log: [t for t in _transfers(log) if t[0] >= 0]  # noqa: E731
-    assert rounds(resumed) == rounds(full)
+    expected = rounds(full)
+    for w in range(2):
+        expected.remove((3, w, TO_WORKER, "params", 396))  # a ValueError if that prefetch was not there
+    assert rounds(resumed) == expected
     with pytest.raises(ValueError, match="resume it the same way, with the same m"):
         run_training(cfg.replace(resume=True), progress=False)  # in one process
 

@@ -258,14 +258,7 @@ class RoundDriver(ABC):
         check_round(self.name, r, work.stats, self.trained_states())
         record = RoundRecord.of_round(r, self.cfg.local.local_steps, seconds, work, self.ledger, self.sequential)
         if self.cfg.is_eval_round(r):
-            eval_start = time.perf_counter()
-            self.prepare_evaluation(r)
-        if self.is_coordinator and self.cfg.is_eval_round(r):
-            metrics = self.evaluate(r)
-            record.train, record.val, record.test = metrics["train"], metrics["val"], metrics["test"]
-            record.parts_val, record.parts_test = metrics.get("parts_val"), metrics.get("parts_test")
-            record.eval_seconds = time.perf_counter() - eval_start
-            record.eval_bytes = self.ledger.total(round=r, kind="eval")
+            _score_round(self, record)
         self.history.append(record)
         self.round += 1
         return record
@@ -288,16 +281,10 @@ class RoundDriver(ABC):
             dynamic_ncols=True,
             leave=None,
         )
-        best_val = float("-inf")
         try:
             while self.round < self.cfg.rounds:
                 record = self.run_round()
-                postfix = {"loss": f"{record.loss:.3f}", "MB": f"{self.ledger.total(kind='params') / 1e6:.1f}"}
-                if record.val is not None:
-                    best_val = max(best_val, record.val)
-                    postfix["val"] = f"{record.val:.4f}"
-                    postfix["best"] = f"{best_val:.4f}"
-                bar.set_postfix(postfix, refresh=False)
+                bar.set_postfix(_progress(self.history, self.ledger), refresh=False)
                 bar.update(record.round + 1 - bar.n)
                 if checkpointer is not None and checkpointer.due(record.round, self.cfg.rounds):
                     if self.is_coordinator:
@@ -334,3 +321,27 @@ class RoundDriver(ABC):
         if self._started:
             raise RuntimeError("load a checkpoint before the first round")
         load_driver_state(self, state)
+
+
+def _score_round(driver: RoundDriver, record: RoundRecord) -> None:
+    """Evaluate ``record``'s round: every process prepares (:meth:`RoundDriver.prepare_evaluation`),
+    the coordinator scores the model and fills in the record's metrics, seconds and ``eval`` bytes."""
+    start = time.perf_counter()
+    driver.prepare_evaluation(record.round)
+    if driver.is_coordinator:
+        metrics = driver.evaluate(record.round)
+        record.train, record.val, record.test = metrics["train"], metrics["val"], metrics["test"]
+        record.parts_val, record.parts_test = metrics.get("parts_val"), metrics.get("parts_test")
+        record.eval_seconds = time.perf_counter() - start
+        record.eval_bytes = driver.ledger.total(round=record.round, kind="eval")
+
+
+def _progress(history: list[RoundRecord], ledger: ByteLedger) -> dict[str, str]:
+    """The progress bar's figures after the last round of ``history``: loss, parameter MB, latest and best val."""
+    record = history[-1]
+    postfix = {"loss": f"{record.loss:.3f}", "MB": f"{ledger.total(kind='params') / 1e6:.1f}"}
+    scored = [r.val for r in history if r.val is not None]
+    if record.val is not None:
+        postfix["val"] = f"{record.val:.4f}"
+        postfix["best"] = f"{max(scored):.4f}"
+    return postfix

@@ -41,7 +41,8 @@ def correct_counts(model: nn.Module, data: Data, adj: Optional[Tensor] = None) -
         adj = adjacency(data, normalized=True) if takes_normalized_adjacency(model) else data.edge_index
     was_training = model.training
     model.eval()
-    pred = model(data.x, adj).argmax(dim=-1)
+    with torch.no_grad():  # no autograd graph: scoring a wide model needs no more memory than its forward pass
+        pred = model(data.x, adj).argmax(dim=-1)
     model.train(was_training)
     counts = []
     for split in SPLITS:

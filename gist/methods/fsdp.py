@@ -28,11 +28,14 @@ shapes (:func:`shard_units`), so a simulated and a distributed run record the
 same ledger.
 
 BatchNorm is synchronised (``torch.nn.SyncBatchNorm``, as a user of FSDP
-with BatchNorm converts it; counted as ``bn_sync``). Evaluation: the
-coordinator scores a full copy of the model, gathered from the shards with
-``torch.distributed.checkpoint.state_dict.get_model_state_dict`` (a full
-state dict on rank 0) after each evaluated round, its all-gathers counted as
-``eval``.
+with BatchNorm converts it; counted as ``bn_sync``). Evaluation is an FSDP
+forward pass in eval mode on every rank at once: the coordinator's on the
+whole graph (it scores it), every other rank's on its own graph (discarded),
+so that each layer is gathered one at a time and no rank ever holds the
+whole model; its all-gathers, one per layer, are counted as ``eval``. With
+``--save-model`` the full model is put together on rank 0 after the last
+round (``torch.distributed.checkpoint.state_dict.get_model_state_dict``, a
+full state dict offloaded to rank 0's CPU; not counted, as checkpoints are not).
 
 Checkpoints of a ``torch.distributed`` run go through torch's distributed
 checkpoint API: every rank writes its shards of ``{"model", "optim"}``
@@ -49,7 +52,6 @@ in one process a checkpoint is ``ddp``'s (the full model and optimizer).
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 from collections.abc import Callable, Mapping
@@ -65,6 +67,7 @@ from ..comm.dist_collective import DistCollective
 from ..config import NoOptions
 from ..engine import Checkpointer, CheckpointError, make_optimizer
 from ..engine.checkpoint import SIDE_FILES_KEPT
+from ..engine.evaluation import accuracy_evaluator
 from ..errors import ConfigError
 from .ddp import DDP
 
@@ -111,10 +114,10 @@ def _padded_numel_of(p: Tensor, m: int) -> int:
 
 
 class _Counting:
-    """What the counting collectives share: where to record and which round it is."""
+    """What the counting collectives share: where to record, and the round and ledger kind of now."""
 
-    def __init__(self, collective: Collective, round_now: Callable[[], int]) -> None:
-        self.collective, self.round_now = collective, round_now
+    def __init__(self, collective: Collective, now: Callable[[], tuple[int, str]]) -> None:
+        self.collective, self.now = collective, now
 
     def allocate(self, size: Any, *, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.empty(*size, dtype=dtype, device=device)
@@ -126,27 +129,29 @@ def _fsdp_comm_bases() -> tuple[type, type]:
     return AllGather, ReduceScatter
 
 
-def counting_collectives(collective: Collective, round_now: Callable[[], int]) -> tuple[Any, Any]:
+def counting_collectives(collective: Collective, now: Callable[[], tuple[int, str]]) -> tuple[Any, Any]:
     """An all-gather and a reduce-scatter for ``FSDPModule.set_custom_all_gather``
     / ``set_custom_reduce_scatter`` that run ``torch.distributed``'s own and
-    record each call in ``collective``'s ledger (round ``round_now()``)."""
+    record each call in ``collective``'s ledger (round and kind ``now()``)."""
     import torch.distributed as dist
 
     AllGather, ReduceScatter = _fsdp_comm_bases()
 
     class CountingAllGather(_Counting, AllGather):
         def __call__(self, output_tensor: Tensor, input_tensor: Tensor, group: Any, async_op: bool = False) -> Any:
-            self.collective.record_all_gather(self.round_now(), output_tensor.numel(), output_tensor.element_size())
+            round, kind = self.now()
+            self.collective.record_all_gather(round, output_tensor.numel(), output_tensor.element_size(), kind)
             return dist.all_gather_single(output_tensor, input_tensor, group=group, async_op=async_op)
 
     class CountingReduceScatter(_Counting, ReduceScatter):
         def __call__(
             self, output_tensor: Tensor, input_tensor: Tensor, group: Any, op: Any, async_op: bool = False
         ) -> Any:
-            self.collective.record_reduce_scatter(self.round_now(), input_tensor.numel(), input_tensor.element_size())
+            round, kind = self.now()
+            self.collective.record_reduce_scatter(round, input_tensor.numel(), input_tensor.element_size(), kind)
             return dist.reduce_scatter_single(output_tensor, input_tensor, op=op, group=group, async_op=async_op)
 
-    return CountingAllGather(collective, round_now), CountingReduceScatter(collective, round_now)
+    return CountingAllGather(collective, now), CountingReduceScatter(collective, now)
 
 
 class FSDP(DDP):
@@ -159,12 +164,21 @@ class FSDP(DDP):
     wrapped_step = "a fully_shard step (its all-gathers and reduce-scatters)"
 
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
-        self._round_now = 0
+        self._now = (0, "params")
+        self._metrics: dict[str, float] = {}
+        self._full_state: Optional[dict[str, Tensor]] = None
         super().__init__(model, *args, **kwargs)
         self.units = shard_units(self.model, self.cfg.subnets)
         self.distributed_shards = isinstance(self.collective, DistCollective)
         """Whether this process trains its shards of a ``fully_shard`` model (else: the in-process simulation)."""
         self._sharded: Optional[nn.Module] = None
+        self._evaluated_last_round = False
+        # the simulation learns the order in which the units run forward from its first step
+        self._forward_order: list[int] = []
+        self._order_hooks = [
+            unit.module.register_forward_pre_hook(lambda *_, k=k: self._forward_order.append(k))
+            for k, unit in enumerate(self.units)
+        ]
 
     @property
     def num_params(self) -> int:
@@ -175,8 +189,8 @@ class FSDP(DDP):
     def wrap(self) -> Optional[nn.Module]:
         """On ``torch.distributed``: this rank's replica sharded per layer
         (``fully_shard`` on a mesh of all ranks, counting collectives), its
-        optimizer rebuilt over the shards; rank 0 keeps a full copy to score.
-        ``None`` in one process (the workers run as ``ddp``'s)."""
+        optimizer rebuilt over the shards. ``None`` in one process (the
+        workers run as ``ddp``'s)."""
         if not self.distributed_shards:
             return None
         from torch.distributed.device_mesh import init_device_mesh
@@ -184,10 +198,8 @@ class FSDP(DDP):
 
         (i,) = self.local_workers
         replica = self._replicas[i]
-        if self.is_coordinator:
-            self.model = copy.deepcopy(replica)  # the full model the coordinator scores and saves
         mesh = init_device_mesh(self.device.type, (self.cfg.subnets,))
-        gather, scatter = counting_collectives(self.collective, lambda: self._round_now)
+        gather, scatter = counting_collectives(self.collective, lambda: self._now)
         for unit in shard_units(replica, self.cfg.subnets):
             if unit.module is not replica:
                 fully_shard(unit.module, mesh=mesh)
@@ -200,49 +212,91 @@ class FSDP(DDP):
         self._sharded = replica
         if self.round > 0:  # resuming: every rank reads its shards of the model and of Adam's state
             self._read_shards()
-            self._gather_full_model()
+        if not self.is_coordinator:  # it scores nothing: its forward pass takes part in the gathers
+            own = self._sources[i].data
+            on_own = accuracy_evaluator(own, self.cfg.data.sparse_adjacency)
+            self._follow: Callable[[nn.Module, Any], dict[str, float]] = lambda model, _: on_own(model, own)
         return replica
 
     # ------------------------------------------------------------------ rounds
 
     def train_round(self, round: int) -> Any:
-        self._round_now = round
+        self._now = (round, "params")
         return super().train_round(round)
 
     def prepare_evaluation(self, round: int) -> None:
-        """On ``torch.distributed``: gather the shards into the coordinator's
-        full model; in one process, where the model is whole, count that gather."""
-        if self._sharded is not None:
-            self._gather_full_model()
-        for p in self.model.parameters():
-            self.collective.record_all_gather(round, _padded_numel_of(p, self.cfg.subnets), p.element_size(), "eval")
+        """On ``torch.distributed``: the forward pass in eval mode on every rank
+        (the coordinator scores its output), then with ``--save-model`` after
+        the last round the full model on rank 0. In one process, where the
+        model is whole, count the gathers that forward pass makes: one per layer."""
+        if self._sharded is None:
+            for unit in self.units:
+                self.collective.record_all_gather(round, unit.padded_numel, self.dtype.itemsize, "eval")
+            self._evaluated_last_round = True
+            return
+        self._now = (round, "eval")
+        score = self.evaluator if self.is_coordinator else self._follow
+        assert score is not None
+        try:
+            metrics = self.collective.watched("scoring the model (its all-gathers)", lambda: score(self._sharded, None))
+            if self.is_coordinator:
+                self._metrics = metrics
+        finally:
+            self._now = (round, "params")
+        if self.cfg.checkpoint.save_model and round + 1 == self.cfg.rounds:
+            self._full_state = self._gather_full_model()
+
+    def evaluate(self, round: int) -> dict[str, float]:
+        """The scores :meth:`prepare_evaluation` computed (on ``torch.distributed``)."""
+        return dict(self._metrics) if self._sharded is not None else super().evaluate(round)
 
     def average_gradients(self, round: int, grads: dict[int, Tensor]) -> Tensor:
         """The mean, counted as FSDP moves it for one step: per shard unit two
-        all-gathers of its padded parameters and one reduce-scatter of its gradient."""
+        all-gathers of its padded parameters and one reduce-scatter of its
+        gradient. FSDP remembers the order of every forward pass until a
+        backward pass ends, and a scoring pass has none: the first backward
+        pass after it prefetches the unit that ran last in it once more
+        (one all-gather, then freed unused; measured on torch 2.13)."""
+        if self._order_hooks:
+            for hook in self._order_hooks:
+                hook.remove()
+            self._order_hooks = []
+            self._forward_order = list(dict.fromkeys(self._forward_order))  # each unit's first call, in order
         mean = self.collective.all_reduce_mean(round, grads, record=False)
         for unit in self.units:
             for _ in range(2):
                 self.collective.record_all_gather(round, unit.padded_numel, self.dtype.itemsize)
             self.collective.record_reduce_scatter(round, unit.padded_numel, self.dtype.itemsize)
+        if self._evaluated_last_round:
+            last = self.units[self._forward_order[-1]]
+            self.collective.record_all_gather(round, last.padded_numel, self.dtype.itemsize)
+            self._evaluated_last_round = False
         return mean
 
     def record_wrapped_step(self, round: int) -> None:
         """Nothing: the counting collectives recorded the step as it ran."""
 
-    def _gather_full_model(self) -> None:
-        """Every rank takes part in gathering the full state dict to rank 0
-        (``cpu_offload``: only rank 0 keeps it); each parameter's padded
-        shards are all-gathered (counted by :meth:`prepare_evaluation` as ``eval``)."""
+    def _gather_full_model(self) -> dict[str, Tensor]:
+        """The full ``state_dict`` on rank 0's CPU (empty elsewhere); every rank takes part."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         assert self._sharded is not None
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = self.collective.watched(
-            "gathering the full model to score it", lambda: get_model_state_dict(self._sharded, options=options)
+        return self.collective.watched(
+            "putting the full model together", lambda: get_model_state_dict(self._sharded, options=options)
         )
-        if self.is_coordinator:
-            self.model.load_state_dict({k: v.to(self.device) for k, v in state.items()})
+
+    def model_state_dict(self) -> dict[str, Tensor]:
+        """On ``torch.distributed`` the full model put together after the last
+        round (``--save-model``); in one process the model itself."""
+        if self._sharded is None:
+            return super().model_state_dict()
+        if self._full_state is None:
+            raise RuntimeError(
+                "the model is in shards on the ranks: it is put together on rank 0 after the last round "
+                "when --save-model is set"
+            )
+        return dict(self._full_state)
 
     def trained_states(self) -> list[Any]:
         """This rank's shards (and its buffers) where it trains sharded; the model otherwise."""
@@ -258,9 +312,6 @@ class FSDP(DDP):
     def _shards_folder(self, round: int) -> Path:
         """The distributed checkpoint folder of the checkpoint after ``round`` rounds."""
         return Checkpointer(self.cfg).side_path(f"fsdp-{self.cfg.subnets}", round)
-
-    def _barrier(self, what: str) -> None:
-        self.collective.all_gather({w: torch.ones(1) for w in self.local_workers}, what)
 
     def model_checkpoint(self) -> dict[str, Tensor]:
         """Nothing on ``torch.distributed``: the shards are in the distributed checkpoint (:meth:`method_state`)."""
@@ -319,29 +370,7 @@ class FSDP(DDP):
         return {"model": model_state, "optim": optim_state}
 
     def _write_shards(self) -> None:
-        import torch.distributed.checkpoint as dcp
-
-        target = self._shards_folder(self.round)
-        partial = target.with_name(target.name + ".partial")
-        if self.is_coordinator:
-            shutil.rmtree(partial, ignore_errors=True)
-        self._barrier("starting the checkpoint's shards")
-        self.collective.watched(
-            "writing the checkpoint's shards", lambda: dcp.save(self._sharded_state(), checkpoint_id=str(partial))
-        )
-        self._barrier("writing the checkpoint's shards")
-        if self.is_coordinator:
-            shutil.rmtree(target, ignore_errors=True)
-            partial.rename(target)
-            prefix = target.name.rsplit(".round-", 1)[0] + ".round-"
-            done = sorted(
-                (int(p.name[len(prefix) :]), p)
-                for p in target.parent.glob(prefix + "*")
-                if p.name[len(prefix) :].isdigit()
-            )
-            for _, old in done[:-SIDE_FILES_KEPT]:
-                shutil.rmtree(old, ignore_errors=True)
-        self._barrier("putting the checkpoint's shards in place")
+        write_distributed_checkpoint(self.collective, self._shards_folder(self.round), self._sharded_state)
 
     def _read_shards(self) -> None:
         import torch.distributed.checkpoint as dcp
@@ -357,3 +386,33 @@ class FSDP(DDP):
         set_state_dict(
             self._sharded, self._optimizers[i], model_state_dict=state["model"], optim_state_dict=state["optim"]
         )
+
+
+def _barrier(collective: Collective, what: str) -> None:
+    collective.all_gather({w: torch.ones(1) for w in collective.local_workers}, what)
+
+
+def write_distributed_checkpoint(collective: Collective, target: Path, state: Callable[[], dict[str, Any]]) -> None:
+    """Every rank saves its part of ``state()`` with ``torch.distributed.checkpoint.save``
+    into ``<target>.partial``, which the coordinator renames to ``target`` once
+    all are written (a run stopped meanwhile leaves the previous checkpoint
+    whole), keeping the newest :data:`~gist.engine.checkpoint.SIDE_FILES_KEPT`
+    folders of that name."""
+    import torch.distributed.checkpoint as dcp
+
+    partial = target.with_name(target.name + ".partial")
+    if collective.is_coordinator:
+        shutil.rmtree(partial, ignore_errors=True)
+    _barrier(collective, "starting the checkpoint's shards")
+    collective.watched("writing the checkpoint's shards", lambda: dcp.save(state(), checkpoint_id=str(partial)))
+    _barrier(collective, "writing the checkpoint's shards")
+    if collective.is_coordinator:
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+        prefix = target.name.rsplit(".round-", 1)[0] + ".round-"
+        done = sorted(
+            (int(p.name[len(prefix) :]), p) for p in target.parent.glob(prefix + "*") if p.name[len(prefix) :].isdigit()
+        )
+        for _, old in done[:-SIDE_FILES_KEPT]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier(collective, "putting the checkpoint's shards in place")
