@@ -7,7 +7,12 @@ in its own processes:
 * ``central``: GIST, ``m`` real processes (1 thread each), rank 0 holding
   the full model (``--coordinator central``);
 * ``sharded``: the same with ``--coordinator sharded``: every rank holds
-  ``1/m`` of the model.
+  ``1/m`` of the model;
+* ``ddp``: ``m`` real processes each holding the whole model and its Adam
+  state, the gradient averaged every step;
+* ``fsdp``: ``m`` real processes, the model under ``fully_shard`` per layer:
+  every rank holds ``1/m`` of the parameters, gradients and Adam state and
+  gathers one layer at a time.
 
 Every process is watched by a sampler (every 50 ms) that records its peak
 resident memory; a process above ``--budget-gb`` (the memory of the machine
@@ -45,7 +50,7 @@ from typing import Optional
 import psutil
 from _report import emit, markdown_table_report
 
-WAYS = ("full", "central", "sharded")
+WAYS = ("full", "central", "sharded", "ddp", "fsdp")
 GB = 1e9
 
 
@@ -69,6 +74,9 @@ def command(way: str, args: argparse.Namespace, hidden: int, log: Path) -> list[
     cmd += ["--rounds", str(args.rounds), "--eval-every", str(args.rounds), "--log", str(log), "--no-progress"]
     if way == "full":
         return cmd + ["--method", "full", "--threads", "2"]
+    if way in ("ddp", "fsdp"):
+        return cmd + ["--method", way, "--subnets", str(args.m), "--procs", str(args.m), "--threads", "1",
+                      "--timeout", "600"]  # fmt: skip
     return cmd + ["--method", "gist", "--subnets", str(args.m), "--procs", str(args.m), "--threads", "1",
                   "--coordinator", way, "--timeout", "600"]  # fmt: skip
 
@@ -142,8 +150,10 @@ def summarise_log(path: Path) -> dict:
 
 def held_bytes(way: str, rank: int, hidden: int, m: int) -> int:
     full, sub, shard = param_counts(hidden, m)
-    if way == "full":
+    if way in ("full", "ddp"):
         return 4 * full
+    if way == "fsdp":
+        return 4 * full // m
     if way == "central":
         return 4 * (full + sub) if rank == 0 else 4 * sub
     return 4 * (shard + sub)
@@ -164,6 +174,7 @@ def main() -> None:
 
     bare = bare_rss()
     budget = args.budget_gb * GB
+    load = os.getloadavg()[0]  # before any attempt: the work of others
     rows, failed_at = [], {}
     raw: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,18 +196,26 @@ def main() -> None:
     notes = [
         f"3-layer GraphSAGE on Cora, ζ = {args.local_steps}, {args.rounds} rounds (evaluation after the last; "
         f"seconds per round: the mean over the rounds after the first), "
-        f"m = {args.m} real processes for GIST (1 thread each), 2 threads for `full`; seed 0. "
+        f"m = {args.m} real processes for GIST, `ddp` and `fsdp` (1 thread each), 2 threads for `full`; seed 0. "
         f"Budget: {args.budget_gb:g} GB per process (a process above it is killed: out of memory on a machine of that "
         f"size). A bare `import torch, torch_geometric` process holds {bare / GB:.2f} GB.",
         "",
         "Columns: peak resident memory per process (rank 0 first); *above bare / held*: (peak − bare) divided by the "
-        "parameter bytes the process holds (full: |θ|; central rank 0: |θ| + its sub-network, other ranks: their "
-        "sub-network; sharded: |θ|/m + its sub-network), the largest over the processes; seconds per round (mean) and "
+        "parameter bytes the process holds (full and ddp: |θ|; central rank 0: |θ| + its sub-network, other ranks: "
+        "their sub-network; sharded: |θ|/m + its sub-network; fsdp: |θ|/m), the largest over the processes; seconds "
+        "per round (mean) and "
         "their split: local steps (slowest worker), split + merge, the rest (transfers, waiting); the evaluation "
         "after the last round; parameter MB moved per round.",
         "",
         "Targets from issue 11: every worker process at most 3× its sub-network's parameter bytes above bare, and "
         "with `sharded` no process above 2× (|θ|/m + its sub-network).",
+        "",
+        f"Machine load when the benchmark started (1-minute load average, {os.cpu_count()} cores): {load:.1f}"
+        + (
+            ": other work shared the cores, so read the memory columns only; the seconds are not this benchmark's."
+            if load > 0.5
+            else " (idle)."
+        ),
     ]
     header = ["hidden", "way", "outcome", "|θ| (GB)", "peak per process (GB)", "above bare / held",
               "s/round", "train", "split+merge", "rest", "eval s", "MB/round", "val"]  # fmt: skip

@@ -69,7 +69,7 @@ def test_every_setting_has_its_flag_with_the_config_default():
             assert action.default == argparse.SUPPRESS, name
         elif name != "subnets":  # resolved from --procs / the torchrun world size / the method
             assert action.default == field.default, name
-    assert by_dest["method"].choices == ["full", "ddp", "local-sgd", "gist"]
+    assert by_dest["method"].choices == ["full", "ddp", "fsdp", "local-sgd", "gist"]
 
 
 def test_a_method_never_sees_another_methods_settings():
