@@ -65,7 +65,7 @@ def toy_method():
 
 
 def test_registry_lists_the_shipped_methods_in_table_order():
-    assert list(METHODS)[:4] == ["full", "ddp", "local-sgd", "gist"]
+    assert list(METHODS)[:5] == ["full", "ddp", "fsdp", "local-sgd", "gist"]
     with pytest.raises(ValueError, match="method must be one of"):
         get_method("allreduce")
     with pytest.raises(ValueError, match="already registered"):
@@ -151,7 +151,7 @@ def _same(a, b):
 RESUME = dict(norm="batch_norm", batching="cluster", num_clusters=6, clusters_per_batch=2)
 
 
-@pytest.mark.parametrize("method", ["ddp", "local-sgd"])
+@pytest.mark.parametrize("method", ["ddp", "fsdp", "local-sgd"])
 def test_resume_equals_the_uninterrupted_run_in_process(method, tmp_path):
     base = _resume_case(method, tmp_path, **RESUME)
     full = run_training(
