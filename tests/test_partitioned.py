@@ -236,18 +236,20 @@ def test_distributed_equals_in_process_for_the_recipe(tmp_path):
 
 
 def test_the_recipe_trains_partitioned_amazon_computers_where_plain_gist_fails(real_data_root):
-    """GCN 3×256 with BatchNorm, m = 4 METIS parts, ζ = 10, 10 rounds, seed 0.
-    Measured (one thread, evaluated every 5 rounds): plain GIST 0.507, the
-    recipe 0.880 (with a fresh optimizer each round, as before it carried
-    Adam's state: 0.751)."""
+    """GraphSAGE 3×256 with BatchNorm, m = 8 METIS parts, ζ = 10, 10 rounds,
+    seed 0: the cell where the recipe lost most to local SGD. Measured (one
+    thread, evaluated every 5 rounds): the recipe 0.848; the recipe as it was
+    before it carried Adam's second moment in bfloat16 (a fresh optimizer each
+    round, float32) 0.709, under this floor; plain GIST 0.581."""
     root = real_data_root("amazon")
     base = RunConfig.from_flat(
         dataset="amazon-computers",
         root=str(root),
+        model="sage",
         layers=3,
         hidden=256,
         norm="batch_norm",
-        subnets=4,
+        subnets=8,
         local_steps=10,
         rounds=10,
         data_mode="partitioned",
@@ -255,8 +257,8 @@ def test_the_recipe_trains_partitioned_amazon_computers_where_plain_gist_fails(r
     )
     plain = run_training(base.replace(gist_recipe="plain"), progress=False)["summary"]["best_val"]
     recipe = run_training(base, progress=False)["summary"]["best_val"]
-    assert plain < 0.62
-    assert recipe > 0.85
+    assert plain < 0.65
+    assert recipe > 0.80
 
 
 def test_cli_flags_override_the_recipe(tmp_path, capsys):
