@@ -230,7 +230,8 @@ def test_distributed_equals_in_process_for_the_recipe(tmp_path):
         "groups": 2,
         "finish_rounds": 1,
         "bn_reestimate": True,
-        "optimizer_state": "carried",
+        "optimizer_state": "second-moment",
+        "wire_dtype": "bfloat16",
     }
     assert {t["kind"] for t in dist["ledger"]} >= {"optim"}
 
@@ -265,14 +266,15 @@ def test_cli_flags_override_the_recipe(tmp_path, capsys):
     log = tmp_path / "log.json"
     args = ["train", "--root", str(tmp_path), "--hidden", "8", "--layers", "2", "--rounds", "2", "-m", "4"]
     args += ["--data-mode", "partitioned", "--no-bn-reestimate", "--subnet-groups", "4", "--no-progress"]
-    assert main([*args, "--log", str(log)]) == 0
+    assert main([*args, "--wire-dtype", "float32", "--log", str(log)]) == 0
     options = json.loads(log.read_text())["summary"]["gist_options"]
     assert options == {
         "label_prior": True,
         "groups": 4,
         "finish_rounds": 0,
         "bn_reestimate": False,
-        "optimizer_state": "carried",
+        "optimizer_state": "second-moment",
+        "wire_dtype": "float32",
     }
     assert main([*args, "--subnet-groups", "3"]) == 2
     assert "subnet_groups (3) must divide m (4)" in capsys.readouterr().err
