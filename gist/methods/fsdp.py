@@ -200,7 +200,7 @@ class FSDP(DDP):
         replica = self._replicas[i]
         mesh = init_device_mesh(self.device.type, (self.cfg.subnets,))
         gather, scatter = counting_collectives(self.collective, lambda: self._now)
-        for unit in shard_units(replica, self.cfg.subnets):
+        for unit in self.units:  # found on this same model when the method was built
             if unit.module is not replica:
                 fully_shard(unit.module, mesh=mesh)
         fully_shard(replica, mesh=mesh)
