@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import MAX_SEED, RunConfig, setting_fields
-from .errors import GistError
+from .errors import ConfigError, GistError
 from .files import private_tempdir
 from .registry import DATASETS, METHODS, PARTITIONERS
 from .settings import annotation, choices_of, number_problem
@@ -133,6 +133,21 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         metavar="M",
         help="spawn M local processes on torch.distributed (loopback only); implies --backend dist",
     )
+    groups["dist"].add_argument(
+        "--hosts",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="run on N virtual hosts on this machine (network namespaces joined by a bridge, one torchrun agent "
+        "each; --bandwidth shapes the links between them; root and iproute2 needed); implies --backend dist",
+    )
+    groups["dist"].add_argument(
+        "--procs-per-host",
+        type=_int_at_least(1),
+        default=None,
+        metavar="K",
+        help="with --hosts: processes on each host (default: 1); m = N × K",
+    )
     p.set_defaults(func=_train)
 
 
@@ -141,11 +156,16 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     method's own; a setting of another method is a :class:`~gist.errors.ConfigError` naming it."""
     from .methods import default_subnets
 
-    if args.procs is not None:
+    if args.procs_per_host is not None and args.hosts is None:
+        raise ConfigError("--procs-per-host goes with --hosts N")
+    if args.hosts is not None and args.procs is not None:
+        raise ConfigError("--procs starts processes on this host, --hosts on virtual hosts: give one of them")
+    procs = args.hosts * (args.procs_per_host or 1) if args.hosts is not None else args.procs
+    if procs is not None:
         args.backend = "dist"
     if args.subnets is None:
         world = os.environ.get("WORLD_SIZE") if args.backend == "dist" else None
-        args.subnets = default_subnets(args.method, args.procs or (int(world) if world else DEFAULT_SUBNETS))
+        args.subnets = default_subnets(args.method, procs or (int(world) if world else DEFAULT_SUBNETS))
     given = {name: getattr(args, name) for name, _, f in setting_fields() if f.metadata["cli"] and hasattr(args, name)}
     return RunConfig.from_flat(**given)
 
@@ -157,7 +177,11 @@ def _train(args: argparse.Namespace) -> int:
     cfg: Optional[RunConfig] = None
     try:
         cfg = _train_config(args)
-        if args.procs is not None:
+        if args.hosts is not None:
+            from .multihost import launch_hosts
+
+            log = launch_hosts(cfg, args.hosts, args.procs_per_host or 1, progress=progress, log_path=args.log)
+        elif args.procs is not None:
             log = launch_local(cfg, args.procs, progress=progress, log_path=args.log)
         else:
             log = run_training(cfg, progress=progress, log_path=args.log)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from ..devices import check_backend, default_backend, resolve_device
 from ..errors import ConfigError, GistError
+from .interfaces import bind_gloo_interface, check_master_address
 from .liveness import Liveness, PeerSilent
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -103,6 +104,9 @@ def init_distributed(
     if timeout_s <= 0:
         raise ConfigError(f"timeout must be > 0 seconds, got {timeout_s}")
     if not dist.is_initialized():
+        check_master_address()
+        if backend == "gloo":
+            bind_gloo_interface()
         try:
             store, rank, world_size = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
         except dist.DistNetworkError as exc:

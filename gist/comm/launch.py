@@ -145,16 +145,16 @@ def _spawned(rank: int, env: dict[str, str], target: Callable[..., None], args: 
         # stopped by the launcher (what the rank had to write is written):
         # leave without the interpreter's teardown, in which gloo's threads,
         # still waiting on the other ranks, would abort the process
-        _leave(INTERRUPTED_EXIT)
+        leave(INTERRUPTED_EXIT)
     except WorkerFailure:
         # another rank is gone (the error is noted for the launcher): a
         # collective may still be pending in a helper thread (a
         # DistributedDataParallel backward pass), and the interpreter's
         # teardown would wait on it for ever
-        _leave(LOST_PEER_EXIT)
+        leave(LOST_PEER_EXIT)
 
 
-def _leave(status: int) -> None:
+def leave(status: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

@@ -106,7 +106,11 @@ class PeerWatch:
         for peer in self.last:
             silent = now - self.changed[peer]
             if silent > self.timeout_s:
-                return PeerSilent(peer, f"rank {peer} sent no heartbeat for {silent:.0f} s: its process died or froze")
+                return PeerSilent(
+                    peer,
+                    f"rank {peer} sent no heartbeat for {silent:.0f} s: its process died or froze, "
+                    "or the network to its host is down",
+                )
             idle = now - self.progressed[peer]
             if idle > self.timeout_s:
                 return PeerSilent(

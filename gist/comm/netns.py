@@ -22,7 +22,7 @@ from typing import Optional
 from ..errors import GistError
 from ..settings import parse_rate
 
-__all__ = ["ShapedNamespace", "ShapingUnavailable", "check_can_shape"]
+__all__ = ["ShapedNamespace", "ShapingUnavailable", "burst_bytes", "check_can_shape", "run_ip", "tbf_arguments"]
 
 MIN_BURST_BYTES = 256 * 1024
 BURST_SECONDS = 0.01
@@ -44,11 +44,24 @@ def check_can_shape() -> None:
         raise ShapingUnavailable("a shaped network needs root: network namespaces and tc need CAP_SYS_ADMIN")
 
 
-def _run(*argv: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True)
+def run_ip(*argv: str) -> None:
+    """``ip *argv``; :class:`ShapingUnavailable` with its last line of output if it fails."""
+    result = subprocess.run(["ip", *argv], capture_output=True, text=True)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
-        raise ShapingUnavailable(f"`{' '.join(argv)}` failed: {detail[-1] if detail else result.returncode}")
+        raise ShapingUnavailable(f"`ip {' '.join(argv)}` failed: {detail[-1] if detail else result.returncode}")
+
+
+def tbf_arguments(bandwidth: str) -> list[str]:
+    """``tc qdisc ... root`` arguments of a token bucket of rate ``bandwidth``
+    holding :data:`BURST_SECONDS` of traffic (at least :data:`MIN_BURST_BYTES`)."""
+    rate_bits = parse_rate(bandwidth)
+    return ["tbf", "rate", f"{rate_bits:.0f}bit", "burst", str(burst_bytes(rate_bits)), "latency", "100ms"]
+
+
+def burst_bytes(rate_bits: float) -> int:
+    """The bucket's size at ``rate_bits`` bits per second."""
+    return max(MIN_BURST_BYTES, int(rate_bits / 8 * BURST_SECONDS))
 
 
 class ShapedNamespace:
@@ -62,21 +75,17 @@ class ShapedNamespace:
         self.bandwidth = bandwidth
         self.rate_bits = parse_rate(bandwidth)
         self.name = f"gist-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.burst_bytes = max(MIN_BURST_BYTES, int(self.rate_bits / 8 * BURST_SECONDS))
+        self.burst_bytes = burst_bytes(self.rate_bits)
         self.active = False
 
     def __enter__(self) -> ShapedNamespace:
         check_can_shape()
-        _run("ip", "netns", "add", self.name)
+        run_ip("netns", "add", self.name)
         self.active = True
         try:
-            inside = ("ip", "netns", "exec", self.name)
-            _run(*inside, "ip", "link", "set", "lo", "up", "mtu", str(LOOPBACK_MTU))
-            _run(
-                *inside,
-                *("tc", "qdisc", "add", "dev", "lo", "root", "tbf"),
-                *("rate", f"{self.rate_bits:.0f}bit", "burst", str(self.burst_bytes), "latency", "100ms"),
-            )
+            run_ip("-n", self.name, "link", "set", "lo", "up", "mtu", str(LOOPBACK_MTU))
+            bucket = tbf_arguments(self.bandwidth)
+            run_ip("netns", "exec", self.name, "tc", "qdisc", "add", "dev", "lo", "root", *bucket)
         except BaseException:
             self.close()
             raise
