@@ -2,7 +2,9 @@
 
 Reads the ``table.csv`` that ``gist sweep`` wrote for each slow-network
 sweep (``experiments/slow-network-*.toml``) and writes one Markdown table
-per graph: for every bandwidth and ``m``, the seconds to the target of
+per graph: for every bandwidth, topology (where the sweep has a ``hosts``
+axis: one host, or several with only the links between them shaped) and
+``m``, the seconds to the target of
 ``gist``, ``local-sgd`` and ``ddp`` (mean over the seeds that reach it, with
 how many do), and the ratios GIST / DDP and GIST / local SGD (below 1: GIST
 is faster). A method that never reaches the target has no ratio.
@@ -56,20 +58,28 @@ def _row(table: pd.DataFrame, method: str, m: int) -> pd.Series | None:
     return hit.iloc[0] if len(hit) else None
 
 
+def _topology(hosts: int) -> str:
+    return "one host: every byte crosses the link" if hosts == 1 else f"{hosts} hosts: only what goes between them"
+
+
 def summary_table(table: pd.DataFrame) -> list[str]:
-    """Markdown rows: one per bandwidth and ``m``."""
-    header = ["link", "m", "gist s", "local-sgd s", "ddp s", "gist / ddp", "gist / local-sgd", "full s"]
+    """Markdown rows: one per bandwidth, topology (a ``hosts`` axis) and ``m``."""
+    by_hosts = "hosts" in table.columns
+    header = ["link", *(["topology"] if by_hosts else []), "m", "gist s", "local-sgd s", "ddp s"]
+    header += ["gist / ddp", "gist / local-sgd", "full s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     bandwidths = [b for b in LINKS if b in set(table["bandwidth"])]
     for bandwidth in bandwidths:
-        at = table[table["bandwidth"] == bandwidth]
-        full = at[at["method"] == "full"]
-        full_cell = _cell(full.iloc[0]) if len(full) else "—"
-        for m in sorted(set(at[at["method"] != "full"]["m"])):
-            gist, local_sgd, ddp = (_row(at, method, m) for method in ("gist", *BASELINES))
-            cells = [LINKS[bandwidth], str(m), _cell(gist), _cell(local_sgd), _cell(ddp)]
-            cells += [_ratio(gist, ddp), _ratio(gist, local_sgd), full_cell]
-            lines.append("| " + " | ".join(cells) + " |")
+        for hosts in sorted(set(table["hosts"])) if by_hosts else [1]:
+            at = table[(table["bandwidth"] == bandwidth) & ((table["hosts"] == hosts) if by_hosts else True)]
+            full = at[at["method"] == "full"]
+            full_cell = _cell(full.iloc[0]) if len(full) else "—"
+            for m in sorted(set(at[at["method"] != "full"]["m"])):
+                gist, local_sgd, ddp = (_row(at, method, m) for method in ("gist", *BASELINES))
+                cells = [LINKS[bandwidth], *([_topology(int(hosts))] if by_hosts else []), str(m)]
+                cells += [_cell(gist), _cell(local_sgd), _cell(ddp)]
+                cells += [_ratio(gist, ddp), _ratio(gist, local_sgd), full_cell]
+                lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

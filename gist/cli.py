@@ -131,22 +131,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         type=_int_at_least(1),
         default=None,
         metavar="M",
-        help="spawn M local processes on torch.distributed (loopback only); implies --backend dist",
-    )
-    groups["dist"].add_argument(
-        "--hosts",
-        type=_int_at_least(1),
-        default=None,
-        metavar="N",
-        help="run on N virtual hosts on this machine (network namespaces joined by a bridge, one torchrun agent "
-        "each; --bandwidth shapes the links between them; root and iproute2 needed); implies --backend dist",
-    )
-    groups["dist"].add_argument(
-        "--procs-per-host",
-        type=_int_at_least(1),
-        default=None,
-        metavar="K",
-        help="with --hosts: processes on each host (default: 1); m = N × K",
+        help="spawn M processes on torch.distributed (on this host's loopback, or spread over --hosts virtual "
+        "hosts); implies --backend dist",
     )
     p.set_defaults(func=_train)
 
@@ -156,33 +142,27 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     method's own; a setting of another method is a :class:`~gist.errors.ConfigError` naming it."""
     from .methods import default_subnets
 
-    if args.procs_per_host is not None and args.hosts is None:
-        raise ConfigError("--procs-per-host goes with --hosts N")
-    if args.hosts is not None and args.procs is not None:
-        raise ConfigError("--procs starts processes on this host, --hosts on virtual hosts: give one of them")
-    procs = args.hosts * (args.procs_per_host or 1) if args.hosts is not None else args.procs
-    if procs is not None:
+    if args.hosts > 1 and args.procs is None:
+        raise ConfigError(f"--hosts {args.hosts} spreads the processes that --procs M starts: give --procs")
+    if args.procs is not None:
         args.backend = "dist"
     if args.subnets is None:
         world = os.environ.get("WORLD_SIZE") if args.backend == "dist" else None
-        args.subnets = default_subnets(args.method, procs or (int(world) if world else DEFAULT_SUBNETS))
+        args.subnets = default_subnets(args.method, args.procs or (int(world) if world else DEFAULT_SUBNETS))
     given = {name: getattr(args, name) for name, _, f in setting_fields() if f.metadata["cli"] and hasattr(args, name)}
     return RunConfig.from_flat(**given)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .run import SHAPED_ENV, RunFailed, launch_local, run_training
+    from .multihost import launch
+    from .run import SHAPED_ENV, RunFailed, run_training
 
     progress = not args.no_progress
     cfg: Optional[RunConfig] = None
     try:
         cfg = _train_config(args)
-        if args.hosts is not None:
-            from .multihost import launch_hosts
-
-            log = launch_hosts(cfg, args.hosts, args.procs_per_host or 1, progress=progress, log_path=args.log)
-        elif args.procs is not None:
-            log = launch_local(cfg, args.procs, progress=progress, log_path=args.log)
+        if args.procs is not None:
+            log = launch(cfg, args.procs, progress=progress, log_path=args.log)
         else:
             log = run_training(cfg, progress=progress, log_path=args.log)
     except KeyboardInterrupt as exc:

@@ -167,7 +167,16 @@ class DistConfig:
         "none",
         changes_results=False,
         help="with --procs (or a sweep's processes): run the processes in a network namespace whose loopback "
-        "is shaped to this rate, e.g. 100mbit or 1gbit (root and iproute2 needed); none: unshaped",
+        "is shaped to this rate, e.g. 100mbit or 1gbit (root and iproute2 needed); with --hosts, shape the "
+        "links between the hosts instead; none: unshaped",
+    )
+    hosts: int = setting(
+        1,
+        minimum=1,
+        changes_results=False,
+        help="with --procs M (or a sweep's processes): spread the M processes over this many virtual hosts on "
+        "this machine (network namespaces on a bridge, each running a torchrun agent; root and iproute2 "
+        "needed); 1: all on this host",
     )
 
     def check(self) -> None:

@@ -1,4 +1,4 @@
-"""One run across several hosts on this machine: ``gist train --hosts N --procs-per-host K``.
+"""One run across several hosts on this machine: ``gist train --procs M --hosts N``.
 
 The hosts are network namespaces joined by a bridge
 (:class:`~gist.comm.hosts.VirtualHosts`), each with its own address and a
@@ -27,9 +27,9 @@ from .comm.multihost import run_on_hosts
 from .config import RunConfig
 from .errors import ConfigError, GistError
 from .methods import get_method
-from .run import SHAPED_ENV, RunFailed, RunInterrupted, check_output_paths, run_training, write_json
+from .run import SHAPED_ENV, RunFailed, RunInterrupted, check_output_paths, launch_local, run_training, write_json
 
-__all__ = ["MAX_GRACE_S", "launch_hosts", "torchrun_rank"]
+__all__ = ["MAX_GRACE_S", "launch", "launch_hosts", "network_record", "torchrun_rank"]
 
 MAX_GRACE_S = 30.0
 """At most this long the other hosts get, after one failed, to say why before they are killed."""
@@ -37,28 +37,39 @@ RANK_ENTRY = "import sys; from gist.multihost import torchrun_rank; sys.exit(tor
 """What every torchrun process runs: one rank of the run (:func:`torchrun_rank`)."""
 
 
+def launch(cfg: RunConfig, procs: int, progress: bool = True, log_path: Optional[str | Path] = None) -> dict[str, Any]:
+    """``cfg`` as ``procs`` processes on torch.distributed: on this host
+    (:func:`gist.run.launch_local`), or over ``cfg.dist.hosts`` virtual hosts
+    (:func:`launch_hosts`); rank 0's log."""
+    if cfg.dist.hosts > 1:
+        return launch_hosts(cfg, procs, progress=progress, log_path=log_path)
+    return launch_local(cfg, procs, progress=progress, log_path=log_path)
+
+
 def launch_hosts(
     cfg: RunConfig,
-    hosts: int,
-    procs_per_host: int,
+    procs: int,
     progress: bool = True,
     log_path: Optional[str | Path] = None,
     bed: Optional[VirtualHosts] = None,
 ) -> dict[str, Any]:
-    """Run ``cfg`` as ``hosts × procs_per_host`` processes on ``hosts``
-    virtual hosts (``cfg.dist.bandwidth`` shapes the links between hosts)
-    and return rank 0's log. ``bed``: run on these hosts instead (entered by
-    the caller, who may cut, slow or kill them meanwhile; ``hosts`` must be
-    its size and its own rates apply).
+    """Run ``cfg`` as ``procs`` processes spread evenly over ``cfg.dist.hosts``
+    virtual hosts (``cfg.dist.bandwidth`` shapes the links between hosts) and
+    return rank 0's log, with the bytes each host's kernel counted under
+    ``network`` (:func:`network_record`). ``bed``: run on these hosts instead
+    (entered by the caller, who may cut, slow or kill them meanwhile; it must
+    have ``cfg.dist.hosts`` hosts, and its own rates apply).
 
     A failure of any rank stops every host and raises the root cause
     (:class:`~gist.comm.launch.LaunchFailure`; a run that diverged:
     :class:`~gist.run.RunFailed`); Ctrl-C :class:`~gist.run.RunInterrupted`."""
-    if hosts < 1 or procs_per_host < 1:
-        raise ConfigError(f"--hosts and --procs-per-host must be >= 1, got {hosts} and {procs_per_host}")
+    hosts = cfg.dist.hosts
+    if procs % hosts:
+        raise ConfigError(f"--procs {procs} cannot be spread evenly over --hosts {hosts}")
+    procs_per_host = procs // hosts
     cfg = cfg.replace(backend="dist")
     get_method(cfg.method).check_run(cfg)
-    cfg.check_processes(hosts * procs_per_host)
+    cfg.check_processes(procs)
     check_output_paths(cfg, log_path)
     if bed is not None and bed.hosts != hosts:
         raise ConfigError(f"the test bed has {bed.hosts} hosts, not {hosts}")
@@ -76,6 +87,7 @@ def launch_hosts(
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs_per_host)))
         entry = [sys.executable, "-c", RANK_ENTRY, str(config), str(target), str(int(progress))]
         grace = min(MAX_GRACE_S, 2 * cfg.dist.timeout)
+        before = [bed.traffic(host) for host in range(hosts)]
         try:
             runs = run_on_hosts(
                 bed,
@@ -94,16 +106,36 @@ def launch_hosts(
                 write_json(log, log_path)
             raise RunInterrupted(log.get("failure", {}).get("round") if log else None, log) from None
         log = json.loads(target.read_text()) if target.is_file() else None
-        if log is not None and log_path is not None:
-            write_json(log, log_path)
+        if log is not None:
+            log["network"] = network_record(bed, procs_per_host, before)
+            if log_path is not None:
+                write_json(log, log_path)
         if all(run.returncode == 0 for run in runs) and log is not None:
             return log
         if log is not None and "failure" in log:
             raise RunFailed(log["failure"]["message"], log)
-        cause = root_cause(notes, hosts * procs_per_host)
+        cause = root_cause(notes, procs)
         if cause is not None:
             raise LaunchFailure(cause[1])
         raise LaunchFailure(_agents_failed(runs, bed, cfg.dist.timeout), exit_status=1)
+
+
+def network_record(bed: VirtualHosts, procs_per_host: int, before: list[dict[str, int]]) -> dict[str, Any]:
+    """The run log's ``network``: the topology, and the bytes each host's
+    kernel counted since ``before`` (:meth:`~gist.comm.hosts.VirtualHosts.traffic`):
+    over its link to the other hosts, and over its loopback."""
+    per_host = []
+    for host, start in enumerate(before):
+        now = bed.traffic(host)
+        per_host.append({"address": bed.addresses[host], **{k: now[k] - start[k] for k in now}})
+    return {
+        "hosts": bed.hosts,
+        "procs_per_host": procs_per_host,
+        "bandwidth": bed.bandwidth,
+        "between_hosts_bytes": sum(h["link_sent"] for h in per_host),
+        "within_hosts_bytes": sum(h["loopback"] for h in per_host),
+        "per_host": per_host,
+    }
 
 
 def _agents_failed(runs: list[Any], bed: VirtualHosts, timeout_s: float) -> str:

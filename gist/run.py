@@ -90,6 +90,11 @@ def build(cfg: RunConfig, progress: bool = True) -> Built:
             "--bandwidth shapes the link between the processes gist's launcher starts: use --procs "
             "(or processes = true in a sweep); under torchrun, start it inside a shaped network namespace yourself"
         )
+    if cfg.dist.hosts > 1 and SHAPED_ENV not in os.environ:
+        raise ConfigError(
+            f"--hosts {cfg.dist.hosts} spreads the processes gist's launcher starts: use --procs (or processes = "
+            "true in a sweep); under torchrun, the hosts are the machines you start it on"
+        )
     dataset_metric(cfg.data.dataset)  # fail early for a dataset not scored by accuracy
     started = time.perf_counter()
     if cfg.dist.backend == "dist":
@@ -262,6 +267,8 @@ def launch_local(
     get_method(cfg.method).check_run(cfg)  # before any process starts
     cfg.check_processes(procs)
     check_output_paths(cfg, log_path)
+    if cfg.dist.hosts > 1 and SHAPED_ENV not in os.environ:
+        raise ConfigError(f"--hosts {cfg.dist.hosts}: start the run with gist.multihost.launch, which spreads it")
     if cfg.dist.bandwidth != "none" and SHAPED_ENV not in os.environ:
         return _launch_shaped(cfg, procs, progress, log_path)
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 """The hand-written pages (the generated ``docs/reference/`` excluded)."""
-PROGRAMS = {"gist", "python", "pip", "torchrun", "ruff", "lint-imports"}
+PROGRAMS = {"gist", "python", "pip", "torchrun", "ruff", "lint-imports", "sbatch"}
 """The commands the pages may run."""
 PYTHON_MODULES = {"gist", "pytest", "sphinx"}
 """What the pages may run with ``python -m``."""
@@ -120,6 +120,12 @@ def _script_flags(script: Path) -> set[str]:
 def check_command(cmd: list[str], subcommands: dict[str, argparse.ArgumentParser]) -> None:
     while cmd and (cmd[0] == "sudo" or re.match(r"^[A-Z_][A-Z0-9_]*=", cmd[0])):
         cmd = cmd[1:]
+    if cmd and cmd[0] == "sbatch":  # its own options, then the batch script and its arguments
+        cmd = cmd[next(i for i, token in enumerate(cmd) if token.startswith("examples/")) :]
+    if cmd and cmd[0].startswith("examples/"):  # a launch script: its positional arguments, then gist train's flags
+        assert (REPO / cmd[0]).is_file(), f"{cmd[0]} does not exist"
+        flags = [i for i, token in enumerate(cmd) if token.startswith("-")]
+        cmd = ["gist", "train", *cmd[flags[0] if flags else len(cmd) :]]
     assert cmd and cmd[0] in PROGRAMS, f"unknown command {cmd[:1]} in {cmd}"
     program, args = cmd[0], cmd[1:]
     if program == "torchrun":

@@ -22,11 +22,15 @@ as :mod:`.netns` does; ``netem`` latency is not used (not every kernel has it).
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Optional
 
@@ -46,10 +50,14 @@ class VirtualHosts:
     """``with VirtualHosts(2, "1gbit") as bed: subprocess.Popen(bed.command(1, argv))``.
 
     ``bandwidth`` is the rate of every host's link (``"none"``: unshaped).
+    ``private``: folders (existing) that each host sees on a disk of its own,
+    as machines that share no file system do: its processes find an empty
+    folder there (a tmpfs mounted in their own mount namespace), and what
+    they write stays theirs.
     The namespaces are made on entry and removed on exit, whatever happened
     inside, after the processes still running in them are killed."""
 
-    def __init__(self, hosts: int, bandwidth: str = "none") -> None:
+    def __init__(self, hosts: int, bandwidth: str = "none", private: Sequence[str | Path] = ()) -> None:
         if not 1 <= hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be between 1 and {MAX_HOSTS}, got {hosts}")
         self.hosts = hosts
@@ -58,6 +66,7 @@ class VirtualHosts:
         self.switch = f"gist-sw-{tag}"
         self.names = [f"gist-h{i}-{tag}" for i in range(hosts)]
         self.addresses = [f"{SUBNET}.{i + 1}" for i in range(hosts)]
+        self.private = [str(Path(folder).absolute()) for folder in private]
         self._made: list[str] = []
 
     def __enter__(self) -> VirtualHosts:
@@ -102,7 +111,11 @@ class VirtualHosts:
     def command(self, host: int, argv: list[str]) -> list[str]:
         """``argv`` run on ``host`` (inside its namespace)."""
         self._check_active()
-        return ["ip", "netns", "exec", self.names[host], *argv]
+        inside = ["ip", "netns", "exec", self.names[host]]  # (in a mount namespace of its own)
+        if not self.private:
+            return [*inside, *argv]
+        mounts = " && ".join(f"mount -t tmpfs gist-private {shlex.quote(folder)}" for folder in self.private)
+        return [*inside, "sh", "-c", f'{mounts} && exec "$@"', "sh", *argv]
 
     def set_rate(self, host: int, bandwidth: str) -> None:
         """Shape ``host``'s link (both directions) to ``bandwidth`` from now on
@@ -134,6 +147,22 @@ class VirtualHosts:
         """Bring ``host``'s link back up after :meth:`cut`."""
         self._check_active()
         run_ip("-n", self.switch, "link", "set", self._switch_port(host), "up")
+
+    def traffic(self, host: int) -> dict[str, int]:
+        """Bytes that ``host`` has moved so far, as its kernel counted them
+        (whole packets: headers, handshakes and heartbeats included):
+        ``link_sent`` / ``link_received`` over its link to the other hosts,
+        ``loopback`` between its own processes."""
+        self._check_active()
+        listed = subprocess.run(
+            ["ip", "-n", self.names[host], "-s", "-j", "link", "show"], capture_output=True, text=True, check=True
+        ).stdout
+        stats = {link["ifname"]: link["stats64"] for link in json.loads(listed)}
+        return {
+            "link_sent": stats[HOST_INTERFACE]["tx"]["bytes"],
+            "link_received": stats[HOST_INTERFACE]["rx"]["bytes"],
+            "loopback": stats["lo"]["tx"]["bytes"],
+        }
 
     def pids(self, host: int) -> list[int]:
         """The processes running on ``host`` (in its namespace)."""

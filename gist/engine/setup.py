@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -102,6 +104,43 @@ class RankSetup:
                 d.root, d.dataset, self.cfg.subnets, d.partitioner, self.cfg.seed, d.halo_hops, progress=self.progress
             )
         run_collective(self.ctx, "set-up (rank 0 writing the part files)", dist.barrier)
+
+    def check_checkpoint_folder(self) -> None:
+        """For a method whose every rank writes its own piece of each checkpoint
+        beside ``--checkpoint`` (a sharded model): where the run checkpoints or
+        resumes, :meth:`check_shared_folder` of the checkpoint's folder."""
+        if self.cfg.checkpoint.every or self.cfg.checkpoint.resume:
+            self.check_shared_folder(Path(self.cfg.checkpoint.path).absolute().parent, "--checkpoint")
+
+    def check_shared_folder(self, folder: Path, flag: str) -> None:
+        """:class:`~gist.errors.ConfigError`, on every rank, unless every rank
+        sees the file rank 0 writes into ``folder`` (given as ``flag``): a
+        folder on a file system that every host shares."""
+        ctx = self.ctx
+        token = [uuid.uuid4().hex if ctx.rank == 0 else None]
+        run_collective(ctx, f"set-up (checking {flag})", lambda: dist.broadcast_object_list(token, src=0))
+        probe = folder / f".gist-shared-{token[0]}"
+        if ctx.rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_text(token[0])
+        run_collective(ctx, f"set-up (checking {flag})", dist.barrier)
+        try:
+            sees = probe.read_text() == token[0]
+        except OSError:
+            sees = False
+        seen: list[Optional[bool]] = [None] * ctx.world_size
+        run_collective(ctx, f"set-up (checking {flag})", lambda: dist.all_gather_object(seen, sees))
+        if ctx.rank == 0:
+            probe.unlink(missing_ok=True)
+        blind = [rank for rank, ok in enumerate(seen) if not ok]
+        if blind:
+            ranks = ", ".join(map(str, blind))
+            raise ConfigError(
+                f"{flag} {folder}: rank{'s' if len(blind) > 1 else ''} {ranks} cannot see the file rank 0 wrote "
+                f"there, so the hosts do not share that folder; every rank of --method {self.cfg.method} "
+                f"writes its own piece of each checkpoint beside {flag}: point it at a folder every host "
+                f"sees (a shared file system)"
+            )
 
     def load_dataset(self) -> NodeDataset:
         dataset = load_run_dataset(self.cfg)

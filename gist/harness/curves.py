@@ -169,12 +169,23 @@ def run_table(logs: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "eval_bytes_per_worker": float(curve["eval_bytes_per_worker"].iloc[-1]) if len(curve) else 0.0,
                 "seconds": float(curve["seconds"].iloc[-1]) if len(curve) else 0.0,
                 "eval_seconds": float(curve["eval_seconds"].iloc[-1]) if len(curve) else 0.0,
+                "link_bytes_per_host": link_bytes_per_host(log),
                 "failure": log["failure"]["message"] if log.get("failure") else None,
                 "run_id": s.get("run_id", ""),
                 "curve": curve,
             }
         )
     return pd.DataFrame(rows)
+
+
+def link_bytes_per_host(log: dict[str, Any]) -> float:
+    """Bytes each host sent over its link to the other hosts, as the kernels
+    counted them over the whole run (mean over hosts; a run across virtual
+    hosts, ``network`` in its log), else NaN."""
+    network = log.get("network")
+    if not network or network.get("hosts", 1) < 2:
+        return math.nan
+    return network["between_hosts_bytes"] / network["hosts"]
 
 
 def match_axes(df: pd.DataFrame, axes: Sequence[str], key: Iterable) -> pd.Series:

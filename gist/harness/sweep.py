@@ -71,7 +71,8 @@ from ..config import MAX_SEED, RUN_SETTINGS, RunConfig, flat_names, setting_fiel
 from ..errors import ConfigError
 from ..files import LockHeld, exclusive_lock, write_output
 from ..methods import get_method, method_names
-from ..run import RunFailed, launch_local, run_training, write_json
+from ..multihost import launch
+from ..run import RunFailed, run_training, write_json
 from ..settings import number_problem, value_kind, value_problem
 
 if sys.version_info >= (3, 11):
@@ -81,7 +82,7 @@ else:  # pragma: no cover
 
 SWEPT = ("method", "subnets", "local_steps", "seed")
 """Settings the sweep's grid sets for every run (listed in ``[sweep]``)."""
-PLACE_AXES = ("bandwidth",)
+PLACE_AXES = ("bandwidth", "hosts")
 """Settings that do not change results but may be swept: where the runs run (their times differ)."""
 
 CONFIG_COPY = "config.toml"
@@ -360,11 +361,18 @@ def plan(cfg: SweepConfig) -> list[PlannedRun]:
                     settings = cfg.settings_of(base).replace(
                         **context, **variant, subnets=m, local_steps=zeta, seed=seed
                     )
+                    if m == 1:  # one process is on one host
+                        settings = settings.replace(hosts=1)
                     get_method(base).check_run(settings)
                     if settings.dist.bandwidth != "none" and not cfg.processes:
                         raise ValueError(
                             f"bandwidth {settings.dist.bandwidth} shapes the link between real processes: "
                             "set processes = true in [sweep] (or pass --processes)"
+                        )
+                    if settings.dist.hosts > 1 and (not cfg.processes or m % settings.dist.hosts):  # (m > 1)
+                        raise ValueError(
+                            f"hosts = {settings.dist.hosts} spreads real processes evenly over virtual hosts: "
+                            "set processes = true in [sweep] and list m that it divides"
                         )
                 except ValueError as exc:
                     raise SweepError(f"sweep {cfg.name}: {context} {method} m={m} ζ={zeta}: {exc}") from exc
@@ -411,6 +419,7 @@ def compact_log(log: dict[str, Any], run: PlannedRun, cfg: SweepConfig) -> dict[
         "setup_bytes": per_round.get(-1, {}),
         "rounds": rounds,
         "summary": log["summary"],
+        **({"network": log["network"]} if "network" in log else {}),
         **({"failure": log["failure"]} if "failure" in log else {}),
     }
 
@@ -519,7 +528,7 @@ def results_dir_for(cfg: SweepConfig, results_root: str | Path = "results") -> P
 def execute(run: PlannedRun, processes: bool, progress: bool) -> dict[str, Any]:
     """Run one grid point, in this process or as ``m`` real processes."""
     if processes:
-        return launch_local(run.settings, run.subnets, progress=progress)
+        return launch(run.settings, run.subnets, progress=progress)
     return run_training(run.settings, progress=progress)
 
 

@@ -119,6 +119,7 @@ def summarize(
                 "best_parts_val": g["best_parts_val"].mean(),
                 "mb_per_worker": g["bytes_per_worker"].mean() / 1e6,
                 "eval_mb_per_worker": g["eval_bytes_per_worker"].mean() / 1e6,
+                "link_mb_per_host": g["link_bytes_per_host"].mean() / 1e6,
                 "reached": int(g["reached"].sum()),
                 "mb_to_target": g["bytes_to_target"].mean() / 1e6 if g["reached"].any() else math.nan,
                 "seconds_to_target": g["seconds_to_target"].mean() if g["reached"].any() else math.nan,
@@ -128,6 +129,8 @@ def summarize(
         )
         rows.append(rec)
     table = pd.DataFrame(rows)
+    if table["link_mb_per_host"].isna().all():  # no run across virtual hosts: no such column
+        table = table.drop(columns="link_mb_per_host")
     if table.empty:
         return table
     ratios, baseline = [], role_holder("bytes")
@@ -244,6 +247,9 @@ def markdown_table(table: pd.DataFrame, axes: Sequence[str]) -> str:
             f"val at {budget}'s s": [_num(v, ".4f") for v in table[f"val_at_{budget}_seconds"]],
         }
     )
+    if "link_mb_per_host" in table:
+        at = list(shown.columns).index("eval MB/worker") + 1
+        shown.insert(at, "link MB/host", [_num(v, ".3g") for v in table["link_mb_per_host"]])
     if table["best_parts_val"].notna().any():
         shown.insert(9, "best val on parts", [_num(v, ".4f") for v in table["best_parts_val"]])
     if table["failed"].any():
@@ -345,6 +351,15 @@ def tabulate(
         f"columns average over those. 'val at {budget}'s MB' / 'val at {budget}'s s': the best validation a run "
         f"reached within the bytes per worker / seconds of the `{budget}` run at the same m and ζ (mean over seeds).",
         *_shared_runs(logs),
+        *(
+            [
+                "'link MB/host' (runs across virtual hosts): the bytes each host sent over its link to the other "
+                "hosts, as the hosts' kernels counted them over the whole run (whole packets: headers, heartbeats, "
+                "set-up and evaluation included; mean over hosts)."
+            ]
+            if "link_mb_per_host" in table
+            else []
+        ),
         "",
         markdown_table(table, axes),
         "",

@@ -65,7 +65,7 @@ from torch import Tensor, nn
 from ..comm import Collective
 from ..comm.dist_collective import DistCollective
 from ..config import NoOptions
-from ..engine import Checkpointer, CheckpointError, make_optimizer
+from ..engine import Checkpointer, CheckpointError, RankSetup, make_optimizer
 from ..engine.checkpoint import SIDE_FILES_KEPT
 from ..engine.evaluation import accuracy_evaluator
 from ..errors import ConfigError
@@ -162,6 +162,11 @@ class FSDP(DDP):
     Options = NoOptions  # BatchNorm is always synchronised: ddp's --batch-norm-stats is not offered
     role = None
     wrapped_step = "a fully_shard step (its all-gathers and reduce-scatters)"
+
+    @classmethod
+    def distributed(cls, setup: RankSetup) -> FSDP:
+        setup.check_checkpoint_folder()  # every rank writes its shards there
+        return super().distributed(setup)
 
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         self._now = (0, "params")

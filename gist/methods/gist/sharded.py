@@ -287,6 +287,7 @@ class ShardedGIST(GIST):
         the model the run's seed gives (:func:`~.shards.init_shards`):
         no rank ever holds the whole of it."""
         setup.prepare()
+        setup.check_checkpoint_folder()  # every owner writes its shard there
         cfg, ctx = setup.cfg, setup.ctx
         own = setup.own_graph()
         data = own.data if not setup.partitioned else None
