@@ -22,6 +22,7 @@ killed. It returns how each agent ended; :func:`root_cause` of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -159,11 +160,9 @@ def _wait(agents: list[subprocess.Popen], runs: list[HostRun], failed: threading
 def _wait_all(agents: list[subprocess.Popen], runs: list[HostRun], grace_s: float) -> None:
     deadline = time.monotonic() + grace_s
     for agent, run in zip(agents, runs):
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # what is left is killed by the caller
             agent.wait(max(0.0, deadline - time.monotonic()))
             run.returncode = agent.returncode
-        except subprocess.TimeoutExpired:
-            pass
 
 
 TAIL_LINES = 20
