@@ -6,22 +6,29 @@ processes, and its per-shard checkpoints resume exactly."""
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from faults import fault_env
 from torch_geometric.nn.models import GCN, GraphSAGE
 
 import gist.methods.gist.shards as shards_module
 from gist.comm import FROM_WORKER, TO_WORKER
+from gist.comm.group import DistContext, free_port
 from gist.config import RunConfig
 from gist.engine.optim import carried_keys
 from gist.engine.setup import full_model, load_run_dataset
 from gist.methods import GIST
 from gist.methods.gist.sharded import ShardedGIST
-from gist.methods.gist.shards import Ownership, init_shards, owning_dim, sharded_eval_model
+from gist.methods.gist.sharded_eval import REQUEST_BYTES, DistShardFetcher
+from gist.methods.gist.shards import FETCH_VALUES, Ownership, init_shards, owning_dim, sharded_eval_model
 from gist.nn.models import build_model
 from gist.nn.slicing import SplitError, build_split_spec
 from gist.run import launch_local, run_training
@@ -104,8 +111,9 @@ def test_initialising_in_shards_refuses_what_it_cannot_replay():
         init_shards(build, 2, [0])
 
 
+@pytest.mark.parametrize("fetch_values", [FETCH_VALUES, 40])
 @pytest.mark.parametrize("name", ["gcn", "sage-bn", "sage-ln", "sage-normalize"])
-def test_layer_by_layer_evaluation_equals_the_full_forward_pass(name):
+def test_layer_by_layer_evaluation_equals_the_full_forward_pass(name, fetch_values):
     model = _models()[name].eval()
     spec, m = build_split_spec(model), 4
     own = Ownership(spec, m)
@@ -119,21 +127,53 @@ def test_layer_by_layer_evaluation_equals_the_full_forward_pass(name):
     shards = [own.shard(state, o) for o in range(m)]
     fetched = []
 
-    def fetch(layer, owner):
-        fetched.append((layer, owner))
+    def fetch(layer, owner, rows):
         path = spec.layers[layer].path
-        out = {n: shards[owner][n] for n in own.layer_names(path)}
+        out = {n: own.rows(n, shards[owner][n], rows) for n in own.layer_names(path)}
+        fetched.append((layer, owner, sum(t.numel() for t in out.values())))
         out.update({n: state[n] for n in own.shared if n.startswith(path + ".")})
         return out
 
     template = copy.deepcopy(model).to("meta")
-    chunked = sharded_eval_model(template, own, fetch)
+    chunked = sharded_eval_model(template, own, fetch, fetch_values)
     x, edge_index = torch.randn(40, 12), torch.randint(0, 40, (2, 160))
     with torch.no_grad():
         expected, got = model(x, edge_index), chunked(x, edge_index)
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
-    assert {layer for layer, _ in fetched} == set(range(len(spec.layers)))
+    assert {layer for layer, _, _ in fetched} == set(range(len(spec.layers)))
     assert not list(chunked.parameters()) and not list(chunked.buffers())  # it holds nothing itself
+    # every value of every owner's part fetched once, in chunks when a part is larger than fetch_values
+    assert sum(n for _, _, n in fetched) == sum(t.numel() for shard in shards for t in shard.values())
+    if fetch_values < FETCH_VALUES and name != "sage-normalize":  # its convolutions are computed whole
+        assert len(fetched) > len(spec.layers) * m
+
+
+def _fetching_rank(rank: int, port: int, out: str) -> None:
+    """Rank 0 fetches rows of rank 1's buffers through :class:`DistShardFetcher`; rank 1 serves them."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    try:
+        fetcher = DistShardFetcher(SimpleNamespace(ctx=DistContext(rank, 2, rank, "gloo", 60.0), num_workers=2))
+        if rank == 1:
+            fetcher.serve(_provide)
+            return
+        asked = [(0, slice(None)), (1, slice(0, 4)), (1, slice(4, None)), (2, slice(3, 5))]
+        got = [fetcher.fetch(1, key, rows, torch.empty_like(_provide(1, key, rows)), _provide) for key, rows in asked]
+        fetcher.end()
+        torch.save(got, Path(out) / "fetched.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _provide(owner: int, key: int, rows: slice) -> torch.Tensor:
+    return (torch.arange(24.0).view(8, 3) * (key + 1) + 100 * owner)[rows].reshape(-1)
+
+
+def test_a_distributed_fetch_moves_the_rows_asked_for(tmp_path):
+    mp.start_processes(_fetching_rank, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn", join=True)
+    got = torch.load(tmp_path / "fetched.pt", weights_only=True)
+    asked = [(0, slice(None)), (1, slice(0, 4)), (1, slice(4, None)), (2, slice(3, 5))]
+    assert [g.tolist() for g in got] == [_provide(1, key, rows).tolist() for key, rows in asked]
 
 
 def _settings(tmp_path, **kw):
@@ -273,7 +313,7 @@ def test_sharded_trains_the_central_model_with_the_all_to_all_ledger(tmp_path, o
     # parts) brings every worker every other owner's part; each worker returns 6 counts
     sliced_bytes = 4 * sum(central_state[n].numel() for n in sharded.ownership.sliced)
     layers, passes = len(sharded.spec.layers), sharded.batch_norms_reestimated + int(sharded.scores_parts)
-    per_eval = (m - 1) * (sliced_bytes // m + 8 * layers) if sharded.evaluator is not None else 0
+    per_eval = (m - 1) * (sliced_bytes // m + REQUEST_BYTES * layers) if sharded.evaluator is not None else 0
     per_eval += passes * m * (m - 1) * (sliced_bytes // m) + (6 * 8 * m if sharded.scores_parts else 0)
     assert ledger.total(kind="eval") == per_eval * sharded.cfg.rounds
     assert ledger.total(kind="bn_stats") == central.ledger.total(kind="bn_stats")

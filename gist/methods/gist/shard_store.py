@@ -51,25 +51,30 @@ class ShardStore:
             return self.ownership.sliced
         return self.ownership.layer_names(self.spec.layers[key].path)
 
-    def provide(self, owner: int, key: int) -> Tensor:
-        """Owner ``owner``'s rows of key ``key``'s tensors, as one flat buffer."""
-        shard = self.shards[owner]
-        parts = [shard[n].reshape(-1) for n in self.names(key)]
+    def provide(self, owner: int, key: int, rows: slice = slice(None)) -> Tensor:
+        """Owner ``owner``'s rows of key ``key``'s tensors (positions ``rows``
+        along the dimension it owns of each), as one flat buffer."""
+        parts = [self._rows(self.shards[owner], n, rows).reshape(-1) for n in self.names(key)]
         return torch.cat(parts) if parts else torch.empty(0, dtype=self.dtype, device=self.device)
 
-    def like(self, key: int) -> Tensor:
-        """An empty buffer of the size of one owner's :meth:`provide` of ``key`` (all owners' are equal)."""
+    def like(self, key: int, rows: slice = slice(None)) -> Tensor:
+        """An empty buffer the size of one owner's :meth:`provide` of ``key`` and ``rows`` (all owners' are equal)."""
         shard = self.shards[self.owners[0]]
-        return torch.empty(sum(shard[n].numel() for n in self.names(key)), dtype=self.dtype, device=self.device)
+        numel = sum(self._rows(shard, n, rows).numel() for n in self.names(key))
+        return torch.empty(numel, dtype=self.dtype, device=self.device)
 
-    def split(self, flat: Tensor, key: int) -> dict[str, Tensor]:
+    def split(self, flat: Tensor, key: int, rows: slice = slice(None)) -> dict[str, Tensor]:
         """A :meth:`provide` buffer as ``{name: view}``."""
         shard = self.shards[self.owners[0]]
         out, offset = {}, 0
         for n in self.names(key):
-            out[n] = flat[offset : offset + shard[n].numel()].view(shard[n].shape)
-            offset += shard[n].numel()
+            shape = self._rows(shard, n, rows).shape
+            out[n] = flat[offset : offset + shape.numel()].view(shape)
+            offset += shape.numel()
         return out
+
+    def _rows(self, shard: Mapping[str, Tensor], name: str, rows: slice) -> Tensor:
+        return shard[name] if rows == slice(None) else self.ownership.rows(name, shard[name], rows)
 
     def with_shared(self, part: dict[str, Tensor], layer: int) -> dict[str, Tensor]:
         """An owner's part of layer ``layer`` and the layer's shared tensors: what the layer computes with."""

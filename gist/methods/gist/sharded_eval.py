@@ -4,7 +4,7 @@ On worker 0, on the whole graph: the model's own forward pass with each layer
 computed owner by owner (:func:`~.shards.sharded_eval_model`), fetching one
 owner's part of a layer at a time (:class:`ShardFetcher`; ``eval`` bytes,
 ``from_worker``, for the owner; each request :data:`REQUEST_BYTES`
-``to_worker``). In ``partitioned`` mode the workers first run the same pass
+``to_worker``), a wide layer a chunk of units at a time. In ``partitioned`` mode the workers first run the same pass
 on their own parts, every owner's part of a layer broadcast to all (``eval``
 bytes, ``to_worker``), to re-estimate BatchNorm (moments pooled as with the
 central coordinator; each owner writes its units' statistics) and to score
@@ -29,18 +29,20 @@ from .shard_store import FULL_SHARD, ShardStore
 from .shards import sharded_eval_model
 from .worker import Worker
 
-REQUEST_BYTES = 8
-"""A fetch request: one int64."""
+REQUEST_BYTES = 24
+"""A fetch request: three int64 (the key and the first and last-plus-one row)."""
 END_OF_FETCHES = -1
+Provide = Callable[[int, int, slice], Tensor]
+"""``provide(owner, key, rows)``: :meth:`~.shard_store.ShardStore.provide`."""
 
 
 class ShardFetcher:
     """Worker 0 asking an owner for one of its buffers: computed here when the owner is local."""
 
-    def fetch(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
-        return provide(owner, key)
+    def fetch(self, owner: int, key: int, rows: slice, like: Tensor, provide: Provide) -> Tensor:
+        return provide(owner, key, rows)
 
-    def serve(self, provide: Callable[[int, int], Tensor]) -> None:
+    def serve(self, provide: Provide) -> None:
         """On a process without worker 0: answer its fetches until it ends them."""
 
     def end(self) -> None:
@@ -49,26 +51,30 @@ class ShardFetcher:
 
 class DistShardFetcher(ShardFetcher):
     """The fetch protocol on ``torch.distributed``: worker 0 sends an owner a
-    key, the owner answers with its buffer; a negative key ends the fetches."""
+    key and a range of rows (``stop`` -1: all), the owner answers with its
+    buffer; a negative key ends the fetches."""
 
     def __init__(self, collective: DistCollective) -> None:
         self.ctx, self.num_workers = collective.ctx, collective.num_workers
 
-    def fetch(self, owner: int, key: int, like: Tensor, provide: Callable[[int, int], Tensor]) -> Tensor:
+    def fetch(self, owner: int, key: int, rows: slice, like: Tensor, provide: Provide) -> Tensor:
         if owner == self.ctx.rank:
-            return provide(owner, key)
+            return provide(owner, key, rows)
         what = "evaluation (fetching a shard)"
-        send(torch.tensor([key], dtype=torch.int64), owner, self.ctx, what)
+        start, stop = rows.start or 0, -1 if rows.stop is None else rows.stop
+        send(torch.tensor([key, start, stop], dtype=torch.int64), owner, self.ctx, what)
         return recv(like, owner, self.ctx, what, on_device=True).to(like.device)
 
-    def serve(self, provide: Callable[[int, int], Tensor]) -> None:
+    def serve(self, provide: Provide) -> None:
         what = "evaluation (sending a shard)"
-        while (key := int(recv(torch.zeros(1, dtype=torch.int64), 0, self.ctx, what)[0])) >= 0:
-            send(provide(self.ctx.rank, key), 0, self.ctx, what)
+        while (request := recv(torch.zeros(3, dtype=torch.int64), 0, self.ctx, what).tolist())[0] >= 0:
+            key, start, stop = request
+            send(provide(self.ctx.rank, key, slice(start, None if stop < 0 else stop)), 0, self.ctx, what)
 
     def end(self) -> None:
+        done = torch.tensor([END_OF_FETCHES, 0, 0], dtype=torch.int64)
         for rank in range(1, self.num_workers):
-            send(torch.tensor([END_OF_FETCHES], dtype=torch.int64), rank, self.ctx, "evaluation (done)")
+            send(done, rank, self.ctx, "evaluation (done)")
 
 
 class ShardedEvaluation:
@@ -112,19 +118,19 @@ class ShardedEvaluation:
         with torch.no_grad():
             return evaluator(self._graph_model, data)
 
-    def _fetch(self, owner: int, key: int, record: bool) -> dict[str, Tensor]:
-        flat = self.fetcher.fetch(owner, key, self.store.like(key), self.store.provide)
+    def _fetch(self, owner: int, key: int, rows: slice, record: bool) -> dict[str, Tensor]:
+        flat = self.fetcher.fetch(owner, key, rows, self.store.like(key, rows), self.store.provide)
         if record and owner != 0:
             self.ledger.record(self._round, owner, TO_WORKER, "eval", REQUEST_BYTES)
             self.ledger.record(self._round, owner, FROM_WORKER, "eval", flat)
-        return self.store.split(flat, key)
+        return self.store.split(flat, key, rows)
 
-    def _fetch_layer(self, layer: int, owner: int) -> dict[str, Tensor]:
-        return self.store.with_shared(self._fetch(owner, layer, record=True), layer)
+    def _fetch_layer(self, layer: int, owner: int, rows: slice) -> dict[str, Tensor]:
+        return self.store.with_shared(self._fetch(owner, layer, rows, record=True), layer)
 
     def full_state(self) -> dict[str, Tensor]:
         """The full model put together on worker 0 from every owner's shard (not counted: not training)."""
-        parts = [self._fetch(o, FULL_SHARD, record=False) for o in range(self.cfg.subnets)]
+        parts = [self._fetch(o, FULL_SHARD, slice(None), record=False) for o in range(self.cfg.subnets)]
         return self.store.assemble(parts, list(self.template.state_dict()))
 
     def serve(self) -> None:
@@ -167,11 +173,12 @@ class ShardedEvaluation:
             self.ledger.record(round, w, FROM_WORKER, "eval", every[w])
         return accuracy_from_counts(torch.stack(every).sum(0))
 
-    def _share_layer(self, layer: int, owner: int) -> dict[str, Tensor]:
-        """Owner ``owner``'s part of layer ``layer`` on every process (a broadcast from it)."""
-        flat = self.store.provide(owner, layer) if owner in self.store.shards else self.store.like(layer)
+    def _share_layer(self, layer: int, owner: int, rows: slice) -> dict[str, Tensor]:
+        """Rows ``rows`` of owner ``owner``'s part of layer ``layer`` on every process (a broadcast from it)."""
+        store = self.store
+        flat = store.provide(owner, layer, rows) if owner in store.shards else store.like(layer, rows)
         flat = self.collective.broadcast_from(owner, flat, "evaluation (sharing a shard)")
-        return self.store.with_shared(self.store.split(flat, layer), layer)
+        return store.with_shared(store.split(flat, layer, rows), layer)
 
     def _record_pass(self, round: int) -> None:
         """One layer-by-layer pass on every worker: each receives every other owner's part of every layer."""

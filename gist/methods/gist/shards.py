@@ -81,6 +81,11 @@ class Ownership:
         assert width is not None
         return dim, width
 
+    def rows(self, name: str, shard_tensor: Tensor, rows: slice) -> Tensor:
+        """Positions ``rows`` of an owner's shard of ``name`` along the dimension it owns (a view)."""
+        dim = self._owning(name)[0]
+        return shard_tensor[(slice(None),) * dim + (rows,)]
+
     # ---------------------------------------------------------------- shards
 
     def shard(self, state: Mapping[str, Tensor], owner: int) -> dict[str, Tensor]:
@@ -212,10 +217,15 @@ def _cat(parts: list[Tensor], like: Mapping[str, Tensor]) -> Tensor:
 # --------------------------------------------------------------------------
 # Evaluating a sharded model layer by layer
 
-LayerFetch = Callable[[int, int], dict[str, Tensor]]
-"""``fetch(layer, owner)``: owner ``owner``'s part of layer ``layer`` (its
-shard of each of the layer's sliced tensors, and the layer's shared
-tensors), keyed as in the model's ``state_dict``."""
+LayerFetch = Callable[[int, int, slice], dict[str, Tensor]]
+"""``fetch(layer, owner, rows)``: owner ``owner``'s part of layer ``layer``
+(positions ``rows`` of its shard of each of the layer's sliced tensors, along
+the dimension it owns, and the layer's shared tensors), keyed as in the
+model's ``state_dict``."""
+
+FETCH_VALUES = 1 << 24
+"""Values of a layer fetched at a time by :func:`sharded_eval_model` (64 MB
+in float32): an owner's part of a wide layer comes in chunks of its units."""
 
 _SEPARABLE: tuple[type, ...] = (nn.Linear, PygLinear, GCNConv, SAGEConv, nn.modules.batchnorm._BatchNorm, PygBatchNorm)
 
@@ -237,29 +247,40 @@ def _local(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
 class _ByOwner(nn.Module):
     r"""A layer computed one owner at a time: :math:`y_{:, O_o} = f_{O_o}(x)`
     with the owner's rows of its parameters, fetched when needed and dropped
-    after use. A channel-wise layer (a norm: the same width in and out) is
-    given the owner's input units :math:`x_{:, O_o}`."""
+    after use, ``chunk`` of the owner's units at a time
+    (:math:`O_o = \bigcup_c C_c`, :math:`y_{:, C_c} = f_{C_c}(x)`). A
+    channel-wise layer (a norm: the same width in and out) is given the
+    units' inputs :math:`x_{:, C_c}`."""
 
     def __init__(
-        self, narrow: nn.Module, index: int, prefix: str, units: Sequence[Tensor], fetch: LayerFetch, channelwise: bool
+        self,
+        narrow: nn.Module,
+        index: int,
+        prefix: str,
+        units: Sequence[Tensor],
+        fetch: LayerFetch,
+        channelwise: bool,
+        chunk: int,
     ) -> None:
         super().__init__()
         self._narrow = [narrow]  # a plain list: not a registered submodule (it lives on the meta device)
         self._index, self._prefix, self._units, self._fetch = index, prefix, list(units), fetch
-        self._channelwise = channelwise
+        self._channelwise, self._chunk = channelwise, chunk
         self._width = sum(len(u) for u in units)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         out: Optional[Tensor] = None
-        for owner, units in enumerate(self._units):
-            tensors = _local(self._fetch(self._index, owner), self._prefix)
-            units = units.to(x.device)
-            inputs = x.index_select(-1, units) if self._channelwise else x
-            y = functional_call(self._narrow[0], tensors, (inputs, *args), kwargs)
-            if out is None:
-                out = y.new_empty(*y.shape[:-1], self._width)
-            out.index_copy_(-1, units, y)
-            del y, tensors, inputs
+        for owner, owned in enumerate(self._units):
+            for start in range(0, len(owned), self._chunk):
+                rows = slice(start, start + self._chunk)
+                tensors = _local(self._fetch(self._index, owner, rows), self._prefix)
+                units = owned[rows].to(x.device)
+                inputs = x.index_select(-1, units) if self._channelwise else x
+                y = functional_call(self._narrow[0], tensors, (inputs, *args), kwargs)
+                if out is None:
+                    out = y.new_empty(*y.shape[:-1], self._width)
+                out.index_copy_(-1, units, y)
+                del y, tensors, inputs
         assert out is not None
         return out
 
@@ -273,23 +294,26 @@ class _Whole(nn.Module):
         self._index, self._prefix, self._ownership, self._fetch = index, prefix, ownership, fetch
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        parts = [self._fetch(self._index, o) for o in range(self._ownership.num_owners)]
+        parts = [self._fetch(self._index, o, slice(None)) for o in range(self._ownership.num_owners)]
         tensors = dict(parts[0])
         sliced = [n for n in tensors if n in self._ownership.sliced]
         tensors.update(self._ownership.assemble(parts, sliced))
         return functional_call(self._module[0], _local(tensors, self._prefix), args, kwargs)
 
 
-def sharded_eval_model(template: nn.Module, ownership: Ownership, fetch: LayerFetch) -> nn.Module:
+def sharded_eval_model(
+    template: nn.Module, ownership: Ownership, fetch: LayerFetch, fetch_values: int = FETCH_VALUES
+) -> nn.Module:
     """``template``'s forward pass with every layer computed from shards
     (``template`` may live on the ``meta`` device: nothing of it is used but
     its structure). A layer whose sliced tensors are all owned along its
     output width, and that computes its units apart
     (:func:`computes_units_apart`), runs owner by owner, each owner's output
-    units from its own shard, so that no more than one owner's part of it is
-    held at a time; any other layer (the classifier, a LayerNorm) is put
-    together whole. ``fetch(layer, owner)`` supplies the tensors, ``layer``
-    indexing ``ownership.spec.layers``. Activations are full width."""
+    units from its own shard, in chunks of units of at most about
+    ``fetch_values`` parameter values, so that no more than one chunk of it
+    is held at a time; any other layer (the classifier, a LayerNorm) is put
+    together whole. ``fetch(layer, owner, rows)`` supplies the tensors,
+    ``layer`` indexing ``ownership.spec.layers``. Activations are full width."""
     model = copy.deepcopy(template).eval()
     spec, m = ownership.spec, ownership.num_owners
     for index, entry in enumerate(spec.layers):
@@ -305,7 +329,9 @@ def sharded_eval_model(template: nn.Module, ownership: Ownership, fetch: LayerFe
                 in_size = out_size if channelwise else side_size(module, spec, entry.in_group, 1, "in")
                 entry.rule.resize(narrow, in_size, out_size)
             units = [ownership.units(entry.out_group, o) for o in range(m)]
-            wrapped = _ByOwner(narrow, index, prefix, units, fetch, channelwise)
+            per_unit = sum(t.numel() for t in narrow.state_dict().values()) // max(1, len(units[0]))
+            chunk = max(1, fetch_values // max(1, per_unit))
+            wrapped = _ByOwner(narrow, index, prefix, units, fetch, channelwise, chunk)
         else:
             wrapped = _Whole(module, index, prefix, ownership, fetch)
         parent_path, _, child = entry.path.rpartition(".")
