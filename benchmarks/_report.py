@@ -17,11 +17,19 @@ def emit(text: str, out: Optional[str]) -> None:
         Path(out).write_text(text)
 
 
-def markdown_table_report(title: str, notes: Sequence[str], header: Sequence[str], rows: Sequence[str]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[str]) -> list[str]:
+    """The lines of a Markdown table of ``header`` columns whose ``rows`` are already formatted Markdown rows."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
+
+
+def markdown_report(title: str, notes: Sequence[str], body: Sequence[str], argv: Optional[Sequence[str]] = None) -> str:
     """A Markdown report: ``# title``, the command that made it (this
-    script's own command line), ``notes`` (lines), and a table of ``header``
-    columns whose ``rows`` are already formatted Markdown rows."""
-    command = shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
-    lines = [f"# {title}", "", f"Command: `{command}`", "", *notes, ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows, ""]
-    return "\n".join(lines)
+    script's own command line, or ``argv``'s arguments), ``notes`` and ``body`` (lines)."""
+    args = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *args])
+    return "\n".join([f"# {title}", "", f"Command: `{command}`", "", *notes, "", *body, ""])
+
+
+def markdown_table_report(title: str, notes: Sequence[str], header: Sequence[str], rows: Sequence[str]) -> str:
+    """:func:`markdown_report` whose body is one table (:func:`markdown_table`)."""
+    return markdown_report(title, notes, markdown_table(header, rows))

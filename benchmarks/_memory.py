@@ -1,0 +1,70 @@
+"""Running a command under a memory cap per process, as the memory benchmarks do.
+
+:func:`attempt` starts a command in its own session and samples the resident
+memory of it and every process it starts (every 50 ms); a process above the
+cap is an out-of-memory on a machine of that size: the whole attempt is
+killed at once and recorded as *over budget*. So is an attempt while this
+machine's own free memory runs low, and one past its time limit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+GB = 1e9
+
+
+def bare_rss() -> int:
+    """Resident bytes of a process that has only imported torch and PyG."""
+    code = "import torch, torch_geometric, psutil; print(psutil.Process().memory_info().rss)"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
+    """Run ``cmd``, sampling the peak memory of each of its processes."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    parent = psutil.Process(proc.pid)
+    peaks: dict[int, int] = {}
+    outcome = None
+    while proc.poll() is None:
+        try:
+            procs = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                rss = p.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            peaks[p.pid] = max(peaks.get(p.pid, 0), rss)
+            if rss > budget and outcome is None:
+                outcome = f"over budget (a process reached {rss / GB:.1f} GB)"
+        if outcome is None and psutil.virtual_memory().available < 1.0 * GB:
+            outcome = "over the machine's memory"
+        if outcome is None and time.perf_counter() - start > timeout:
+            outcome = f"timed out after {timeout:.0f} s"
+        if outcome is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    output = proc.communicate()[0]
+    ranks = sorted(pid for pid in peaks if pid != proc.pid and _is_rank(pid, peaks))
+    return {
+        "outcome": outcome or ("ok" if proc.returncode == 0 else f"failed ({proc.returncode})"),
+        "seconds": time.perf_counter() - start,
+        "launcher_peak": peaks.get(proc.pid, 0),
+        "rank_peaks": [peaks[p] for p in ranks] if ranks else [peaks.get(proc.pid, 0)],
+        "tail": output[-2000:],
+    }
+
+
+def _is_rank(pid: int, peaks: dict[int, int]) -> bool:
+    """A spawned rank (not Python's resource tracker, which stays small)."""
+    return peaks[pid] > 200e6

@@ -1,0 +1,318 @@
+"""The widest model each method trains under a memory cap per process, how accurate, and how fast.
+
+With this much memory per process, what is the widest model I can train,
+with which method, how accurate is it, and how long does it take?
+
+Every method trains the same 3-layer model on the same graph, width after
+width, under one memory cap per process (:mod:`_memory`: a process above it is
+killed, the cell recorded as *over budget*, and that method is not tried at
+wider widths of the same model, data mode and link):
+
+* ``full``: the whole model and its Adam state in one process (2 threads);
+* ``ddp``, ``local-sgd``, ``fsdp``: ``m`` processes (1 thread each) on
+  torch.distributed (gloo);
+* ``gist-central``: GIST, rank 0 holding the full model;
+* ``gist-sharded``: GIST with ``--coordinator sharded`` (every rank ``1/m`` of it).
+
+Each cell is one ``gist train`` command: ``--rounds`` rounds of ``--local-steps``
+optimizer steps per worker, every method scored on the whole graph after every
+round. The learning rate follows the width: ``lr = --lr × min(1, --lr-ref /
+hidden)`` (Adam moves every coordinate by about ``lr`` a step, so a layer's
+output moves by about ``fan-in × lr``: keeping that fixed as the width grows
+is μP's rule for Adam's hidden layers). With ``--bandwidth 1gbit`` the
+processes talk over a loopback shaped to that rate (``gist train --bandwidth``).
+
+Reported per cell: whether it fits, the peak resident memory of its largest
+process, seconds per round and per step (mean over the rounds after the
+first, training only), training MB moved per round (every worker's, both
+directions), the best validation accuracy, the training seconds until the
+round that reached it, and whether it was still rising (its best in the last
+quarter of rounds beats the best before by more than 0.005). A summary per
+model, data mode and link answers the question above.
+
+Cells already in ``--out``'s JSON are kept (a long benchmark resumes where it
+stopped); ``--retabulate`` rewrites the report from the JSON alone.
+
+Usage::
+
+    python benchmarks/memory_budget.py --root DATA [--dataset cora] [--models sage gcn]
+        [--data-modes replicated partitioned] [--bandwidth none 1gbit] [--hidden 256 1024 4096 8192 16384]
+        [--methods full ddp local-sgd fsdp gist-central gist-sharded] [--m 4] [--budget-gb 2]
+        [--rounds 4] [--local-steps 10] [--out results/memory_budget.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Optional
+
+from _memory import GB, attempt, bare_rss
+from _report import emit, markdown_report, markdown_table
+
+METHODS: dict[str, list[str]] = {
+    "full": ["--method", "full", "--threads", "2"],
+    "ddp": ["--method", "ddp"],
+    "local-sgd": ["--method", "local-sgd"],
+    "fsdp": ["--method", "fsdp"],
+    "gist-central": ["--method", "gist", "--coordinator", "central"],
+    "gist-sharded": ["--method", "gist", "--coordinator", "sharded"],
+}
+"""Each method's own arguments of ``gist train``; every one but ``full`` runs in ``m`` processes."""
+SETTINGS = ("dataset", "seed", "rounds", "local_steps", "m", "budget_gb", "lr", "lr_ref")
+"""What every cell of one report shares (kept in its JSON: a resumed run must pass the same)."""
+WHOLE_MODEL = ("full", "ddp", "local-sgd")
+"""The methods in which some process holds the whole model and its optimizer state."""
+
+
+def learning_rate(hidden: int, base: float, ref: int) -> float:
+    """``base × min(1, ref / hidden)`` (module docstring)."""
+    return base * min(1.0, ref / hidden)
+
+
+def command(args: argparse.Namespace, cell: dict, log: Path) -> list[str]:
+    """The ``gist train`` command of one cell."""
+    cmd = [sys.executable, "-m", "gist", "train", "--dataset", args.dataset, "--root", args.root]
+    cmd += ["--model", cell["model"], "--layers", "3", "--hidden", str(cell["hidden"])]
+    cmd += ["--data-mode", cell["data_mode"], "--lr", f"{cell['lr']:g}", "--seed", str(args.seed)]
+    cmd += ["--rounds", str(args.rounds), "--local-steps", str(args.local_steps), "--eval-every", "1"]
+    cmd += ["--log", str(log), "--no-progress", *METHODS[cell["method"]]]
+    if cell["method"] != "full":
+        cmd += ["--subnets", str(args.m), "--procs", str(args.m), "--threads", "1", "--timeout", "900"]
+        if cell["link"] != "none":
+            cmd += ["--bandwidth", cell["link"]]
+    return cmd
+
+
+def summarise_log(path: Path, local_steps: int) -> dict:
+    """What the report reads of a run log."""
+    log = json.loads(path.read_text())
+    rounds = log["rounds"]
+    vals = [r["val"] if r["val"] is not None else float("-inf") for r in rounds]
+    best = max(range(len(vals)), key=lambda i: vals[i])
+    later = rounds[1:] or rounds
+    quarter = max(1, len(vals) // 4)
+    return {
+        "best_val": vals[best],
+        "test_at_best": rounds[best]["test"],
+        "best_round": best,
+        "s_to_best": sum(r["seconds"] for r in rounds[: best + 1]),
+        "round_s": sum(r["seconds"] for r in later) / len(later),
+        "step_s": sum(r["seconds"] for r in later) / len(later) / local_steps,
+        "eval_s": sum(r["eval_seconds"] or 0.0 for r in rounds),
+        "mb_per_round": sum(r["bytes_to_workers"] + r["bytes_from_workers"] for r in later) / len(later) / 1e6,
+        "rising": len(vals) > quarter and max(vals[-quarter:]) > max(vals[:-quarter]) + 0.005,
+        "curve": [[sum(r["seconds"] for r in rounds[: i + 1]), vals[i]] for i in range(len(rounds))],
+    }
+
+
+def cell_key(cell: dict) -> tuple:
+    return (cell["model"], cell["data_mode"], cell["link"], cell["hidden"], cell["method"])
+
+
+def run_cells(args: argparse.Namespace, done: dict[tuple, dict], save) -> None:  # noqa: ANN001 - a callback
+    """Every cell not in ``done``, in order of width, each method stopping at its first width over the cap."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            for mode in args.data_modes:
+                for link in args.bandwidth:
+                    failed_at: dict[str, int] = {}
+                    for hidden in args.hidden:
+                        for method in args.methods:
+                            cell = {"model": model, "data_mode": mode, "link": link, "hidden": hidden}
+                            cell.update(method=method, lr=learning_rate(hidden, args.lr, args.lr_ref))
+                            key = cell_key(cell)
+                            if key in done:
+                                if not done[key]["outcome"].startswith(("ok", "not tried")):
+                                    failed_at.setdefault(method, hidden)
+                                continue
+                            if method in failed_at:
+                                done[key] = {**cell, "outcome": f"not tried (over the cap at {failed_at[method]})"}
+                                save()
+                                continue
+                            log = Path(tmp) / f"{'-'.join(map(str, key))}.json"
+                            print(f"{model} {mode} {link} hidden {hidden}: {method} ...", file=sys.stderr, flush=True)
+                            cell["load"] = os.getloadavg()[0]  # the work of others when the cell starts
+                            result = attempt(command(args, cell, log), args.budget_gb * GB, args.timeout)
+                            if result["outcome"] != "ok":
+                                failed_at[method] = hidden
+                                print(result["tail"], file=sys.stderr)
+                            stats = summarise_log(log, args.local_steps) if result["outcome"] == "ok" else {}
+                            peak = max(result["rank_peaks"])
+                            done[key] = {**cell, "outcome": result["outcome"], "peak": peak, **stats}
+                            save()
+
+
+# ---------------------------------------------------------------------- the report
+
+
+def _fmt(value: Optional[float], spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def cell_row(c: dict) -> str:
+    ok = c["outcome"] == "ok"
+    cells = [
+        str(c["hidden"]),
+        f"{c['lr']:.3g}",
+        c["method"],
+        c["outcome"],
+        _fmt(c.get("peak", None) and c["peak"] / GB, ".2f"),
+    ]
+    if ok:
+        cells += [f"{c['round_s']:.1f}", f"{c['step_s']:.2f}", f"{c['mb_per_round']:.0f}", f"{c['best_val']:.3f}"]
+        cells += [
+            f"{c['test_at_best']:.3f}",
+            str(c["best_round"]),
+            f"{c['s_to_best']:.0f}",
+            "yes" if c["rising"] else "",
+        ]
+    else:
+        cells += ["—"] * 8
+    cells.append(_fmt(c.get("load"), ".1f"))
+    return "| " + " | ".join(cells) + " |"
+
+
+def summary(cells: Sequence[dict], m: int, cap: float) -> list[str]:
+    """The answer for one model, data mode and link (lines of Markdown)."""
+    ok = [c for c in cells if c["outcome"] == "ok"]
+    if not ok:
+        return ["No method fit the cap at any width tried."]
+    lines = []
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    for method in methods:
+        mine = [c for c in ok if c["method"] == method]
+        if not mine:
+            lines.append(f"- `{method}`: fits at no width tried.")
+            continue
+        widest, best = max(mine, key=lambda c: c["hidden"]), max(mine, key=lambda c: c["best_val"])
+        lines.append(
+            f"- `{method}`: widest that fits {widest['hidden']} (val {widest['best_val']:.3f} in "
+            f"{widest['s_to_best']:.0f} s); most accurate at hidden {best['hidden']}: {best['best_val']:.3f} "
+            f"in {best['s_to_best']:.0f} s"
+        )
+    top = max(ok, key=lambda c: c["best_val"])
+    widest_whole = max((c["hidden"] for c in ok if c["method"] in WHOLE_MODEL), default=0)
+    lines.append(
+        f"- Most accurate under {cap:g} GB per process: `{top['method']}` at hidden {top['hidden']}, "
+        f"{top['best_val']:.3f} in {top['s_to_best']:.0f} s. Widest any method holding the whole model trains: "
+        f"{widest_whole or 'none'}."
+    )
+    beyond = [c for c in ok if c["method"] == "gist-sharded" and c["hidden"] > widest_whole]
+    if beyond:
+        b = max(beyond, key=lambda c: c["best_val"])
+        gap = top["best_val"] - b["best_val"]
+        lines.append(
+            f"- Beyond that width, `gist-sharded` at hidden {b['hidden']} reaches {b['best_val']:.3f}: "
+            f"{100 * gap:.1f} points under the best above ({'within' if gap <= 0.01 else 'not within'} 1 point)."
+        )
+    for h in sorted({c["hidden"] for c in ok}, reverse=True):
+        pair = {c["method"]: c for c in ok if c["hidden"] == h and c["method"] in ("fsdp", "gist-sharded")}
+        if len(pair) == 2:
+            g, f = pair["gist-sharded"], pair["fsdp"]
+            target = min(g["best_val"], f["best_val"])
+            tg, tf = _time_to(g, target), _time_to(f, target)
+            ratio = f" (gist-sharded / fsdp = {tg / tf:.2f})" if tg is not None and tf else ""
+            lines.append(
+                f"- Widest where `fsdp` and `gist-sharded` both fit: {h}. Training seconds to their common best "
+                f"({target:.3f}): gist-sharded {_fmt(tg, '.0f')}, fsdp {_fmt(tf, '.0f')}{ratio}; seconds per "
+                f"step {g['step_s']:.2f} vs {f['step_s']:.2f}."
+            )
+            break
+    return lines
+
+
+def _time_to(cell: dict, target: float) -> Optional[float]:
+    """Training seconds until the first round at or above ``target`` (``None``: never), from the cell's curve."""
+    return next((seconds for seconds, val in cell["curve"] if val >= target), None)
+
+
+def report(args: argparse.Namespace, done: dict[tuple, dict], bare: int) -> str:
+    notes = [
+        f"{args.dataset} (seed {args.seed}), 3-layer models, {args.rounds} rounds × ζ = {args.local_steps} "
+        f"optimizer steps per worker, scored on the whole graph after every round; m = {args.m} processes "
+        f"(1 thread each) for every method but `full` (one process, 2 threads), all on this {os.cpu_count()}-core "
+        f"machine: the {args.m} processes share its cores, so their seconds are about {args.m / 2:g}× those of "
+        f"{args.m} machines. Cap: {args.budget_gb:g} GB per process (a process above it is killed: an "
+        f"out-of-memory on a machine of that size). A bare `import torch, torch_geometric` process holds "
+        f"{bare / GB:.2f} GB. Learning rate {args.lr:g} × min(1, {args.lr_ref} / hidden).",
+        "",
+        "Columns: peak = the largest process's peak resident memory; s/round and s/step: training seconds "
+        "(mean over the rounds after the first), evaluation not included; MB/round: training bytes moved per "
+        "round, every worker's, both directions; best val and the test accuracy at that round; s to best: "
+        "training seconds until that round; rising: still rising when the run stopped (not converged).",
+        "",
+        "load: the machine's 1-minute load average when the cell started (the work of others; under 0.5: idle).",
+    ]
+    header = ["hidden", "lr", "method", "outcome", "peak GB", "s/round", "s/step", "MB/round", "best val",
+              "test", "best round", "s to best", "rising", "load"]  # fmt: skip
+    sections: list[str] = []
+    groups: dict[tuple, list[dict]] = {}
+    for c in done.values():
+        groups.setdefault((c["model"], c["data_mode"], c["link"]), []).append(c)
+    for (model, mode, link), cells in groups.items():
+        cells.sort(key=lambda c: (c["hidden"], list(METHODS).index(c["method"])))
+        sections += [f"## {model}, {mode} data, link {link}", "", *summary(cells, args.m, args.budget_gb), ""]
+        sections += [*markdown_table(header, [cell_row(c) for c in cells]), ""]
+    title = "Under a memory cap: the widest model each method trains, how accurate, how fast"
+    argv = [a for a in sys.argv[1:] if a != "--retabulate"]  # the command that made the cells
+    return markdown_report(title, notes, sections, argv)
+
+
+def main(argv: Optional[Iterable[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="data root (../shared/data copied somewhere writable)")
+    parser.add_argument("--dataset", default="cora")
+    parser.add_argument("--models", nargs="+", default=["sage"], choices=["sage", "gcn"])
+    parser.add_argument("--data-modes", nargs="+", default=["replicated"], choices=["replicated", "partitioned"])
+    parser.add_argument("--bandwidth", nargs="+", default=["none"], help="links: none (unshaped) or a rate (1gbit)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 1024, 4096, 8192, 16384])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--m", type=int, default=4)
+    parser.add_argument("--budget-gb", type=float, default=2.0, help="memory cap per process")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--local-steps", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.01, help="learning rate at widths up to --lr-ref")
+    parser.add_argument("--lr-ref", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one cell may take")
+    parser.add_argument("--out", default=None, help="the report (Markdown); its cells are kept beside it as .json")
+    parser.add_argument("--retabulate", action="store_true", help="rewrite the report from --out's JSON only")
+    args = parser.parse_args(argv)
+
+    raw = Path(args.out).with_suffix(".json") if args.out else None
+    settings = {name: getattr(args, name) for name in SETTINGS}
+    if raw is not None and raw.exists():
+        stored = json.loads(raw.read_text())
+        differ = [
+            f"--{n.replace('_', '-')} {stored['settings'][n]}" for n in SETTINGS if stored["settings"][n] != settings[n]
+        ]
+        if differ and not args.retabulate:
+            parser.error(f"{raw} holds cells made with {', '.join(differ)}: pass those, or another --out")
+        vars(args).update(stored["settings"])
+    elif args.retabulate:
+        parser.error("--retabulate needs --out naming a report whose .json exists")
+    else:
+        stored = {"settings": settings, "bare": bare_rss(), "cells": []}
+    done = {cell_key(c): c for c in stored["cells"]}
+
+    def save() -> None:
+        if raw is not None:
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            cells = list(done.values())
+            raw.write_text(
+                json.dumps({"settings": stored["settings"], "bare": stored["bare"], "cells": cells}, indent=1)
+            )
+
+    if not args.retabulate:
+        run_cells(args, done, save)
+    emit(report(args, done, stored["bare"]), args.out)
+
+
+if __name__ == "__main__":
+    main()
