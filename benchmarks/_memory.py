@@ -26,12 +26,21 @@ def bare_rss() -> int:
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
+def _busy_seconds() -> float:
+    """CPU seconds this machine has spent busy (every core, every process) since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
-    """Run ``cmd``, sampling the peak memory of each of its processes."""
-    start = time.perf_counter()
+    """Run ``cmd``, sampling the peak memory of each of its processes and
+    the CPU seconds they use; ``others_cpu``: the share of the machine's
+    cores that processes outside ``cmd`` kept busy meanwhile (0: it ran alone)."""
+    start, busy = time.perf_counter(), _busy_seconds()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     parent = psutil.Process(proc.pid)
     peaks: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     outcome = None
     while proc.poll() is None:
         try:
@@ -41,8 +50,10 @@ def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
         for p in procs:
             try:
                 rss = p.memory_info().rss
+                used = p.cpu_times()
             except psutil.NoSuchProcess:
                 continue
+            cpu[p.pid] = used.user + used.system
             peaks[p.pid] = max(peaks.get(p.pid, 0), rss)
             if rss > budget and outcome is None:
                 outcome = f"over budget (a process reached {rss / GB:.1f} GB)"
@@ -55,10 +66,13 @@ def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
             break
         time.sleep(0.05)
     output = proc.communicate()[0]
+    seconds = time.perf_counter() - start
+    others = max(0.0, _busy_seconds() - busy - sum(cpu.values())) / (seconds * (os.cpu_count() or 1))
     ranks = sorted(pid for pid in peaks if pid != proc.pid and _is_rank(pid, peaks))
     return {
         "outcome": outcome or ("ok" if proc.returncode == 0 else f"failed ({proc.returncode})"),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
+        "others_cpu": others,
         "launcher_peak": peaks.get(proc.pid, 0),
         "rank_peaks": [peaks[p] for p in ranks] if ranks else [peaks.get(proc.pid, 0)],
         "tail": output[-2000:],

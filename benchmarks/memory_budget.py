@@ -137,7 +137,6 @@ def run_cells(args: argparse.Namespace, done: dict[tuple, dict], save) -> None: 
                                 continue
                             log = Path(tmp) / f"{'-'.join(map(str, key))}.json"
                             print(f"{model} {mode} {link} hidden {hidden}: {method} ...", file=sys.stderr, flush=True)
-                            cell["load"] = os.getloadavg()[0]  # the work of others when the cell starts
                             result = attempt(command(args, cell, log), args.budget_gb * GB, args.timeout)
                             if result["outcome"] != "ok":
                                 failed_at[method] = hidden
@@ -145,6 +144,7 @@ def run_cells(args: argparse.Namespace, done: dict[tuple, dict], save) -> None: 
                             stats = summarise_log(log, args.local_steps) if result["outcome"] == "ok" else {}
                             peak = max(result["rank_peaks"])
                             done[key] = {**cell, "outcome": result["outcome"], "peak": peak, **stats}
+                            done[key]["others_cpu"] = result["others_cpu"]
                             save()
 
 
@@ -174,7 +174,7 @@ def cell_row(c: dict) -> str:
         ]
     else:
         cells += ["—"] * 8
-    cells.append(_fmt(c.get("load"), ".1f"))
+    cells.append(_fmt(c.get("others_cpu") and 100 * c["others_cpu"], ".0f"))
     return "| " + " | ".join(cells) + " |"
 
 
@@ -247,10 +247,11 @@ def report(args: argparse.Namespace, done: dict[tuple, dict], bare: int) -> str:
         "round, every worker's, both directions; best val and the test accuracy at that round; s to best: "
         "training seconds until that round; rising: still rising when the run stopped (not converged).",
         "",
-        "load: the machine's 1-minute load average when the cell started (the work of others; under 0.5: idle).",
+        "others %: the share of the machine's cores that processes outside the cell kept busy while it ran "
+        "(0: it ran alone; the sampler's own few percent included).",
     ]
     header = ["hidden", "lr", "method", "outcome", "peak GB", "s/round", "s/step", "MB/round", "best val",
-              "test", "best round", "s to best", "rising", "load"]  # fmt: skip
+              "test", "best round", "s to best", "rising", "others %"]  # fmt: skip
     sections: list[str] = []
     groups: dict[tuple, list[dict]] = {}
     for c in done.values():
