@@ -22,12 +22,24 @@ def markdown_table(header: Sequence[str], rows: Sequence[str]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
 
 
-def markdown_report(title: str, notes: Sequence[str], body: Sequence[str], argv: Optional[Sequence[str]] = None) -> str:
-    """A Markdown report: ``# title``, the command that made it (this
-    script's own command line, or ``argv``'s arguments), ``notes`` and ``body`` (lines)."""
-    args = sys.argv[1:] if argv is None else argv
-    command = shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *args])
-    return "\n".join([f"# {title}", "", f"Command: `{command}`", "", *notes, "", *body, ""])
+def script_command(argv: Optional[Sequence[str]] = None) -> str:
+    """This script's command line (with ``argv`` as its arguments if given), as a user would type it."""
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def markdown_report(
+    title: str, notes: Sequence[str], body: Sequence[str], commands: Optional[Sequence[str]] = None
+) -> str:
+    """A Markdown report: ``# title``, the command that made it (default
+    :func:`script_command`; several ``commands``: run in that order),
+    ``notes`` and ``body`` (lines)."""
+    commands = [script_command()] if commands is None else commands
+    if len(commands) == 1:
+        head = [f"Command: `{commands[0]}`"]
+    else:
+        head = ["Commands, run in this order (each adds its cells to those before):", ""]
+        head += [f"- `{c}`" for c in commands]
+    return "\n".join([f"# {title}", "", *head, "", *notes, "", *body, ""])
 
 
 def markdown_table_report(title: str, notes: Sequence[str], header: Sequence[str], rows: Sequence[str]) -> str:

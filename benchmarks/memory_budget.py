@@ -44,16 +44,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
 from _memory import GB, attempt, bare_rss
-from _report import emit, markdown_report, markdown_table
+from _report import emit, markdown_report, markdown_table, script_command
 
 METHODS: dict[str, list[str]] = {
     "full": ["--method", "full", "--threads", "2"],
@@ -115,37 +116,47 @@ def cell_key(cell: dict) -> tuple:
     return (cell["model"], cell["data_mode"], cell["link"], cell["hidden"], cell["method"])
 
 
-def run_cells(args: argparse.Namespace, done: dict[tuple, dict], save) -> None:  # noqa: ANN001 - a callback
-    """Every cell not in ``done``, in order of width, each method stopping at its first width over the cap."""
+def planned_cells(args: argparse.Namespace) -> Iterator[dict]:
+    """Every cell asked for, width after width within each model, data mode and link."""
+    for model, mode, link, hidden, method in itertools.product(
+        args.models, args.data_modes, args.bandwidth, args.hidden, args.methods
+    ):
+        lr = learning_rate(hidden, args.lr, args.lr_ref)
+        yield {"model": model, "data_mode": mode, "link": link, "hidden": hidden, "method": method, "lr": lr}
+
+
+def run_cell(args: argparse.Namespace, cell: dict, folder: Path) -> dict:
+    """One cell's ``gist train`` under the cap: the cell with its outcome, peak and (when it finished) its numbers."""
+    log = folder / f"{'-'.join(map(str, cell_key(cell)))}.json"
+    print(f"{cell['model']} {cell['data_mode']} {cell['link']} hidden {cell['hidden']}: {cell['method']} ...",
+          file=sys.stderr, flush=True)  # fmt: skip
+    result = attempt(command(args, cell, log), args.budget_gb * GB, args.timeout)
+    if result["outcome"] != "ok":
+        print(result["tail"], file=sys.stderr)
+    stats = summarise_log(log, args.local_steps) if result["outcome"] == "ok" else {}
+    peak, others = max(result["rank_peaks"]), result["others_cpu"]
+    return {**cell, "outcome": result["outcome"], "peak": peak, **stats, "others_cpu": others}
+
+
+def run_cells(args: argparse.Namespace, done: dict[tuple, dict], save: Callable[[], None]) -> None:
+    """Every cell not in ``done``; a method that fails at a width (over the
+    cap, timed out) is not tried at the wider ones."""
+    stopped: dict[tuple, str] = {}  # (model, mode, link, method) -> why wider widths are not tried
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models:
-            for mode in args.data_modes:
-                for link in args.bandwidth:
-                    failed_at: dict[str, int] = {}
-                    for hidden in args.hidden:
-                        for method in args.methods:
-                            cell = {"model": model, "data_mode": mode, "link": link, "hidden": hidden}
-                            cell.update(method=method, lr=learning_rate(hidden, args.lr, args.lr_ref))
-                            key = cell_key(cell)
-                            if key in done:
-                                if not done[key]["outcome"].startswith(("ok", "not tried")):
-                                    failed_at.setdefault(method, hidden)
-                                continue
-                            if method in failed_at:
-                                done[key] = {**cell, "outcome": f"not tried (over the cap at {failed_at[method]})"}
-                                save()
-                                continue
-                            log = Path(tmp) / f"{'-'.join(map(str, key))}.json"
-                            print(f"{model} {mode} {link} hidden {hidden}: {method} ...", file=sys.stderr, flush=True)
-                            result = attempt(command(args, cell, log), args.budget_gb * GB, args.timeout)
-                            if result["outcome"] != "ok":
-                                failed_at[method] = hidden
-                                print(result["tail"], file=sys.stderr)
-                            stats = summarise_log(log, args.local_steps) if result["outcome"] == "ok" else {}
-                            peak = max(result["rank_peaks"])
-                            done[key] = {**cell, "outcome": result["outcome"], "peak": peak, **stats}
-                            done[key]["others_cpu"] = result["others_cpu"]
-                            save()
+        for cell in planned_cells(args):
+            key = cell_key(cell)
+            lane = (*key[:3], cell["method"])
+            if key not in done:
+                skipped = lane in stopped
+                done[key] = (
+                    {**cell, "outcome": f"not tried ({stopped.get(lane)})"}
+                    if skipped
+                    else run_cell(args, cell, Path(tmp))
+                )
+                save()
+            outcome = done[key]["outcome"]
+            if not outcome.startswith(("ok", "not tried")):
+                stopped.setdefault(lane, f"{outcome.split(' (')[0]} at {cell['hidden']}")
 
 
 # ---------------------------------------------------------------------- the report
@@ -187,14 +198,16 @@ def summary(cells: Sequence[dict], m: int, cap: float) -> list[str]:
     methods = list(dict.fromkeys(c["method"] for c in cells))
     for method in methods:
         mine = [c for c in ok if c["method"] == method]
+        unfinished = [c for c in cells if c["method"] == method and c["outcome"].startswith("timed out")]
         if not mine:
             lines.append(f"- `{method}`: fits at no width tried.")
             continue
         widest, best = max(mine, key=lambda c: c["hidden"]), max(mine, key=lambda c: c["best_val"])
         lines.append(
-            f"- `{method}`: widest that fits {widest['hidden']} (val {widest['best_val']:.3f} in "
+            f"- `{method}`: widest that fits and finished {widest['hidden']} (val {widest['best_val']:.3f} in "
             f"{widest['s_to_best']:.0f} s); most accurate at hidden {best['hidden']}: {best['best_val']:.3f} "
             f"in {best['s_to_best']:.0f} s"
+            + "".join(f"; at {c['hidden']} under the cap but {c['outcome']}" for c in unfinished)
         )
     top = max(ok, key=lambda c: c["best_val"])
     widest_whole = max((c["hidden"] for c in ok if c["method"] in WHOLE_MODEL), default=0)
@@ -232,7 +245,7 @@ def _time_to(cell: dict, target: float) -> Optional[float]:
     return next((seconds for seconds, val in cell["curve"] if val >= target), None)
 
 
-def report(args: argparse.Namespace, done: dict[tuple, dict], bare: int) -> str:
+def report(args: argparse.Namespace, done: dict[tuple, dict], bare: int, commands: Sequence[str]) -> str:
     notes = [
         f"{args.dataset} (seed {args.seed}), 3-layer models, {args.rounds} rounds × ζ = {args.local_steps} "
         f"optimizer steps per worker, scored on the whole graph after every round; m = {args.m} processes "
@@ -261,8 +274,7 @@ def report(args: argparse.Namespace, done: dict[tuple, dict], bare: int) -> str:
         sections += [f"## {model}, {mode} data, link {link}", "", *summary(cells, args.m, args.budget_gb), ""]
         sections += [*markdown_table(header, [cell_row(c) for c in cells]), ""]
     title = "Under a memory cap: the widest model each method trains, how accurate, how fast"
-    argv = [a for a in sys.argv[1:] if a != "--retabulate"]  # the command that made the cells
-    return markdown_report(title, notes, sections, argv)
+    return markdown_report(title, notes, sections, commands)
 
 
 def main(argv: Optional[Iterable[str]] = None) -> None:
@@ -305,14 +317,16 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     def save() -> None:
         if raw is not None:
             raw.parent.mkdir(parents=True, exist_ok=True)
-            cells = list(done.values())
-            raw.write_text(
-                json.dumps({"settings": stored["settings"], "bare": stored["bare"], "cells": cells}, indent=1)
-            )
+            stored["cells"] = list(done.values())
+            raw.write_text(json.dumps(stored, indent=1))
 
     if not args.retabulate:
+        before = len(done)
         run_cells(args, done, save)
-    emit(report(args, done, stored["bare"]), args.out)
+        if len(done) > before:  # this command made cells: the report names it
+            stored.setdefault("commands", []).append(script_command())
+            save()
+    emit(report(args, done, stored["bare"], stored.get("commands") or [script_command()]), args.out)
 
 
 if __name__ == "__main__":

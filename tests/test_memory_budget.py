@@ -43,7 +43,7 @@ def test_cells_fit_the_report_answers_and_a_second_run_resumes(tmp_path, monkeyp
     assert all(0 <= c["others_cpu"] <= 1 for c in cells.values())
     text = (tmp_path / "budget.md").read_text()
     assert "## sage, replicated data, link none" in text
-    assert "`gist-sharded`: widest that fits 16" in text and "Most accurate under 2 GB per process" in text
+    assert "`gist-sharded`: widest that fits and finished 16" in text and "Most accurate under 2 GB per process" in text
 
     def no_more(*args, **kwargs):
         raise AssertionError("a cell already done was run again")
@@ -61,6 +61,6 @@ def test_over_the_cap_is_an_out_of_memory_and_wider_is_not_tried(tmp_path):
     memory_budget.main(_args(tmp_path, "--budget-gb", "0.1"))
     cells = {(c["hidden"], c["method"]): c for c in json.loads((tmp_path / "budget.json").read_text())["cells"]}
     assert cells[8, "full"]["outcome"].startswith("over budget")
-    assert cells[16, "full"]["outcome"] == "not tried (over the cap at 8)"
+    assert cells[16, "full"]["outcome"] == "not tried (over budget at 8)"
     text = (tmp_path / "budget.md").read_text()
     assert "No method fit the cap at any width tried." in text
