@@ -2,13 +2,13 @@ r"""Evaluating a model that lives in shards, layer by layer.
 
 On worker 0, on the whole graph: the model's own forward pass with each layer
 computed owner by owner (:func:`~.shards.sharded_eval_model`), fetching one
-owner's part of a layer at a time (:class:`ShardFetcher`; ``eval`` bytes,
-``from_worker``, for the owner; each request :data:`REQUEST_BYTES`
-``to_worker``), a wide layer a chunk of units at a time. In ``partitioned`` mode the workers first run the same pass
-on their own parts, every owner's part of a layer broadcast to all (``eval``
-bytes, ``to_worker``), to re-estimate BatchNorm (moments pooled as with the
-central coordinator; each owner writes its units' statistics) and to score
-their parts.
+owner's part of a layer at a time, a wide layer a chunk of the owner's units
+at a time (:class:`ShardFetcher`; ``eval`` bytes, ``from_worker``, for the
+owner; each request :data:`REQUEST_BYTES` ``to_worker``). In ``partitioned``
+mode the workers first run the same pass on their own parts, every owner's
+part of a layer broadcast to all (``eval`` bytes, ``to_worker``), to
+re-estimate BatchNorm (moments pooled as with the central coordinator; each
+owner writes its units' statistics) and to score their parts.
 """
 
 from __future__ import annotations
