@@ -1,16 +1,15 @@
 """Running a command under a memory cap per process, as the memory benchmarks do.
 
 :func:`attempt` starts a command in its own session and samples the resident
-memory of it and every process it starts (every 50 ms); a process above the
-cap is an out-of-memory on a machine of that size: the whole attempt is
-killed at once and recorded as *over budget*. So is an attempt while this
+memory of every process in that session (every 50 ms); a process above the
+cap is an out-of-memory on a machine of that size: the whole session is
+killed at once and the attempt recorded as *over budget*. So is an attempt while this
 machine's own free memory runs low, and one past its time limit.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,22 +31,41 @@ def _busy_seconds() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
+def session(leader: int) -> list[psutil.Process]:
+    """The processes of the session ``leader`` started: the command and every
+    process it spawned, even one whose parent has gone (``gist train``'s ranks
+    each run in a process group of their own, but in its session)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == leader:
+                found.append(p)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
+def kill_session(leader: int) -> None:
+    for p in session(leader):
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
+
+
 def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
-    """Run ``cmd``, sampling the peak memory of each of its processes and
-    the CPU seconds they use; ``others_cpu``: the share of the machine's
-    cores that processes outside ``cmd`` kept busy meanwhile (0: it ran alone)."""
+    """Run ``cmd`` in a session of its own, sampling the peak memory of each
+    of its processes and the CPU seconds they use; ``others_cpu``: the share
+    of the machine's cores that processes outside ``cmd`` kept busy meanwhile
+    (0: it ran alone). Over the cap, out of time or once ``cmd`` has ended,
+    every process left in its session is killed."""
     start, busy = time.perf_counter(), _busy_seconds()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    parent = psutil.Process(proc.pid)
     peaks: dict[int, int] = {}
     cpu: dict[int, float] = {}
     outcome = None
     while proc.poll() is None:
-        try:
-            procs = [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            break
-        for p in procs:
+        for p in session(proc.pid):
             try:
                 rss = p.memory_info().rss
                 used = p.cpu_times()
@@ -62,9 +80,9 @@ def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
         if outcome is None and time.perf_counter() - start > timeout:
             outcome = f"timed out after {timeout:.0f} s"
         if outcome is not None:
-            os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.05)
+    kill_session(proc.pid)  # nothing may outlive the attempt (and hold its output pipe open)
     output = proc.communicate()[0]
     seconds = time.perf_counter() - start
     others = max(0.0, _busy_seconds() - busy - sum(cpu.values())) / (seconds * (os.cpu_count() or 1))

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import _memory  # noqa: E402
 import memory_budget  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
@@ -64,3 +67,20 @@ def test_over_the_cap_is_an_out_of_memory_and_wider_is_not_tried(tmp_path):
     assert cells[16, "full"]["outcome"] == "not tried (over budget at 8)"
     text = (tmp_path / "budget.md").read_text()
     assert "No method fit the cap at any width tried." in text
+
+
+def test_an_attempt_leaves_no_process_behind_even_one_its_parent_left(tmp_path):
+    """``gist train``'s ranks run in process groups of their own: an attempt
+    watches and ends the whole session, or a rank left behind would hold the
+    output pipe open (and its memory) after the launcher is gone."""
+    child = "import time; time.sleep(120)"
+    parent = (
+        "import os, subprocess, sys; "
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}], preexec_fn=os.setpgrp); print(p.pid)"
+    )
+    start = time.perf_counter()
+    result = _memory.attempt([sys.executable, "-c", parent], 4e9, 60)
+    assert result["outcome"] == "ok" and time.perf_counter() - start < 30
+    orphan = int(result["tail"].split()[-1])
+    time.sleep(0.5)
+    assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
