@@ -1,7 +1,8 @@
 """Running a command under a memory cap per process, as the memory benchmarks do.
 
 :func:`attempt` starts a command in its own session and samples the resident
-memory of every process in that session (every 50 ms); a process above the
+memory of every process in that session and every process it starts
+(every 50 ms); a process above the
 cap is an out-of-memory on a machine of that size: the whole session is
 killed at once and the attempt recorded as *over budget*. So is an attempt while this
 machine's own free memory runs low, and one past its time limit.
@@ -31,22 +32,32 @@ def _busy_seconds() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def session(leader: int) -> list[psutil.Process]:
-    """The processes of the session ``leader`` started: the command and every
-    process it spawned, even one whose parent has gone (``gist train``'s ranks
-    each run in a process group of their own, but in its session)."""
+def watched(leader: psutil.Process, seen: dict[int, psutil.Process]) -> list[psutil.Process]:
+    """The processes of an attempt: every process of the session ``leader``
+    started (``gist train``'s ranks each run in a process group of their own,
+    and stay in it when their parent has gone) and every descendant of
+    ``leader`` (a rank started in a network namespace is in a session of its
+    own). Each is added to ``seen``."""
     found = []
     for p in psutil.process_iter():
         try:
-            if os.getsid(p.pid) == leader:
+            if os.getsid(p.pid) == leader.pid:
                 found.append(p)
         except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
             continue
-    return found
+    try:
+        found += leader.children(recursive=True)
+    except psutil.NoSuchProcess:
+        pass
+    for p in found:
+        seen.setdefault(p.pid, p)
+    return list({p.pid: p for p in found}.values())
 
 
-def kill_session(leader: int) -> None:
-    for p in session(leader):
+def kill_all(leader: psutil.Process, seen: dict[int, psutil.Process]) -> None:
+    """Kill every process :func:`watched` finds now or has seen (psutil checks that a pid is still that process)."""
+    watched(leader, seen)
+    for p in seen.values():
         try:
             p.kill()
         except psutil.NoSuchProcess:
@@ -55,17 +66,19 @@ def kill_session(leader: int) -> None:
 
 def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
     """Run ``cmd`` in a session of its own, sampling the peak memory of each
-    of its processes and the CPU seconds they use; ``others_cpu``: the share
+    of its processes (:func:`watched`) and the CPU seconds they use; ``others_cpu``: the share
     of the machine's cores that processes outside ``cmd`` kept busy meanwhile
     (0: it ran alone). Over the cap, out of time or once ``cmd`` has ended,
-    every process left in its session is killed."""
+    every process of it still there is killed."""
     start, busy = time.perf_counter(), _busy_seconds()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    leader = psutil.Process(proc.pid)
+    seen: dict[int, psutil.Process] = {}
     peaks: dict[int, int] = {}
     cpu: dict[int, float] = {}
     outcome = None
     while proc.poll() is None:
-        for p in session(proc.pid):
+        for p in watched(leader, seen):
             try:
                 rss = p.memory_info().rss
                 used = p.cpu_times()
@@ -82,7 +95,7 @@ def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
         if outcome is not None:
             break
         time.sleep(0.05)
-    kill_session(proc.pid)  # nothing may outlive the attempt (and hold its output pipe open)
+    kill_all(leader, seen)  # nothing may outlive the attempt (and hold its output pipe open)
     output = proc.communicate()[0]
     seconds = time.perf_counter() - start
     others = max(0.0, _busy_seconds() - busy - sum(cpu.values())) / (seconds * (os.cpu_count() or 1))

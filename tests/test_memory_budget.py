@@ -84,3 +84,13 @@ def test_an_attempt_leaves_no_process_behind_even_one_its_parent_left(tmp_path):
     orphan = int(result["tail"].split()[-1])
     time.sleep(0.5)
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_process_in_a_session_of_its_own_is_watched_too():
+    """With ``--bandwidth`` the ranks run in a network namespace, started in a
+    session of their own: their memory counts against the cap all the same."""
+    child = "import time; block = bytearray(400_000_000); time.sleep(30)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], start_new_session=True)"
+    start = time.perf_counter()
+    result = _memory.attempt([sys.executable, "-c", parent], 0.2e9, 60)
+    assert result["outcome"].startswith("over budget") and time.perf_counter() - start < 20
