@@ -210,20 +210,21 @@ def summary(cells: Sequence[dict], m: int, cap: float) -> list[str]:
             + "".join(f"; at {c['hidden']} under the cap but {c['outcome']}" for c in unfinished)
         )
     top = max(ok, key=lambda c: c["best_val"])
-    widest_whole = max((c["hidden"] for c in ok if c["method"] in WHOLE_MODEL), default=0)
     lines.append(
         f"- Most accurate under {cap:g} GB per process: `{top['method']}` at hidden {top['hidden']}, "
-        f"{top['best_val']:.3f} in {top['s_to_best']:.0f} s. Widest any method holding the whole model trains: "
-        f"{widest_whole or 'none'}."
+        f"{top['best_val']:.3f} in {top['s_to_best']:.0f} s."
     )
-    beyond = [c for c in ok if c["method"] == "gist-sharded" and c["hidden"] > widest_whole]
-    if beyond:
-        b = max(beyond, key=lambda c: c["best_val"])
-        gap = top["best_val"] - b["best_val"]
-        lines.append(
-            f"- Beyond that width, `gist-sharded` at hidden {b['hidden']} reaches {b['best_val']:.3f}: "
-            f"{100 * gap:.1f} points under the best above ({'within' if gap <= 0.01 else 'not within'} 1 point)."
-        )
+    if any(c["method"] in WHOLE_MODEL for c in cells):  # the question only where they were tried
+        widest_whole = max((c["hidden"] for c in ok if c["method"] in WHOLE_MODEL), default=0)
+        lines.append(f"- Widest any method holding the whole model trains: {widest_whole or 'none'}.")
+        beyond = [c for c in ok if c["method"] == "gist-sharded" and c["hidden"] > widest_whole]
+        if beyond:
+            b = max(beyond, key=lambda c: c["best_val"])
+            gap = top["best_val"] - b["best_val"]
+            lines.append(
+                f"- Beyond that width, `gist-sharded` at hidden {b['hidden']} reaches {b['best_val']:.3f}: "
+                f"{100 * gap:.1f} points under the best above ({'within' if gap <= 0.01 else 'not within'} 1 point)."
+            )
     for h in sorted({c["hidden"] for c in ok}, reverse=True):
         pair = {c["method"]: c for c in ok if c["hidden"] == h and c["method"] in ("fsdp", "gist-sharded")}
         if len(pair) == 2:
