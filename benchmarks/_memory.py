@@ -11,8 +11,10 @@ machine's own free memory runs low, and one past its time limit.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -69,9 +71,14 @@ def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
     of its processes (:func:`watched`) and the CPU seconds they use; ``others_cpu``: the share
     of the machine's cores that processes outside ``cmd`` kept busy meanwhile
     (0: it ran alone). Over the cap, out of time or once ``cmd`` has ended,
-    every process of it still there is killed."""
+    every process of it still there is killed, and the temporary files it
+    left (``TMPDIR`` is a folder of its own) are removed."""
     start, busy = time.perf_counter(), _busy_seconds()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    scratch = tempfile.mkdtemp(prefix="attempt-")  # its temporary files: a killed process cannot remove its own
+    env = {**os.environ, "TMPDIR": scratch}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
+    )
     leader = psutil.Process(proc.pid)
     seen: dict[int, psutil.Process] = {}
     peaks: dict[int, int] = {}
@@ -97,6 +104,7 @@ def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
         time.sleep(0.05)
     kill_all(leader, seen)  # nothing may outlive the attempt (and hold its output pipe open)
     output = proc.communicate()[0]
+    shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.perf_counter() - start
     others = max(0.0, _busy_seconds() - busy - sum(cpu.values())) / (seconds * (os.cpu_count() or 1))
     ranks = sorted(pid for pid in peaks if pid != proc.pid and _is_rank(pid, peaks))
