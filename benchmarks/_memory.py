@@ -1,11 +1,11 @@
 """Running a command under a memory cap per process, as the memory benchmarks do.
 
 :func:`attempt` starts a command in its own session and samples the resident
-memory of every process in that session and every process it starts
-(every 50 ms); a process above the
-cap is an out-of-memory on a machine of that size: the whole session is
-killed at once and the attempt recorded as *over budget*. So is an attempt while this
-machine's own free memory runs low, and one past its time limit.
+memory of every process in that session and every process it starts (every
+50 ms); a process above the cap is an out-of-memory on a machine of that
+size: all of them are killed at once and the attempt recorded as *over
+budget*. So is an attempt while this machine's own free memory runs low,
+and one past its time limit.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def kill_all(leader: psutil.Process, seen: dict[int, psutil.Process]) -> None:
 
 def attempt(cmd: list[str], budget: float, timeout: float) -> dict:
     """Run ``cmd`` in a session of its own, sampling the peak memory of each
-    of its processes (:func:`watched`) and the CPU seconds they use; ``others_cpu``: the share
-    of the machine's cores that processes outside ``cmd`` kept busy meanwhile
-    (0: it ran alone). Over the cap, out of time or once ``cmd`` has ended,
+    of its processes (:func:`watched`) and the CPU seconds they use;
+    ``others_cpu``: the share of the machine's cores that processes outside
+    ``cmd`` kept busy meanwhile (0: it ran alone). Over the cap, out of time or once ``cmd`` has ended,
     every process of it still there is killed, and the temporary files it
     left (``TMPDIR`` is a folder of its own) are removed."""
     start, busy = time.perf_counter(), _busy_seconds()

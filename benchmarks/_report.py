@@ -22,9 +22,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[str]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
 
 
-def script_command(argv: Optional[Sequence[str]] = None) -> str:
-    """This script's command line (with ``argv`` as its arguments if given), as a user would type it."""
-    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *(sys.argv[1:] if argv is None else argv)])
+def script_command() -> str:
+    """This script's command line, as a user would type it."""
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def markdown_report(

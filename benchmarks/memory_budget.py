@@ -96,19 +96,20 @@ def summarise_log(path: Path, local_steps: int) -> dict:
     rounds = log["rounds"]
     vals = [r["val"] if r["val"] is not None else float("-inf") for r in rounds]
     best = max(range(len(vals)), key=lambda i: vals[i])
+    elapsed = list(itertools.accumulate(r["seconds"] for r in rounds))  # training seconds at each round's end
     later = rounds[1:] or rounds
     quarter = max(1, len(vals) // 4)
     return {
         "best_val": vals[best],
         "test_at_best": rounds[best]["test"],
         "best_round": best,
-        "s_to_best": sum(r["seconds"] for r in rounds[: best + 1]),
+        "s_to_best": elapsed[best],
         "round_s": sum(r["seconds"] for r in later) / len(later),
         "step_s": sum(r["seconds"] for r in later) / len(later) / local_steps,
         "eval_s": sum(r["eval_seconds"] or 0.0 for r in rounds),
         "mb_per_round": sum(r["bytes_to_workers"] + r["bytes_from_workers"] for r in later) / len(later) / 1e6,
         "rising": len(vals) > quarter and max(vals[-quarter:]) > max(vals[:-quarter]) + 0.005,
-        "curve": [[sum(r["seconds"] for r in rounds[: i + 1]), vals[i]] for i in range(len(rounds))],
+        "curve": [[seconds, val] for seconds, val in zip(elapsed, vals)],
     }
 
 
@@ -147,12 +148,10 @@ def run_cells(args: argparse.Namespace, done: dict[tuple, dict], save: Callable[
             key = cell_key(cell)
             lane = (*key[:3], cell["method"])
             if key not in done:
-                skipped = lane in stopped
-                done[key] = (
-                    {**cell, "outcome": f"not tried ({stopped.get(lane)})"}
-                    if skipped
-                    else run_cell(args, cell, Path(tmp))
-                )
+                if lane in stopped:
+                    done[key] = {**cell, "outcome": f"not tried ({stopped[lane]})"}
+                else:
+                    done[key] = run_cell(args, cell, Path(tmp))
                 save()
             outcome = done[key]["outcome"]
             if not outcome.startswith(("ok", "not tried")):
@@ -189,7 +188,7 @@ def cell_row(c: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def summary(cells: Sequence[dict], m: int, cap: float) -> list[str]:
+def summary(cells: Sequence[dict], cap: float) -> list[str]:
     """The answer for one model, data mode and link (lines of Markdown)."""
     ok = [c for c in cells if c["outcome"] == "ok"]
     if not ok:
@@ -247,11 +246,12 @@ def _time_to(cell: dict, target: float) -> Optional[float]:
 
 
 def report(args: argparse.Namespace, done: dict[tuple, dict], bare: int, commands: Sequence[str]) -> str:
+    cores = os.cpu_count() or 1
     notes = [
         f"{args.dataset} (seed {args.seed}), 3-layer models, {args.rounds} rounds × ζ = {args.local_steps} "
         f"optimizer steps per worker, scored on the whole graph after every round; m = {args.m} processes "
-        f"(1 thread each) for every method but `full` (one process, 2 threads), all on this {os.cpu_count()}-core "
-        f"machine: the {args.m} processes share its cores, so their seconds are about {args.m / 2:g}× those of "
+        f"(1 thread each) for every method but `full` (one process, 2 threads), all on this {cores}-core "
+        f"machine: the {args.m} processes share its cores, so their seconds are about {args.m / cores:g}× those of "
         f"{args.m} machines. Cap: {args.budget_gb:g} GB per process (a process above it is killed: an "
         f"out-of-memory on a machine of that size). A bare `import torch, torch_geometric` process holds "
         f"{bare / GB:.2f} GB. Learning rate {args.lr:g} × min(1, {args.lr_ref} / hidden).",
@@ -260,6 +260,10 @@ def report(args: argparse.Namespace, done: dict[tuple, dict], bare: int, command
         "(mean over the rounds after the first), evaluation not included; MB/round: training bytes moved per "
         "round, every worker's, both directions; best val and the test accuracy at that round; s to best: "
         "training seconds until that round; rising: still rising when the run stopped (not converged).",
+        "",
+        "Optimizer state: `full`, `ddp` and `fsdp` keep one Adam over the whole run, each local SGD worker keeps "
+        "its own; GIST (the published algorithm on replicated data) starts every sub-network's Adam afresh each "
+        "round. The policies differ: that is part of what each row compares.",
         "",
         "others %: the share of the machine's cores that processes outside the cell kept busy while it ran "
         "(0: it ran alone; the sampler's own few percent included).",
@@ -272,7 +276,7 @@ def report(args: argparse.Namespace, done: dict[tuple, dict], bare: int, command
         groups.setdefault((c["model"], c["data_mode"], c["link"]), []).append(c)
     for (model, mode, link), cells in groups.items():
         cells.sort(key=lambda c: (c["hidden"], list(METHODS).index(c["method"])))
-        sections += [f"## {model}, {mode} data, link {link}", "", *summary(cells, args.m, args.budget_gb), ""]
+        sections += [f"## {model}, {mode} data, link {link}", "", *summary(cells, args.budget_gb), ""]
         sections += [*markdown_table(header, [cell_row(c) for c in cells]), ""]
     title = "Under a memory cap: the widest model each method trains, how accurate, how fast"
     return markdown_report(title, notes, sections, commands)
