@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from .comm.group import DistContext, init_distributed
-from .comm.launch import LaunchFailure, note_rank_error
+from .comm.launch import LAUNCHER_PID_ENV, LaunchFailure, die_with_parent, note_rank_error
 from .comm.launch import launch_local as launch_processes
 from .comm.netns import ShapedNamespace
 from .config import RunConfig
@@ -304,7 +304,7 @@ def _launch_shaped(cfg: RunConfig, procs: int, progress: bool, log_path: Optiona
         argv = [sys.executable, "-c", SHAPED_CHILD, str(config), str(procs), str(target), str(int(progress))]
         child = subprocess.Popen(
             ns.command(argv),
-            env={**os.environ, SHAPED_ENV: ns.name},
+            env={**os.environ, SHAPED_ENV: ns.name, LAUNCHER_PID_ENV: str(os.getpid())},
             stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches it once, from here
         )
@@ -360,6 +360,7 @@ def shaped_child(argv: list[str]) -> int:
     status (1: the run failed and its log says why; 2: it could not run, the
     reason on the last line of stderr; 130: interrupted)."""
     config, procs, log_path, progress = argv
+    die_with_parent(int(os.environ[LAUNCHER_PID_ENV]))  # and its ranks with it
     cfg = RunConfig.from_dict(json.loads(Path(config).read_text()))
     try:
         launch_local(cfg, int(procs), progress=progress == "1", log_path=log_path)

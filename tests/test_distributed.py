@@ -330,8 +330,10 @@ def _interrupt(
     cmd: list[str], env: dict[str, str], ready: Path, whom: str, sig: int = signal.SIGINT
 ) -> subprocess.CompletedProcess:
     """Start ``cmd`` in its own session, wait for ``ready`` to exist, send
-    ``sig`` (to the whole process group, as a terminal's Ctrl-C does, or to
-    the launcher alone, as ``kill`` and ``timeout`` do) and return the finished process."""
+    ``sig`` (to the whole process group, as a terminal's Ctrl-C does, to
+    the launcher alone, as ``kill`` and ``timeout`` do, or to a launcher
+    started as a shell's background job, SIGINT ignored) and return the finished process."""
+    handler = signal.SIG_IGN if whom == "background" else signal.SIG_DFL
     proc = subprocess.Popen(
         cmd,
         env=env,
@@ -341,7 +343,7 @@ def _interrupt(
         start_new_session=True,
         # as from a terminal: SIGINT handled, even where the suite itself was
         # started with it ignored (a shell's background job)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, handler),
     )
     try:
         deadline = time.monotonic() + 240
@@ -370,8 +372,9 @@ def _interrupt(
         ("2", "launcher", signal.SIGINT),
         (None, "launcher", signal.SIGTERM),
         ("2", "launcher", signal.SIGTERM),
+        ("2", "background", signal.SIGTERM),
     ],
-    ids=["in-process", "procs-ctrl-c", "procs-kill-int", "in-process-sigterm", "procs-sigterm"],
+    ids=["in-process", "procs-ctrl-c", "procs-kill-int", "in-process-sigterm", "procs-sigterm", "background-sigterm"],
 )
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, procs, whom, sig):
     """SIGTERM (kill, timeout, a scheduler) stops a run as Ctrl-C does, exiting 128 + 15."""
@@ -397,6 +400,46 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, procs, wh
     time.sleep(1)
     assert _leftovers(token) == [], "processes were left behind"
     assert list(tmp.iterdir()) == [], "temporary folders were left behind"
+
+
+def test_ranks_die_with_a_killed_launcher(tmp_path):
+    """A launcher killed with SIGKILL (the out-of-memory killer, a batch
+    system) cleans nothing up: its ranks, in process groups of their own,
+    must not go on computing and holding memory for ever. Started as a
+    shell's background job starts it (SIGINT ignored, output to a file), where
+    the SIGINT torch's spawn asks the kernel for at its death would be ignored."""
+    token = uuid.uuid4().hex
+    ckpt = tmp_path / "ckpt.pt"
+    cmd = [sys.executable, "-m", "gist", "train", "--procs", "2", "--hidden", "12", "--local-steps", "1"]
+    cmd += ["--rounds", "2000", "--eval-every", "1", "--threads", "1", "--no-progress", "--root", str(tmp_path)]
+    cmd += ["--checkpoint", str(ckpt), "--checkpoint-every", "2"]
+    tmp = tmp_path / "tmp"  # the killed launcher leaves its temporary folder
+    tmp.mkdir()
+    with open(tmp_path / "output.txt", "wb") as output:
+        launcher = subprocess.Popen(
+            cmd,
+            env={**os.environ, "GIST_TEST_TOKEN": token, "TMPDIR": str(tmp)},
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while not ckpt.exists():
+            assert launcher.poll() is None, (tmp_path / "output.txt").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.05)
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 10
+        while _leftovers(token) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = _leftovers(token)
+    finally:
+        for pid in _leftovers(token):
+            os.kill(pid, signal.SIGKILL)
+    assert left == [], "ranks outlived their launcher"
 
 
 @pytest.mark.parametrize("wire", ["bfloat16", "float16"])

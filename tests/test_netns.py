@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -141,6 +144,43 @@ def test_ctrl_c_in_a_shaped_run_removes_the_namespace(tmp_path):
     assert proc.stderr.count("gist train: interrupted") == 1
     assert json.loads(log.read_text())["failure"]["kind"] == "interrupted"
     assert "gist-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@needs_shaping
+def test_a_killed_shaped_launcher_leaves_no_process_and_its_namespace_is_reclaimed(tmp_path):
+    """SIGKILL of a shaped run's launcher: the child it started inside the
+    namespace and that child's ranks die with it; the namespace it could not
+    delete is removed by the next shaped run."""
+    from test_distributed import _leftovers
+
+    token = uuid.uuid4().hex
+    ckpt = tmp_path / "ckpt.pt"
+    cmd = [sys.executable, "-m", "gist", "train", "--hidden", "12", "--local-steps", "1", "--rounds", "2000"]
+    cmd += ["--eval-every", "1", "--threads", "1", "--no-progress", "--root", str(tmp_path), "--procs", "2"]
+    cmd += ["--checkpoint", str(ckpt), "--checkpoint-every", "2", "--bandwidth", "1gbit"]
+    tmp = tmp_path / "tmp"  # the killed launcher leaves its temporary folder
+    tmp.mkdir()
+    env = {**os.environ, "GIST_TEST_TOKEN": token, "TMPDIR": str(tmp)}
+    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not ckpt.exists():
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not get going"
+            time.sleep(0.05)
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 10
+        while _leftovers(token) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = _leftovers(token)
+    finally:
+        for pid in _leftovers(token):
+            os.kill(pid, signal.SIGKILL)
+    assert left == [], "processes outlived their launcher"
+    orphan = f"gist-{launcher.pid}-"
+    assert orphan in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    with ShapedNamespace("1gbit"):
+        assert orphan not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
 SHAPED_SWEEP = """

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Optional
 
 from ..settings import parse_rate
-from .netns import ShapingUnavailable, check_can_shape, run_ip, tbf_arguments
+from .netns import ShapingUnavailable, check_can_shape, namespace_pids, run_ip, tbf_arguments
 
 __all__ = ["HOST_INTERFACE", "ShapingUnavailable", "VirtualHosts"]
 
@@ -167,7 +167,7 @@ class VirtualHosts:
     def pids(self, host: int) -> list[int]:
         """The processes running on ``host`` (in its namespace)."""
         self._check_active()
-        return _namespace_pids(self.names[host])
+        return namespace_pids(self.names[host])
 
     def kill(self, host: int, sig: int = signal.SIGKILL) -> list[int]:
         """Send ``sig`` to every process of ``host`` (SIGKILL: the host died) and return their pids."""
@@ -197,11 +197,6 @@ class VirtualHosts:
         self.close()
 
 
-def _namespace_pids(namespace: str) -> list[int]:
-    listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout
-    return [int(pid) for pid in listed.split()]
-
-
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -216,7 +211,7 @@ KILL_WAIT_S = 5.0
 def _kill_all(namespace: str) -> None:
     """SIGKILL every process in ``namespace`` and wait (a bounded time) until none is left."""
     deadline = time.monotonic() + KILL_WAIT_S
-    while (pids := _namespace_pids(namespace)) and time.monotonic() < deadline:
+    while (pids := namespace_pids(namespace)) and time.monotonic() < deadline:
         for pid in pids:
             _signal(pid, signal.SIGKILL)
         time.sleep(0.05)

@@ -13,6 +13,7 @@ iproute2; ``netem`` (added latency) is not used, since not every kernel has it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -22,7 +23,16 @@ from typing import Optional
 from ..errors import GistError
 from ..settings import parse_rate
 
-__all__ = ["ShapedNamespace", "ShapingUnavailable", "burst_bytes", "check_can_shape", "run_ip", "tbf_arguments"]
+__all__ = [
+    "ShapedNamespace",
+    "ShapingUnavailable",
+    "burst_bytes",
+    "check_can_shape",
+    "namespace_pids",
+    "remove_orphaned_namespaces",
+    "run_ip",
+    "tbf_arguments",
+]
 
 MIN_BURST_BYTES = 256 * 1024
 BURST_SECONDS = 0.01
@@ -64,12 +74,49 @@ def burst_bytes(rate_bits: float) -> int:
     return max(MIN_BURST_BYTES, int(rate_bits / 8 * BURST_SECONDS))
 
 
+def namespace_pids(namespace: str) -> list[int]:
+    """The processes running inside network namespace ``namespace``."""
+    listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout
+    return [int(pid) for pid in listed.split()]
+
+
+def remove_orphaned_namespaces() -> list[str]:
+    """Delete the namespaces of :class:`ShapedNamespace` whose launcher is
+    gone without deleting them (killed by SIGKILL or the out-of-memory
+    killer) and in which nothing runs any more; return their names."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    removed = []
+    for name in (line.split()[0] for line in listed.splitlines() if line.strip()):
+        match = ORPHAN_NAME.fullmatch(name)
+        if match is None or _alive(int(match["pid"])) or namespace_pids(name):
+            continue
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        removed.append(name)
+    return removed
+
+
+ORPHAN_NAME = re.compile(r"gist-(?P<pid>\d+)-[0-9a-f]{8}")
+"""A :class:`ShapedNamespace`'s name: the pid of the process that made it, and a random tag."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # (PermissionError: alive, another user's)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 class ShapedNamespace:
     """``with ShapedNamespace("100mbit") as ns: subprocess.run(ns.command([...]))``.
 
     Makes the namespace on entry and deletes it on exit, whatever happened
     inside (an error, Ctrl-C); processes still running in it are not killed
-    by the deletion, so wait for them inside the block."""
+    by the deletion, so wait for them inside the block. A process killed
+    with SIGKILL cannot delete its namespace: the next one made removes it
+    (:func:`remove_orphaned_namespaces`)."""
 
     def __init__(self, bandwidth: str) -> None:
         self.bandwidth = bandwidth
@@ -80,6 +127,7 @@ class ShapedNamespace:
 
     def __enter__(self) -> ShapedNamespace:
         check_can_shape()
+        remove_orphaned_namespaces()
         run_ip("netns", "add", self.name)
         self.active = True
         try:
