@@ -46,6 +46,7 @@ from ...config import RunConfig
 from ...engine import Checkpointer, CheckpointError, Evaluator, RankSetup, RoundWork, build_stock_model
 from ...engine.optim import carried_keys
 from ...errors import ConfigError
+from ...host_memory import release_freed_memory
 from ...subnets import FlatLayout, draw_partition
 from .base import GIST
 from .carried import state_layouts, state_split_spec, trainable_shapes
@@ -285,10 +286,12 @@ class ShardedGIST(GIST):
         """Every rank is a worker and an owner; rank 0 also evaluates (it
         loads the whole graph). Each rank initialises only its own shard of
         the model the run's seed gives (:func:`~.shards.init_shards`):
-        no rank ever holds the whole of it."""
+        no rank ever holds the whole of it. A rank returns the memory it
+        frees to the system at once (:func:`gist.host_memory.release_freed_memory`)."""
         setup.prepare()
         setup.check_checkpoint_folder()  # every owner writes its shard there
         cfg, ctx = setup.cfg, setup.ctx
+        release_freed_memory()  # before the shards and the graph are allocated
         own = setup.own_graph()
         data = own.data if not setup.partitioned else None
         if ctx.rank == 0 and data is None and cls.scores_on_graph(cfg):
