@@ -22,6 +22,7 @@ import pytest
 import torch
 from faults import fault_env
 
+from gist.comm.launch import LOST_PEER, OWN, root_cause
 from gist.config import RunConfig
 from gist.run import launch_local, run_training
 
@@ -400,6 +401,19 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, procs, wh
     time.sleep(1)
     assert _leftovers(token) == [], "processes were left behind"
     assert list(tmp.iterdir()) == [], "temporary folders were left behind"
+
+
+def test_the_root_cause_is_the_rank_that_failed_on_its_own_else_rank_0_else_the_first_noted(tmp_path):
+    def note(rank: int, kind: str, text: str) -> None:
+        (tmp_path / f"rank{rank}.txt").write_text(f"{kind}\n{text}")
+
+    assert root_cause(tmp_path, 3) is None
+    note(2, LOST_PEER, "rank 1 is alive but hung")  # rank 0 was stopped before it wrote its note
+    assert root_cause(tmp_path, 3) == (2, "rank 1 is alive but hung")
+    note(0, LOST_PEER, "rank 1 is alive but hung (rank 0)")
+    assert root_cause(tmp_path, 3) == (0, "rank 1 is alive but hung (rank 0)")
+    note(1, OWN, "rank 1: OSError: no space left")
+    assert root_cause(tmp_path, 3) == (1, "rank 1: OSError: no space left")
 
 
 def test_ranks_die_with_a_killed_launcher(tmp_path):

@@ -119,7 +119,9 @@ def stop_processes(processes: list[Any], grace_s: float = INTERRUPT_GRACE_S) -> 
 
 def root_cause(folder: Path, procs: int) -> tuple[int, str] | None:
     """``(rank, error)`` of the first rank that failed on its own, else rank
-    0's error, from the notes of :func:`note_rank_error` in ``folder``."""
+    0's error, else (rank 0 stopped before it wrote one: the launcher stops
+    the others as soon as one ends) the first rank's that wrote one, from the
+    notes of :func:`note_rank_error` in ``folder``."""
     notes = {}
     for rank in range(procs):
         path = folder / f"rank{rank}.txt"
@@ -129,7 +131,10 @@ def root_cause(folder: Path, procs: int) -> tuple[int, str] | None:
     own = [rank for rank, (kind, _) in sorted(notes.items()) if kind == OWN]
     if own:
         return own[0], notes[own[0]][1]
-    return (0, notes[0][1]) if 0 in notes else None
+    if not notes:
+        return None
+    first = 0 if 0 in notes else min(notes)
+    return first, notes[first][1]
 
 
 def _spawned(rank: int, env: dict[str, str], target: Callable[..., None], args: tuple[Any, ...]) -> None:
