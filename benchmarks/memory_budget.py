@@ -12,7 +12,11 @@ wider widths of the same model, data mode and link):
 * ``ddp``, ``local-sgd``, ``fsdp``: ``m`` processes (1 thread each) on
   torch.distributed (gloo);
 * ``gist-central``: GIST, rank 0 holding the full model;
-* ``gist-sharded``: GIST with ``--coordinator sharded`` (every rank ``1/m`` of it).
+* ``gist-sharded``: GIST with ``--coordinator sharded`` (every rank ``1/m`` of it);
+* ``gist-sharded-carried``: the same, each owner also keeping Adam's two
+  moments of its rows across rounds (``--optimizer-state carried``, float32:
+  three times its shard; the partitioned recipe's default carries the second
+  moment only, twice its shard).
 
 Each cell is one ``gist train`` command: ``--rounds`` rounds of ``--local-steps``
 optimizer steps per worker, every method scored on the whole graph after every
@@ -37,7 +41,7 @@ Usage::
 
     python benchmarks/memory_budget.py --root DATA [--dataset cora] [--models sage gcn]
         [--data-modes replicated partitioned] [--bandwidth none 1gbit] [--hidden 256 1024 4096 8192 16384]
-        [--methods full ddp local-sgd fsdp gist-central gist-sharded] [--m 4] [--budget-gb 2]
+        [--methods full ddp local-sgd fsdp gist-central gist-sharded gist-sharded-carried] [--m 4] [--budget-gb 2]
         [--rounds 4] [--local-steps 10] [--out results/memory_budget.md]
 """
 
@@ -63,8 +67,11 @@ METHODS: dict[str, list[str]] = {
     "fsdp": ["--method", "fsdp"],
     "gist-central": ["--method", "gist", "--coordinator", "central"],
     "gist-sharded": ["--method", "gist", "--coordinator", "sharded"],
+    "gist-sharded-carried": ["--method", "gist", "--coordinator", "sharded", "--optimizer-state", "carried"],
 }
 """Each method's own arguments of ``gist train``; every one but ``full`` runs in ``m`` processes."""
+DEFAULT_METHODS = ("full", "ddp", "local-sgd", "fsdp", "gist-central", "gist-sharded")
+"""What ``--methods`` runs unless told (``gist-sharded-carried`` on demand)."""
 SETTINGS = ("dataset", "seed", "rounds", "local_steps", "m", "budget_gb", "lr", "lr_ref")
 """What every cell of one report shares (kept in its JSON: a resumed run must pass the same)."""
 WHOLE_MODEL = ("full", "ddp", "local-sgd")
@@ -290,7 +297,7 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     parser.add_argument("--data-modes", nargs="+", default=["replicated"], choices=["replicated", "partitioned"])
     parser.add_argument("--bandwidth", nargs="+", default=["none"], help="links: none (unshaped) or a rate (1gbit)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 1024, 4096, 8192, 16384])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
     parser.add_argument("--m", type=int, default=4)
     parser.add_argument("--budget-gb", type=float, default=2.0, help="memory cap per process")
     parser.add_argument("--rounds", type=int, default=4)
