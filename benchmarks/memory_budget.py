@@ -114,10 +114,17 @@ def summarise_log(path: Path, local_steps: int) -> dict:
         "round_s": sum(r["seconds"] for r in later) / len(later),
         "step_s": sum(r["seconds"] for r in later) / len(later) / local_steps,
         "eval_s": sum(r["eval_seconds"] or 0.0 for r in rounds),
-        "mb_per_round": sum(r["bytes_to_workers"] + r["bytes_from_workers"] for r in later) / len(later) / 1e6,
+        "mb_per_round": sum(_training_bytes(r, log["ledger"]) for r in later) / len(later) / 1e6,
         "rising": len(vals) > quarter and max(vals[-quarter:]) > max(vals[:-quarter]) + 0.005,
         "curve": [[seconds, val] for seconds, val in zip(elapsed, vals)],
     }
+
+
+def _training_bytes(record: dict, ledger: list[dict]) -> int:
+    """A round's training bytes: the parameters both ways, and carried
+    optimizer state (the ledger's ``optim`` kind, which the round's totals leave out)."""
+    optim = sum(t["nbytes"] for t in ledger if t["kind"] == "optim" and t["round"] == record["round"])
+    return record["bytes_to_workers"] + record["bytes_from_workers"] + optim
 
 
 def cell_key(cell: dict) -> tuple:
@@ -265,12 +272,20 @@ def report(args: argparse.Namespace, done: dict[tuple, dict], bare: int, command
         "",
         "Columns: peak = the largest process's peak resident memory; s/round and s/step: training seconds "
         "(mean over the rounds after the first), evaluation not included; MB/round: training bytes moved per "
-        "round, every worker's, both directions; best val and the test accuracy at that round; s to best: "
+        "round, every worker's, both directions (carried optimizer state included); best val and the test "
+        "accuracy at that round; s to best: "
         "training seconds until that round; rising: still rising when the run stopped (not converged).",
         "",
         "Optimizer state: `full`, `ddp` and `fsdp` keep one Adam over the whole run, each local SGD worker keeps "
         "its own; GIST (the published algorithm on replicated data) starts every sub-network's Adam afresh each "
-        "round. The policies differ: that is part of what each row compares.",
+        "round"
+        + (
+            " (`gist-sharded-carried`: each owner keeps Adam's two moments of its rows across rounds, and they "
+            "travel with the sub-networks)"
+            if any(c["method"] == "gist-sharded-carried" for c in done.values())
+            else ""
+        )
+        + ". The policies differ: that is part of what each row compares.",
         "",
         "others %: the share of the machine's cores that processes outside the cell kept busy while it ran "
         "(0: it ran alone; the sampler's own few percent included).",
@@ -335,8 +350,9 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     if not args.retabulate:
         before = len(done)
         run_cells(args, done, save)
-        if len(done) > before:  # this command made cells: the report names it
-            stored.setdefault("commands", []).append(script_command())
+        commands = stored.setdefault("commands", [])
+        if len(done) > before and commands[-1:] != [script_command()]:  # it made cells: the report names it (once)
+            commands.append(script_command())
             save()
     emit(report(args, done, stored["bare"], stored.get("commands") or [script_command()]), args.out)
 
