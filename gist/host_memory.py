@@ -10,9 +10,10 @@ hidden 16384, ``m = 8``, a rank's peak during its local steps was 1.27 GB
 with glibc's default and 1.06 GB with every block of 1 MiB or more mapped on
 its own (and unmapped when freed).
 
-That costs time where small blocks are allocated at every step (a 256-wide
-GraphSAGE on Cora took 15-25 % longer a step), so only the processes whose
-point is memory (``--coordinator sharded``'s ranks) ask for it.
+Mapping and unmapping costs time where blocks of a few MiB are allocated at
+every step (a 256-wide GraphSAGE on Cora steps measurably slower), so only
+the processes whose point is memory (``--coordinator sharded``'s ranks) ask
+for it.
 """
 
 from __future__ import annotations
