@@ -438,22 +438,26 @@ def test_ranks_die_with_a_killed_launcher(tmp_path):
             start_new_session=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
+    assert _kill_once_going(launcher, ckpt, token) == [], "ranks outlived their launcher"
+
+
+def _kill_once_going(launcher: subprocess.Popen, ready: Path, token: str) -> list[int]:
+    """SIGKILL ``launcher`` once ``ready`` exists; the processes carrying
+    ``token`` still alive 10 s later (killed before returning)."""
     try:
         deadline = time.monotonic() + 240
-        while not ckpt.exists():
-            assert launcher.poll() is None, (tmp_path / "output.txt").read_text()[-2000:]
-            assert time.monotonic() < deadline, "the run made no progress"
+        while not ready.exists():
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not get going"
             time.sleep(0.05)
         launcher.kill()
         launcher.wait()
         deadline = time.monotonic() + 10
         while _leftovers(token) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = _leftovers(token)
+        return _leftovers(token)
     finally:
         for pid in _leftovers(token):
             os.kill(pid, signal.SIGKILL)
-    assert left == [], "ranks outlived their launcher"
 
 
 @pytest.mark.parametrize("wire", ["bfloat16", "float16"])

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -151,7 +149,7 @@ def test_a_killed_shaped_launcher_leaves_no_process_and_its_namespace_is_reclaim
     """SIGKILL of a shaped run's launcher: the child it started inside the
     namespace and that child's ranks die with it; the namespace it could not
     delete is removed by the next shaped run."""
-    from test_distributed import _leftovers
+    from test_distributed import _kill_once_going
 
     token = uuid.uuid4().hex
     ckpt = tmp_path / "ckpt.pt"
@@ -162,21 +160,7 @@ def test_a_killed_shaped_launcher_leaves_no_process_and_its_namespace_is_reclaim
     tmp.mkdir()
     env = {**os.environ, "GIST_TEST_TOKEN": token, "TMPDIR": str(tmp)}
     launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while not ckpt.exists():
-            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not get going"
-            time.sleep(0.05)
-        launcher.kill()
-        launcher.wait()
-        deadline = time.monotonic() + 10
-        while _leftovers(token) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        left = _leftovers(token)
-    finally:
-        for pid in _leftovers(token):
-            os.kill(pid, signal.SIGKILL)
-    assert left == [], "processes outlived their launcher"
+    assert _kill_once_going(launcher, ckpt, token) == [], "processes outlived their launcher"
     orphan = f"gist-{launcher.pid}-"
     assert orphan in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     with ShapedNamespace("1gbit"):
