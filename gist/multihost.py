@@ -28,6 +28,7 @@ from .config import RunConfig
 from .errors import ConfigError, GistError
 from .methods import get_method
 from .run import SHAPED_ENV, RunFailed, RunInterrupted, check_output_paths, launch_local, run_training, write_json
+from .signals import die_with_parent
 
 __all__ = ["MAX_GRACE_S", "launch", "launch_hosts", "network_record", "torchrun_rank"]
 
@@ -155,6 +156,8 @@ def _agents_failed(runs: list[Any], bed: VirtualHosts, timeout_s: float) -> str:
 def torchrun_rank(argv: list[str]) -> int:
     """One rank under torchrun (``argv = [config JSON, log path, progress 0/1]``):
     run the config, rank 0 writing the log; the exit status says how it ended."""
+    if not die_with_parent():  # (torchrun's agent)
+        leave(LOST_PEER_EXIT)
     config, log_path, progress = argv
     cfg = RunConfig.from_dict(json.loads(Path(config).read_text()))
     rank = int(os.environ["RANK"])

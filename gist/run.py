@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from .comm.group import DistContext, init_distributed
-from .comm.launch import LAUNCHER_PID_ENV, LaunchFailure, die_with_parent, note_rank_error
+from .comm.launch import LAUNCHER_PID_ENV, LaunchFailure, note_rank_error
 from .comm.launch import launch_local as launch_processes
 from .comm.netns import ShapedNamespace
 from .config import RunConfig
@@ -35,6 +35,7 @@ from .engine import Checkpointer, RankSetup, RoundDriver, TrainingDiverged, data
 from .errors import ConfigError, GistError
 from .files import OutputError, atomic_write, write_output
 from .methods import get_method
+from .signals import die_with_parent
 
 
 class RunFailed(GistError, RuntimeError):
@@ -360,7 +361,8 @@ def shaped_child(argv: list[str]) -> int:
     status (1: the run failed and its log says why; 2: it could not run, the
     reason on the last line of stderr; 130: interrupted)."""
     config, procs, log_path, progress = argv
-    die_with_parent(int(os.environ[LAUNCHER_PID_ENV]))  # and its ranks with it
+    if not die_with_parent(int(os.environ[LAUNCHER_PID_ENV])):  # and its ranks with it
+        return 1  # the launcher is already gone
     cfg = RunConfig.from_dict(json.loads(Path(config).read_text()))
     try:
         launch_local(cfg, int(procs), progress=progress == "1", log_path=log_path)

@@ -192,6 +192,29 @@ def test_gist_train_hosts_from_the_command_line(tmp_path, capsys):
     assert "gist-" not in _namespaces()
 
 
+@needs_hosts
+def test_a_killed_launcher_leaves_no_agent_rank_or_host(tmp_path):
+    """SIGKILL of `gist train --hosts`: every host's torchrun agent and its
+    ranks die with the launcher; the namespaces it could not delete are
+    removed by the next test bed."""
+    from test_distributed import _kill_once_going
+
+    token = uuid.uuid4().hex
+    ckpt = tmp_path / "ckpt.pt"
+    cmd = [sys.executable, "-m", "gist", "train", "--procs", "4", "--hosts", "2", "--hidden", "12", "--rounds", "2000"]
+    cmd += ["--local-steps", "1", "--threads", "1", "--no-progress", "--root", str(tmp_path)]
+    cmd += ["--checkpoint", str(ckpt), "--checkpoint-every", "2"]
+    tmp = tmp_path / "tmp"  # the killed launcher leaves its temporary folder
+    tmp.mkdir()
+    env = {**os.environ, "GIST_TEST_TOKEN": token, "TMPDIR": str(tmp)}
+    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _kill_once_going(launcher, ckpt, token) == [], "agents or ranks outlived their launcher"
+    left = f"-{launcher.pid}-"
+    assert sum(left in name for name in _namespaces().split()) == 3  # the switch and two hosts
+    with VirtualHosts(1):
+        assert left not in _namespaces()
+
+
 HOSTS_SWEEP = """
 name = "hosts"
 description = "gist at m = 2 on one host and on two, the link between them at 100 Mbit/s."

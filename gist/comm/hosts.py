@@ -35,7 +35,14 @@ from types import TracebackType
 from typing import Optional
 
 from ..settings import parse_rate
-from .netns import ShapingUnavailable, check_can_shape, namespace_pids, run_ip, tbf_arguments
+from .netns import (
+    ShapingUnavailable,
+    check_can_shape,
+    namespace_pids,
+    remove_orphaned_namespaces,
+    run_ip,
+    tbf_arguments,
+)
 
 __all__ = ["HOST_INTERFACE", "ShapingUnavailable", "VirtualHosts"]
 
@@ -55,7 +62,8 @@ class VirtualHosts:
     folder there (a tmpfs mounted in their own mount namespace), and what
     they write stays theirs.
     The namespaces are made on entry and removed on exit, whatever happened
-    inside, after the processes still running in them are killed."""
+    inside, after the processes still running in them are killed; those of
+    a test bed whose process was killed are removed by the next one."""
 
     def __init__(self, hosts: int, bandwidth: str = "none", private: Sequence[str | Path] = ()) -> None:
         if not 1 <= hosts <= MAX_HOSTS:
@@ -71,6 +79,7 @@ class VirtualHosts:
 
     def __enter__(self) -> VirtualHosts:
         check_can_shape()
+        remove_orphaned_namespaces()  # of test beds whose launcher was killed
         try:
             self._make()
         except BaseException:

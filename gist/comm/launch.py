@@ -13,7 +13,6 @@ names the worker it lost.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ import torch.multiprocessing as mp
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, GistError
+from ..signals import die_with_parent
 from .group import WorkerFailure, free_port
 
 RANK_ERRORS_ENV = "GIST_RANK_ERROR_DIR"
@@ -147,7 +147,8 @@ def _spawned(rank: int, env: dict[str, str], target: Callable[..., None], args: 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # torch asks the kernel for a SIGINT when the launcher dies; a process
     # that is waiting on its peers may never act on it: SIGKILL instead.
-    die_with_parent(int(env[LAUNCHER_PID_ENV]))
+    if not die_with_parent(int(env[LAUNCHER_PID_ENV])):
+        leave(LOST_PEER_EXIT)
     os.environ.update(env)
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
     # tqdm otherwise creates a multiprocessing lock (a named semaphore) on its
@@ -167,30 +168,6 @@ def _spawned(rank: int, env: dict[str, str], target: Callable[..., None], args: 
         # DistributedDataParallel backward pass), and the interpreter's
         # teardown would wait on it for ever
         leave(LOST_PEER_EXIT)
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this process as soon as ``parent_pid``, the
-    process that started it, ends, also when nothing in it could run (SIGKILL,
-    the out-of-memory killer, a batch system's kill): a rank left running
-    would hold its memory and cores for ever, waiting on peers that are gone.
-    Linux only (``PR_SET_PDEATHSIG``); elsewhere nothing changes.
-
-    Called first thing in the child: if the parent is already gone, leave now.
-    The kernel watches the *thread* that started the child, so the launcher
-    must start and join its children from one thread (:func:`launch_local` does).
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        return  # not allowed here (a seccomp filter): the old behaviour
-    if os.getppid() != parent_pid:
-        leave(LOST_PEER_EXIT)
-
-
-PR_SET_PDEATHSIG = 1
-"""``prctl`` option: the signal a process gets when its parent ends (``<linux/prctl.h>``)."""
 
 
 def leave(status: int) -> None:

@@ -46,6 +46,17 @@ QUIET_ENV = {"LOGLEVEL": "ERROR", "TORCH_CPP_LOG_LEVEL": "ERROR"}
 POLL_S = 0.1
 
 
+AGENT_ENTRY = """
+import runpy, sys
+from gist.signals import die_with_parent
+if not die_with_parent(int(sys.argv.pop(1))):
+    sys.exit(1)
+runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
+"""
+"""``python -c AGENT_ENTRY LAUNCHER_PID ARGS``: torchrun's agent, killed by the
+kernel if its launcher dies (SIGKILL leaves it no chance to stop the agents)."""
+
+
 def torchrun_command(
     bed: VirtualHosts,
     host: int,
@@ -55,11 +66,11 @@ def torchrun_command(
     join_timeout_s: float,
 ) -> list[str]:
     """The ``torchrun`` command line of ``host``'s agent, running ``entry``
-    (a full command: ``--no-python``) in each of its ``procs_per_host`` processes."""
+    (a full command: ``--no-python``) in each of its ``procs_per_host``
+    processes; the agent dies with this process (:data:`AGENT_ENTRY`)."""
     conf = f"is_host={int(host == 0)},join_timeout={max(1, round(join_timeout_s))}"
     return [
-        sys.executable,
-        *("-m", "torch.distributed.run"),
+        *(sys.executable, "-c", AGENT_ENTRY, str(os.getpid())),
         *("--nnodes", str(bed.hosts), "--nproc-per-node", str(procs_per_host)),
         *("--rdzv-backend", "c10d", "--rdzv-endpoint", f"{bed.addresses[0]}:{RENDEZVOUS_PORT}"),
         *("--rdzv-id", job_id, "--rdzv-conf", conf),

@@ -81,9 +81,10 @@ def namespace_pids(namespace: str) -> list[int]:
 
 
 def remove_orphaned_namespaces() -> list[str]:
-    """Delete the namespaces of :class:`ShapedNamespace` whose launcher is
-    gone without deleting them (killed by SIGKILL or the out-of-memory
-    killer) and in which nothing runs any more; return their names."""
+    """Delete the namespaces of :class:`ShapedNamespace` and of
+    :class:`~gist.comm.hosts.VirtualHosts` whose launcher is gone without
+    deleting them (killed by SIGKILL or the out-of-memory killer) and in
+    which nothing runs any more; return their names."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     removed = []
     for name in (line.split()[0] for line in listed.splitlines() if line.strip()):
@@ -95,8 +96,10 @@ def remove_orphaned_namespaces() -> list[str]:
     return removed
 
 
-ORPHAN_NAME = re.compile(r"gist-(?P<pid>\d+)-[0-9a-f]{8}")
-"""A :class:`ShapedNamespace`'s name: the pid of the process that made it, and a random tag."""
+ORPHAN_NAME = re.compile(r"gist-(?:sw-|h\d+-)?(?P<pid>\d+)-[0-9a-f]{6,8}")
+"""The name of a :class:`ShapedNamespace` (``gist-PID-TAG``) or of a virtual
+host or its switch (``gist-h0-PID-TAG``, ``gist-sw-PID-TAG``): the pid of the
+process that made it, and a random tag."""
 
 
 def _alive(pid: int) -> bool:
