@@ -47,6 +47,8 @@ from typing import Optional
 from _memory import GB, attempt, bare_rss
 from _report import emit, markdown_table_report
 
+from gist.host_memory import KEEP_FREED_MEMORY_ENV
+
 WAYS = ("full", "central", "sharded", "ddp", "fsdp")
 
 
@@ -115,8 +117,15 @@ def main() -> None:
     parser.add_argument("--budget-gb", type=float, default=8.0, help="memory of the machine one process stands for")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one attempt may take")
     parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="sharded ranks keep glibc's default (GIST_KEEP_FREED_MEMORY=1): what the memory release costs",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        os.environ[KEEP_FREED_MEMORY_ENV] = "1"  # the attempts inherit it
 
     bare = bare_rss()
     budget = args.budget_gb * GB
@@ -145,6 +154,14 @@ def main() -> None:
         f"m = {args.m} real processes for GIST, `ddp` and `fsdp` (1 thread each), 2 threads for `full`; seed 0. "
         f"Budget: {args.budget_gb:g} GB per process (a process above it is killed: out of memory on a machine of that "
         f"size). A bare `import torch, torch_geometric` process holds {bare / GB:.2f} GB.",
+        "",
+        "Freed memory: "
+        + (
+            "sharded ranks keep glibc's default (`--keep-freed-memory`): freed blocks below its mmap threshold stay "
+            "in the process for reuse."
+            if args.keep_freed_memory
+            else "sharded ranks return every freed block of 1 MiB or more to the system at once (`gist.host_memory`)."
+        ),
         "",
         "Columns: peak resident memory per process (rank 0 first); *above bare / held*: (peak − bare) divided by the "
         "parameter bytes the process holds (full and ddp: |θ|; central rank 0: |θ| + its sub-network, other ranks: "

@@ -13,29 +13,33 @@ its own (and unmapped when freed).
 Mapping and unmapping costs time where blocks of a few MiB are allocated at
 every step (a 256-wide GraphSAGE on Cora steps measurably slower), so only
 the processes whose point is memory (``--coordinator sharded``'s ranks) ask
-for it.
+for it; ``GIST_KEEP_FREED_MEMORY=1`` in the environment turns it off (to
+measure what it costs).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
-__all__ = ["M_MMAP_THRESHOLD", "RELEASE_ABOVE_BYTES", "release_freed_memory"]
+__all__ = ["KEEP_FREED_MEMORY_ENV", "M_MMAP_THRESHOLD", "RELEASE_ABOVE_BYTES", "release_freed_memory"]
 
 M_MMAP_THRESHOLD = -3
 """``mallopt`` parameter: allocations of at least this many bytes get a mapping of their own (``<malloc.h>``)."""
 RELEASE_ABOVE_BYTES = 1 << 20
 """Blocks from 1 MiB up are mapped on their own."""
+KEEP_FREED_MEMORY_ENV = "GIST_KEEP_FREED_MEMORY"
+"""Set to ``1``: :func:`release_freed_memory` leaves glibc's default alone."""
 
 
 def release_freed_memory(threshold: int = RELEASE_ABOVE_BYTES) -> bool:
     """Map every allocation of ``threshold`` bytes or more on its own, so that
     freeing it returns it to the system at once (and fix the threshold: glibc
-    would otherwise raise it). Returns whether it applied (glibc on Linux);
-    elsewhere it changes nothing."""
-    if not sys.platform.startswith("linux"):
+    would otherwise raise it). Returns whether it applied (glibc on Linux,
+    unless ``GIST_KEEP_FREED_MEMORY=1``); elsewhere it changes nothing."""
+    if not sys.platform.startswith("linux") or os.environ.get(KEEP_FREED_MEMORY_ENV) == "1":
         return False
     name = ctypes.util.find_library("c")
     try:
