@@ -280,8 +280,8 @@ def report(args: argparse.Namespace, done: dict[tuple, dict], bare: int, command
         "its own; GIST (the published algorithm on replicated data) starts every sub-network's Adam afresh each "
         "round"
         + (
-            " (`gist-sharded-carried`: each owner keeps Adam's two moments of its rows across rounds, and they "
-            "travel with the sub-networks)"
+            " (`gist-sharded-carried`: each owner keeps Adam's two moments and a step count per entry of its rows "
+            "across rounds, and they travel with the sub-networks)"
             if any(c["method"] == "gist-sharded-carried" for c in done.values())
             else ""
         )
