@@ -21,11 +21,14 @@ LEFTOVER_GRACE_S = 10.0
 """How long child processes get to exit once the last test is done."""
 PYTHON_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 """Child processes of Python's own that exit with this process."""
-NOT_OURS = re.compile(r"^(pytest-of-|torchinductor_)|_(propagate|edge_updater)_\w+\.py$")
+NOT_OURS = re.compile(r"^(pytest-of-|torchinductor_|gist-tests-)|_(propagate|edge_updater)_\w+\.py$")
 """Temporary entries that are not the tests' to clean: pytest's base folder,
-torch's compile cache, and the modules PyG writes for each message-passing
-class once per process (torch_geometric.template)."""
+torch's compile cache, the modules PyG writes for each message-passing
+class once per process (torch_geometric.template), and the folder of each
+pytest-xdist worker's session (``-n``), which that worker checks itself."""
 _PRIVATE_TEMP = pytest.StashKey[tuple]()
+_WORKERS_PROBLEMS: list[str] = []
+"""With pytest-xdist (``-n``), what each worker's session left behind, as the controller hears it."""
 
 
 def shared_data_dir() -> Path:
@@ -91,11 +94,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     tempfile.tempdir = private
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """(pytest-xdist's controller) A worker is done: keep what it found left behind."""
+    said = getattr(node, "workeroutput", {}).get("gist_leftovers", [])
+    _WORKERS_PROBLEMS.extend(f"{node.gateway.id}: {line}" for line in said)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if a test left a child process (it is killed) or a
     temporary file (listed) behind; the session's temporary folder is removed
-    when the run passed, and kept for a look when it did not."""
-    problems = []
+    when the run passed, and kept for a look when it did not. A pytest-xdist
+    worker checks its own session and hands its findings to the controller,
+    which fails the run for them."""
+    problems = list(_WORKERS_PROBLEMS)
     deadline = time.monotonic() + LEFTOVER_GRACE_S
     children = [c for c in psutil.Process().children(recursive=True) if _alive(c) and not _is_python_helper(c)]
     while children and time.monotonic() < deadline:
@@ -116,6 +128,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     else:
         os.environ["TMPDIR"] = old_tmpdir
     tempfile.tempdir = None
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: the controller reports
+        session.config.workeroutput["gist_leftovers"] = problems
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for line in problems:
         if reporter is not None:
