@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -427,18 +428,26 @@ def test_ranks_die_with_a_killed_launcher(tmp_path):
     cmd = [sys.executable, "-m", "gist", "train", "--procs", "2", "--hidden", "12", "--local-steps", "1"]
     cmd += ["--rounds", "2000", "--eval-every", "1", "--threads", "1", "--no-progress", "--root", str(tmp_path)]
     cmd += ["--checkpoint", str(ckpt), "--checkpoint-every", "2"]
-    tmp = tmp_path / "tmp"  # the killed launcher leaves its temporary folder
-    tmp.mkdir()
     with open(tmp_path / "output.txt", "wb") as output:
-        launcher = subprocess.Popen(
+        launcher = _start_marked(
             cmd,
-            env={**os.environ, "GIST_TEST_TOKEN": token, "TMPDIR": str(tmp)},
+            tmp_path,
+            token,
             stdout=output,
             stderr=output,
             start_new_session=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
     assert _kill_once_going(launcher, ckpt, token) == [], "ranks outlived their launcher"
+
+
+def _start_marked(cmd: list[str], tmp_path: Path, token: str, **popen: Any) -> subprocess.Popen:
+    """Start ``cmd`` with ``token`` in its environment (``_leftovers`` finds its
+    processes by it) and a temporary folder of its own under ``tmp_path``
+    (a killed launcher leaves it)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    return subprocess.Popen(cmd, env={**os.environ, "GIST_TEST_TOKEN": token, "TMPDIR": str(tmp)}, **popen)
 
 
 def _kill_once_going(launcher: subprocess.Popen, ready: Path, token: str) -> list[int]:

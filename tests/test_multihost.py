@@ -197,17 +197,14 @@ def test_a_killed_launcher_leaves_no_agent_rank_or_host(tmp_path):
     """SIGKILL of `gist train --hosts`: every host's torchrun agent and its
     ranks die with the launcher; the namespaces it could not delete are
     removed by the next test bed."""
-    from test_distributed import _kill_once_going
+    from test_distributed import _kill_once_going, _start_marked
 
     token = uuid.uuid4().hex
     ckpt = tmp_path / "ckpt.pt"
     cmd = [sys.executable, "-m", "gist", "train", "--procs", "4", "--hosts", "2", "--hidden", "12", "--rounds", "2000"]
     cmd += ["--local-steps", "1", "--threads", "1", "--no-progress", "--root", str(tmp_path)]
     cmd += ["--checkpoint", str(ckpt), "--checkpoint-every", "2"]
-    tmp = tmp_path / "tmp"  # the killed launcher leaves its temporary folder
-    tmp.mkdir()
-    env = {**os.environ, "GIST_TEST_TOKEN": token, "TMPDIR": str(tmp)}
-    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = _start_marked(cmd, tmp_path, token, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _kill_once_going(launcher, ckpt, token) == [], "agents or ranks outlived their launcher"
     left = f"-{launcher.pid}-"
     assert sum(left in name for name in _namespaces().split()) == 3  # the switch and two hosts

@@ -149,17 +149,14 @@ def test_a_killed_shaped_launcher_leaves_no_process_and_its_namespace_is_reclaim
     """SIGKILL of a shaped run's launcher: the child it started inside the
     namespace and that child's ranks die with it; the namespace it could not
     delete is removed by the next shaped run."""
-    from test_distributed import _kill_once_going
+    from test_distributed import _kill_once_going, _start_marked
 
     token = uuid.uuid4().hex
     ckpt = tmp_path / "ckpt.pt"
     cmd = [sys.executable, "-m", "gist", "train", "--hidden", "12", "--local-steps", "1", "--rounds", "2000"]
     cmd += ["--eval-every", "1", "--threads", "1", "--no-progress", "--root", str(tmp_path), "--procs", "2"]
     cmd += ["--checkpoint", str(ckpt), "--checkpoint-every", "2", "--bandwidth", "1gbit"]
-    tmp = tmp_path / "tmp"  # the killed launcher leaves its temporary folder
-    tmp.mkdir()
-    env = {**os.environ, "GIST_TEST_TOKEN": token, "TMPDIR": str(tmp)}
-    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = _start_marked(cmd, tmp_path, token, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _kill_once_going(launcher, ckpt, token) == [], "processes outlived their launcher"
     orphan = f"gist-{launcher.pid}-"
     assert orphan in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
