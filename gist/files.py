@@ -5,7 +5,8 @@
   its old content and the temporary file is removed.
 * :func:`exclusive_lock`: an ``fcntl.flock`` on a lock file that is deleted
   when the lock is released (local filesystems; on network filesystems run
-  the step that needs the lock once, before starting the workers).
+  the step that needs the lock once, before starting the workers);
+  :func:`lock_holder` says who holds one, without taking it.
 * :func:`private_tempdir`: a temporary folder for everything a command and
   the processes it starts write there, removed when the command ends.
 """
@@ -89,6 +90,23 @@ class LockHeld(GistError):
     def __init__(self, lock_path: Path, holder: str) -> None:
         self.lock_path, self.holder = lock_path, holder
         super().__init__(f"{lock_path} is held by {holder or 'another process'}")
+
+
+def lock_holder(lock_path: Path | str) -> str | None:
+    """What the process holding :func:`exclusive_lock` on ``lock_path`` wrote
+    as its holder ("" if nothing), or ``None`` where no process holds it. Never
+    creates the file; it probes with a shared lock released at once."""
+    try:
+        handle = open(lock_path)
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gist.files import atomic_write, exclusive_lock
+from gist.files import atomic_write, exclusive_lock, lock_holder
 
 
 def test_atomic_write_replaces_the_target_and_leaves_no_temporary(tmp_path):
@@ -42,6 +42,18 @@ def test_lock_file_is_removed_after_use(tmp_path):
     with exclusive_lock(lock):  # and can be taken again
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lock_holder_names_who_holds_a_lock_without_taking_or_creating_it(tmp_path):
+    lock = tmp_path / "x.lock"
+    assert lock_holder(lock) is None and not lock.exists()
+    with exclusive_lock(lock, wait=False, holder="pid 7 on here"):
+        assert lock_holder(lock) == "pid 7 on here"
+    assert lock_holder(lock) is None and not lock.exists()
+    lock.write_text("stale")  # a file nobody locks: no holder, and the lock can still be taken
+    assert lock_holder(lock) is None
+    with exclusive_lock(lock, wait=False):
+        pass
 
 
 def test_unwritable_lock_is_an_error_unless_optional(tmp_path):

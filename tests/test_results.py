@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gist.harness.sweep import CONFIG_COPY
+from gist.harness.sweep import CONFIG_COPY, sweep_in_progress
 from gist.harness.tables import tabulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +23,9 @@ def test_there_are_committed_results():
 
 @pytest.mark.parametrize("folder", COMMITTED, ids=[str(p.relative_to(REPO / "results")) for p in COMMITTED])
 def test_committed_results_retabulate_byte_for_byte(folder, tmp_path):
+    holder = sweep_in_progress(folder)
+    if holder is not None:  # never in CI: a fresh clone has no sweep running
+        pytest.skip(f"a gist sweep is writing {folder.name} ({holder}); its table is checked once the sweep ends")
     table_md = (folder / "table.md").read_text()
     command = re.search(r"^Made by `([^`]+)`", table_md, flags=re.M).group(1)
     copy = tmp_path / folder.name

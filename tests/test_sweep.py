@@ -185,7 +185,7 @@ def test_damaged_logs_are_named_skipped_by_table_and_refused_by_sweep(tmp_path, 
 
 
 def test_a_second_sweep_on_a_folder_in_use_is_refused_naming_the_first(tmp_path, capsys):
-    from gist.harness.sweep import SWEEP_LOCK, sweep_lock
+    from gist.harness.sweep import SWEEP_LOCK, sweep_in_progress, sweep_lock
 
     cfg = write_config(tmp_path, rounds=1)
     out = tmp_path / "res"
@@ -206,9 +206,11 @@ def test_a_second_sweep_on_a_folder_in_use_is_refused_naming_the_first(tmp_path,
         err = capsys.readouterr().err
         assert f"{out} is in use by another gist sweep (pid {holder.pid} on" in err and "--out" in err
         assert not (out / "runs").exists()  # it ran nothing
+        assert sweep_in_progress(out).startswith(f"pid {holder.pid} on")  # what test_results skips on
     finally:
         holder.communicate("\n", timeout=60)
     assert not (out / SWEEP_LOCK).exists()  # released and removed
+    assert sweep_in_progress(out) is None
     with sweep_lock(out):  # free again
         assert (out / SWEEP_LOCK).read_text().startswith(f"pid {os.getpid()} on")
     assert list(out.iterdir()) == []

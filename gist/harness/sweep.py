@@ -69,7 +69,7 @@ from tqdm.auto import tqdm
 
 from ..config import MAX_SEED, RUN_SETTINGS, RunConfig, flat_names, setting_fields
 from ..errors import ConfigError
-from ..files import LockHeld, exclusive_lock, write_output
+from ..files import LockHeld, exclusive_lock, lock_holder, write_output
 from ..methods import get_method, method_names
 from ..multihost import launch
 from ..run import RunFailed, run_training, write_json
@@ -519,6 +519,12 @@ def sweep_lock(out: Path) -> Iterator[None]:
             f"{out} is in use by another gist sweep ({exc.holder or 'a process that has not said which'}); "
             "wait for it to end, or give this one another results folder (--out)"
         ) from None
+
+
+def sweep_in_progress(out: Path) -> str | None:
+    """Who is sweeping into ``out`` now (what :func:`sweep_lock` wrote), or
+    ``None``: its logs, config copy and table are then still changing."""
+    return lock_holder(out / SWEEP_LOCK)
 
 
 def results_dir_for(cfg: SweepConfig, results_root: str | Path = "results") -> Path:
